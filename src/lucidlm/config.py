@@ -1,0 +1,173 @@
+"""The configuration of a run: the model (GPTConfig) and its training (TrainConfig), from presets, TOML files
+and `--set key=value` overrides, in that order of precedence. The resolved configuration is saved in RUN_DIR.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from lucidlm.errors import ConfigError
+from lucidlm.model.config import GPTConfig
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 12
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 2000  # stop after this many optimizer steps
+    decay_steps: int | None = None  # length of the cosine schedule; None means max_steps
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 turns clipping off
+    eval_interval: int = 250
+    eval_batches: int = 20
+    seed: int = 1337
+    time_budget: float | None = None  # seconds of training; the schedule then runs to this time
+    device: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.lr <= 0 or self.min_lr < 0:
+            raise ConfigError(f"lr={self.lr} must be positive and min_lr={self.min_lr} not negative")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError(f"time budget {self.time_budget} must be a positive number of seconds")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device {self.device!r} is not one of: auto, cpu, cuda, mps")
+
+
+@dataclass
+class RunConfig:
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "train": asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RunConfig:
+        return cls(GPTConfig.from_dict(data.get("model", {})), _build(TrainConfig, data.get("train", {})))
+
+
+PRESETS: dict[str, dict[str, dict]] = {
+    # nanoGPT's documented CPU recipe for Shakespeare, kept as it is so the figures compare.
+    "nanogpt-baby": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
+        "train": dict(batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+                      eval_interval=250, eval_batches=20),
+    },
+    # The recipe `make demo` trains: the baby recipe, given a time budget to spend.
+    "shakespeare-char": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
+        "train": dict(batch_size=12, max_steps=100_000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
+                      eval_interval=500, eval_batches=20, time_budget=120.0),
+    },
+    # GPT-2 small (124M), for GPUs; vocab_size comes from the data.
+    "gpt2-small": {
+        "model": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bias=True),
+        "train": dict(batch_size=12, grad_accum=40, max_steps=600_000, lr=6e-4, min_lr=6e-5, warmup_steps=2000,
+                      beta2=0.95, eval_interval=1000, eval_batches=200),
+    },
+    # The Llama layout at toy size: rotary positions, RMSNorm, SwiGLU, no biases, grouped-query attention.
+    "llama-tiny": {
+        "model": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=256, positions="rope",
+                      norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
+        "train": dict(batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99),
+    },
+}
+
+
+def _build(cls, values: dict):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown training setting(s): {', '.join(unknown)}")
+    return cls(**values)
+
+
+def _field_types() -> dict[str, tuple[str, str]]:
+    """setting name -> (section, type annotation as written)."""
+    types = {}
+    for section, cls in (("model", GPTConfig), ("train", TrainConfig)):
+        for f in fields(cls):
+            types[f.name] = (section, str(f.type))
+    return types
+
+
+def parse_value(name: str, annotation: str, raw: str) -> object:
+    """Turn the text of `--set name=raw` into the setting's type."""
+    if raw.lower() == "none" and "None" in annotation:
+        return None
+    try:
+        if annotation.startswith("bool"):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return raw.lower() in ("true", "1", "yes")
+        if annotation.startswith("int"):
+            return int(raw)
+        if annotation.startswith("float"):
+            return float(raw)
+    except ValueError:
+        kind = annotation.split(" ")[0]
+        raise ConfigError(f"--set {name}={raw}: {name} takes a {kind} value") from None
+    return raw
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, dict]:
+    """`["n_layer=6", "train.lr=3e-4"]` -> `{"model": {"n_layer": 6}, "train": {"lr": 0.0003}}`."""
+    types = _field_types()
+    result: dict[str, dict] = {"model": {}, "train": {}}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r} is not key=value; write e.g. --set n_layer=6")
+        key, raw = pair.split("=", 1)
+        name = key.strip().split(".")[-1]
+        if name not in types or ("." in key and key.split(".")[0] != types[name][0]):
+            raise ConfigError(f"--set {key}: unknown setting; known: {', '.join(sorted(types))}")
+        section, annotation = types[name]
+        result[section][name] = parse_value(name, annotation, raw.strip())
+    return result
+
+
+def read_toml(path: str | Path) -> dict[str, dict]:
+    """A TOML file with [model] and [train] tables, or flat keys that are sorted into them by name."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    types = _field_types()
+    result: dict[str, dict] = {"model": {}, "train": {}}
+    for key, value in data.items():
+        if key in result and isinstance(value, dict):
+            result[key].update(value)
+        elif key in types:
+            result[types[key][0]][key] = value
+        else:
+            raise ConfigError(f"config file {path}: unknown setting {key!r}")
+    return result
+
+
+def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
+                   overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """Layer the settings: `base` (a saved config) or the preset, then the TOML file, then `--set` pairs."""
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    merged: dict[str, dict] = {"model": {}, "train": {}}
+    layers = [base or PRESETS.get(preset or "", {})]
+    if config_file:
+        layers.append(read_toml(config_file))
+    layers.append(parse_overrides(overrides or []))
+    for layer in layers:
+        for section in merged:
+            merged[section].update(layer.get(section, {}))
+    return RunConfig.from_dict(merged)

@@ -1,0 +1,70 @@
+"""Batches of (input, target) windows drawn from the memory-mapped token files.
+
+The batch for (seed, split, step, rank, micro-step) is a pure function of those numbers: no hidden state moves
+between batches. That is what makes `--resume` exact (the step says where the data was) and lets every DDP
+rank draw its own batches without talking to the others.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lucidlm.errors import DataError
+
+SPLITS = ("train", "val")
+
+
+def read_meta(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{data_dir} is not a prepared data directory (no meta.json); create one with "
+                        "`lucidlm data prepare` or pass a text file to --data") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); prepare the data again") from None
+    return meta
+
+
+def open_split(data_dir: str | Path, split: str) -> np.memmap:
+    meta = read_meta(data_dir)
+    path = Path(data_dir) / f"{split}.bin"
+    if not path.exists():
+        raise DataError(f"{path} is missing; prepare the data again with `lucidlm data prepare`")
+    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
+    if path.stat().st_size % dtype.itemsize or path.stat().st_size // dtype.itemsize != meta[f"{split}_tokens"]:
+        raise DataError(f"{path} does not hold the {meta[f'{split}_tokens']} tokens meta.json promises; "
+                        "prepare the data again")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class BatchLoader:
+    """Random windows of `block_size + 1` tokens; `batch(split, step)` is deterministic."""
+
+    def __init__(self, data_dir: str | Path, block_size: int, batch_size: int, seed: int = 0,
+                 rank: int = 0, device: str | torch.device = "cpu"):
+        self.block_size, self.batch_size, self.seed, self.rank = block_size, batch_size, seed, rank
+        self.device = torch.device(device)
+        self.splits = {split: open_split(data_dir, split) for split in SPLITS}
+        for split, tokens in self.splits.items():
+            if len(tokens) < block_size + 1:
+                raise DataError(
+                    f"the {split} split of {data_dir} has {len(tokens)} tokens, fewer than block_size + 1 = "
+                    f"{block_size + 1}; give more text or lower the context (--set block_size=N)"
+                )
+        self.window = np.arange(block_size + 1)
+
+    def offsets(self, split: str, step: int, micro_step: int = 0) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, SPLITS.index(split), step, self.rank, micro_step])
+        return rng.integers(0, len(self.splits[split]) - self.block_size, size=self.batch_size)
+
+    def batch(self, split: str, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        windows = self.splits[split][self.offsets(split, step, micro_step)[:, None] + self.window]
+        tokens = torch.from_numpy(windows.astype(np.int64))  # (B, T + 1)
+        if self.device.type == "cuda":
+            tokens = tokens.pin_memory().to(self.device, non_blocking=True)
+        return tokens[:, :-1], tokens[:, 1:]  # inputs (B, T), targets (B, T)

@@ -1,0 +1,184 @@
+"""Text to token files: `train.bin`, `val.bin`, `tokenizer.json` and `meta.json` in one directory.
+
+The text is streamed in chunks, never held whole, so a corpus larger than memory prepares fine. As nanoGPT
+does, the first `1 - val_fraction` of the characters are the training split and the rest the validation split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lucidlm.data.corpus import corpus_path, iter_text
+from lucidlm.errors import ConfigError, DataError
+from lucidlm.tokenizers import Tokenizer
+
+TOKENIZER_KINDS = ("char", "word")
+# A word tokenizer may carry at most this much text over a chunk boundary before it cuts anyway.
+MAX_CARRY = 1 << 20
+
+
+@dataclass
+class Source:
+    path: Path
+    name: str  # what meta.json records: the corpus name or the file path as given
+
+
+def sources_for(corpus: str | None, files: list[Path]) -> list[Source]:
+    if corpus:
+        return [Source(corpus_path(corpus), corpus)]
+    return [Source(p, str(p)) for p in files]
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    # Little-endian whatever the machine, so token files move between machines unchanged.
+    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+
+
+def _iter_sources(sources: list[Source]) -> Iterator[str]:
+    """All sources as one stream of text; a file that lacks a final newline is given one."""
+    for source in sources:
+        last = ""
+        for chunk in iter_text(source.path):
+            yield chunk
+            last = chunk
+        if _needs_separator(last) and source is not sources[-1]:
+            yield "\n"
+
+
+def _needs_separator(last_chunk: str) -> bool:
+    return bool(last_chunk) and not last_chunk.endswith("\n")
+
+
+def _iter_split(sources: list[Source], start: int, stop: int | None) -> Iterator[str]:
+    """The characters [start, stop) of the joined stream."""
+    position = 0
+    for chunk in _iter_sources(sources):
+        end = position + len(chunk)
+        lo, hi = max(start - position, 0), len(chunk) if stop is None else min(stop - position, len(chunk))
+        if lo < hi:
+            yield chunk[lo:hi]
+        position = end
+        if stop is not None and position >= stop:
+            return
+
+
+def _iter_token_safe(chunks: Iterator[str], tokenizer: Tokenizer) -> Iterator[str]:
+    """Re-cut chunks where the tokenizer allows, so no token straddles two chunks."""
+    carry = ""
+    for chunk in chunks:
+        text = carry + chunk
+        cut = tokenizer.safe_cut(text)
+        if cut == 0 and len(text) > MAX_CARRY:
+            cut = len(text)
+        carry = text[cut:]
+        if cut:
+            yield text[:cut]
+    if carry:
+        yield carry
+
+
+def prepare(
+    sources: list[Source],
+    out_dir: str | os.PathLike,
+    tokenizer_kind: str = "char",
+    vocab_size: int | None = None,
+    val_fraction: float = 0.1,
+    progress: bool | None = None,
+) -> dict:
+    """Tokenize `sources` into `out_dir`; returns the metadata written to `meta.json`."""
+    if tokenizer_kind not in Tokenizer.registry or tokenizer_kind not in TOKENIZER_KINDS:
+        raise ConfigError(f"unknown tokenizer {tokenizer_kind!r}; choose one of: {', '.join(TOKENIZER_KINDS)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
+    if not sources:
+        raise DataError("no input text given; pass --corpus shakespeare or --input FILE ...")
+    disable = None if progress is None else not progress
+
+    # Pass 1: count characters, hash each source, and catch empty or non-UTF-8 files before writing anything.
+    total_chars, source_meta = 0, []
+    for source in sources:
+        digest, chars, last = hashlib.sha256(), 0, ""
+        for chunk in iter_text(source.path):
+            digest.update(chunk.encode("utf-8"))
+            chars += len(chunk)
+            last = chunk
+        if chars == 0:
+            raise DataError(f"{source.name} is empty; give a file that contains text")
+        source_meta.append({"source": source.name, "chars": chars, "sha256": digest.hexdigest()})
+        total_chars += chars + (_needs_separator(last) and source is not sources[-1])
+    split_at = int(total_chars * (1.0 - val_fraction))
+
+    # Pass 2: learn the vocabulary. Char vocabularies come from all the text, so that every validation
+    # character can be encoded; word vocabularies from the training split only, so that validation stays unseen.
+    cls = Tokenizer.registry[tokenizer_kind]
+    train_stop = None if tokenizer_kind == "char" else split_at
+    tokenizer = cls.train(_iter_split(sources, 0, train_stop), vocab_size)
+    dtype = token_dtype(tokenizer.vocab_size)
+
+    # Pass 3: encode each split to its token file, written under a temporary name and renamed at the end.
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    with tqdm(total=total_chars, unit="char", unit_scale=True, desc="tokenizing", disable=disable) as bar:
+        for split, start, stop in (("train", 0, split_at), ("val", split_at, None)):
+            tmp = out / f"{split}.bin.tmp"
+            counts[split] = 0
+            with open(tmp, "wb") as f:
+                for piece in _iter_token_safe(_iter_split(sources, start, stop), tokenizer):
+                    ids = np.asarray(tokenizer.encode(piece), dtype=dtype)
+                    ids.tofile(f)
+                    counts[split] += len(ids)
+                    bar.update(len(piece))
+    for split in ("train", "val"):
+        if counts[split] == 0:
+            raise DataError(f"the {split} split is empty ({total_chars} characters in all); give more text "
+                            "or change --val-fraction")
+    meta = {
+        "tokenizer": tokenizer_kind,
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": dtype.name,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "chars": total_chars,
+        "val_fraction": val_fraction,
+        "sources": source_meta,
+    }
+    tokenizer.save(out / "tokenizer.json")
+    for split in ("train", "val"):
+        os.replace(out / f"{split}.bin.tmp", out / f"{split}.bin")
+    meta_tmp = out / "meta.json.tmp"
+    meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(meta_tmp, out / "meta.json")
+    return meta
+
+
+def resolve_data(data: str | os.PathLike, run_dir: str | os.PathLike, progress: bool | None = None) -> Path:
+    """A prepared data directory for `--data`: used as it is, or, for a plain text file, prepared with the char
+    tokenizer into RUN_DIR/data (once: a later call with the same text reuses it)."""
+    path = Path(data)
+    if path.is_dir():
+        if not (path / "meta.json").exists():
+            raise DataError(f"{path} is a directory but not a prepared one (no meta.json); run "
+                            f"`lucidlm data prepare --input {path} --out DATA_DIR` or pass a text file")
+        return path
+    if not path.is_file():
+        raise DataError(f"--data {path}: no such file or directory")
+    out = Path(run_dir) / "data"
+    meta_path = out / "meta.json"
+    if meta_path.exists():
+        recorded = json.loads(meta_path.read_text())["sources"][0]["sha256"]
+        digest = hashlib.sha256()
+        for chunk in iter_text(path):
+            digest.update(chunk.encode("utf-8"))
+        if recorded == digest.hexdigest():
+            return out
+    prepare([Source(path, str(path))], out, "char", progress=progress)
+    return out

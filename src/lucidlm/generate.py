@@ -1,0 +1,151 @@
+"""Sampling text from a trained GPT: greedy, temperature, top-k, top-p, stop strings and streaming.
+
+Decoding uses the KV cache: the prompt runs through the model once (prefill), then each new token is one
+forward step over a single position. When the context window fills up, the cache keeps the most recent half
+of the window and is refilled from those tokens (as llama.cpp's context shift does), so long generations
+stay fast while every token still sees at least half a window of context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from lucidlm.device import autocast
+from lucidlm.errors import ConfigError, TokenizerError
+from lucidlm.model import GPT
+from lucidlm.tokenizers import Tokenizer
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # 0 means greedy: always the most likely token
+    top_k: int | None = None  # keep only the k most likely tokens
+    top_p: float | None = None  # keep the smallest set of tokens whose probabilities add up to p
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature {self.temperature} must be 0 (greedy) or positive")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top-k {self.top_k} must be at least 1")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ConfigError(f"top-p {self.top_p} must lie in (0, 1]")
+
+
+def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """Scale by temperature and set the logits that top-k / top-p exclude to -inf. logits: (B, V)."""
+    logits = logits / config.temperature
+    if config.top_k is not None and config.top_k < logits.size(-1):
+        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p is not None and config.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach p; the most likely token always stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= config.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """One token id per row of `logits` (B, V). Returns (B,)."""
+    if config.temperature == 0:
+        return logits.argmax(dim=-1)
+    probabilities = filter_logits(logits.float(), config).softmax(dim=-1)
+    return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_ids(model: GPT, prompt: list[int], max_new_tokens: int, config: SamplingConfig,
+                 generator: torch.Generator | None = None) -> Iterator[int]:
+    """Yield new token ids one at a time, decoding with the KV cache."""
+    block_size = model.config.block_size
+    device = model.lm_head.weight.device
+    context = list(prompt[-block_size:])
+    cache = model.new_cache(batch_size=1)
+    with autocast(device):
+        logits, _ = model(torch.tensor([context], device=device), cache=cache)
+    for _ in range(max_new_tokens):
+        token = int(sample_next(logits[:, -1], config, generator)[0])
+        yield token
+        context.append(token)
+        if cache.length == block_size:  # the window is full: keep its newer half and refill the cache
+            context = context[-(block_size // 2 + 1):]
+            cache.reset()
+            step_input = context
+        else:
+            step_input = [token]
+        with autocast(device):
+            logits, _ = model(torch.tensor([step_input], device=device), cache=cache)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """Token ids for `prompt`; symbols the vocabulary lacks are an error that lists them."""
+    unknown = tokenizer.unknown_symbols(prompt)
+    if unknown:
+        shown = " ".join(repr(s) for s in unknown[:20])
+        raise TokenizerError(f"the prompt contains {len(unknown)} symbol(s) the model's vocabulary lacks: {shown}; "
+                             "remove or replace them")
+    if not prompt:
+        # An empty prompt starts from a newline, the most neutral start a text has, when the vocabulary has one.
+        return tokenizer.encode("\n") if not tokenizer.unknown_symbols("\n") else [0]
+    return tokenizer.encode(prompt)
+
+
+class StopStreamer:
+    """Turns token ids into text pieces as they come, holding back text that might begin a stop string."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: list[str] | None = None):
+        self.tokenizer, self.stop = tokenizer, [s for s in (stop or []) if s]
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of the decoded text already handed out
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """Add one token; return the text that is now safe to show ('' if none)."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        # Held-back text never ends in a stop string's beginning, so a stop string starts after `emitted`.
+        hits = [i for i in (text.find(s, self.emitted) for s in self.stop) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._emit(text, min(hits))
+        end = len(text)
+        if text.endswith("\ufffd"):  # an unfinished multi-byte character: wait for its other bytes
+            end -= 1
+        for s in self.stop:  # hold back the longest tail that could grow into a stop string
+            for length in range(min(len(s) - 1, end - self.emitted), 0, -1):
+                if s.startswith(text[end - length:end]):
+                    end -= length
+                    break
+        return self._emit(text, end)
+
+    def finish(self) -> str:
+        """What was held back, once no more tokens will come."""
+        return "" if self.stopped else self._emit(self.tokenizer.decode(self.ids), None)
+
+    def _emit(self, text: str, end: int | None) -> str:
+        end = len(text) if end is None else end
+        piece = text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return piece
+
+
+def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200,
+                  config: SamplingConfig | None = None, stop: list[str] | None = None,
+                  generator: torch.Generator | None = None) -> Iterator[str]:
+    """Stream the continuation of `prompt` as text pieces; it ends early at a stop string (not included)."""
+    streamer = StopStreamer(tokenizer, stop)
+    for token in generate_ids(model, encode_prompt(tokenizer, prompt), max_new_tokens,
+                              config or SamplingConfig(), generator):
+        piece = streamer.push(token)
+        if piece:
+            yield piece
+        if streamer.stopped:
+            return
+    tail = streamer.finish()
+    if tail:
+        yield tail

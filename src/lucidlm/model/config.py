@@ -1,0 +1,77 @@
+"""GPTConfig: every switch of the model in one dataclass.
+
+GPT-2 is `positions="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True`; the Llama family is
+`positions="rope", norm="rmsnorm", mlp="swiglu", bias=False, n_kv_head < n_head`. One model file serves both,
+so a lesson can change one part and keep everything else equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from lucidlm.errors import ConfigError
+
+POSITIONS = ("learned", "sinusoidal", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu", "swiglu", "relu2")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 64  # the longest context the model sees
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # grouped-query attention when smaller than n_head; None means n_head
+    n_embd: int = 128
+    mlp_hidden: int | None = None  # None: 4 * n_embd, or about 8/3 * n_embd for swiglu (same parameter count)
+    dropout: float = 0.0
+    bias: bool = False
+    positions: str = "learned"
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of: {', '.join(allowed)}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; change one of them")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+            raise ConfigError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}; "
+                              "choose n_kv_head among the divisors of n_head")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ConfigError(f"rope needs an even head size, got n_embd/n_head = {self.head_dim}")
+        if self.positions == "sinusoidal" and self.n_embd % 2:
+            raise ConfigError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout={self.dropout} must lie in [0, 1)")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 4 * self.n_embd if self.mlp != "swiglu" else _round_up(8 * self.n_embd // 3, 32)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple

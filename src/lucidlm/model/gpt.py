@@ -1,0 +1,250 @@
+"""The GPT: a decoder-only transformer with switchable parts (see GPTConfig).
+
+Shapes in comments: B batch, T time (tokens), C channels (n_embd), H heads, K key/value heads, D head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lucidlm.model.config import GPTConfig
+from lucidlm.model.kv_cache import KVCache
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
+    """The 2017 Transformer's fixed positions: sin and cos at geometrically spaced frequencies. (length, dim)"""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)
+    return table
+
+
+def rope_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angle for every (position, pair of channels). Each (length, head_dim)."""
+    frequency = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
+    angle = torch.outer(torch.arange(length, dtype=torch.float32), frequency)  # (length, D/2)
+    angle = torch.cat([angle, angle], dim=-1)  # channel i and i + D/2 form a pair, as in Llama
+    return angle.cos(), angle.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x_i, x_{i+D/2}) by its position's angle. x: (B, H, T, D); cos, sin: (T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def causal_mask(past: int, new: int, device: torch.device) -> torch.Tensor:
+    """True where query i (of `new`, after `past` cached positions) may attend to key j. (new, past + new)"""
+    query_position = torch.arange(past, past + new, device=device)[:, None]
+    key_position = torch.arange(past + new, device=device)[None, :]
+    return key_position <= query_position
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        # Queries, keys and values come from one fused matrix: one matmul instead of three.
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
+                                bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: KVCache | None = None, layer: int = 0,
+                attention_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        H, K, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([H * D, K * D, K * D], dim=2)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(layer, k, v)  # (B, K, past + T, D)
+
+        if attention_out is None:
+            y = self.fast_attention(q, k, v, past)
+        else:
+            y, weights = self.explicit_attention(q, k, v, past)
+            attention_out.append(weights)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+    def fast_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> torch.Tensor:
+        # A query that starts at position `past` needs an explicit mask; `is_causal` assumes past == 0,
+        # and a single new token may see every cached key.
+        T = q.shape[2]
+        mask = None if past == 0 or T == 1 else causal_mask(past, T, q.device)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=past == 0 and T > 1,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_head != self.n_head,
+        )
+
+    def explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           past: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(Q K^T / sqrt(D) + mask) V, written out so the weights can be looked at."""
+        repeat = self.n_head // self.n_kv_head
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)  # (B, H, past+T, D)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, past+T)
+        scores = scores.masked_fill(~causal_mask(past, q.shape[2], q.device), float("-inf"))
+        weights = F.softmax(scores, dim=-1)
+        dropped = F.dropout(weights, self.dropout, self.training)
+        return dropped @ v, weights  # (B, H, T, D), (B, H, T, past+T)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.kind = config.mlp
+        # SwiGLU needs two input projections (gate and value); they are fused into one matrix here.
+        width = 2 * config.mlp_hidden if config.mlp == "swiglu" else config.mlp_hidden
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
+        if self.kind == "gelu":
+            h = F.gelu(h)
+        elif self.kind == "relu":
+            h = F.relu(h)
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope=None, cache=None, layer=0, attention_out=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, layer, attention_out)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=make_norm(config),
+        ))
+        if config.positions == "learned":
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        elif config.positions == "sinusoidal":
+            self.register_buffer("sinusoid", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
+        else:
+            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections into the residual stream by 1/sqrt(2 * n_layer), one per residual add,
+        # so the stream's variance does not grow with depth.
+        for name, parameter in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, include_position_embeddings: bool = False) -> int:
+        """Parameters, each tied tensor counted once; position embeddings left out unless asked for."""
+        total = sum(p.numel() for p in self.parameters())
+        if not include_position_embeddings and "wpe" in self.transformer:
+            total -= self.transformer.wpe.weight.numel()
+        return total
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                attention_out: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) for token ids `idx` (B, T); the mean cross-entropy too when `targets` is given.
+
+        With `cache`, `idx` continues the cached sequence. With `attention_out`, the explicit attention path
+        runs and appends each layer's weights (B, H, T, past + T) to that list.
+        """
+        T = idx.shape[1]
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.positions == "learned":
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        elif self.config.positions == "sinusoidal":
+            x = x + self.sinusoid[start:start + T]
+        else:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.transformer.drop(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache, layer, attention_out)
+        if cache is not None:
+            cache.advance(T)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        c = self.config
+        parameter = self.lm_head.weight
+        return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len or c.block_size, c.head_dim,
+                       dtype=parameter.dtype, device=parameter.device)
+
+    def state_for_saving(self) -> dict[str, torch.Tensor]:
+        """The state dict with a tied head left out (it is the token embedding), as safetensors requires."""
+        state = self.state_dict()
+        if self.config.tie_embeddings:
+            del state["lm_head.weight"]
+        return state
+
+    def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a state written by `state_for_saving`; raises ValueError naming any mismatch."""
+        expected = self.state_for_saving()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        wrong = sorted(n for n in set(expected) & set(state) if expected[n].shape != state[n].shape)
+        if missing or unexpected or wrong:
+            parts = [f"{label}: {', '.join(names[:4])}" for label, names in
+                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names]
+            raise ValueError("; ".join(parts))
+        with torch.no_grad():
+            for name, tensor in expected.items():
+                tensor.copy_(state[name])

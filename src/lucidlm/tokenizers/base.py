@@ -1,0 +1,84 @@
+"""The interface every tokenizer follows: text in, token ids out, and back.
+
+A tokenizer is learned from text (`train`), turns text into ids (`encode`) and ids into text (`decode`), and is
+saved as `tokenizer.json` next to the token files and in every run directory, so that a checkpoint always
+travels with the vocabulary it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lucidlm.errors import TokenizerError
+
+
+class Tokenizer:
+    kind: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[Tokenizer]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Tokenizer.registry[cls.kind] = cls
+
+    # --- what each tokenizer implements ---------------------------------------------------------------
+    @classmethod
+    def train(cls, chunks: Iterable[str], vocab_size: int | None = None) -> Tokenizer:
+        """Learn a vocabulary from an iterable of text chunks (streamed: the text is never held whole)."""
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def unknown_symbols(self, text: str) -> list[str]:
+        """The pieces of `text` this vocabulary cannot represent, in order of first appearance."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
+        raise NotImplementedError
+
+    def safe_cut(self, text: str) -> int:
+        """Where a streamed chunk may be cut so that no token straddles the cut (default: anywhere)."""
+        return len(text)
+
+    # --- shared -------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write `tokenizer.json` atomically (temporary file, then rename)."""
+        path = Path(path)
+        data = {"type": self.kind, "version": 1, **self.to_dict()}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """Read a `tokenizer.json` written by `Tokenizer.save`, whatever its kind."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TokenizerError(f"no tokenizer at {path}: prepare data with `lucidlm data prepare`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TokenizerError(f"{path} is not valid JSON ({exc}); prepare the data again") from None
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind not in Tokenizer.registry:
+        known = ", ".join(sorted(Tokenizer.registry))
+        raise TokenizerError(f"{path}: unknown tokenizer type {kind!r} (known: {known})")
+    try:
+        return Tokenizer.registry[kind].from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TokenizerError(f"{path}: malformed {kind} tokenizer ({exc}); prepare the data again") from None

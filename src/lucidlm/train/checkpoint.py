@@ -1,0 +1,203 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, and no pickle anywhere.
+
+A run directory holds
+    config.json, tokenizer.json, metrics.jsonl, loss.png
+    checkpoints/step-0000500/{model.safetensors, optimizer.safetensors, state.json}
+    latest.json, best.json   (manifests: which checkpoint, its step, and each file's size and sha256)
+
+A checkpoint is written into `step-N.tmp/`, renamed to `step-N/`, and only then named by a manifest, which is
+itself written to a temporary file and renamed. A kill at any moment therefore leaves the previous manifest
+pointing at a complete checkpoint. Directories no manifest names are removed after each save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lucidlm.config import RunConfig
+from lucidlm.errors import CheckpointError, ConfigError
+from lucidlm.model import GPT
+from lucidlm.tokenizers import Tokenizer, load_tokenizer
+
+POINTERS = ("latest", "best")
+FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    state = optimizer.state_dict()
+    tensors = {f"state.{index}.{key}": value.detach().cpu().contiguous()
+               for index, moments in state["state"].items() for key, value in moments.items()}
+    return tensors, state["param_groups"]
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                       param_groups: list[dict]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("state."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizer: torch.optim.Optimizer,
+                    progress: dict, is_best: bool) -> Path:
+    """Write the checkpoint for `step` and point `latest` (and `best` when `is_best`) at it."""
+    run_dir = Path(run_dir)
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    named = {read_manifest(run_dir, which)["checkpoint"] for which in POINTERS if _pointer(run_dir, which).exists()}
+    if f"checkpoints/{final.name}" not in named:
+        tmp = root / f"{final.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.mkdir()
+        save_file(model.state_for_saving(), tmp / "model.safetensors")
+        optimizer_tensors, param_groups = _optimizer_tensors(optimizer)
+        optimizer_tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            optimizer_tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(optimizer_tensors, tmp / "optimizer.safetensors")
+        write_json_atomic(tmp / "state.json", {**progress, "step": step, "param_groups": param_groups})
+        for name in FILES:
+            _fsync(tmp / name)
+        os.replace(tmp, final)
+    manifest = {
+        "checkpoint": f"checkpoints/{final.name}",
+        "step": step,
+        "val_loss": progress.get("val_loss"),
+        "files": {name: {"bytes": (final / name).stat().st_size, "sha256": _sha256(final / name)}
+                  for name in FILES},
+    }
+    write_json_atomic(_pointer(run_dir, "latest"), manifest)
+    if is_best:
+        write_json_atomic(_pointer(run_dir, "best"), manifest)
+    _remove_unnamed(run_dir)
+    return final
+
+
+def _pointer(run_dir: Path, which: str) -> Path:
+    return Path(run_dir) / f"{which}.json"
+
+
+def _remove_unnamed(run_dir: Path) -> None:
+    named = {read_manifest(run_dir, which)["checkpoint"] for which in POINTERS if _pointer(run_dir, which).exists()}
+    for path in (run_dir / "checkpoints").iterdir():
+        if f"checkpoints/{path.name}" not in named:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def read_manifest(run_dir: str | Path, which: str) -> dict:
+    path = _pointer(Path(run_dir), which)
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest["checkpoint"], str) or not isinstance(manifest["files"], dict):
+            raise TypeError
+        return manifest
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir} holds no {which} checkpoint ({path.name} is missing); "
+                              "give a run directory that `lucidlm train --out` wrote") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{path} is damaged; delete it to fall back on the other checkpoint") from None
+
+
+def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
+    """The directory of a complete checkpoint, its files checked against the manifest.
+
+    `best` falls back to `latest` when no evaluation has happened yet.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a directory; pass the --out directory of `lucidlm train`")
+    if which == "best" and not _pointer(run_dir, "best").exists():
+        which = "latest"
+    manifest = read_manifest(run_dir, which)
+    directory = run_dir / manifest["checkpoint"]
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        if not path.exists() or path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"{path} is missing or does not match {which}.json; the checkpoint is "
+                                  "damaged, train again or restore the file")
+    return directory
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.json); pass the --out directory "
+                              "of `lucidlm train`") from None
+    except (json.JSONDecodeError, ConfigError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); restore it from the run") from None
+
+
+def load_model(run_dir: str | Path, which: str = "best",
+               device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, RunConfig]:
+    """A trained model ready for inference, with its tokenizer and configuration."""
+    config = read_run_config(run_dir)
+    directory = find_checkpoint(run_dir, which)
+    tokenizer = load_tokenizer(Path(run_dir) / "tokenizer.json")
+    model = GPT(config.model)
+    load_weights(model, directory / "model.safetensors")
+    return model.to(device).eval(), tokenizer, config
+
+
+def load_weights(model: GPT, path: Path) -> None:
+    try:
+        model.load_saved_state(load_file(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path} does not fit the model in config.json ({exc})") from None
+
+
+def load_training_state(directory: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore weights, optimizer moments and RNG state; returns state.json (step, elapsed time, ...)."""
+    load_weights(model, directory / "model.safetensors")
+    try:
+        tensors = load_file(directory / "optimizer.safetensors")
+        progress = json.loads((directory / "state.json").read_text())
+        _restore_optimizer(optimizer, tensors, progress.pop("param_groups"))
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot restore the optimizer from {directory} ({exc})") from None
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return progress
+

@@ -1,0 +1,53 @@
+"""metrics.jsonl (one JSON object per line) and the loss curve loss.png drawn from it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop what was logged after the checkpoint, since those steps run again."""
+        kept = [r for r in self.read() if r["step"] <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+    def plot(self, out: str | Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = self.read()
+        train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+        val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+        if train:
+            axis.plot(*zip(*train, strict=True), label="train loss", linewidth=1, alpha=0.7)
+        if val:
+            axis.plot(*zip(*val, strict=True), "o-", label="val loss", linewidth=2)
+        axis.set_xlabel("step")
+        axis.set_ylabel("cross-entropy (nats per token)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        out = Path(out)
+        tmp = out.with_name(out.stem + ".tmp.png")
+        figure.savefig(tmp)
+        plt.close(figure)
+        os.replace(tmp, out)

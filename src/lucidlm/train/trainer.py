@@ -1,0 +1,202 @@
+"""The training loop: batches in, AdamW steps, evaluations, checkpoints, metrics and a progress bar.
+
+`train()` is what `lucidlm train` calls. The batch for each step comes from the loader as a pure function of
+(seed, step), and a checkpoint holds the weights, optimizer moments, RNG state and elapsed time, so `--resume`
+continues exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from lucidlm.config import RunConfig
+from lucidlm.data.loader import BatchLoader, read_meta
+from lucidlm.device import autocast, pick_device
+from lucidlm.errors import CheckpointError, ConfigError, LucidError
+from lucidlm.model import GPT
+from lucidlm.tokenizers import load_tokenizer
+from lucidlm.train.checkpoint import (
+    find_checkpoint,
+    load_training_state,
+    read_manifest,
+    save_checkpoint,
+    write_json_atomic,
+)
+from lucidlm.train.metrics import MetricsLog
+from lucidlm.train.optim import make_optimizer
+from lucidlm.train.schedule import learning_rate
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    val_loss: float | None
+    best_val_loss: float | None
+    tokens_per_second: float
+    elapsed: float
+    interrupted: bool
+
+
+@torch.no_grad()
+def estimate_val_loss(model: torch.nn.Module, loader: BatchLoader, batches: int, device: torch.device) -> float:
+    """Mean loss over the same `batches` validation batches every time, so evaluations compare."""
+    model.eval()
+    total = 0.0
+    for index in range(batches):
+        x, y = loader.batch("val", index)
+        with autocast(device):
+            total += model(x, y)[1].item()
+    model.train()
+    return total / batches
+
+
+class StopRequest:
+    """The first Ctrl-C asks the loop to stop after the current step and save; a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def check_vocab(config: RunConfig, data_dir: Path) -> None:
+    data_vocab = read_meta(data_dir)["vocab_size"]
+    if config.model.vocab_size < data_vocab:
+        raise ConfigError(f"vocab_size={config.model.vocab_size} is smaller than the data's vocabulary of "
+                          f"{data_vocab} tokens; drop the vocab_size setting or raise it")
+
+
+def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig, resume: bool = False,
+          progress: bool | None = None) -> TrainResult:
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    train_config = config.train
+    check_vocab(config, data_dir)
+    device = pick_device(train_config.device)
+    torch.manual_seed(train_config.seed)
+    loader = BatchLoader(data_dir, config.model.block_size, train_config.batch_size, train_config.seed,
+                         device=device)
+    model = GPT(config.model).to(device)
+    optimizer = make_optimizer(model, train_config, device.type)
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    step, elapsed, best_val_loss, val_loss = 0, 0.0, math.inf, None
+
+    if resume:
+        directory = find_checkpoint(run_dir, "latest")
+        _check_same_tokenizer(data_dir, run_dir)
+        state = load_training_state(directory, model, optimizer)
+        step, elapsed = state["step"], state["elapsed"]
+        best_val_loss, val_loss = state["best_val_loss"] or math.inf, state["val_loss"]
+        metrics.truncate_after(step)
+    else:
+        if (run_dir / "latest.json").exists():
+            raise CheckpointError(f"{run_dir} already holds a run; add --resume to continue it, or choose "
+                                  "another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics.path.unlink(missing_ok=True)
+        load_tokenizer(data_dir / "tokenizer.json").save(run_dir / "tokenizer.json")
+    write_json_atomic(run_dir / "config.json", {**config.to_dict(), "data": str(data_dir)})
+
+    forward = torch.compile(model) if train_config.compile else model
+    tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size
+    budget = train_config.time_budget
+
+    def evaluate_and_save(interrupted: bool = False) -> None:
+        nonlocal best_val_loss, val_loss
+        if not interrupted:
+            val_loss = estimate_val_loss(forward, loader, train_config.eval_batches, device)
+            metrics.append({"step": step, "val_loss": val_loss, "elapsed": round(elapsed, 3)})
+        is_best = not interrupted and val_loss < best_val_loss
+        best_val_loss = min(best_val_loss, val_loss) if val_loss is not None else best_val_loss
+        save_checkpoint(run_dir, step, model, optimizer, {
+            "elapsed": elapsed, "val_loss": val_loss,
+            "best_val_loss": None if math.isinf(best_val_loss) else best_val_loss,
+        }, is_best)
+
+    bar = tqdm(total=round(budget) if budget else train_config.max_steps, initial=0 if budget else step,
+               unit="s" if budget else "step", dynamic_ncols=True, leave=True,
+               disable=None if progress is None else not progress,
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+    rate_tokens, rate_time = 0, 0.0
+    last_evaluated = step if resume else -1
+    model.train()
+    with StopRequest() as stop:
+        while step < train_config.max_steps and not (budget and elapsed >= budget) and not stop.requested:
+            started = time.perf_counter()
+            lr = learning_rate(step, elapsed, train_config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro_step in range(train_config.grad_accum):
+                x, y = loader.batch("train", step, micro_step)
+                with autocast(device):
+                    _, loss = forward(x, y)
+                (loss / train_config.grad_accum).backward()
+                loss_sum += loss.detach()
+            if train_config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_loss = loss_sum.item() / train_config.grad_accum
+            step += 1
+            seconds = time.perf_counter() - started
+            elapsed += seconds
+            rate_tokens, rate_time = rate_tokens + tokens_per_step, rate_time + seconds
+            if not math.isfinite(train_loss):
+                raise LucidError(f"the loss became {train_loss} at step {step}; the last good checkpoint is "
+                                 f"{_latest_step(run_dir)}; lower lr (--set lr=...) and --resume")
+            metrics.append({"step": step, "loss": train_loss, "lr": lr, "elapsed": round(elapsed, 3)})
+            bar.update(round(elapsed) - bar.n if budget else 1)
+            bar.set_postfix_str(f"step {step} loss {train_loss:.4f} lr {lr:.2e} "
+                                f"{rate_tokens / rate_time:,.0f} tok/s", refresh=False)
+            if step % train_config.eval_interval == 0:
+                evaluate_and_save()
+                last_evaluated = step
+                bar.write(f"step {step}: val loss {val_loss:.4f}, {elapsed:.0f}s")
+        if step != last_evaluated:
+            evaluate_and_save(interrupted=stop.requested)
+    bar.close()
+    metrics.plot(run_dir / "loss.png")
+    return TrainResult(
+        run_dir=run_dir, step=step, val_loss=val_loss,
+        best_val_loss=None if math.isinf(best_val_loss) else best_val_loss,
+        tokens_per_second=rate_tokens / rate_time if rate_time else 0.0,
+        elapsed=elapsed, interrupted=stop.requested,
+    )
+
+
+def _latest_step(run_dir: Path) -> str:
+    try:
+        return f"step {read_manifest(run_dir, 'latest')['step']}"
+    except CheckpointError:
+        return "none (no checkpoint was saved yet)"
+
+
+def _check_same_tokenizer(data_dir: Path, run_dir: Path) -> None:
+    ours = json.loads((run_dir / "tokenizer.json").read_text())
+    theirs = json.loads((data_dir / "tokenizer.json").read_text())
+    if ours != theirs:
+        raise ConfigError(f"{data_dir} was prepared with another tokenizer than the run in {run_dir}; "
+                          "resume with the data the run was trained on")
