@@ -70,7 +70,7 @@ def _iter_split(sources: list[Source], start: int, stop: int | None) -> Iterator
             return
 
 
-def _iter_token_safe(chunks: Iterator[str], tokenizer: Tokenizer) -> Iterator[str]:
+def _iter_token_safe(chunks: Iterator[str], tokenizer: type[Tokenizer]) -> Iterator[str]:
     """Re-cut chunks where the tokenizer allows, so no token straddles two chunks."""
     carry = ""
     for chunk in chunks:
@@ -120,7 +120,7 @@ def prepare(
     # character can be encoded; word vocabularies from the training split only, so that validation stays unseen.
     cls = Tokenizer.registry[tokenizer_kind]
     train_stop = None if tokenizer_kind == "char" else split_at
-    tokenizer = cls.train(_iter_split(sources, 0, train_stop), vocab_size)
+    tokenizer = cls.train(_iter_token_safe(_iter_split(sources, 0, train_stop), cls), vocab_size)
     dtype = token_dtype(tokenizer.vocab_size)
 
     # Pass 3: encode each split to its token file, written under a temporary name and renamed at the end.
@@ -132,7 +132,7 @@ def prepare(
             tmp = out / f"{split}.bin.tmp"
             counts[split] = 0
             with open(tmp, "wb") as f:
-                for piece in _iter_token_safe(_iter_split(sources, start, stop), tokenizer):
+                for piece in _iter_token_safe(_iter_split(sources, start, stop), cls):
                     ids = np.asarray(tokenizer.encode(piece), dtype=dtype)
                     ids.tofile(f)
                     counts[split] += len(ids)

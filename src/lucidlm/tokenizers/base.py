@@ -51,7 +51,8 @@ class Tokenizer:
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
         raise NotImplementedError
 
-    def safe_cut(self, text: str) -> int:
+    @classmethod
+    def safe_cut(cls, text: str) -> int:
         """Where a streamed chunk may be cut so that no token straddles the cut (default: anywhere)."""
         return len(text)
 

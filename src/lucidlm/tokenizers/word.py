@@ -57,7 +57,8 @@ class WordTokenizer(Tokenizer):
     def unknown_symbols(self, text: str) -> list[str]:
         return list(dict.fromkeys(t for t in self.split(text) if t not in self.token_to_id))
 
-    def safe_cut(self, text: str) -> int:
+    @classmethod
+    def safe_cut(cls, text: str) -> int:
         # Cut before the last whitespace run: neither a word nor a run of spaces is split across chunks.
         match = re.search(r"\s+\S*$", text)
         return match.start() if match else 0

@@ -1,0 +1,50 @@
+# lucidlm: `make demo` trains a GPT on Shakespeare and samples from it; `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA := data/shakespeare-char
+RUN := runs/demo
+
+.PHONY: setup demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	@test -f $(DATA)/meta.json || $(BIN)/lucidlm data prepare --corpus shakespeare --tokenizer char --out $(DATA)
+	@rm -rf $(RUN)
+	$(BIN)/lucidlm train --data $(DATA) --out $(RUN) --preset shakespeare-char --time-budget 120
+	$(BIN)/lucidlm generate --checkpoint $(RUN) --prompt "ROMEO:" --max-new-tokens 500 --temperature 0.8 --top-k 50 --seed 1
+	$(BIN)/lucidlm eval --checkpoint $(RUN) --data $(DATA)
+	@echo
+	@echo "Next: sample more, or train your own:"
+	@echo "  $(BIN)/lucidlm generate --checkpoint $(RUN) --prompt 'JULIET:' --temperature 0.7 --num-samples 3"
+	@echo "  $(BIN)/lucidlm train --data my.txt --out runs/mine"
+	@echo "  (the loss curve is $(RUN)/loss.png)"
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache .ruff_cache

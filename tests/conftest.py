@@ -1,0 +1,47 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lucidlm.config import RunConfig, TrainConfig
+from lucidlm.data import Source, prepare
+from lucidlm.model import GPTConfig
+
+# The suite runs on a 2-core CPU: keep PyTorch from oversubscribing it when pytest runs tests in parallel.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SAMPLE_TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\n"
+    "First Citizen:\nYou are all resolved rather to die than to famish?\n\n"
+    "All:\nResolved. resolved.\n\n"
+) * 40
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """No test touches the user's real cache directory."""
+    monkeypatch.setenv("LUCIDLM_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    path = tmp_path / "sample.txt"
+    path.write_text(SAMPLE_TEXT)
+    return path
+
+
+@pytest.fixture
+def data_dir(tmp_path, text_file) -> Path:
+    out = tmp_path / "data"
+    prepare([Source(text_file, "sample")], out, "char", progress=False)
+    return out
+
+
+def tiny_config(vocab_size: int, **train) -> RunConfig:
+    model = GPTConfig(vocab_size=vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    settings = dict(batch_size=4, max_steps=20, lr=3e-3, min_lr=3e-4, warmup_steps=2, eval_interval=10,
+                    eval_batches=2, device="cpu")
+    settings.update(train)
+    return RunConfig(model, TrainConfig(**settings))
