@@ -45,6 +45,7 @@ class TrainResult:
     tokens_per_second: float
     elapsed: float
     interrupted: bool
+    model: GPT  # the trained model as it was at the last step
 
 
 @torch.no_grad()
@@ -183,7 +184,7 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig, resume: 
         run_dir=run_dir, step=step, val_loss=val_loss,
         best_val_loss=None if math.isinf(best_val_loss) else best_val_loss,
         tokens_per_second=rate_tokens / rate_time if rate_time else 0.0,
-        elapsed=elapsed, interrupted=stop.requested,
+        elapsed=elapsed, interrupted=stop.requested, model=model.eval(),
     )
 
 

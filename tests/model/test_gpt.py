@@ -1,0 +1,131 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from lucidlm.errors import ConfigError
+from lucidlm.model import GPT, GPTConfig
+from lucidlm.model.config import MLPS, NORMS, POSITIONS
+
+
+def tiny(**overrides) -> GPTConfig:
+    settings = dict(vocab_size=23, block_size=12, n_layer=2, n_head=4, n_embd=32)
+    settings.update(overrides)
+    return GPTConfig(**settings)
+
+
+EVERY_SWITCH = [
+    dict(positions=p, norm=n, mlp=m) for p, n, m in itertools.product(POSITIONS, NORMS, MLPS)
+] + [dict(bias=True), dict(tie_embeddings=False), dict(n_kv_head=2), dict(n_kv_head=1, positions="rope"),
+     dict(dropout=0.1), dict(mlp_hidden=40)]
+
+
+def model_for(seed=0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(tiny(**overrides))
+
+
+@pytest.mark.parametrize("switches", EVERY_SWITCH, ids=str)
+def test_every_switch_builds_runs_and_learns(switches):
+    model = model_for(**switches)
+    x = torch.randint(0, 23, (4, 12), generator=torch.Generator().manual_seed(1))
+    logits, loss = model(x, x.roll(-1, dims=1))
+    assert logits.shape == (4, 12, 23)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = loss.item()
+    for _ in range(10):
+        optimizer.zero_grad()
+        _, loss = model(x, x.roll(-1, dims=1))
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first - 0.5
+
+
+@pytest.mark.parametrize("switches", [s for s in EVERY_SWITCH if "dropout" not in s], ids=str)
+def test_fast_attention_equals_the_explicit_path(switches):
+    model = model_for(**switches).eval()
+    x = torch.randint(0, 23, (3, 12), generator=torch.Generator().manual_seed(2))
+    fast, _ = model(x)
+    weights: list[torch.Tensor] = []
+    explicit, _ = model(x, attention_out=weights)
+    torch.testing.assert_close(fast, explicit, rtol=0, atol=1e-5)
+    assert len(weights) == 2 and weights[0].shape == (3, 4, 12, 12)
+    torch.testing.assert_close(weights[0].sum(-1), torch.ones(3, 4, 12))
+    assert torch.all(weights[0].triu(diagonal=1) == 0)  # nothing attends to the future
+
+
+@pytest.mark.parametrize("switches", [{}, dict(positions="rope", n_kv_head=2), dict(positions="sinusoidal")], ids=str)
+def test_causality_future_tokens_do_not_change_the_past(switches):
+    model = model_for(**switches).eval()
+    x = torch.randint(0, 23, (2, 12), generator=torch.Generator().manual_seed(3))
+    changed = x.clone()
+    changed[:, 7:] = (changed[:, 7:] + 5) % 23
+    for attention_out in (None, []):
+        before, _ = model(x, attention_out=attention_out)
+        after, _ = model(changed, attention_out=attention_out)
+        torch.testing.assert_close(before[:, :7], after[:, :7], rtol=0, atol=0)
+        assert not torch.allclose(before[:, 7:], after[:, 7:])
+
+
+@pytest.mark.parametrize("switches", [{}, dict(positions="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu"),
+                                      dict(positions="sinusoidal")], ids=str)
+def test_kv_cache_gives_the_logits_of_a_full_pass(switches):
+    model = model_for(**switches).eval()
+    x = torch.randint(0, 23, (2, 12), generator=torch.Generator().manual_seed(4))
+    full, _ = model(x)
+    cache = model.new_cache(batch_size=2)
+    pieces = [model(x[:, a:b], cache=cache)[0] for a, b in ((0, 5), (5, 6), (6, 9), (9, 12))]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+    assert cache.length == 12
+    with pytest.raises(ValueError, match="longer than block_size=12"):
+        model(x[:, :1], cache=cache)
+
+
+def test_parameter_count_of_the_nanogpt_baby_shape():
+    config = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    model = GPT(config)
+    C, L = 128, 4
+    per_layer = 4 * C * C + 8 * C * C + 2 * C  # attention, MLP, two LayerNorm gains (no biases)
+    assert model.num_params() == L * per_layer + 65 * C + C  # + tied embedding/head + final norm
+    assert model.num_params(include_position_embeddings=True) == model.num_params() + 64 * C
+    assert model.num_params() == 795_904  # nanoGPT prints 0.80M for this recipe
+
+
+def test_grouped_query_attention_shrinks_the_key_value_projection():
+    assert GPT(tiny(n_kv_head=1)).transformer.h[0].attn.c_attn.weight.shape == (32 + 2 * 8, 32)
+    assert GPT(tiny(mlp="swiglu")).transformer.h[0].mlp.c_fc.weight.shape == (2 * 96, 32)  # 8/3*32 -> 96
+
+
+def test_gpt2_initialisation():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=1000, n_layer=8, n_embd=256, n_head=4, block_size=32, bias=True))
+    proj = model.transformer.h[0].mlp.c_proj.weight
+    assert abs(proj.std().item() - 0.02 / math.sqrt(16)) < 2e-4
+    assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 2e-4
+    assert torch.all(model.transformer.h[0].mlp.c_fc.bias == 0)
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [(dict(positions="alibi"), "positions='alibi' is not one of"), (dict(n_embd=30), "not divisible by n_head"),
+     (dict(n_kv_head=3), "not a multiple of n_kv_head=3"), (dict(dropout=1.0), "dropout=1.0"),
+     (dict(n_layer=0), "n_layer=0 must be a positive")],
+)
+def test_bad_configurations_are_clear_errors(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny(**settings)
+
+
+def test_saved_state_round_trip_and_mismatch():
+    model, other = model_for(seed=1), model_for(seed=2)
+    state = model.state_for_saving()
+    assert "lm_head.weight" not in state
+    other.load_saved_state(state)
+    x = torch.randint(0, 23, (1, 12))
+    torch.testing.assert_close(model(x)[0], other(x)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="wrong shape: transformer.wte.weight"):
+        GPT(tiny(vocab_size=24)).load_saved_state(state)

@@ -1,0 +1,156 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lucidlm.config import TrainConfig
+from lucidlm.data import Source, open_split, prepare
+from lucidlm.errors import CheckpointError
+from lucidlm.evaluate import split_loss
+from lucidlm.train import find_checkpoint, load_model, train
+from lucidlm.train import checkpoint as checkpoint_module
+from lucidlm.train.metrics import MetricsLog
+from lucidlm.train.schedule import learning_rate
+
+from ..conftest import tiny_config
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in MetricsLog(run_dir / "metrics.jsonl").read() if "loss" in r}
+
+
+def test_a_small_model_learns_a_repeating_text(tmp_path):
+    (tmp_path / "t.txt").write_text("the cat sat on the mat. " * 300)
+    prepare([Source(tmp_path / "t.txt", "t")], tmp_path / "data", progress=False)
+    config = tiny_config(11, max_steps=150, batch_size=8, lr=1e-2, min_lr=1e-3, eval_interval=50)
+    result = train(tmp_path / "data", tmp_path / "run", config, progress=False)
+    assert losses(tmp_path / "run")[150] < 0.1
+    assert result.val_loss < 0.1 and result.step == 150 and not result.interrupted
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path, data_dir):
+    config = tiny_config(34)
+    result = train(data_dir, tmp_path / "run", config, progress=False)
+    model, tokenizer, loaded_config = load_model(tmp_path / "run", which="latest")
+    assert loaded_config.model == config.model
+    assert tokenizer.decode(tokenizer.encode("Speak, speak.")) == "Speak, speak."
+    x = torch.tensor([tokenizer.encode("First Citizen:")])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], result.model(x)[0], rtol=0, atol=0)
+    manifest = json.loads((tmp_path / "run" / "latest.json").read_text())
+    assert manifest["step"] == 20 and manifest["checkpoint"] == "checkpoints/step-0000020"
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["step-0000020"]
+
+
+def test_resume_continues_exactly(tmp_path, data_dir):
+    straight = tiny_config(34, max_steps=20, eval_interval=5)
+    straight.model.dropout = 0.1  # dropout draws random numbers: the RNG state must be restored too
+    train(data_dir, tmp_path / "straight", straight, progress=False)
+    first_half = tiny_config(34, max_steps=10, decay_steps=20, eval_interval=5)
+    first_half.model.dropout = 0.1
+    train(data_dir, tmp_path / "resumed", first_half, progress=False)
+    second_half = tiny_config(34, max_steps=20, decay_steps=20, eval_interval=5)
+    second_half.model.dropout = 0.1
+    train(data_dir, tmp_path / "resumed", second_half, resume=True, progress=False)
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(b) == list(range(1, 21))  # each step logged once
+    assert abs(a[20] - b[20]) < 1e-6 and abs(a[11] - b[11]) < 1e-6
+    x = torch.tensor([[1, 2, 3, 4]])
+    m1, m2 = load_model(tmp_path / "straight", "latest")[0], load_model(tmp_path / "resumed", "latest")[0]
+    torch.testing.assert_close(m1(x)[0], m2(x)[0], rtol=0, atol=1e-6)
+
+
+def test_a_crash_before_the_manifest_leaves_the_previous_checkpoint(tmp_path, data_dir, monkeypatch):
+    train(data_dir, tmp_path / "run", tiny_config(34, max_steps=10), progress=False)
+    real_write = checkpoint_module.write_json_atomic
+
+    def crash_on_manifest(path, data):
+        if path.name == "latest.json":
+            raise OSError("simulated crash between the weights and the manifest")
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint_module, "write_json_atomic", crash_on_manifest)
+    with pytest.raises(OSError, match="simulated crash"):
+        train(data_dir, tmp_path / "run", tiny_config(34, max_steps=20), resume=True, progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "step-0000020" / "model.safetensors").exists()
+    assert find_checkpoint(tmp_path / "run", "latest").name == "step-0000010"
+    model, _, _ = load_model(tmp_path / "run", "latest")
+    monkeypatch.undo()
+    result = train(data_dir, tmp_path / "run", tiny_config(34, max_steps=20), resume=True, progress=False)
+    assert result.step == 20
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["step-0000020"]
+
+
+def test_damaged_or_missing_checkpoints_are_clear_errors(tmp_path, data_dir):
+    train(data_dir, tmp_path / "run", tiny_config(34, max_steps=10), progress=False)
+    weights = tmp_path / "run" / "checkpoints" / "step-0000010" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match best.json"):
+        load_model(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="holds no latest checkpoint"):
+        find_checkpoint(data_dir)
+    with pytest.raises(CheckpointError, match="is not a directory"):
+        find_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="already holds a run; add --resume"):
+        train(data_dir, tmp_path / "run", tiny_config(34, max_steps=10), progress=False)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, text_file):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "lucidlm", "train", "--data", str(text_file), "--out", str(run),
+               "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=2", "--set", "block_size=8",
+               "--max-steps", "1000000", "--set", "eval_interval=1000000", "--device", "cpu", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Resume with" in out and "--resume" in out
+    step = json.loads((run / "latest.json").read_text())["step"]
+    assert step >= 5
+    resumed = subprocess.run([*command[:-5], "--max-steps", str(step + 3), "--resume", "--device", "cpu",
+                              "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((run / "latest.json").read_text())["step"] == step + 3
+
+
+def test_learning_rate_schedule():
+    config = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=9, max_steps=109)
+    assert learning_rate(0, 0.0, config) == pytest.approx(0.1)
+    assert learning_rate(8, 0.0, config) == pytest.approx(0.9)
+    assert learning_rate(9, 0.0, config) == pytest.approx(1.0)
+    assert learning_rate(59, 0.0, config) == pytest.approx(0.55)  # halfway down the cosine
+    assert learning_rate(109, 0.0, config) == pytest.approx(0.1)
+    timed = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=10**6, time_budget=100.0)
+    assert learning_rate(10, 50.0, timed) == pytest.approx(0.5)  # the clock, not the step count, sets progress
+    assert learning_rate(10, 150.0, timed) == pytest.approx(0.0)
+
+
+def test_split_loss_scores_every_token_once_with_its_context(tmp_path, data_dir):
+    train(data_dir, tmp_path / "run", tiny_config(34, max_steps=5), progress=False)
+    model, _, _ = load_model(tmp_path / "run")
+    tokens = np.asarray(open_split(data_dir, "val"))[:53]  # 52 targets: 3 full windows of 16 and a partial one
+    loss, count = split_loss(model, tokens, batch_size=2)
+    assert count == 52
+    expected = []
+    with torch.no_grad():
+        for target in range(1, 53):
+            window_start = (target - 1) // 16 * 16 if target <= 48 else 52 - 16
+            context = torch.tensor(tokens[window_start:target].astype(np.int64))[None]
+            logits, _ = model(context)
+            expected.append(-torch.log_softmax(logits[0, -1], -1)[int(tokens[target])].item())
+    assert loss == pytest.approx(sum(expected) / 52, rel=1e-5)
+    assert not math.isnan(loss)
