@@ -41,7 +41,8 @@ def data_dir(tmp_path, text_file) -> Path:
 
 def tiny_config(vocab_size: int, **train) -> RunConfig:
     model = GPTConfig(vocab_size=vocab_size, block_size=16, n_layer=2, n_head=2, n_embd=32)
-    settings = dict(batch_size=4, max_steps=20, lr=3e-3, min_lr=3e-4, warmup_steps=2, eval_interval=10,
-                    eval_batches=2, device="cpu")
+    settings = dict(
+        batch_size=4, max_steps=20, lr=3e-3, min_lr=3e-4, warmup_steps=2, eval_interval=10, eval_batches=2, device="cpu"
+    )
     settings.update(train)
     return RunConfig(model, TrainConfig(**settings))

@@ -27,10 +27,10 @@ def generate_by_full_recomputation(model: GPT, prompt: list[int], steps: int) ->
     tokens, all_logits = list(prompt), []
     with torch.no_grad():
         for _ in range(steps):
-            logits, _ = model(torch.tensor([tokens[-model.config.block_size:]]))
+            logits, _ = model(torch.tensor([tokens[-model.config.block_size :]]))
             all_logits.append(logits[0, -1])
             tokens.append(int(logits[0, -1].argmax()))
-    return tokens[len(prompt):], all_logits
+    return tokens[len(prompt) :], all_logits
 
 
 @pytest.mark.parametrize("switches", [{}, dict(positions="rope", n_kv_head=1)], ids=str)
@@ -81,9 +81,15 @@ def test_sampling_follows_the_distribution_and_the_seed():
     assert sample_next(logits[:1], SamplingConfig(temperature=0), None).tolist() == [0]
 
 
-@pytest.mark.parametrize(("settings", "message"), [(dict(temperature=-1), "temperature"),
-                                                   (dict(temperature=float("nan")), "temperature"),
-                                                   (dict(top_k=0), "top-k"), (dict(top_p=1.5), "top-p")])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(temperature=-1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(top_k=0), "top-k"),
+        (dict(top_p=1.5), "top-p"),
+    ],
+)
 def test_bad_sampling_settings(settings, message):
     with pytest.raises(ConfigError, match=message):
         SamplingConfig(**settings)
@@ -117,8 +123,11 @@ def test_prompt_errors_and_empty_prompt():
 
 def test_generate_text_is_seeded_and_streams(tmp_path):
     model, tokenizer = tiny_model(), Letters()
-    run = lambda seed: list(generate_text(model, tokenizer, "ab", 30, SamplingConfig(top_k=5),  # noqa: E731
-                                          generator=torch.Generator().manual_seed(seed)))
+
+    def run(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return list(generate_text(model, tokenizer, "ab", 30, SamplingConfig(top_k=5), generator=generator))
+
     first = run(1)
     assert len(first) > 1 and sum(len(p) for p in first) == 30
     assert first == run(1) and first != run(2)

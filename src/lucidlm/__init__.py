@@ -8,5 +8,19 @@ from lucidlm.tokenizers import CharTokenizer, Tokenizer, WordTokenizer, load_tok
 from lucidlm.train import load_model, train
 
 __version__ = "0.1.0"
-__all__ = ["GPT", "PRESETS", "CharTokenizer", "GPTConfig", "LucidError", "RunConfig", "SamplingConfig",
-           "Tokenizer", "TrainConfig", "WordTokenizer", "generate_text", "load_model", "load_tokenizer", "train"]
+__all__ = [
+    "GPT",
+    "PRESETS",
+    "CharTokenizer",
+    "GPTConfig",
+    "LucidError",
+    "RunConfig",
+    "SamplingConfig",
+    "Tokenizer",
+    "TrainConfig",
+    "WordTokenizer",
+    "generate_text",
+    "load_model",
+    "load_tokenizer",
+    "train",
+]

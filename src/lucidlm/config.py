@@ -61,25 +61,61 @@ PRESETS: dict[str, dict[str, dict]] = {
     # nanoGPT's documented CPU recipe for Shakespeare, kept as it is so the figures compare.
     "nanogpt-baby": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
-        "train": dict(batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-                      eval_interval=250, eval_batches=20),
+        "train": dict(
+            batch_size=12,
+            max_steps=2000,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            beta2=0.99,
+            eval_interval=250,
+            eval_batches=20,
+        ),
     },
     # The recipe `make demo` trains: the baby recipe, given a time budget to spend.
     "shakespeare-char": {
         "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
-        "train": dict(batch_size=12, max_steps=100_000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99,
-                      eval_interval=500, eval_batches=20, time_budget=120.0),
+        "train": dict(
+            batch_size=12,
+            max_steps=100_000,
+            lr=1e-3,
+            min_lr=1e-4,
+            warmup_steps=100,
+            beta2=0.99,
+            eval_interval=500,
+            eval_batches=20,
+            time_budget=120.0,
+        ),
     },
     # GPT-2 small (124M), for GPUs; vocab_size comes from the data.
     "gpt2-small": {
         "model": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bias=True),
-        "train": dict(batch_size=12, grad_accum=40, max_steps=600_000, lr=6e-4, min_lr=6e-5, warmup_steps=2000,
-                      beta2=0.95, eval_interval=1000, eval_batches=200),
+        "train": dict(
+            batch_size=12,
+            grad_accum=40,
+            max_steps=600_000,
+            lr=6e-4,
+            min_lr=6e-5,
+            warmup_steps=2000,
+            beta2=0.95,
+            eval_interval=1000,
+            eval_batches=200,
+        ),
     },
     # The Llama layout at toy size: rotary positions, RMSNorm, SwiGLU, no biases, grouped-query attention.
     "llama-tiny": {
-        "model": dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=256, positions="rope",
-                      norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
+        "model": dict(
+            n_layer=4,
+            n_head=4,
+            n_kv_head=2,
+            n_embd=128,
+            block_size=256,
+            positions="rope",
+            norm="rmsnorm",
+            mlp="swiglu",
+            bias=False,
+            tie_embeddings=False,
+        ),
         "train": dict(batch_size=12, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100, beta2=0.99),
     },
 }
@@ -157,8 +193,12 @@ def read_toml(path: str | Path) -> dict[str, dict]:
     return result
 
 
-def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
-                   overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+def resolve_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict | None = None,
+) -> RunConfig:
     """Layer the settings: `base` (a saved config) or the preset, then the TOML file, then `--set` pairs."""
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")

@@ -26,7 +26,7 @@ def split_loss(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> tuple[fl
     starts = list(range(0, n_targets, T))
     total, count = 0.0, 0
     for first in range(0, len(starts), batch_size):
-        group = starts[first:first + batch_size]
+        group = starts[first : first + batch_size]
         # A window starting at s scores targets s+1 .. s+T; the last one is shifted back to stay in range.
         shifted = [min(s, max(n_targets - T, 0)) for s in group]
         length = min(T, n_targets)
@@ -38,8 +38,9 @@ def split_loss(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> tuple[fl
         y = torch.where(torch.arange(length, device=device)[None, :] < skip[:, None], -1, y)
         with autocast(device):
             logits, _ = model(x)
-        losses = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                 ignore_index=-1, reduction="sum")
+        losses = F.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1, reduction="sum"
+        )
         total += losses.item()
         count += int((y >= 0).sum())
     return total / count, count

@@ -59,8 +59,9 @@ def sample_next(logits: torch.Tensor, config: SamplingConfig, generator: torch.G
 
 
 @torch.inference_mode()
-def generate_ids(model: GPT, prompt: list[int], max_new_tokens: int, config: SamplingConfig,
-                 generator: torch.Generator | None = None) -> Iterator[int]:
+def generate_ids(
+    model: GPT, prompt: list[int], max_new_tokens: int, config: SamplingConfig, generator: torch.Generator | None = None
+) -> Iterator[int]:
     """Yield new token ids one at a time, decoding with the KV cache."""
     block_size = model.config.block_size
     device = model.lm_head.weight.device
@@ -73,7 +74,7 @@ def generate_ids(model: GPT, prompt: list[int], max_new_tokens: int, config: Sam
         yield token
         context.append(token)
         if cache.length == block_size:  # the window is full: keep its newer half and refill the cache
-            context = context[-(block_size // 2 + 1):]
+            context = context[-(block_size // 2 + 1) :]
             cache.reset()
             step_input = context
         else:
@@ -87,8 +88,10 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     unknown = tokenizer.unknown_symbols(prompt)
     if unknown:
         shown = " ".join(repr(s) for s in unknown[:20])
-        raise TokenizerError(f"the prompt contains {len(unknown)} symbol(s) the model's vocabulary lacks: {shown}; "
-                             "remove or replace them")
+        raise TokenizerError(
+            f"the prompt contains {len(unknown)} symbol(s) the model's vocabulary lacks: {shown}; "
+            "remove or replace them"
+        )
     if not prompt:
         # An empty prompt starts from a newline, the most neutral start a text has, when the vocabulary has one.
         return tokenizer.encode("\n") if not tokenizer.unknown_symbols("\n") else [0]
@@ -118,7 +121,7 @@ class StopStreamer:
             end -= 1
         for s in self.stop:  # hold back the longest tail that could grow into a stop string
             for length in range(min(len(s) - 1, end - self.emitted), 0, -1):
-                if s.startswith(text[end - length:end]):
+                if s.startswith(text[end - length : end]):
                     end -= length
                     break
         return self._emit(text, end)
@@ -129,18 +132,25 @@ class StopStreamer:
 
     def _emit(self, text: str, end: int | None) -> str:
         end = len(text) if end is None else end
-        piece = text[self.emitted:end] if end > self.emitted else ""
+        piece = text[self.emitted : end] if end > self.emitted else ""
         self.emitted = max(self.emitted, end)
         return piece
 
 
-def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 200,
-                  config: SamplingConfig | None = None, stop: list[str] | None = None,
-                  generator: torch.Generator | None = None) -> Iterator[str]:
+def generate_text(
+    model: GPT,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int = 200,
+    config: SamplingConfig | None = None,
+    stop: list[str] | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[str]:
     """Stream the continuation of `prompt` as text pieces; it ends early at a stop string (not included)."""
     streamer = StopStreamer(tokenizer, stop)
-    for token in generate_ids(model, encode_prompt(tokenizer, prompt), max_new_tokens,
-                              config or SamplingConfig(), generator):
+    for token in generate_ids(
+        model, encode_prompt(tokenizer, prompt), max_new_tokens, config or SamplingConfig(), generator
+    ):
         piece = streamer.push(token)
         if piece:
             yield piece

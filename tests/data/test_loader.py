@@ -25,8 +25,8 @@ def test_windows_are_contiguous_and_targets_shifted_by_one(data_dir):
     loader = BatchLoader(data_dir, block_size=16, batch_size=8, seed=0)
     x, y = loader.batch("train", step=0)
     for row, offset in enumerate(loader.offsets("train", 0)):
-        assert x[row].tolist() == tokens[offset:offset + 16].tolist()
-        assert y[row].tolist() == tokens[offset + 1:offset + 17].tolist()
+        assert x[row].tolist() == tokens[offset : offset + 16].tolist()
+        assert y[row].tolist() == tokens[offset + 1 : offset + 17].tolist()
 
 
 def test_every_window_fits(tmp_path):

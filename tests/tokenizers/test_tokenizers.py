@@ -77,8 +77,12 @@ def test_save_load_round_trip(tmp_path, tokenizer):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not valid JSON"), ('{"type": "klingon"}', "unknown tokenizer type 'klingon'"),
-     ('{"type": "char"}', "malformed char tokenizer"), ('{"type": "char", "vocab": ["ab"]}', "malformed")],
+    [
+        ("{not json", "not valid JSON"),
+        ('{"type": "klingon"}', "unknown tokenizer type 'klingon'"),
+        ('{"type": "char"}', "malformed char tokenizer"),
+        ('{"type": "char", "vocab": ["ab"]}', "malformed"),
+    ],
 )
 def test_load_errors(tmp_path, content, message):
     path = tmp_path / "tokenizer.json"

@@ -14,8 +14,8 @@ from lucidlm.config import TrainConfig
 from lucidlm.data import Source, open_split, prepare
 from lucidlm.errors import CheckpointError
 from lucidlm.evaluate import split_loss
-from lucidlm.train import find_checkpoint, load_model, train
 from lucidlm.train import checkpoint as checkpoint_module
+from lucidlm.train import find_checkpoint, load_model, train
 from lucidlm.train.metrics import MetricsLog
 from lucidlm.train.schedule import learning_rate
 
@@ -82,7 +82,7 @@ def test_a_crash_before_the_manifest_leaves_the_previous_checkpoint(tmp_path, da
         train(data_dir, tmp_path / "run", tiny_config(34, max_steps=20), resume=True, progress=False)
     assert (tmp_path / "run" / "checkpoints" / "step-0000020" / "model.safetensors").exists()
     assert find_checkpoint(tmp_path / "run", "latest").name == "step-0000010"
-    model, _, _ = load_model(tmp_path / "run", "latest")
+    assert load_model(tmp_path / "run", "latest")[0].config.n_layer == 2
     monkeypatch.undo()
     result = train(data_dir, tmp_path / "run", tiny_config(34, max_steps=20), resume=True, progress=False)
     assert result.step == 20
@@ -107,9 +107,31 @@ def test_damaged_or_missing_checkpoints_are_clear_errors(tmp_path, data_dir):
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, text_file):
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "lucidlm", "train", "--data", str(text_file), "--out", str(run),
-               "--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=2", "--set", "block_size=8",
-               "--max-steps", "1000000", "--set", "eval_interval=1000000", "--device", "cpu", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "lucidlm",
+        "train",
+        "--data",
+        str(text_file),
+        "--out",
+        str(run),
+        "--set",
+        "n_layer=1",
+        "--set",
+        "n_embd=16",
+        "--set",
+        "n_head=2",
+        "--set",
+        "block_size=8",
+        "--max-steps",
+        "1000000",
+        "--set",
+        "eval_interval=1000000",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 60
@@ -121,8 +143,12 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, text_file):
     assert "Resume with" in out and "--resume" in out
     step = json.loads((run / "latest.json").read_text())["step"]
     assert step >= 5
-    resumed = subprocess.run([*command[:-5], "--max-steps", str(step + 3), "--resume", "--device", "cpu",
-                              "--no-progress"], capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [*command[:-5], "--max-steps", str(step + 3), "--resume", "--device", "cpu", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "latest.json").read_text())["step"] == step + 3
 

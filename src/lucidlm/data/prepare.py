@@ -139,8 +139,9 @@ def prepare(
                     bar.update(len(piece))
     for split in ("train", "val"):
         if counts[split] == 0:
-            raise DataError(f"the {split} split is empty ({total_chars} characters in all); give more text "
-                            "or change --val-fraction")
+            raise DataError(
+                f"the {split} split is empty ({total_chars} characters in all); give more text or change --val-fraction"
+            )
     meta = {
         "tokenizer": tokenizer_kind,
         "vocab_size": tokenizer.vocab_size,
@@ -166,8 +167,10 @@ def resolve_data(data: str | os.PathLike, run_dir: str | os.PathLike, progress: 
     path = Path(data)
     if path.is_dir():
         if not (path / "meta.json").exists():
-            raise DataError(f"{path} is a directory but not a prepared one (no meta.json); run "
-                            f"`lucidlm data prepare --input {path} --out DATA_DIR` or pass a text file")
+            raise DataError(
+                f"{path} is a directory but not a prepared one (no meta.json); run "
+                f"`lucidlm data prepare --input {path} --out DATA_DIR` or pass a text file"
+            )
         return path
     if not path.is_file():
         raise DataError(f"--data {path}: no such file or directory")

@@ -46,8 +46,10 @@ class GPTConfig:
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
-            raise ConfigError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}; "
-                              "choose n_kv_head among the divisors of n_head")
+            raise ConfigError(
+                f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}; "
+                "choose n_kv_head among the divisors of n_head"
+            )
         if self.positions == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head size, got n_embd/n_head = {self.head_dim}")
         if self.positions == "sinusoidal" and self.n_embd % 2:

@@ -58,15 +58,21 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         # Queries, keys and values come from one fused matrix: one matmul instead of three.
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
-                                bias=config.bias)
+        self.c_attn = nn.Linear(
+            config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=config.bias
+        )
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: KVCache | None = None, layer: int = 0,
-                attention_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        attention_out: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([H * D, K * D, K * D], dim=2)
@@ -94,12 +100,18 @@ class CausalSelfAttention(nn.Module):
         T = q.shape[2]
         mask = None if past == 0 or T == 1 else causal_mask(past, T, q.device)
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=past == 0 and T > 1,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_head != self.n_head,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=past == 0 and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
         )
 
-    def explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           past: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def explicit_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(Q K^T / sqrt(D) + mask) V, written out so the weights can be looked at."""
         repeat = self.n_head // self.n_kv_head
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)  # (B, H, past+T, D)
@@ -153,12 +165,14 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-            ln_f=make_norm(config),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=make_norm(config),
+            )
+        )
         if config.positions == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         elif config.positions == "sinusoidal":
@@ -193,8 +207,13 @@ class GPT(nn.Module):
             total -= self.transformer.wpe.weight.numel()
         return total
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                attention_out: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        attention_out: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) for token ids `idx` (B, T); the mean cross-entropy too when `targets` is given.
 
         With `cache`, `idx` continues the cached sequence. With `attention_out`, the explicit attention path
@@ -209,9 +228,9 @@ class GPT(nn.Module):
         if self.config.positions == "learned":
             x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
         elif self.config.positions == "sinusoidal":
-            x = x + self.sinusoid[start:start + T]
+            x = x + self.sinusoid[start : start + T]
         else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, cache, layer, attention_out)
@@ -226,8 +245,15 @@ class GPT(nn.Module):
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         c = self.config
         parameter = self.lm_head.weight
-        return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len or c.block_size, c.head_dim,
-                       dtype=parameter.dtype, device=parameter.device)
+        return KVCache(
+            c.n_layer,
+            batch_size,
+            c.n_kv_head,
+            max_len or c.block_size,
+            c.head_dim,
+            dtype=parameter.dtype,
+            device=parameter.device,
+        )
 
     def state_for_saving(self) -> dict[str, torch.Tensor]:
         """The state dict with a tied head left out (it is the token embedding), as safetensors requires."""
@@ -242,8 +268,11 @@ class GPT(nn.Module):
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         wrong = sorted(n for n in set(expected) & set(state) if expected[n].shape != state[n].shape)
         if missing or unexpected or wrong:
-            parts = [f"{label}: {', '.join(names[:4])}" for label, names in
-                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if names]
+            parts = [
+                f"{label}: {', '.join(names[:4])}"
+                for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                if names
+            ]
             raise ValueError("; ".join(parts))
         with torch.no_grad():
             for name, tensor in expected.items():

@@ -22,7 +22,8 @@ class Tokenizer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        Tokenizer.registry[cls.kind] = cls
+        if "kind" in cls.__dict__:  # a subclass that only customises a tokenizer does not replace it
+            Tokenizer.registry[cls.kind] = cls
 
     # --- what each tokenizer implements ---------------------------------------------------------------
     @classmethod

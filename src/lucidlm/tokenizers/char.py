@@ -25,8 +25,10 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def train(cls, chunks: Iterable[str], vocab_size: int | None = None) -> CharTokenizer:
         if vocab_size is not None:
-            raise ConfigError("--vocab-size does not apply to the char tokenizer (its vocabulary is every "
-                              "character of the text); drop it or use --tokenizer word")
+            raise ConfigError(
+                "--vocab-size does not apply to the char tokenizer (its vocabulary is every "
+                "character of the text); drop it or use --tokenizer word"
+            )
         seen: set[str] = set()
         for chunk in chunks:
             seen.update(chunk)

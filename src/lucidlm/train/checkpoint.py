@@ -59,13 +59,17 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     state = optimizer.state_dict()
-    tensors = {f"state.{index}.{key}": value.detach().cpu().contiguous()
-               for index, moments in state["state"].items() for key, value in moments.items()}
+    tensors = {
+        f"state.{index}.{key}": value.detach().cpu().contiguous()
+        for index, moments in state["state"].items()
+        for key, value in moments.items()
+    }
     return tensors, state["param_groups"]
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                       param_groups: list[dict]) -> None:
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict]
+) -> None:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("state."):
@@ -74,8 +78,9 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torc
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizer: torch.optim.Optimizer,
-                    progress: dict, is_best: bool) -> Path:
+def save_checkpoint(
+    run_dir: str | Path, step: int, model: GPT, optimizer: torch.optim.Optimizer, progress: dict, is_best: bool
+) -> Path:
     """Write the checkpoint for `step` and point `latest` (and `best` when `is_best`) at it."""
     run_dir = Path(run_dir)
     root = run_dir / "checkpoints"
@@ -101,8 +106,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizer: torch
         "checkpoint": f"checkpoints/{final.name}",
         "step": step,
         "val_loss": progress.get("val_loss"),
-        "files": {name: {"bytes": (final / name).stat().st_size, "sha256": _sha256(final / name)}
-                  for name in FILES},
+        "files": {name: {"bytes": (final / name).stat().st_size, "sha256": _sha256(final / name)} for name in FILES},
     }
     write_json_atomic(_pointer(run_dir, "latest"), manifest)
     if is_best:
@@ -130,8 +134,10 @@ def read_manifest(run_dir: str | Path, which: str) -> dict:
             raise TypeError
         return manifest
     except FileNotFoundError:
-        raise CheckpointError(f"{run_dir} holds no {which} checkpoint ({path.name} is missing); "
-                              "give a run directory that `lucidlm train --out` wrote") from None
+        raise CheckpointError(
+            f"{run_dir} holds no {which} checkpoint ({path.name} is missing); "
+            "give a run directory that `lucidlm train --out` wrote"
+        ) from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise CheckpointError(f"{path} is damaged; delete it to fall back on the other checkpoint") from None
 
@@ -151,8 +157,10 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     for name, expected in manifest["files"].items():
         path = directory / name
         if not path.exists() or path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
-            raise CheckpointError(f"{path} is missing or does not match {which}.json; the checkpoint is "
-                                  "damaged, train again or restore the file")
+            raise CheckpointError(
+                f"{path} is missing or does not match {which}.json; the checkpoint is "
+                "damaged, train again or restore the file"
+            )
     return directory
 
 
@@ -161,14 +169,16 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     try:
         return RunConfig.from_dict(json.loads(path.read_text()))
     except FileNotFoundError:
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.json); pass the --out directory "
-                              "of `lucidlm train`") from None
+        raise CheckpointError(
+            f"{run_dir} is not a run directory (no config.json); pass the --out directory of `lucidlm train`"
+        ) from None
     except (json.JSONDecodeError, ConfigError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{path} is damaged ({exc}); restore it from the run") from None
 
 
-def load_model(run_dir: str | Path, which: str = "best",
-               device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, RunConfig]:
+def load_model(
+    run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
+) -> tuple[GPT, Tokenizer, RunConfig]:
     """A trained model ready for inference, with its tokenizer and configuration."""
     config = read_run_config(run_dir)
     directory = find_checkpoint(run_dir, which)
@@ -200,4 +210,3 @@ def load_training_state(directory: Path, model: GPT, optimizer: torch.optim.Opti
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return progress
-

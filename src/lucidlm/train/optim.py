@@ -17,5 +17,4 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device_type: str) -> t
         {"params": no_decay, "weight_decay": 0.0},
     ]
     # The fused kernel is one launch per step on CUDA; on the CPU the multi-tensor (foreach) path is used.
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2),
-                             fused=device_type == "cuda")
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device_type == "cuda")

@@ -86,19 +86,21 @@ class StopRequest:
 def check_vocab(config: RunConfig, data_dir: Path) -> None:
     data_vocab = read_meta(data_dir)["vocab_size"]
     if config.model.vocab_size < data_vocab:
-        raise ConfigError(f"vocab_size={config.model.vocab_size} is smaller than the data's vocabulary of "
-                          f"{data_vocab} tokens; drop the vocab_size setting or raise it")
+        raise ConfigError(
+            f"vocab_size={config.model.vocab_size} is smaller than the data's vocabulary of "
+            f"{data_vocab} tokens; drop the vocab_size setting or raise it"
+        )
 
 
-def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig, resume: bool = False,
-          progress: bool | None = None) -> TrainResult:
+def train(
+    data_dir: str | Path, run_dir: str | Path, config: RunConfig, resume: bool = False, progress: bool | None = None
+) -> TrainResult:
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     train_config = config.train
     check_vocab(config, data_dir)
     device = pick_device(train_config.device)
     torch.manual_seed(train_config.seed)
-    loader = BatchLoader(data_dir, config.model.block_size, train_config.batch_size, train_config.seed,
-                         device=device)
+    loader = BatchLoader(data_dir, config.model.block_size, train_config.batch_size, train_config.seed, device=device)
     model = GPT(config.model).to(device)
     optimizer = make_optimizer(model, train_config, device.type)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
@@ -113,8 +115,9 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig, resume: 
         metrics.truncate_after(step)
     else:
         if (run_dir / "latest.json").exists():
-            raise CheckpointError(f"{run_dir} already holds a run; add --resume to continue it, or choose "
-                                  "another --out")
+            raise CheckpointError(
+                f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         metrics.path.unlink(missing_ok=True)
         load_tokenizer(data_dir / "tokenizer.json").save(run_dir / "tokenizer.json")
@@ -131,15 +134,28 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig, resume: 
             metrics.append({"step": step, "val_loss": val_loss, "elapsed": round(elapsed, 3)})
         is_best = not interrupted and val_loss < best_val_loss
         best_val_loss = min(best_val_loss, val_loss) if val_loss is not None else best_val_loss
-        save_checkpoint(run_dir, step, model, optimizer, {
-            "elapsed": elapsed, "val_loss": val_loss,
-            "best_val_loss": None if math.isinf(best_val_loss) else best_val_loss,
-        }, is_best)
+        save_checkpoint(
+            run_dir,
+            step,
+            model,
+            optimizer,
+            {
+                "elapsed": elapsed,
+                "val_loss": val_loss,
+                "best_val_loss": None if math.isinf(best_val_loss) else best_val_loss,
+            },
+            is_best,
+        )
 
-    bar = tqdm(total=round(budget) if budget else train_config.max_steps, initial=0 if budget else step,
-               unit="s" if budget else "step", dynamic_ncols=True, leave=True,
-               disable=None if progress is None else not progress,
-               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+    bar = tqdm(
+        total=round(budget) if budget else train_config.max_steps,
+        initial=0 if budget else step,
+        unit="s" if budget else "step",
+        dynamic_ncols=True,
+        leave=True,
+        disable=None if progress is None else not progress,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
+    )
     rate_tokens, rate_time = 0, 0.0
     last_evaluated = step if resume else -1
     model.train()
@@ -166,12 +182,15 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig, resume: 
             elapsed += seconds
             rate_tokens, rate_time = rate_tokens + tokens_per_step, rate_time + seconds
             if not math.isfinite(train_loss):
-                raise LucidError(f"the loss became {train_loss} at step {step}; the last good checkpoint is "
-                                 f"{_latest_step(run_dir)}; lower lr (--set lr=...) and --resume")
+                raise LucidError(
+                    f"the loss became {train_loss} at step {step}; the last good checkpoint is "
+                    f"{_latest_step(run_dir)}; lower lr (--set lr=...) and --resume"
+                )
             metrics.append({"step": step, "loss": train_loss, "lr": lr, "elapsed": round(elapsed, 3)})
             bar.update(round(elapsed) - bar.n if budget else 1)
-            bar.set_postfix_str(f"step {step} loss {train_loss:.4f} lr {lr:.2e} "
-                                f"{rate_tokens / rate_time:,.0f} tok/s", refresh=False)
+            bar.set_postfix_str(
+                f"step {step} loss {train_loss:.4f} lr {lr:.2e} {rate_tokens / rate_time:,.0f} tok/s", refresh=False
+            )
             if step % train_config.eval_interval == 0:
                 evaluate_and_save()
                 last_evaluated = step
@@ -181,10 +200,14 @@ def train(data_dir: str | Path, run_dir: str | Path, config: RunConfig, resume: 
     bar.close()
     metrics.plot(run_dir / "loss.png")
     return TrainResult(
-        run_dir=run_dir, step=step, val_loss=val_loss,
+        run_dir=run_dir,
+        step=step,
+        val_loss=val_loss,
         best_val_loss=None if math.isinf(best_val_loss) else best_val_loss,
         tokens_per_second=rate_tokens / rate_time if rate_time else 0.0,
-        elapsed=elapsed, interrupted=stop.requested, model=model.eval(),
+        elapsed=elapsed,
+        interrupted=stop.requested,
+        model=model.eval(),
     )
 
 
@@ -199,5 +222,7 @@ def _check_same_tokenizer(data_dir: Path, run_dir: Path) -> None:
     ours = json.loads((run_dir / "tokenizer.json").read_text())
     theirs = json.loads((data_dir / "tokenizer.json").read_text())
     if ours != theirs:
-        raise ConfigError(f"{data_dir} was prepared with another tokenizer than the run in {run_dir}; "
-                          "resume with the data the run was trained on")
+        raise ConfigError(
+            f"{data_dir} was prepared with another tokenizer than the run in {run_dir}; "
+            "resume with the data the run was trained on"
+        )

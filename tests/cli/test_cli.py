@@ -1,0 +1,128 @@
+"""The command line as a user meets it: real subprocesses, real files."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+def lucidlm(*args, timeout=120, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lucidlm", *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+TINY = [
+    "--set",
+    "n_layer=2",
+    "--set",
+    "n_head=2",
+    "--set",
+    "n_embd=32",
+    "--set",
+    "block_size=32",
+    "--set",
+    "eval_interval=50",
+    "--set",
+    "eval_batches=2",
+    "--device",
+    "cpu",
+]
+
+
+def test_prepare_train_generate_eval(tmp_path, text_file):
+    prepared = lucidlm("data", "prepare", "--input", text_file, "--tokenizer", "word", "--out", tmp_path / "words")
+    assert prepared.returncode == 0, prepared.stderr
+    assert "2,412 train + 268 val tokens, word vocabulary of 30, stored as uint16" in prepared.stdout
+
+    trained = lucidlm("train", "--data", text_file, "--out", tmp_path / "run", "--max-steps", 100, *TINY)
+    assert trained.returncode == 0, trained.stderr
+    assert "trained 100 steps" in trained.stdout and "lucidlm generate --checkpoint" in trained.stdout
+    assert (tmp_path / "run" / "loss.png").exists()
+
+    args = [
+        "generate",
+        "--checkpoint",
+        tmp_path / "run",
+        "--prompt",
+        "All:",
+        "--max-new-tokens",
+        60,
+        "--temperature",
+        0.8,
+        "--top-k",
+        10,
+        "--top-p",
+        0.95,
+        "--seed",
+        1,
+        "--num-samples",
+        2,
+    ]
+    sampled = lucidlm(*args)
+    assert sampled.returncode == 0, sampled.stderr
+    assert sampled.stdout.count("--- sample") == 2 and sampled.stdout.count("All:") >= 2
+    assert lucidlm(*args).stdout == sampled.stdout  # same seed, same text
+
+    stopped = lucidlm(
+        "generate",
+        "--checkpoint",
+        tmp_path / "run",
+        "--prompt",
+        "All:",
+        "--temperature",
+        0,
+        "--stop",
+        "\n\n",
+        "--max-new-tokens",
+        200,
+        "--no-stream",
+    )
+    assert stopped.returncode == 0 and "\n\n" not in stopped.stdout.rstrip("\n")
+
+    evaluated = lucidlm("eval", "--checkpoint", tmp_path / "run", "--data", tmp_path / "run" / "data", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert result["tokens"] == 699 and 0 < result["loss"] < 3.5 and result["checkpoint_step"] == 100
+
+
+BAD_INPUTS = {
+    "missing file": (["train", "--data", "{tmp}/nope.txt", "--out", "{tmp}/r"], "no such file or directory"),
+    "empty file": (["train", "--data", "{tmp}/empty.txt", "--out", "{tmp}/r"], "empty.txt is empty"),
+    "not utf-8": (["train", "--data", "{tmp}/latin1.txt", "--out", "{tmp}/r"], "not UTF-8 text: invalid byte 0xe9"),
+    "shorter than a block": (["train", "--data", "{tmp}/short.txt", "--out", "{tmp}/r"], "fewer than block_size \\+ 1"),
+    "unknown preset": (["train", "--data", "{text}", "--out", "{tmp}/r", "--preset", "gpt5"], "unknown preset"),
+    "bad --set key": (
+        ["train", "--data", "{text}", "--out", "{tmp}/r", "--set", "layers=2"],
+        "--set layers: unknown setting",
+    ),
+    "not a checkpoint": (["generate", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
+    "missing checkpoint": (["eval", "--checkpoint", "{tmp}/none", "--data", "{text}"], "not a run directory"),
+    "prepare nothing": (
+        ["data", "prepare", "--input", "{tmp}/nope*.txt", "--out", "{tmp}/d"],
+        "no such file or directory",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line(tmp_path, text_file, case):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("Hamlet, prince de Danemark, été".encode("latin-1"))
+    (tmp_path / "short.txt").write_text("To be, or not to be.\n" * 3)
+    args, message = BAD_INPUTS[case]
+    result = lucidlm(*[a.format(tmp=tmp_path, text=text_file) for a in args])
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("lucidlm ")
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "r" / "latest.json").exists()
+
+
+def test_help_shows_examples():
+    for command in (["train"], ["generate"], ["eval"], ["data", "prepare"]):
+        result = lucidlm(*command, "--help")
+        assert result.returncode == 0 and "examples:" in result.stdout
