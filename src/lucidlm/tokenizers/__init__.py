@@ -1,7 +1,8 @@
 """Tokenizers: text to token ids and back."""
 
 from lucidlm.tokenizers.base import Tokenizer, load_tokenizer
+from lucidlm.tokenizers.bpe import BPETokenizer
 from lucidlm.tokenizers.char import CharTokenizer
 from lucidlm.tokenizers.word import WordTokenizer
 
-__all__ = ["CharTokenizer", "Tokenizer", "WordTokenizer", "load_tokenizer"]
+__all__ = ["BPETokenizer", "CharTokenizer", "Tokenizer", "WordTokenizer", "load_tokenizer"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,11 +46,18 @@ class Tokenizer:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
+        """The content of tokenizer.json."""
         raise NotImplementedError
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Tokenizer:
         raise NotImplementedError
+
+    def encode_stream(self, pieces: Iterable[str], processes: int = 1) -> Iterator[list[int]]:
+        """Encode the pieces of a data file, in order. (BPE takes special-token strings there as special tokens
+        and can spread the work over `processes` processes.)"""
+        for piece in pieces:
+            yield self.encode(piece)
 
     @classmethod
     def safe_cut(cls, text: str) -> int:
@@ -61,10 +68,19 @@ class Tokenizer:
     def save(self, path: str | os.PathLike) -> None:
         """Write `tokenizer.json` atomically (temporary file, then rename)."""
         path = Path(path)
-        data = {"type": self.kind, "version": 1, **self.to_dict()}
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def tokenizer_kind(data: Any) -> str | None:
+    """lucidlm's own files say {"type": ...}; a Hugging Face byte-level BPE file is recognised by its model."""
+    if not isinstance(data, dict):
+        return None
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("type") == "BPE":
+        return "bpe"
+    return data.get("type")
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -76,7 +92,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise TokenizerError(f"no tokenizer at {path}: prepare data with `lucidlm data prepare`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TokenizerError(f"{path} is not valid JSON ({exc}); prepare the data again") from None
-    kind = data.get("type") if isinstance(data, dict) else None
+    kind = tokenizer_kind(data)
     if kind not in Tokenizer.registry:
         known = ", ".join(sorted(Tokenizer.registry))
         raise TokenizerError(f"{path}: unknown tokenizer type {kind!r} (known: {known})")

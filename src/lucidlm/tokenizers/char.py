@@ -52,7 +52,7 @@ class CharTokenizer(Tokenizer):
         return list(dict.fromkeys(c for c in text if c not in self.char_to_id))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"vocab": self.chars}
+        return {"type": self.kind, "version": 1, "vocab": self.chars}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CharTokenizer:

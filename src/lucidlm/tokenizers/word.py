@@ -64,7 +64,7 @@ class WordTokenizer(Tokenizer):
         return match.start() if match else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"unk_token": UNKNOWN, "vocab": self.vocab}
+        return {"type": self.kind, "version": 1, "unk_token": UNKNOWN, "vocab": self.vocab}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WordTokenizer:
