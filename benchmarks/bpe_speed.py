@@ -67,6 +67,7 @@ def main() -> None:
         "hf_val_tokens_own_training": len(their_ids),
         "exported_ids_equal": exported.encode(val_text).ids == our_ids,
     }
+    our_rate, their_rate = results["lucidlm_encode_chars_per_s"], results["hf_encode_chars_per_s"]
     table = f"""## BPE tokenizer (`benchmarks/bpe_speed.py`)
 
 Byte-level BPE, GPT-4 split pattern, 4,096 tokens learned from the Tiny Shakespeare training split
@@ -75,7 +76,7 @@ Byte-level BPE, GPT-4 split pattern, 4,096 tokens learned from the Tiny Shakespe
 | | lucidlm (Python) | Hugging Face tokenizers (Rust) |
 |---|---:|---:|
 | train | {ours_train:.1f} s | {theirs_train:.1f} s |
-| encode (cold cache, 1 process) | {results["lucidlm_encode_chars_per_s"]:,} chars/s | {results["hf_encode_chars_per_s"]:,} chars/s |
+| encode (cold cache, 1 process) | {our_rate:,} chars/s | {their_rate:,} chars/s |
 | val tokens | {len(our_ids):,} | {len(their_ids):,} (its own merges) |
 
 Our exported `tokenizer.json`, loaded by `tokenizers`, gives ids identical to ours on the whole val split:
