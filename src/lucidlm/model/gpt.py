@@ -135,7 +135,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
         if self.kind == "gelu":
-            h = F.gelu(h)
+            h = F.gelu(h, approximate="tanh")  # GPT-2's own formula (Hugging Face calls it gelu_new)
         elif self.kind == "relu":
             h = F.relu(h)
         elif self.kind == "relu2":
@@ -239,7 +239,9 @@ class GPT(nn.Module):
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            # bf16 logits are scored in fp32; fp32 and fp64 as they are
+            scored = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            loss = F.cross_entropy(scored.view(-1, scored.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:

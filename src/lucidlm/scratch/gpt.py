@@ -1,0 +1,247 @@
+"""The GPT in NumPy: the same model as lucidlm.model.GPT, with its backward pass written by hand.
+
+Parameters live in a dict whose names and shapes are those of the PyTorch model's state dict, so weights move
+between the two engines unchanged (see bridge.py). Supported: learned or rotary positions, LayerNorm, GELU or
+ReLU, bias on or off, a head tied to the token embedding, no dropout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lucidlm.errors import ConfigError
+from lucidlm.model.config import GPTConfig
+from lucidlm.scratch.layers import (
+    attention_backward,
+    attention_forward,
+    crossentropy_backward,
+    crossentropy_forward,
+    embedding_backward,
+    embedding_forward,
+    gelu_backward,
+    gelu_forward,
+    layernorm_backward,
+    layernorm_forward,
+    linear_backward,
+    linear_forward,
+    relu_backward,
+    relu_forward,
+    rope_backward,
+    rope_forward,
+)
+
+ACTIVATIONS = {"gelu": (gelu_forward, gelu_backward), "relu": (relu_forward, relu_backward)}
+
+
+def check_supported(config: GPTConfig) -> None:
+    """The NumPy engine covers the GPT-2 family; anything else is a clear error naming the switch."""
+    problems = []
+    if config.positions not in ("learned", "rope"):
+        problems.append(f"positions={config.positions!r} (use learned or rope)")
+    if config.norm != "layernorm":
+        problems.append(f"norm={config.norm!r} (use layernorm)")
+    if config.mlp not in ACTIVATIONS:
+        problems.append(f"mlp={config.mlp!r} (use gelu or relu)")
+    if not config.tie_embeddings:
+        problems.append("tie_embeddings=false (use true)")
+    if config.n_kv_head != config.n_head:
+        problems.append(f"n_kv_head={config.n_kv_head} (use n_kv_head=n_head)")
+    if config.dropout:
+        problems.append(f"dropout={config.dropout} (use 0)")
+    if problems:
+        raise ConfigError(
+            f"the NumPy engine does not support {'; '.join(problems)}; change that setting or train with --engine torch"
+        )
+
+
+def rope_tables(length: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    frequency = theta ** (-np.arange(0, head_dim, 2) / head_dim)
+    angle = np.outer(np.arange(length), frequency)
+    angle = np.concatenate([angle, angle], axis=-1)  # channel i pairs with channel i + D/2
+    return np.cos(angle), np.sin(angle)
+
+
+class GPT:
+    def __init__(self, config: GPTConfig, dtype: type = np.float32, seed: int = 0):
+        check_supported(config)
+        self.config, self.dtype = config, np.dtype(dtype)
+        self.params = self.initial_parameters(np.random.default_rng(seed))
+        if config.positions == "rope":
+            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta)
+            self.rope = (cos.astype(self.dtype), sin.astype(self.dtype))
+        self.caches: dict | None = None
+
+    def initial_parameters(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """GPT-2's initialisation: N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 L)), gains 1, biases 0."""
+        c = self.config
+        C, V = c.n_embd, c.vocab_size
+        shapes = {"transformer.wte.weight": (V, C)}
+        if c.positions == "learned":
+            shapes["transformer.wpe.weight"] = (c.block_size, C)
+        for i in range(c.n_layer):
+            layer = f"transformer.h.{i}."
+            shapes |= {
+                layer + "ln_1.weight": (C,),
+                layer + "attn.c_attn.weight": (3 * C, C),
+                layer + "attn.c_proj.weight": (C, C),
+                layer + "ln_2.weight": (C,),
+                layer + "mlp.c_fc.weight": (c.mlp_hidden, C),
+                layer + "mlp.c_proj.weight": (C, c.mlp_hidden),
+            }
+            if c.bias:
+                shapes |= {
+                    layer + "ln_1.bias": (C,),
+                    layer + "attn.c_attn.bias": (3 * C,),
+                    layer + "attn.c_proj.bias": (C,),
+                    layer + "ln_2.bias": (C,),
+                    layer + "mlp.c_fc.bias": (c.mlp_hidden,),
+                    layer + "mlp.c_proj.bias": (C,),
+                }
+        shapes["transformer.ln_f.weight"] = (C,)
+        if c.bias:
+            shapes["transformer.ln_f.bias"] = (C,)
+        params = {}
+        for name, shape in shapes.items():
+            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
+                value = np.ones(shape)
+            elif name.endswith(".bias"):
+                value = np.zeros(shape)
+            else:
+                std = 0.02 / math.sqrt(2 * c.n_layer) if name.endswith("c_proj.weight") else 0.02
+                value = rng.normal(0.0, std, shape)
+            params[name] = value.astype(self.dtype)
+        return params
+
+    def num_params(self) -> int:
+        return sum(p.size for name, p in self.params.items() if name != "transformer.wpe.weight")
+
+    # --- forward ------------------------------------------------------------------------------------------
+    def block_forward(self, x: np.ndarray, layer: str) -> tuple[np.ndarray, dict]:
+        p, c = self.params, self.config
+        B, T, C = x.shape
+        H, D = c.n_head, c.head_dim
+        cache = {}
+        h, cache["ln_1"] = layernorm_forward(x, p[layer + "ln_1.weight"], p.get(layer + "ln_1.bias"), c.norm_eps)
+        qkv, cache["c_attn"] = linear_forward(h, p[layer + "attn.c_attn.weight"], p.get(layer + "attn.c_attn.bias"))
+        q, k, v = (part.reshape(B, T, H, D).transpose(0, 2, 1, 3) for part in np.split(qkv, 3, axis=-1))
+        if c.positions == "rope":
+            q, cache["rope_q"] = rope_forward(q, self.rope[0][:T], self.rope[1][:T])
+            k, cache["rope_k"] = rope_forward(k, self.rope[0][:T], self.rope[1][:T])
+        y, cache["attention"] = attention_forward(q, k, v)  # (B, H, T, D)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
+        attended, cache["attn_proj"] = linear_forward(
+            y, p[layer + "attn.c_proj.weight"], p.get(layer + "attn.c_proj.bias")
+        )
+        x = x + attended
+        h, cache["ln_2"] = layernorm_forward(x, p[layer + "ln_2.weight"], p.get(layer + "ln_2.bias"), c.norm_eps)
+        h, cache["c_fc"] = linear_forward(h, p[layer + "mlp.c_fc.weight"], p.get(layer + "mlp.c_fc.bias"))
+        h, cache["activation"] = ACTIVATIONS[c.mlp][0](h)
+        h, cache["mlp_proj"] = linear_forward(h, p[layer + "mlp.c_proj.weight"], p.get(layer + "mlp.c_proj.bias"))
+        return x + h, cache
+
+    def forward(self, idx: np.ndarray, targets: np.ndarray | None = None) -> tuple[np.ndarray, float | None]:
+        """Logits (B, T, V) for token ids (B, T), and the mean cross-entropy when targets are given.
+        What the backward pass needs is kept in self.caches."""
+        p, c = self.params, self.config
+        B, T = idx.shape
+        if T > c.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size={c.block_size}")
+        caches: dict = {}
+        x, caches["wte"] = embedding_forward(idx, p["transformer.wte.weight"])
+        if c.positions == "learned":
+            positions, caches["wpe"] = embedding_forward(
+                np.broadcast_to(np.arange(T), (B, T)), p["transformer.wpe.weight"]
+            )
+            x = x + positions
+        for i in range(c.n_layer):
+            x, caches[i] = self.block_forward(x, f"transformer.h.{i}.")
+        x, caches["ln_f"] = layernorm_forward(
+            x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"), c.norm_eps
+        )
+        logits, caches["lm_head"] = linear_forward(x, p["transformer.wte.weight"], None)  # the tied head
+        loss = None
+        if targets is not None:
+            loss, caches["loss"] = crossentropy_forward(logits, targets)
+        self.caches = caches
+        return logits, loss
+
+    # --- backward -----------------------------------------------------------------------------------------
+    def block_backward(self, dout: np.ndarray, cache: dict, layer: str, grads: dict) -> np.ndarray:
+        c = self.config
+        B, T, C = dout.shape
+        H, D = c.n_head, c.head_dim
+
+        def store(names: tuple[str, ...], values: tuple) -> None:
+            for name, value in zip(names, values, strict=True):
+                if value is not None:
+                    grads[layer + name] = value
+
+        # x_out = x_mid + mlp(ln_2(x_mid)): the residual passes dout straight through, and into the MLP.
+        dh, *dparams = linear_backward(dout, cache["mlp_proj"])
+        store(("mlp.c_proj.weight", "mlp.c_proj.bias"), dparams)
+        dh = ACTIVATIONS[c.mlp][1](dh, cache["activation"])
+        dh, *dparams = linear_backward(dh, cache["c_fc"])
+        store(("mlp.c_fc.weight", "mlp.c_fc.bias"), dparams)
+        dh, *dparams = layernorm_backward(dh, cache["ln_2"])
+        store(("ln_2.weight", "ln_2.bias"), dparams)
+        dx_mid = dout + dh
+        # x_mid = x + attention(ln_1(x))
+        dy, *dparams = linear_backward(dx_mid, cache["attn_proj"])
+        store(("attn.c_proj.weight", "attn.c_proj.bias"), dparams)
+        dy = dy.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        dq, dk, dv = attention_backward(dy, cache["attention"])
+        if c.positions == "rope":
+            dq, dk = rope_backward(dq, cache["rope_q"]), rope_backward(dk, cache["rope_k"])
+        dqkv = np.concatenate([d.transpose(0, 2, 1, 3).reshape(B, T, C) for d in (dq, dk, dv)], axis=-1)
+        dh, *dparams = linear_backward(dqkv, cache["c_attn"])
+        store(("attn.c_attn.weight", "attn.c_attn.bias"), dparams)
+        dh, *dparams = layernorm_backward(dh, cache["ln_1"])
+        store(("ln_1.weight", "ln_1.bias"), dparams)
+        return dx_mid + dh
+
+    def backward(self) -> dict[str, np.ndarray]:
+        """Gradients of the last forward's loss with respect to every parameter, by name."""
+        if self.caches is None or "loss" not in self.caches:
+            raise RuntimeError("call forward(idx, targets) before backward()")
+        caches, c, grads = self.caches, self.config, {}
+        dlogits = crossentropy_backward(1.0, caches["loss"])
+        dx, dwte_head, _ = linear_backward(dlogits, caches["lm_head"])
+        dx, grads["transformer.ln_f.weight"], dbias = layernorm_backward(dx, caches["ln_f"])
+        if dbias is not None:
+            grads["transformer.ln_f.bias"] = dbias
+        for i in reversed(range(c.n_layer)):
+            dx = self.block_backward(dx, caches[i], f"transformer.h.{i}.", grads)
+        if c.positions == "learned":
+            grads["transformer.wpe.weight"] = embedding_backward(dx, caches["wpe"])
+        # The token embedding is used twice, at the input and as the output head: its gradients add up.
+        grads["transformer.wte.weight"] = embedding_backward(dx, caches["wte"]) + dwte_head
+        self.caches = None
+        return {name: grads[name] for name in self.params}
+
+    # --- sampling -----------------------------------------------------------------------------------------
+    def generate(
+        self,
+        idx: list[int],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> list[int]:
+        """Append tokens one by one, recomputing the whole (cropped) context each time. 0 temperature: greedy."""
+        rng = rng or np.random.default_rng()
+        tokens = list(idx)
+        for _ in range(max_new_tokens):
+            logits, _ = self.forward(np.array([tokens[-self.config.block_size :]]))
+            logits = logits[0, -1].astype(np.float64)
+            if temperature == 0:
+                tokens.append(int(logits.argmax()))
+                continue
+            logits = logits / temperature
+            if top_k is not None and top_k < len(logits):
+                logits[logits < np.sort(logits)[-top_k]] = -np.inf
+            probabilities = np.exp(logits - logits.max())
+            tokens.append(int(rng.choice(len(logits), p=probabilities / probabilities.sum())))
+        self.caches = None
+        return tokens[len(idx) :]

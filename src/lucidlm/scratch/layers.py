@@ -1,0 +1,155 @@
+"""Every layer of the GPT as a pair of NumPy functions, in the style of llm.c's train_gpt2.c.
+
+`*_forward(inputs..., parameters...)` returns `(out, cache)`: the result and exactly what the backward pass will
+need. `*_backward(dout, cache)` takes the gradient of the loss with respect to `out` and returns the gradients
+with respect to each input and parameter, in the order the forward took them. Nothing here knows about the
+other layers, and there is no autograd: each backward is the chain rule written out by hand.
+
+Shapes: B batch, T time, C channels, H heads, D head size, V vocabulary.
+Weights keep PyTorch's (out_features, in_features) layout so that names and shapes match the PyTorch GPT
+exactly; a linear layer therefore computes x @ W.T.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Python floats, not NumPy scalars: NumPy would promote a float32 array times a float64 scalar to float64.
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+
+
+def embedding_forward(ids: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Row `ids[b, t]` of the table: (B, T) -> (B, T, C)."""
+    return weight[ids], (ids, weight.shape)
+
+
+def embedding_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    """Each row's gradient is the sum of the gradients of every position that looked it up."""
+    ids, shape = cache
+    dweight = np.zeros(shape, dtype=dout.dtype)
+    np.add.at(dweight, ids.reshape(-1), dout.reshape(-1, shape[1]))
+    return dweight
+
+
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, tuple]:
+    """x (..., in) @ weight.T (in, out) + bias: (..., in) -> (..., out)."""
+    out = x @ weight.T
+    if bias is not None:
+        out += bias
+    return out, (x, weight, bias is not None)
+
+
+def linear_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    x, weight, has_bias = cache
+    dx = dout @ weight  # (..., out) @ (out, in)
+    flat_dout, flat_x = dout.reshape(-1, dout.shape[-1]), x.reshape(-1, x.shape[-1])
+    dweight = flat_dout.T @ flat_x  # (out, in): every position's outer product, summed
+    dbias = flat_dout.sum(axis=0) if has_bias else None
+    return dx, dweight, dbias
+
+
+def layernorm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, eps: float = 1e-5
+) -> tuple[np.ndarray, tuple]:
+    """Normalise each position's C channels to mean 0 and variance 1, then scale and shift."""
+    mean = x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(x.var(axis=-1, keepdims=True) + eps)  # reciprocal of the standard deviation
+    normalized = (x - mean) * rstd
+    out = normalized * weight
+    if bias is not None:
+        out += bias
+    return out, (normalized, rstd, weight, bias is not None)
+
+
+def layernorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    normalized, rstd, weight, has_bias = cache
+    flat = dout.reshape(-1, dout.shape[-1])
+    dweight = (flat * normalized.reshape(flat.shape)).sum(axis=0)
+    dbias = flat.sum(axis=0) if has_bias else None
+    dnormalized = dout * weight
+    # Mean and variance depend on every channel, so each input's gradient has two correction terms.
+    dx = rstd * (
+        dnormalized
+        - dnormalized.mean(axis=-1, keepdims=True)
+        - normalized * (dnormalized * normalized).mean(axis=-1, keepdims=True)
+    )
+    return dx, dweight, dbias
+
+
+def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    tanh = np.tanh(GELU_SCALE * (x + 0.044715 * x**3))
+    return 0.5 * x * (1.0 + tanh), (x, tanh)
+
+
+def gelu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    x, tanh = cache
+    dtanh = (1.0 - tanh**2) * GELU_SCALE * (1.0 + 3 * 0.044715 * x**2)
+    return dout * (0.5 * (1.0 + tanh) + 0.5 * x * dtanh)
+
+
+def relu_forward(x: np.ndarray) -> tuple[np.ndarray, tuple]:
+    return np.maximum(x, 0), (x > 0,)
+
+
+def relu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    (positive,) = cache
+    return dout * positive
+
+
+def rope_forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Rotate channel pairs (i, i + D/2) by a position-dependent angle. x (B, H, T, D); cos, sin (T, D)."""
+    return x * cos + rotate_half(x) * sin, (cos, sin)
+
+
+def rope_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
+    cos, sin = cache
+    # The rotation is linear; its transpose rotates the other way: (g1, g2) -> (g2, -g1).
+    rotated_back = dout * sin
+    half = dout.shape[-1] // 2
+    return dout * cos + np.concatenate([rotated_back[..., half:], -rotated_back[..., :half]], axis=-1)
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Causal softmax(q k^T / sqrt(D)) v for every head at once. q, k, v: (B, H, T, D) -> (B, H, T, D)."""
+    T, D = q.shape[-2], q.shape[-1]
+    scores = q @ k.swapaxes(-1, -2) / math.sqrt(D)  # (B, H, T, T)
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)
+    scores[..., future] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)  # softmax is unchanged by a shift, and exp cannot overflow
+    weights = np.exp(scores)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights @ v, (q, k, v, weights)
+
+
+def attention_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    q, k, v, weights = cache
+    dweights = dout @ v.swapaxes(-1, -2)  # (B, H, T, T)
+    dv = weights.swapaxes(-1, -2) @ dout
+    # Softmax backward: d score_j = w_j (d w_j - sum_i w_i d w_i). Masked entries have w = 0, so they get 0.
+    dscores = weights * (dweights - (dweights * weights).sum(axis=-1, keepdims=True))
+    dscores /= math.sqrt(q.shape[-1])
+    return dscores @ k, dscores.swapaxes(-1, -2) @ q, dv
+
+
+def crossentropy_forward(logits: np.ndarray, targets: np.ndarray) -> tuple[float, tuple]:
+    """Mean of -log softmax(logits)[target] over all positions. logits (B, T, V), targets (B, T)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)
+    return float(-picked.mean()), (log_probs, targets)
+
+
+def crossentropy_backward(dloss: float, cache: tuple) -> np.ndarray:
+    """The gradient of softmax + cross-entropy together is simply (probabilities - one_hot) / N."""
+    log_probs, targets = cache
+    dlogits = np.exp(log_probs)
+    np.put_along_axis(dlogits, targets[..., None], np.take_along_axis(dlogits, targets[..., None], -1) - 1, -1)
+    return dlogits * (dloss / targets.size)

@@ -1,0 +1,149 @@
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from lucidlm.errors import ConfigError
+from lucidlm.model import GPT as TorchGPT
+from lucidlm.model import GPTConfig
+from lucidlm.scratch import GPT, AdamW, clip_grad_norm, from_torch, to_torch
+from lucidlm.scratch import layers as L
+from lucidlm.scratch.gpt import rope_tables
+from lucidlm.scratch.gradcheck import check_layer, relative_error
+
+rng = np.random.default_rng(0)
+
+
+def normal(*shape):
+    return rng.normal(size=shape)
+
+
+LAYERS = {
+    "embedding": (L.embedding_forward, L.embedding_backward, rng.integers(0, 7, (2, 5)), normal(7, 4)),
+    "linear": (L.linear_forward, L.linear_backward, normal(2, 3, 4), normal(5, 4), normal(5)),
+    "linear without bias": (L.linear_forward, L.linear_backward, normal(2, 3, 4), normal(5, 4), None),
+    "layernorm": (L.layernorm_forward, L.layernorm_backward, normal(2, 3, 6), normal(6), normal(6)),
+    "layernorm without bias": (L.layernorm_forward, L.layernorm_backward, normal(2, 3, 6), normal(6), None),
+    "gelu": (L.gelu_forward, L.gelu_backward, normal(3, 7)),
+    "relu": (L.relu_forward, L.relu_backward, normal(3, 7) + 0.05),  # no value sits on the kink
+    "rope": (
+        partial(L.rope_forward, cos=rope_tables(5, 4, 100.0)[0], sin=rope_tables(5, 4, 100.0)[1]),
+        L.rope_backward,
+        normal(2, 3, 5, 4),
+    ),
+    "attention": (
+        L.attention_forward,
+        L.attention_backward,
+        normal(2, 2, 5, 4),
+        normal(2, 2, 5, 4),
+        normal(2, 2, 5, 4),
+    ),
+    "crossentropy": (L.crossentropy_forward, L.crossentropy_backward, normal(2, 3, 6), rng.integers(0, 6, (2, 3))),
+}
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_every_layer_backward_matches_finite_differences(name):
+    forward, backward, *inputs = LAYERS[name]
+    errors = check_layer(forward, backward, *inputs)
+    assert errors and max(errors) <= 1e-6, errors
+
+
+CONFIGS = {
+    "gpt2 (learned, gelu, no bias)": dict(),
+    "rope, relu, bias": dict(positions="rope", mlp="relu", bias=True),
+}
+
+
+def twin_models(dtype, **overrides):
+    config = GPTConfig(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=16, **overrides)
+    torch.manual_seed(0)
+    torch_model = TorchGPT(config).to(torch.float64 if dtype == np.float64 else torch.float32)
+    with torch.no_grad():  # make biases and gains non-trivial so their gradients are tested too
+        for name, p in torch_model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return torch_model, from_torch(torch_model, dtype)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-8), (np.float32, 1e-4)], ids=["float64", "float32"])
+@pytest.mark.parametrize("switches", CONFIGS.values(), ids=list(CONFIGS))
+def test_whole_model_equals_pytorch_autograd(dtype, tolerance, switches):
+    torch_model, model = twin_models(dtype, **switches)
+    idx, targets = rng.integers(0, 17, (3, 8)), rng.integers(0, 17, (3, 8))
+    logits, loss = model.forward(idx, targets)
+    grads = model.backward()
+    torch_logits, torch_loss = torch_model(torch.from_numpy(idx), torch.from_numpy(targets))
+    torch_loss.backward()
+    assert relative_error(logits, torch_logits.detach().numpy()) <= tolerance
+    assert abs(loss - torch_loss.item()) / torch_loss.item() <= tolerance
+    torch_grads = {name: p.grad.numpy() for name, p in torch_model.named_parameters()}
+    assert set(grads) == set(torch_grads) - {"lm_head.weight"} or set(grads) == set(torch_grads)
+    for name, grad in grads.items():
+        assert grad.dtype == dtype, name
+        assert relative_error(grad, torch_grads[name]) <= tolerance, name
+
+
+def test_one_adamw_step_and_clipping_equal_pytorch():
+    torch_model, model = twin_models(np.float64, bias=True)
+    idx, targets = rng.integers(0, 17, (2, 8)), rng.integers(0, 17, (2, 8))
+    settings = dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    optimizer = AdamW(model.params, **settings)
+    params = list(torch_model.parameters())
+    torch_optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=1e-2,
+        betas=(0.9, 0.95),
+    )
+    for _ in range(2):
+        model.forward(idx, targets)
+        grads = model.backward()
+        norm = clip_grad_norm(grads, 0.5)
+        optimizer.step(grads)
+        torch_optimizer.zero_grad()
+        torch_model(torch.from_numpy(idx), torch.from_numpy(targets))[1].backward()
+        torch_norm = torch.nn.utils.clip_grad_norm_(torch_model.parameters(), 0.5)
+        torch_optimizer.step()
+        assert norm == pytest.approx(torch_norm.item(), rel=1e-10)
+    state = torch_model.state_for_saving()
+    for name, value in model.params.items():
+        assert relative_error(value, state[name].detach().numpy()) <= 1e-10, name
+
+
+def test_numpy_training_learns_and_samples_the_same_text_in_pytorch():
+    text = "the cat sat on the mat. " * 20
+    vocab = sorted(set(text))
+    ids = np.array([vocab.index(ch) for ch in text])
+    model = GPT(GPTConfig(vocab_size=len(vocab), block_size=32, n_layer=2, n_head=2, n_embd=32), seed=1)
+    optimizer = AdamW(model.params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0)
+    batch_rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(300):
+        starts = batch_rng.integers(0, len(ids) - 33, 8)
+        x, y = np.stack([ids[s : s + 32] for s in starts]), np.stack([ids[s + 1 : s + 33] for s in starts])
+        losses.append(model.forward(x, y)[1])
+        optimizer.step(model.backward())
+    assert np.mean(losses[-10:]) < 0.1
+    prompt = [vocab.index(ch) for ch in "the c"]
+    ours = model.generate(prompt, 30, temperature=0)
+    theirs = []
+    torch_model = to_torch(model)
+    tokens = list(prompt)
+    with torch.no_grad():
+        for _ in range(30):
+            logits, _ = torch_model(torch.tensor([tokens[-32:]]))
+            tokens.append(int(logits[0, -1].argmax()))
+            theirs.append(tokens[-1])
+    assert ours == theirs
+    assert "".join(vocab[i] for i in ours) == "at sat on the mat. the cat sat"
+
+
+def test_unsupported_configurations_are_named():
+    with pytest.raises(ConfigError, match="mlp='swiglu' \\(use gelu or relu\\); norm|norm='rmsnorm'"):
+        GPT(GPTConfig(mlp="swiglu", norm="rmsnorm"))
+    with pytest.raises(ConfigError, match="n_kv_head=1 .* --engine torch"):
+        GPT(GPTConfig(n_kv_head=1))
