@@ -22,7 +22,8 @@ EXAMPLES = {
   lucidlm train --data data/shakespeare-char --out runs/a --preset shakespeare-char --time-budget 120
   lucidlm train --data my.txt --out runs/b                 (a text file is prepared with the char tokenizer)
   lucidlm train --data data/shakespeare-char --out runs/a --resume --max-steps 4000
-  lucidlm train --data data/mine --out runs/c --set n_layer=6 --set lr=3e-4""",
+  lucidlm train --data data/mine --out runs/c --set n_layer=6 --set lr=3e-4
+  lucidlm train --data my.txt --out runs/d --engine numpy     (the NumPy GPT with hand-written backward)""",
     "generate": """examples:
   lucidlm generate --checkpoint runs/a --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 \\
       --top-k 50 --top-p 0.95 --seed 1 --num-samples 2""",
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
     train.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
+    train.add_argument(
+        "--engine",
+        choices=["torch", "numpy"],
+        help="torch (default) or numpy: lucidlm.scratch, the hand-written backward pass",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     generate = command("generate", "sample text from a trained model, streamed as it is produced", EXAMPLES["generate"])
@@ -116,7 +122,12 @@ def run_train(args: argparse.Namespace) -> None:
     from lucidlm.train.checkpoint import read_run_config
 
     overrides = list(args.set)
-    for flag, key in ((args.max_steps, "max_steps"), (args.time_budget, "time_budget"), (args.device, "device")):
+    for flag, key in (
+        (args.max_steps, "max_steps"),
+        (args.time_budget, "time_budget"),
+        (args.device, "device"),
+        (args.engine, "engine"),
+    ):
         if flag is not None:
             overrides.append(f"{key}={flag}")
     if args.compile:

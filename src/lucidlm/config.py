@@ -31,6 +31,7 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; the schedule then runs to this time
     device: str = "auto"
     compile: bool = False
+    engine: str = "torch"  # or "numpy": lucidlm.scratch, the hand-written backward pass
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches"):
@@ -40,6 +41,8 @@ class TrainConfig:
             raise ConfigError(f"lr={self.lr} must be positive and min_lr={self.min_lr} not negative")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"time budget {self.time_budget} must be a positive number of seconds")
+        if self.engine not in ("torch", "numpy"):
+            raise ConfigError(f"engine {self.engine!r} is not one of: torch, numpy")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device {self.device!r} is not one of: auto, cpu, cuda, mps")
 

@@ -98,6 +98,10 @@ BAD_INPUTS = {
         ["train", "--data", "{text}", "--out", "{tmp}/r", "--set", "layers=2"],
         "--set layers: unknown setting",
     ),
+    "numpy engine, swiglu": (
+        ["train", "--data", "{text}", "--out", "{tmp}/r", "--engine", "numpy", "--set", "mlp=swiglu"],
+        "the NumPy engine does not support mlp='swiglu'",
+    ),
     "not a checkpoint": (["generate", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/none", "--data", "{text}"], "not a run directory"),
     "prepare nothing": (

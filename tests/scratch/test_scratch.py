@@ -119,7 +119,7 @@ def test_numpy_training_learns_and_samples_the_same_text_in_pytorch():
     vocab = sorted(set(text))
     ids = np.array([vocab.index(ch) for ch in text])
     model = GPT(GPTConfig(vocab_size=len(vocab), block_size=32, n_layer=2, n_head=2, n_embd=32), seed=1)
-    optimizer = AdamW(model.params, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0)
+    optimizer = AdamW(model.params, lr=5e-3, betas=(0.9, 0.99), weight_decay=0.0)
     batch_rng = np.random.default_rng(0)
     losses = []
     for _ in range(300):

@@ -180,3 +180,32 @@ def test_split_loss_scores_every_token_once_with_its_context(tmp_path, data_dir)
             expected.append(-torch.log_softmax(logits[0, -1], -1)[int(tokens[target])].item())
     assert loss == pytest.approx(sum(expected) / 52, rel=1e-5)
     assert not math.isnan(loss)
+
+
+def test_numpy_engine_trains_resumes_exactly_and_its_checkpoint_samples_in_pytorch(tmp_path, data_dir):
+    straight = tiny_config(34, max_steps=12, eval_interval=6, engine="numpy")
+    result = train(data_dir, tmp_path / "straight", straight, progress=False)
+    assert losses(tmp_path / "straight")[12] < losses(tmp_path / "straight")[1]
+    train(data_dir, tmp_path / "resumed", tiny_config(34, max_steps=6, decay_steps=12, engine="numpy"), progress=False)
+    train(
+        data_dir,
+        tmp_path / "resumed",
+        tiny_config(34, max_steps=12, decay_steps=12, engine="numpy"),
+        resume=True,
+        progress=False,
+    )
+    assert abs(losses(tmp_path / "straight")[12] - losses(tmp_path / "resumed")[12]) < 1e-6
+    model, _, _ = load_model(tmp_path / "straight", "latest")  # the PyTorch GPT reads the NumPy weights
+    x = np.array([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        torch_logits = model(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(torch_logits, result.model.forward(x)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_numpy_engine_refuses_what_it_does_not_implement(tmp_path, data_dir):
+    from lucidlm.errors import ConfigError
+
+    config = tiny_config(34, engine="numpy")
+    config.model.mlp = "swiglu"
+    with pytest.raises(ConfigError, match="the NumPy engine does not support mlp='swiglu'"):
+        train(data_dir, tmp_path / "run", config, progress=False)

@@ -12,7 +12,6 @@ pointing at a complete checkpoint. Directories no manifest names are removed aft
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,20 +22,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lucidlm.config import RunConfig
+from lucidlm.data.corpus import sha256_file
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer, load_tokenizer
 
 POINTERS = ("latest", "best")
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -57,48 +49,31 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    state = optimizer.state_dict()
-    tensors = {
-        f"state.{index}.{key}": value.detach().cpu().contiguous()
-        for index, moments in state["state"].items()
-        for key, value in moments.items()
-    }
-    return tensors, state["param_groups"]
-
-
-def _restore_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict]
-) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        if name.startswith("state."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
-
-
 def save_checkpoint(
-    run_dir: str | Path, step: int, model: GPT, optimizer: torch.optim.Optimizer, progress: dict, is_best: bool
+    run_dir: str | Path,
+    step: int,
+    model_tensors: dict[str, torch.Tensor],
+    optimizer_tensors: dict[str, torch.Tensor],
+    progress: dict,
+    is_best: bool,
 ) -> Path:
-    """Write the checkpoint for `step` and point `latest` (and `best` when `is_best`) at it."""
+    """Write the checkpoint for `step` and point `latest` (and `best` when `is_best`) at it.
+
+    `model_tensors` are the weights by state-dict name; `optimizer_tensors` whatever else the engine needs to
+    continue exactly (moments, RNG state); `progress` is JSON (step, elapsed time, losses, ...).
+    """
     run_dir = Path(run_dir)
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    named = {read_manifest(run_dir, which)["checkpoint"] for which in POINTERS if _pointer(run_dir, which).exists()}
-    if f"checkpoints/{final.name}" not in named:
+    if f"checkpoints/{final.name}" not in _named(run_dir):
         tmp = root / f"{final.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
         tmp.mkdir()
-        save_file(model.state_for_saving(), tmp / "model.safetensors")
-        optimizer_tensors, param_groups = _optimizer_tensors(optimizer)
-        optimizer_tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            optimizer_tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        save_file(model_tensors, tmp / "model.safetensors")
         save_file(optimizer_tensors, tmp / "optimizer.safetensors")
-        write_json_atomic(tmp / "state.json", {**progress, "step": step, "param_groups": param_groups})
+        write_json_atomic(tmp / "state.json", {**progress, "step": step})
         for name in FILES:
             _fsync(tmp / name)
         os.replace(tmp, final)
@@ -106,7 +81,9 @@ def save_checkpoint(
         "checkpoint": f"checkpoints/{final.name}",
         "step": step,
         "val_loss": progress.get("val_loss"),
-        "files": {name: {"bytes": (final / name).stat().st_size, "sha256": _sha256(final / name)} for name in FILES},
+        "files": {
+            name: {"bytes": (final / name).stat().st_size, "sha256": sha256_file(final / name)} for name in FILES
+        },
     }
     write_json_atomic(_pointer(run_dir, "latest"), manifest)
     if is_best:
@@ -119,8 +96,13 @@ def _pointer(run_dir: Path, which: str) -> Path:
     return Path(run_dir) / f"{which}.json"
 
 
+def _named(run_dir: Path) -> set[str]:
+    """The checkpoint directories that a manifest names."""
+    return {read_manifest(run_dir, which)["checkpoint"] for which in POINTERS if _pointer(run_dir, which).exists()}
+
+
 def _remove_unnamed(run_dir: Path) -> None:
-    named = {read_manifest(run_dir, which)["checkpoint"] for which in POINTERS if _pointer(run_dir, which).exists()}
+    named = _named(run_dir)
     for path in (run_dir / "checkpoints").iterdir():
         if f"checkpoints/{path.name}" not in named:
             shutil.rmtree(path, ignore_errors=True)
@@ -156,7 +138,7 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     directory = run_dir / manifest["checkpoint"]
     for name, expected in manifest["files"].items():
         path = directory / name
-        if not path.exists() or path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+        if not path.exists() or path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
             raise CheckpointError(
                 f"{path} is missing or does not match {which}.json; the checkpoint is "
                 "damaged, train again or restore the file"
@@ -197,16 +179,13 @@ def load_weights(model: GPT, path: Path) -> None:
         raise CheckpointError(f"{path} does not fit the model in config.json ({exc})") from None
 
 
-def load_training_state(directory: Path, model: GPT, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore weights, optimizer moments and RNG state; returns state.json (step, elapsed time, ...)."""
-    load_weights(model, directory / "model.safetensors")
+def load_training_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """(model tensors, optimizer tensors, progress) of a checkpoint, for an engine to restore."""
     try:
-        tensors = load_file(directory / "optimizer.safetensors")
-        progress = json.loads((directory / "state.json").read_text())
-        _restore_optimizer(optimizer, tensors, progress.pop("param_groups"))
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot restore the optimizer from {directory} ({exc})") from None
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return progress
+        return (
+            load_file(directory / "model.safetensors"),
+            load_file(directory / "optimizer.safetensors"),
+            json.loads((directory / "state.json").read_text()),
+        )
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the checkpoint in {directory} ({exc})") from None

@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 from lucidlm.config import RunConfig
 from lucidlm.data.loader import BatchLoader, read_meta
-from lucidlm.device import autocast, pick_device
+from lucidlm.device import pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError
-from lucidlm.model import GPT
 from lucidlm.tokenizers import load_tokenizer
 from lucidlm.train.checkpoint import (
     find_checkpoint,
@@ -31,8 +30,8 @@ from lucidlm.train.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
+from lucidlm.train.engines import NumpyEngine, TorchEngine, make_engine
 from lucidlm.train.metrics import MetricsLog
-from lucidlm.train.optim import make_optimizer
 from lucidlm.train.schedule import learning_rate
 
 
@@ -45,20 +44,12 @@ class TrainResult:
     tokens_per_second: float
     elapsed: float
     interrupted: bool
-    model: GPT  # the trained model as it was at the last step
+    model: object  # the trained model at the last step: a lucidlm GPT, or a lucidlm.scratch GPT (NumPy engine)
 
 
-@torch.no_grad()
-def estimate_val_loss(model: torch.nn.Module, loader: BatchLoader, batches: int, device: torch.device) -> float:
+def estimate_val_loss(engine: TorchEngine | NumpyEngine, loader: BatchLoader, batches: int) -> float:
     """Mean loss over the same `batches` validation batches every time, so evaluations compare."""
-    model.eval()
-    total = 0.0
-    for index in range(batches):
-        x, y = loader.batch("val", index)
-        with autocast(device):
-            total += model(x, y)[1].item()
-    model.train()
-    return total / batches
+    return sum(engine.eval_loss(*loader.batch("val", index)) for index in range(batches)) / batches
 
 
 class StopRequest:
@@ -101,15 +92,15 @@ def train(
     device = pick_device(train_config.device)
     torch.manual_seed(train_config.seed)
     loader = BatchLoader(data_dir, config.model.block_size, train_config.batch_size, train_config.seed, device=device)
-    model = GPT(config.model).to(device)
-    optimizer = make_optimizer(model, train_config, device.type)
+    engine = make_engine(config, device)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     step, elapsed, best_val_loss, val_loss = 0, 0.0, math.inf, None
 
     if resume:
         directory = find_checkpoint(run_dir, "latest")
         _check_same_tokenizer(data_dir, run_dir)
-        state = load_training_state(directory, model, optimizer)
+        weights, tensors, state = load_training_state(directory)
+        engine.restore(weights, tensors, state)
         step, elapsed = state["step"], state["elapsed"]
         best_val_loss, val_loss = state["best_val_loss"] or math.inf, state["val_loss"]
         metrics.truncate_after(step)
@@ -123,29 +114,24 @@ def train(
         load_tokenizer(data_dir / "tokenizer.json").save(run_dir / "tokenizer.json")
     write_json_atomic(run_dir / "config.json", {**config.to_dict(), "data": str(data_dir)})
 
-    forward = torch.compile(model) if train_config.compile else model
     tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size
     budget = train_config.time_budget
 
     def evaluate_and_save(interrupted: bool = False) -> None:
         nonlocal best_val_loss, val_loss
         if not interrupted:
-            val_loss = estimate_val_loss(forward, loader, train_config.eval_batches, device)
+            val_loss = estimate_val_loss(engine, loader, train_config.eval_batches)
             metrics.append({"step": step, "val_loss": val_loss, "elapsed": round(elapsed, 3)})
         is_best = not interrupted and val_loss < best_val_loss
         best_val_loss = min(best_val_loss, val_loss) if val_loss is not None else best_val_loss
-        save_checkpoint(
-            run_dir,
-            step,
-            model,
-            optimizer,
-            {
-                "elapsed": elapsed,
-                "val_loss": val_loss,
-                "best_val_loss": None if math.isinf(best_val_loss) else best_val_loss,
-            },
-            is_best,
-        )
+        weights, tensors, extra = engine.state()
+        progress_state = {
+            "elapsed": elapsed,
+            "val_loss": val_loss,
+            "best_val_loss": None if math.isinf(best_val_loss) else best_val_loss,
+            **extra,
+        }
+        save_checkpoint(run_dir, step, weights, tensors, progress_state, is_best)
 
     bar = tqdm(
         total=round(budget) if budget else train_config.max_steps,
@@ -158,25 +144,12 @@ def train(
     )
     rate_tokens, rate_time = 0, 0.0
     last_evaluated = step if resume else -1
-    model.train()
     with StopRequest() as stop:
         while step < train_config.max_steps and not (budget and elapsed >= budget) and not stop.requested:
             started = time.perf_counter()
             lr = learning_rate(step, elapsed, train_config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro_step in range(train_config.grad_accum):
-                x, y = loader.batch("train", step, micro_step)
-                with autocast(device):
-                    _, loss = forward(x, y)
-                (loss / train_config.grad_accum).backward()
-                loss_sum += loss.detach()
-            if train_config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_loss = loss_sum.item() / train_config.grad_accum
+            batches = [loader.batch("train", step, micro) for micro in range(train_config.grad_accum)]
+            train_loss = engine.train_step(batches, lr, train_config.grad_clip)
             step += 1
             seconds = time.perf_counter() - started
             elapsed += seconds
@@ -207,7 +180,7 @@ def train(
         tokens_per_second=rate_tokens / rate_time if rate_time else 0.0,
         elapsed=elapsed,
         interrupted=stop.requested,
-        model=model.eval(),
+        model=engine.model,
     )
 
 

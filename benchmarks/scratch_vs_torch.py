@@ -1,0 +1,72 @@
+"""Forward + backward time of the NumPy GPT (lucidlm.scratch) beside PyTorch eager, on the CPU, same run.
+
+The nanogpt-baby shape (4 layers, 4 heads, 128 wide, block 64, batch 12, 65-token vocabulary), float32, the same
+weights and batches in both. Target: the NumPy engine within 1.5x of PyTorch's time.
+
+    python benchmarks/scratch_vs_torch.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from common import machine, write_results
+
+from lucidlm.model import GPT, GPTConfig
+from lucidlm.scratch import from_torch
+
+
+def best_time(step, repeats: int = 30) -> float:
+    for _ in range(5):
+        step()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def main() -> None:
+    config = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    torch.manual_seed(0)
+    torch_model = GPT(config)
+    numpy_model = from_torch(torch_model)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 65, (12, 64)), rng.integers(0, 65, (12, 64))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def torch_step():
+        torch_model.zero_grad(set_to_none=True)
+        torch_model(tx, ty)[1].backward()
+
+    def numpy_step():
+        numpy_model.forward(x, y)
+        numpy_model.backward()
+
+    torch_s, numpy_s = best_time(torch_step), best_time(numpy_step)
+    results = {
+        "machine": machine(),
+        "config": config.to_dict(),
+        "batch": [12, 64],
+        "torch_ms": round(torch_s * 1e3, 2),
+        "numpy_ms": round(numpy_s * 1e3, 2),
+        "ratio": round(numpy_s / torch_s, 3),
+    }
+    table = f"""## NumPy engine beside PyTorch (`benchmarks/scratch_vs_torch.py`)
+
+Forward + backward of one nanogpt-baby batch (12 x 64 tokens), float32, CPU, median of 30, same run.
+
+| engine | ms per step | ratio |
+|---|---:|---:|
+| PyTorch eager | {torch_s * 1e3:.1f} | 1.00 |
+| lucidlm.scratch (NumPy, hand-written backward) | {numpy_s * 1e3:.1f} | {numpy_s / torch_s:.2f} |
+
+Target: at most 1.5x PyTorch's time."""
+    write_results("scratch_vs_torch", results, table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""What the trainer drives: a model and its optimizer, in PyTorch or in NumPy.
+
+The training loop (trainer.py) is the same for both: it asks an engine to take a step on some batches at some
+learning rate, to score validation batches, and to hand over or take back its state for checkpoints.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lucidlm.config import RunConfig
+from lucidlm.device import autocast
+from lucidlm.errors import CheckpointError, ConfigError
+from lucidlm.model import GPT
+from lucidlm.train.optim import make_optimizer
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class TorchEngine:
+    """The PyTorch GPT with AdamW, on any device, with bf16 autocast on CUDA and optional torch.compile."""
+
+    def __init__(self, config: RunConfig, device: torch.device):
+        self.device = device
+        self.model = GPT(config.model).to(device)
+        self.optimizer = make_optimizer(self.model, config.train, device.type)
+        self.forward = torch.compile(self.model) if config.train.compile else self.model
+
+    def train_step(self, batches: list[Batch], lr: float, grad_clip: float) -> float:
+        """One optimizer step on the mean gradient of `batches` (gradient accumulation); returns the mean loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for x, y in batches:
+            with autocast(self.device):
+                _, loss = self.forward(x, y)
+            (loss / len(batches)).backward()
+            loss_sum += loss.detach()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum.item() / len(batches)
+
+    @torch.no_grad()
+    def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.model.eval()
+        with autocast(self.device):
+            loss = self.forward(x, y)[1].item()
+        self.model.train()
+        return loss
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+        """(weights, optimizer moments and RNG state as tensors, the optimizer's settings as JSON)."""
+        optimizer = self.optimizer.state_dict()
+        tensors = {
+            f"state.{index}.{key}": value.detach().cpu().contiguous()
+            for index, moments in optimizer["state"].items()
+            for key, value in moments.items()
+        }
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        weights = {name: t.detach().cpu().contiguous() for name, t in self.model.state_for_saving().items()}
+        return weights, tensors, {"param_groups": optimizer["param_groups"]}
+
+    def restore(self, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], extra: dict) -> None:
+        try:
+            self.model.load_saved_state(weights)
+            moments: dict[int, dict[str, torch.Tensor]] = {}
+            for name, value in tensors.items():
+                if name.startswith("state."):
+                    _, index, key = name.split(".", 2)
+                    moments.setdefault(int(index), {})[key] = value
+            self.optimizer.load_state_dict({"state": moments, "param_groups": extra["param_groups"]})
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"the checkpoint does not fit this model and optimizer ({exc})") from None
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+class NumpyEngine:
+    """lucidlm.scratch: the GPT with hand-written backward passes and AdamW, in NumPy, on the CPU."""
+
+    def __init__(self, config: RunConfig, device: torch.device):
+        from lucidlm.scratch import GPT as NumpyGPT
+        from lucidlm.scratch import AdamW
+
+        if device.type != "cpu":
+            raise ConfigError(f"the NumPy engine runs on the CPU only, not {device}; use --device cpu")
+        train = config.train
+        self.model = NumpyGPT(config.model, seed=train.seed)
+        self.optimizer = AdamW(self.model.params, train.lr, (train.beta1, train.beta2), weight_decay=train.weight_decay)
+
+    def train_step(self, batches: list[Batch], lr: float, grad_clip: float) -> float:
+        from lucidlm.scratch import clip_grad_norm
+
+        total_loss, grads = 0.0, None
+        for x, y in batches:
+            _, loss = self.model.forward(x.numpy(), y.numpy())
+            step_grads = self.model.backward()
+            total_loss += loss
+            if grads is None:
+                grads = step_grads
+            else:
+                for name, grad in step_grads.items():
+                    grads[name] += grad
+        if len(batches) > 1:
+            for grad in grads.values():
+                grad /= len(batches)
+        if grad_clip > 0:
+            clip_grad_norm(grads, grad_clip)
+        self.optimizer.lr = lr
+        self.optimizer.step(grads)
+        return total_loss / len(batches)
+
+    def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        loss = self.model.forward(x.numpy(), y.numpy())[1]
+        self.model.caches = None
+        return loss
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+        moments = {f"exp_avg.{name}": torch.from_numpy(m) for name, m in self.optimizer.exp_avg.items()}
+        moments |= {f"exp_avg_sq.{name}": torch.from_numpy(v) for name, v in self.optimizer.exp_avg_sq.items()}
+        weights = {name: torch.from_numpy(p) for name, p in self.model.params.items()}
+        return weights, moments, {"adam_step": self.optimizer.step_count}
+
+    def restore(self, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], extra: dict) -> None:
+        try:
+            for name, param in self.model.params.items():
+                param[...] = weights[name].numpy()
+                self.optimizer.exp_avg[name][...] = tensors[f"exp_avg.{name}"].numpy()
+                self.optimizer.exp_avg_sq[name][...] = tensors[f"exp_avg_sq.{name}"].numpy()
+            self.optimizer.step_count = extra["adam_step"]
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"the checkpoint does not fit the NumPy engine's model (missing {exc})") from None
+
+
+ENGINES = {"torch": TorchEngine, "numpy": NumpyEngine}
+
+
+def make_engine(config: RunConfig, device: torch.device) -> TorchEngine | NumpyEngine:
+    return ENGINES[config.train.engine](config, device)
