@@ -6,7 +6,9 @@ Exit status: 0 success, 2 a usage or input error (one line on stderr, no traceba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,9 @@ EXAMPLES = {
     "generate": """examples:
   lucidlm generate --checkpoint runs/a --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 \\
       --top-k 50 --top-p 0.95 --seed 1 --num-samples 2""",
+    "export": """examples:
+  lucidlm export --checkpoint runs/a --format hf --out exported/a
+  then in Python: transformers.pipeline("text-generation", model="exported/a")("ROMEO:")""",
     "eval": """examples:
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char --split train --json""",
@@ -70,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting")
     train.add_argument("--max-steps", type=int, help="stop after this many steps")
     train.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this much training time")
+    train.add_argument(
+        "--init-from",
+        metavar="hf:DIR|RUN_DIR",
+        help="start from a trained model: a Hugging Face GPT-2/Llama directory, or a run",
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
     train.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
@@ -99,7 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    export = command("export", "write a trained model in the Hugging Face transformers format", EXAMPLES["export"])
+    export.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    export.add_argument("--format", choices=["hf"], default="hf", help="hf: GPT-2 or Llama layout (default)")
+    export.add_argument("--out", required=True, metavar="DIR")
     return parser
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from lucidlm.export import export_hf, family
+    from lucidlm.train import load_model
+
+    model, tokenizer, _ = load_model(args.checkpoint)
+    out = export_hf(model, tokenizer, args.out)
+    layout = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[family(model.config)]
+    print(
+        f"wrote {out} ({layout}): load it with transformers.AutoModelForCausalLM.from_pretrained('{out}') "
+        f"and AutoTokenizer.from_pretrained('{out}')"
+    )
 
 
 def run_prepare(args: argparse.Namespace) -> None:
@@ -133,23 +160,32 @@ def run_train(args: argparse.Namespace) -> None:
     if args.compile:
         overrides.append("compile=true")
     progress = False if args.no_progress else None
-    data_dir = resolve_data(args.data, args.out, progress)
-    if args.resume:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not Path(args.data).is_dir():
+        raise ConfigError(
+            "under torchrun, --data must be a prepared DATA_DIR (run `lucidlm data prepare` first), "
+            "so that the processes do not prepare the same files at once"
+        )
+    init_weights = None
+    if args.init_from:
+        data_dir, config, init_weights = _config_from_init(args, overrides, progress)
+    elif args.resume:
         if args.preset or args.config:
             raise ConfigError(
                 "--resume continues with the run's saved settings; drop --preset/--config "
                 "(use --set or --max-steps to change training settings)"
             )
+        data_dir = resolve_data(args.data, args.out, progress)
         saved = read_run_config(args.out)
         config = resolve_config(base=saved.to_dict(), overrides=overrides)
         if config.model != saved.model:
             raise ConfigError("--resume cannot change the model's shape; start a new run with another --out")
     else:
+        data_dir = resolve_data(args.data, args.out, progress)
         vocab = {"model": {"vocab_size": read_meta(data_dir)["vocab_size"]}}
-        config = resolve_config(
-            args.preset or "shakespeare-char", args.config, _with_vocab(vocab, overrides), base=None
-        )
-    result = train(data_dir, args.out, config, resume=args.resume, progress=progress)
+        config = resolve_config(args.preset or "shakespeare-char", args.config, _with_vocab(vocab, overrides))
+    result = train(data_dir, args.out, config, resume=args.resume, progress=progress, init_weights=init_weights)
+    if not result.is_main:
+        return
     rate = f"{result.tokens_per_second:,.0f} tokens/s"
     print(
         f"trained {result.step} steps in {result.elapsed:.0f}s ({rate}); "
@@ -168,6 +204,43 @@ def run_train(args: argparse.Namespace) -> None:
             f'  lucidlm generate --checkpoint {args.out} --prompt "ROMEO:" --max-new-tokens 300\n'
             f"  lucidlm eval --checkpoint {args.out} --data {data_dir}"
         )
+
+
+def _config_from_init(args: argparse.Namespace, overrides: list[str], progress: bool | None):
+    """`--init-from`: the model (shape and weights) and tokenizer come from the source; the data is tokenized
+    with that tokenizer; only the training settings (and dropout) come from the preset, --config and --set."""
+    from lucidlm.config import parse_overrides, resolve_config
+    from lucidlm.data.prepare import resolve_data
+    from lucidlm.errors import ConfigError
+
+    if args.resume:
+        raise ConfigError("--init-from starts a new run; drop --resume (or drop --init-from to continue)")
+    model_settings = sorted(name for name in parse_overrides(overrides)["model"] if name != "dropout")
+    if model_settings:
+        raise ConfigError(f"the model's shape comes from --init-from; drop --set {', '.join(model_settings)}")
+    source_model, tokenizer = load_init(args.init_from)
+    data_dir = resolve_data(args.data, args.out, progress, tokenizer=tokenizer)
+    if json.loads((data_dir / "tokenizer.json").read_text()) != tokenizer.to_dict():
+        raise ConfigError(
+            f"{data_dir} was prepared with another tokenizer than {args.init_from}; pass a text file "
+            "(it is prepared with the model's tokenizer) or data prepared with it"
+        )
+    config = resolve_config(args.preset or "shakespeare-char", args.config, overrides)
+    config.model = dataclasses.replace(source_model.config, dropout=config.model.dropout)
+    return data_dir, config, source_model.state_for_saving()
+
+
+def load_init(source: str):
+    """The model and tokenizer that `--init-from` names: `hf:DIR` (a GPT-2 or Llama directory) or a RUN_DIR."""
+    if source.startswith("hf:"):
+        from lucidlm.export.hf import load_hf, load_hf_tokenizer
+
+        model, _ = load_hf(source[3:])
+        return model, load_hf_tokenizer(source[3:])
+    from lucidlm.train import load_model
+
+    model, tokenizer, _ = load_model(source)
+    return model, tokenizer
 
 
 def _with_vocab(vocab: dict, overrides: list[str]) -> list[str]:
@@ -266,7 +339,13 @@ def run_eval(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"data": run_prepare, "train": run_train, "generate": run_generate, "eval": run_eval}
+    handlers = {
+        "data": run_prepare,
+        "train": run_train,
+        "generate": run_generate,
+        "eval": run_eval,
+        "export": run_export,
+    }
     try:
         handlers[args.command](args)
     except LucidError as exc:

@@ -2,7 +2,9 @@
 
 The batch for (seed, split, step, rank, micro-step) is a pure function of those numbers: no hidden state moves
 between batches. That is what makes `--resume` exact (the step says where the data was) and lets every DDP
-rank draw its own batches without talking to the others.
+rank draw its own batches without talking to the others. Rank and micro-step combine into one global
+micro-batch index, rank * micro_steps + micro_step, so 2 processes with 1 micro-step each draw exactly the
+batches that 1 process with 2 micro-steps draws.
 """
 
 from __future__ import annotations
@@ -55,9 +57,11 @@ class BatchLoader:
         batch_size: int,
         seed: int = 0,
         rank: int = 0,
+        micro_steps: int = 1,
         device: str | torch.device = "cpu",
     ):
-        self.block_size, self.batch_size, self.seed, self.rank = block_size, batch_size, seed, rank
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.rank, self.micro_steps = rank, micro_steps
         self.device = torch.device(device)
         self.splits = {split: open_split(data_dir, split) for split in SPLITS}
         for split, tokens in self.splits.items():
@@ -69,7 +73,8 @@ class BatchLoader:
         self.window = np.arange(block_size + 1)
 
     def offsets(self, split: str, step: int, micro_step: int = 0) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, SPLITS.index(split), step, self.rank, micro_step])
+        index = self.rank * self.micro_steps + micro_step
+        rng = np.random.default_rng([self.seed, SPLITS.index(split), step, index])
         return rng.integers(0, len(self.splits[split]) - self.block_size, size=self.batch_size)
 
     def batch(self, split: str, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

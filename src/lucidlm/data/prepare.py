@@ -101,8 +101,14 @@ def prepare(
     vocab_size: int | None = None,
     val_fraction: float = 0.1,
     progress: bool | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> dict:
-    """Tokenize `sources` into `out_dir`; returns the metadata written to `meta.json`."""
+    """Tokenize `sources` into `out_dir`; returns the metadata written to `meta.json`.
+
+    With `tokenizer`, that tokenizer is used as it is (to fine-tune a model on new text); otherwise one of
+    kind `tokenizer_kind` is learned from the text."""
+    if tokenizer is not None:
+        tokenizer_kind = tokenizer.kind
     if tokenizer_kind not in Tokenizer.registry or tokenizer_kind not in TOKENIZER_KINDS:
         raise ConfigError(f"unknown tokenizer {tokenizer_kind!r}; choose one of: {', '.join(TOKENIZER_KINDS)}")
     if not 0.0 < val_fraction < 1.0:
@@ -129,8 +135,9 @@ def prepare(
     # character can be encoded; word and BPE vocabularies from the training split only, so that validation stays
     # unseen.
     cls = Tokenizer.registry[tokenizer_kind]
-    train_stop = None if tokenizer_kind == "char" else split_at
-    tokenizer = cls.train(_iter_token_safe(_iter_split(sources, 0, train_stop), cls), vocab_size)
+    if tokenizer is None:
+        train_stop = None if tokenizer_kind == "char" else split_at
+        tokenizer = cls.train(_iter_token_safe(_iter_split(sources, 0, train_stop), cls), vocab_size)
     dtype = token_dtype(tokenizer.vocab_size)
 
     # Pass 3: encode each split to its token file, written under a temporary name and renamed at the end.
@@ -173,9 +180,15 @@ def prepare(
     return meta
 
 
-def resolve_data(data: str | os.PathLike, run_dir: str | os.PathLike, progress: bool | None = None) -> Path:
-    """A prepared data directory for `--data`: used as it is, or, for a plain text file, prepared with the char
-    tokenizer into RUN_DIR/data (once: a later call with the same text reuses it)."""
+def resolve_data(
+    data: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    progress: bool | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> Path:
+    """A prepared data directory for `--data`: used as it is, or, for a plain text file, prepared into
+    RUN_DIR/data with `tokenizer` (default: a char tokenizer learned from it), once: a later call with the same
+    text reuses it."""
     path = Path(data)
     if path.is_dir():
         if not (path / "meta.json").exists():
@@ -193,7 +206,8 @@ def resolve_data(data: str | os.PathLike, run_dir: str | os.PathLike, progress: 
         digest = hashlib.sha256()
         for chunk in iter_text(path):
             digest.update(chunk.encode("utf-8"))
-        if recorded == digest.hexdigest():
+        same_tokenizer = tokenizer is None or json.loads((out / "tokenizer.json").read_text()) == tokenizer.to_dict()
+        if recorded == digest.hexdigest() and same_tokenizer:
             return out
-    prepare([Source(path, str(path))], out, "char", progress=progress)
+    prepare([Source(path, str(path))], out, "char", progress=progress, tokenizer=tokenizer)
     return out

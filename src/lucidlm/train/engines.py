@@ -6,12 +6,16 @@ learning rate, to score validation batches, and to hand over or take back its st
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from lucidlm.config import RunConfig
 from lucidlm.device import autocast
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
+from lucidlm.train.distributed import Distributed
 from lucidlm.train.optim import make_optimizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -20,21 +24,30 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class TorchEngine:
     """The PyTorch GPT with AdamW, on any device, with bf16 autocast on CUDA and optional torch.compile."""
 
-    def __init__(self, config: RunConfig, device: torch.device):
+    def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
         self.device = device
         self.model = GPT(config.model).to(device)
         self.optimizer = make_optimizer(self.model, config.train, device.type)
         self.forward = torch.compile(self.model) if config.train.compile else self.model
+        self.ddp = None
+        if group.enabled:
+            device_ids = (
+                [device.index if device.index is not None else group.local_rank] if device.type == "cuda" else None
+            )
+            self.ddp = DistributedDataParallel(self.forward, device_ids=device_ids)
+            self.forward = self.ddp
 
     def train_step(self, batches: list[Batch], lr: float, grad_clip: float) -> float:
         """One optimizer step on the mean gradient of `batches` (gradient accumulation); returns the mean loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
-        for x, y in batches:
-            with autocast(self.device):
+        for micro_step, (x, y) in enumerate(batches):
+            # Under DDP, gradients are averaged across processes once, on the last micro-step.
+            last = micro_step == len(batches) - 1
+            with autocast(self.device), self.ddp.no_sync() if self.ddp and not last else nullcontext():
                 _, loss = self.forward(x, y)
-            (loss / len(batches)).backward()
+                (loss / len(batches)).backward()
             loss_sum += loss.detach()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
@@ -64,6 +77,12 @@ class TorchEngine:
         weights = {name: t.detach().cpu().contiguous() for name, t in self.model.state_for_saving().items()}
         return weights, tensors, {"param_groups": optimizer["param_groups"]}
 
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        try:
+            self.model.load_saved_state(weights)
+        except ValueError as exc:
+            raise CheckpointError(f"the initial weights do not fit the model ({exc})") from None
+
     def restore(self, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], extra: dict) -> None:
         try:
             self.model.load_saved_state(weights)
@@ -83,12 +102,14 @@ class TorchEngine:
 class NumpyEngine:
     """lucidlm.scratch: the GPT with hand-written backward passes and AdamW, in NumPy, on the CPU."""
 
-    def __init__(self, config: RunConfig, device: torch.device):
+    def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
         from lucidlm.scratch import GPT as NumpyGPT
         from lucidlm.scratch import AdamW
 
         if device.type != "cpu":
             raise ConfigError(f"the NumPy engine runs on the CPU only, not {device}; use --device cpu")
+        if group.enabled:
+            raise ConfigError("the NumPy engine runs in one process; launch it without torchrun")
         train = config.train
         self.model = NumpyGPT(config.model, seed=train.seed)
         self.optimizer = AdamW(self.model.params, train.lr, (train.beta1, train.beta2), weight_decay=train.weight_decay)
@@ -126,10 +147,17 @@ class NumpyEngine:
         weights = {name: torch.from_numpy(p) for name, p in self.model.params.items()}
         return weights, moments, {"adam_step": self.optimizer.step_count}
 
-    def restore(self, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], extra: dict) -> None:
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         try:
             for name, param in self.model.params.items():
                 param[...] = weights[name].numpy()
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"the initial weights do not fit the NumPy model ({exc})") from None
+
+    def restore(self, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], extra: dict) -> None:
+        self.load_weights(weights)
+        try:
+            for name in self.model.params:
                 self.optimizer.exp_avg[name][...] = tensors[f"exp_avg.{name}"].numpy()
                 self.optimizer.exp_avg_sq[name][...] = tensors[f"exp_avg_sq.{name}"].numpy()
             self.optimizer.step_count = extra["adam_step"]
@@ -140,5 +168,5 @@ class NumpyEngine:
 ENGINES = {"torch": TorchEngine, "numpy": NumpyEngine}
 
 
-def make_engine(config: RunConfig, device: torch.device) -> TorchEngine | NumpyEngine:
-    return ENGINES[config.train.engine](config, device)
+def make_engine(config: RunConfig, device: torch.device, group: Distributed) -> TorchEngine | NumpyEngine:
+    return ENGINES[config.train.engine](config, device, group)

@@ -23,6 +23,7 @@ from lucidlm.data.loader import BatchLoader, read_meta
 from lucidlm.device import pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError
 from lucidlm.tokenizers import load_tokenizer
+from lucidlm.train import distributed
 from lucidlm.train.checkpoint import (
     find_checkpoint,
     load_training_state,
@@ -45,6 +46,7 @@ class TrainResult:
     elapsed: float
     interrupted: bool
     model: object  # the trained model at the last step: a lucidlm GPT, or a lucidlm.scratch GPT (NumPy engine)
+    is_main: bool = True  # False in the torchrun processes other than rank 0
 
 
 def estimate_val_loss(engine: TorchEngine | NumpyEngine, loader: BatchLoader, batches: int) -> float:
@@ -84,15 +86,32 @@ def check_vocab(config: RunConfig, data_dir: Path) -> None:
 
 
 def train(
-    data_dir: str | Path, run_dir: str | Path, config: RunConfig, resume: bool = False, progress: bool | None = None
+    data_dir: str | Path,
+    run_dir: str | Path,
+    config: RunConfig,
+    resume: bool = False,
+    progress: bool | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
+    """Train (or, with `resume`, continue) the run in `run_dir`. `init_weights` starts from given weights (a
+    state dict in our names, e.g. from `--init-from`) instead of a fresh initialisation. Under torchrun, every
+    process calls this; rank 0 alone writes."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     train_config = config.train
     check_vocab(config, data_dir)
+    group = distributed.start(train_config.device)
     device = pick_device(train_config.device)
     torch.manual_seed(train_config.seed)
-    loader = BatchLoader(data_dir, config.model.block_size, train_config.batch_size, train_config.seed, device=device)
-    engine = make_engine(config, device)
+    loader = BatchLoader(
+        data_dir,
+        config.model.block_size,
+        train_config.batch_size,
+        train_config.seed,
+        rank=group.rank,
+        micro_steps=train_config.grad_accum,
+        device=device,
+    )
+    engine = make_engine(config, device, group)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     step, elapsed, best_val_loss, val_loss = 0, 0.0, math.inf, None
 
@@ -103,24 +122,29 @@ def train(
         engine.restore(weights, tensors, state)
         step, elapsed = state["step"], state["elapsed"]
         best_val_loss, val_loss = state["best_val_loss"] or math.inf, state["val_loss"]
-        metrics.truncate_after(step)
-    else:
-        if (run_dir / "latest.json").exists():
-            raise CheckpointError(
-                f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
-            )
+    elif (run_dir / "latest.json").exists():
+        raise CheckpointError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
+    elif init_weights is not None:
+        engine.load_weights(init_weights)
+    if group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        metrics.path.unlink(missing_ok=True)
-        load_tokenizer(data_dir / "tokenizer.json").save(run_dir / "tokenizer.json")
-    write_json_atomic(run_dir / "config.json", {**config.to_dict(), "data": str(data_dir)})
+        if resume:
+            metrics.truncate_after(step)
+        else:
+            metrics.path.unlink(missing_ok=True)
+            load_tokenizer(data_dir / "tokenizer.json").save(run_dir / "tokenizer.json")
+        write_json_atomic(run_dir / "config.json", {**config.to_dict(), "data": str(data_dir)})
 
-    tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size
+    tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size * group.world_size
     budget = train_config.time_budget
 
     def evaluate_and_save(interrupted: bool = False) -> None:
         nonlocal best_val_loss, val_loss
         if not interrupted:
-            val_loss = estimate_val_loss(engine, loader, train_config.eval_batches)
+            val_loss = group.mean(estimate_val_loss(engine, loader, train_config.eval_batches), device)
+        if not group.is_main:
+            return
+        if not interrupted:
             metrics.append({"step": step, "val_loss": val_loss, "elapsed": round(elapsed, 3)})
         is_best = not interrupted and val_loss < best_val_loss
         best_val_loss = min(best_val_loss, val_loss) if val_loss is not None else best_val_loss
@@ -138,18 +162,19 @@ def train(
         initial=0 if budget else step,
         unit="s" if budget else "step",
         dynamic_ncols=True,
-        leave=True,
-        disable=None if progress is None else not progress,
+        disable=not group.is_main or (None if progress is None else not progress),
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
     )
     rate_tokens, rate_time = 0, 0.0
     last_evaluated = step if resume else -1
     with StopRequest() as stop:
-        while step < train_config.max_steps and not (budget and elapsed >= budget) and not stop.requested:
+        # Every process must take the same decision to stop, or the others would wait for it forever.
+        stopping = group.any(stop.requested or bool(budget and elapsed >= budget), device)
+        while step < train_config.max_steps and not stopping:
             started = time.perf_counter()
             lr = learning_rate(step, elapsed, train_config)
             batches = [loader.batch("train", step, micro) for micro in range(train_config.grad_accum)]
-            train_loss = engine.train_step(batches, lr, train_config.grad_clip)
+            train_loss = group.mean(engine.train_step(batches, lr, train_config.grad_clip), device)
             step += 1
             seconds = time.perf_counter() - started
             elapsed += seconds
@@ -159,7 +184,8 @@ def train(
                     f"the loss became {train_loss} at step {step}; the last good checkpoint is "
                     f"{_latest_step(run_dir)}; lower lr (--set lr=...) and --resume"
                 )
-            metrics.append({"step": step, "loss": train_loss, "lr": lr, "elapsed": round(elapsed, 3)})
+            if group.is_main:
+                metrics.append({"step": step, "loss": train_loss, "lr": lr, "elapsed": round(elapsed, 3)})
             bar.update(round(elapsed) - bar.n if budget else 1)
             bar.set_postfix_str(
                 f"step {step} loss {train_loss:.4f} lr {lr:.2e} {rate_tokens / rate_time:,.0f} tok/s", refresh=False
@@ -167,11 +193,15 @@ def train(
             if step % train_config.eval_interval == 0:
                 evaluate_and_save()
                 last_evaluated = step
-                bar.write(f"step {step}: val loss {val_loss:.4f}, {elapsed:.0f}s")
+                if group.is_main:
+                    bar.write(f"step {step}: val loss {val_loss:.4f}, {elapsed:.0f}s")
+            stopping = group.any(stop.requested or bool(budget and elapsed >= budget), device)
         if step != last_evaluated:
             evaluate_and_save(interrupted=stop.requested)
     bar.close()
-    metrics.plot(run_dir / "loss.png")
+    if group.is_main:
+        metrics.plot(run_dir / "loss.png")
+    distributed.stop()
     return TrainResult(
         run_dir=run_dir,
         step=step,
@@ -181,6 +211,7 @@ def train(
         elapsed=elapsed,
         interrupted=stop.requested,
         model=engine.model,
+        is_main=group.is_main,
     )
 
 

@@ -1,0 +1,350 @@
+"""To and from Hugging Face `transformers`: the GPT-2 layout (GPT2LMHeadModel) and the Llama layout
+(LlamaForCausalLM).
+
+Our GPT is one model with switches; each Hugging Face family fixes the switches. The GPT-2 layout is learned
+positions, LayerNorm and a GELU/ReLU/ReLU² MLP; the Llama layout is rotary positions, RMSNorm and SwiGLU, with
+grouped-query attention. A configuration neither family expresses is refused with the switch to change.
+The weights are the same numbers under other names, with two differences: GPT-2 stores its linear layers as
+Conv1D, (in, out) instead of (out, in), so they are transposed; Llama keeps q/k/v and gate/up as separate
+matrices where we fuse them, so they are split. Absent biases are written as zeros (GPT-2 always has them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lucidlm.errors import CheckpointError, ConfigError
+from lucidlm.model import GPT, GPTConfig
+from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
+
+GPT2_ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu", "relu2": "relu2"}  # ours -> transformers' name
+
+
+def family(config: GPTConfig) -> str:
+    """ "gpt2" or "llama": the Hugging Face family that can hold this configuration exactly."""
+    if config.positions == "learned" and config.norm == "layernorm" and config.mlp in GPT2_ACTIVATIONS:
+        if config.n_kv_head != config.n_head:
+            raise ConfigError(f"the GPT-2 layout has no grouped-query attention; set n_kv_head={config.n_head}")
+        return "gpt2"
+    if config.positions == "rope" and config.norm == "rmsnorm" and config.mlp == "swiglu":
+        return "llama"
+    gpt2 = "positions=learned, norm=layernorm, mlp=gelu|relu|relu2"
+    llama = "positions=rope, norm=rmsnorm, mlp=swiglu"
+    raise ConfigError(
+        f"neither GPT-2 ({gpt2}) nor Llama ({llama}) can hold positions={config.positions}, "
+        f"norm={config.norm}, mlp={config.mlp}; train with the switches of one of them"
+    )
+
+
+# --- configuration ------------------------------------------------------------------------------------------
+def hf_config(config: GPTConfig, eos_token_id: int | None) -> dict:
+    common = {
+        "vocab_size": config.vocab_size,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": eos_token_id,
+        "eos_token_id": eos_token_id,
+        "torch_dtype": "float32",
+    }
+    if family(config) == "gpt2":
+        return {
+            **common,
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "n_positions": config.block_size,
+            "n_embd": config.n_embd,
+            "n_layer": config.n_layer,
+            "n_head": config.n_head,
+            "n_inner": config.mlp_hidden,
+            "activation_function": GPT2_ACTIVATIONS[config.mlp],
+            "layer_norm_epsilon": config.norm_eps,
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+        }
+    return {
+        **common,
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.mlp_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": config.norm_eps,
+        # transformers 4 reads rope_theta, transformers 5 rope_parameters
+        "rope_theta": config.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "attention_bias": config.bias,
+        "mlp_bias": config.bias,
+    }
+
+
+def config_from_hf(data: dict) -> GPTConfig:
+    kind = data.get("model_type")
+    tie = data.get("tie_word_embeddings", kind == "gpt2")
+    if kind == "gpt2":
+        activation = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "relu": "relu", "relu2": "relu2"}
+        if data.get("activation_function", "gelu_new") not in activation:
+            raise ConfigError(f"GPT-2 activation {data['activation_function']!r} is not one lucidlm has")
+        return GPTConfig(
+            vocab_size=data["vocab_size"],
+            block_size=data["n_positions"],
+            n_layer=data["n_layer"],
+            n_head=data["n_head"],
+            n_embd=data["n_embd"],
+            mlp_hidden=data.get("n_inner"),
+            bias=True,
+            positions="learned",
+            norm="layernorm",
+            mlp=activation[data.get("activation_function", "gelu_new")],
+            tie_embeddings=tie,
+            norm_eps=data.get("layer_norm_epsilon", 1e-5),
+        )
+    if kind == "llama":
+        rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
+        if rope.get("rope_type", "default") != "default":
+            raise ConfigError(f"rope scaling {rope.get('rope_type')!r} is not supported; only plain RoPE")
+        heads, hidden = data["num_attention_heads"], data["hidden_size"]
+        if data.get("head_dim", hidden // heads) != hidden // heads:
+            raise ConfigError("a Llama head_dim other than hidden_size / num_attention_heads is not supported")
+        if data.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"Llama activation {data['hidden_act']!r} is not supported; only silu")
+        bias = bool(data.get("attention_bias", False))
+        if bool(data.get("mlp_bias", False)) != bias:
+            raise ConfigError("attention_bias and mlp_bias differ; lucidlm has one bias switch for both")
+        return GPTConfig(
+            vocab_size=data["vocab_size"],
+            block_size=data["max_position_embeddings"],
+            n_layer=data["num_hidden_layers"],
+            n_head=heads,
+            n_kv_head=data.get("num_key_value_heads", heads),
+            n_embd=hidden,
+            mlp_hidden=data["intermediate_size"],
+            bias=bias,
+            positions="rope",
+            norm="rmsnorm",
+            mlp="swiglu",
+            tie_embeddings=tie,
+            norm_eps=data.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", data.get("rope_theta", 10000.0)),
+        )
+    raise ConfigError(f"model_type {kind!r} is not one lucidlm reads; it reads gpt2 and llama")
+
+
+# --- weights ------------------------------------------------------------------------------------------------
+def to_hf_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict (as `state_for_saving` gives it) under the Hugging Face family's names and layouts."""
+    out: dict[str, torch.Tensor] = {}
+    C, hidden = config.n_embd, config.mlp_hidden
+    q_size, kv_size = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+
+    def bias(name: str, size: int) -> torch.Tensor:
+        return state.get(name, torch.zeros(size))
+
+    if family(config) == "gpt2":
+        out["transformer.wte.weight"] = state["transformer.wte.weight"]
+        out["transformer.wpe.weight"] = state["transformer.wpe.weight"]
+        for i in range(config.n_layer):
+            ours, theirs = f"transformer.h.{i}.", f"transformer.h.{i}."
+            for norm in ("ln_1", "ln_2"):
+                out[theirs + f"{norm}.weight"] = state[ours + f"{norm}.weight"]
+                out[theirs + f"{norm}.bias"] = bias(ours + f"{norm}.bias", C)
+            for linear in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                weight = state[ours + f"{linear}.weight"]
+                out[theirs + f"{linear}.weight"] = weight.t().contiguous()  # Conv1D stores (in, out)
+                out[theirs + f"{linear}.bias"] = bias(ours + f"{linear}.bias", weight.shape[0])
+        out["transformer.ln_f.weight"] = state["transformer.ln_f.weight"]
+        out["transformer.ln_f.bias"] = bias("transformer.ln_f.bias", C)
+    else:
+        out["model.embed_tokens.weight"] = state["transformer.wte.weight"]
+        for i in range(config.n_layer):
+            ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+            out[theirs + "input_layernorm.weight"] = state[ours + "ln_1.weight"]
+            out[theirs + "post_attention_layernorm.weight"] = state[ours + "ln_2.weight"]
+            splits = {
+                "attn.c_attn": (
+                    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                    [q_size, kv_size, kv_size],
+                ),
+                "mlp.c_fc": (["mlp.gate_proj", "mlp.up_proj"], [hidden, hidden]),
+                "attn.c_proj": (["self_attn.o_proj"], [C]),
+                "mlp.c_proj": (["mlp.down_proj"], [C]),
+            }
+            for fused, (names, sizes) in splits.items():
+                parts = state[ours + f"{fused}.weight"].split(sizes, dim=0)
+                biases = state[ours + f"{fused}.bias"].split(sizes) if config.bias else [None] * len(names)
+                for name, weight, part_bias in zip(names, parts, biases, strict=True):
+                    out[theirs + f"{name}.weight"] = weight.contiguous()
+                    if part_bias is not None:
+                        out[theirs + f"{name}.bias"] = part_bias.contiguous()
+        out["model.norm.weight"] = state["transformer.ln_f.weight"]
+    if not config.tie_embeddings:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    return out
+
+
+def from_hf_state(config: GPTConfig, hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `to_hf_state`: a Hugging Face state dict under our names and layouts."""
+    state: dict[str, torch.Tensor] = {}
+    if family(config) == "gpt2":
+        for name, value in hf.items():
+            if name.endswith(".attn.bias") or name.endswith(".attn.masked_bias"):
+                continue  # old transformers saved the causal mask as a buffer
+            is_conv = name.endswith(".weight") and any(k in name for k in ("c_attn", "c_proj", "c_fc"))
+            state[name] = value.t().contiguous() if is_conv else value
+    else:
+        state["transformer.wte.weight"] = hf["model.embed_tokens.weight"]
+        for i in range(config.n_layer):
+            ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+            state[ours + "ln_1.weight"] = hf[theirs + "input_layernorm.weight"]
+            state[ours + "ln_2.weight"] = hf[theirs + "post_attention_layernorm.weight"]
+            fused = {
+                "attn.c_attn": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                "mlp.c_fc": ["mlp.gate_proj", "mlp.up_proj"],
+                "attn.c_proj": ["self_attn.o_proj"],
+                "mlp.c_proj": ["mlp.down_proj"],
+            }
+            for ours_name, names in fused.items():
+                state[ours + f"{ours_name}.weight"] = torch.cat([hf[theirs + f"{n}.weight"] for n in names])
+                if config.bias:
+                    state[ours + f"{ours_name}.bias"] = torch.cat([hf[theirs + f"{n}.bias"] for n in names])
+        state["transformer.ln_f.weight"] = hf["model.norm.weight"]
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    else:
+        state["lm_head.weight"] = hf["lm_head.weight"]
+    return state
+
+
+# --- tokenizers ---------------------------------------------------------------------------------------------
+def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
+    """tokenizer.json in the `tokenizers` format. BPE already is; char and word become a WordLevel model whose
+    pre-tokenizer splits text the way ours does, with a decoder that joins the pieces unchanged."""
+    if isinstance(tokenizer, BPETokenizer):
+        return tokenizer.to_dict()
+    if tokenizer.kind == "char":
+        pattern, vocab, unknown = r"[\s\S]", tokenizer.chars, None
+    else:
+        pattern, vocab, unknown = r"\w+|\s+|[^\w\s]", tokenizer.vocab, tokenizer.vocab[0]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+        "post_processor": None,
+        "decoder": {"type": "Fuse"},
+        "model": {
+            "type": "WordLevel",
+            "vocab": {token: i for i, token in enumerate(vocab)},
+            "unk_token": unknown if unknown else "",
+        },
+    }
+
+
+def _eos(tokenizer: Tokenizer) -> tuple[str | None, int | None]:
+    if isinstance(tokenizer, BPETokenizer) and "<|endoftext|>" in tokenizer.special_tokens:
+        return "<|endoftext|>", tokenizer.special_tokens["<|endoftext|>"]
+    return None, None
+
+
+# --- directories --------------------------------------------------------------------------------------------
+def export_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer` load."""
+    config = model.config
+    family(config)  # refuse early, before anything is written
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    eos_text, eos_id = _eos(tokenizer)
+    state = {name: t.detach().cpu().float().contiguous() for name, t in model.state_for_saving().items()}
+    save_file(to_hf_state(config, state), tmp / "model.safetensors", metadata={"format": "pt"})
+    files = {
+        "config.json": hf_config(config, eos_id),
+        "tokenizer.json": hf_tokenizer_json(tokenizer),
+        "tokenizer_config.json": {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": config.block_size,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": eos_text,
+            "bos_token": eos_text,
+        },
+        "generation_config.json": {
+            "bos_token_id": eos_id,
+            "eos_token_id": eos_id,
+            "max_length": config.block_size,
+            "do_sample": True,
+            "temperature": 0.8,
+            "top_k": 50,
+        },
+    }
+    for name, data in files.items():
+        (tmp / name).write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def load_hf(directory: str | os.PathLike) -> tuple[GPT, GPTConfig]:
+    """A GPT-2 or Llama directory (config.json and model.safetensors, or its sharded index) as our GPT."""
+    directory = Path(directory)
+    try:
+        data = json.loads((directory / "config.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} has no config.json; give a Hugging Face model directory") from None
+    config = config_from_hf(data)
+    hf_state: dict[str, torch.Tensor] = {}
+    index = directory / "model.safetensors.index.json"
+    shards = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
+    try:
+        for shard in shards:
+            hf_state.update(load_file(directory / shard))
+    except (FileNotFoundError, SafetensorError) as exc:
+        raise CheckpointError(
+            f"cannot read the weights in {directory} ({exc}); lucidlm reads safetensors only, never pickled .bin files"
+        ) from None
+    model = GPT(config)
+    try:
+        model.load_saved_state({k: v.float() for k, v in from_hf_state(config, hf_state).items()})
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"the weights in {directory} do not fit its config.json ({exc})") from None
+    return model.eval(), config
+
+
+def load_hf_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """The tokenizer of a Hugging Face directory: byte-level BPE, or the WordLevel forms `export_hf` writes for
+    the char and word tokenizers."""
+    path = Path(directory) / "tokenizer.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} has no tokenizer.json") from None
+    model = data.get("model", {})
+    if model.get("type") == "WordLevel":
+        vocab = [token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]
+        pattern = (data.get("pre_tokenizer") or {}).get("pattern", {}).get("Regex")
+        if pattern == r"[\s\S]":
+            return CharTokenizer(vocab)
+        if pattern == r"\w+|\s+|[^\w\s]":
+            return WordTokenizer(vocab)
+    if model.get("type") == "BPE":
+        return load_tokenizer(path)
+    raise CheckpointError(
+        f"{path} is a tokenizer lucidlm cannot reproduce exactly; it reads byte-level BPE "
+        "and the char and word tokenizers it exports"
+    )
