@@ -11,11 +11,13 @@
 # %%
 import numpy as np
 
+# fmt: off
 A = np.array([[1.0, 2.0, 3.0],
               [4.0, 5.0, 6.0]])  # (2, 3)
 B = np.array([[7.0, 8.0],
               [9.0, 10.0],
               [11.0, 12.0]])  # (3, 2)
+# fmt: on
 
 
 def matmul_by_hand(A: np.ndarray, B: np.ndarray) -> np.ndarray:

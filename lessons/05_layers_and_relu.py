@@ -39,7 +39,7 @@ def relu(z: np.ndarray) -> np.ndarray:
 
 W1, b1 = rng.normal(size=(2, 8)), np.zeros(8)
 W2, b2 = rng.normal(size=(8,)) * 0.5, 0.0
-for step in range(3000):  # plain gradient descent on the mean squared error
+for _ in range(3000):  # plain gradient descent on the mean squared error
     h_pre = X @ W1 + b1
     h = relu(h_pre)
     prediction = h @ W2 + b2

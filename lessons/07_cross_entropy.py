@@ -30,8 +30,10 @@ confident = np.full((10, V), -10.0)
 confident[np.arange(10), targets] = 10.0
 wrong = np.full((10, V), -10.0)
 wrong[np.arange(10), (targets + 1) % V] = 10.0
-print(f"confident and right: {cross_entropy(confident, targets):.2e}; confident and wrong: "
-      f"{cross_entropy(wrong, targets):.1f}")
+print(
+    f"confident and right: {cross_entropy(confident, targets):.2e}; confident and wrong: "
+    f"{cross_entropy(wrong, targets):.1f}"
+)
 assert cross_entropy(confident, targets) < 1e-6 < 19 < cross_entropy(wrong, targets)
 
 # %% [markdown]
@@ -42,8 +44,8 @@ assert cross_entropy(confident, targets) < 1e-6 < 19 < cross_entropy(wrong, targ
 # %%
 text = "hello"
 inputs, targets_text = text[:-1], text[1:]
-for i, (seen, nxt) in enumerate(zip(inputs, targets_text, strict=True)):
-    print(f"after {text[:i + 1]!r:9} predict {nxt!r}")
+for i, nxt in enumerate(targets_text):
+    print(f"after {text[: i + 1]!r:9} predict {nxt!r}")
 assert list(zip(inputs, targets_text, strict=True)) == [("h", "e"), ("e", "l"), ("l", "l"), ("l", "o")]
 # The perplexity exp(loss) reads as "as unsure as a uniform choice among this many tokens".
 assert np.isclose(np.exp(cross_entropy(uniform, targets)), V)

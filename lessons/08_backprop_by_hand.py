@@ -25,8 +25,13 @@ ids = [vocabulary.index(w) for w in words]
 contexts = np.array([(ids[i], ids[i + 1]) for i in range(len(ids) - 2)])  # two previous words
 targets = np.array(ids[2:])  # the word after them
 rng = np.random.default_rng(0)
-params = {"E": rng.normal(0, 0.5, (V, C)), "W1": rng.normal(0, 0.5, (2 * C, H)), "b1": np.zeros(H),
-          "W2": rng.normal(0, 0.5, (H, V)), "b2": np.zeros(V)}
+params = {
+    "E": rng.normal(0, 0.5, (V, C)),
+    "W1": rng.normal(0, 0.5, (2 * C, H)),
+    "b1": np.zeros(H),
+    "W2": rng.normal(0, 0.5, (H, V)),
+    "b2": np.zeros(V),
+}
 
 
 def forward(params: dict) -> tuple[float, dict]:
