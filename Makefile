@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA := data/shakespeare-char
 RUN := runs/demo
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench clean notebooks
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,3 +48,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache .ruff_cache
+
+notebooks: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet jupytext
+	mkdir -p notebooks
+	for f in lessons/*.py; do $(BIN)/jupytext --quiet --to ipynb -o notebooks/$$(basename $$f .py).ipynb $$f; done
+	@echo "notebooks/ holds one notebook per lesson"

@@ -29,6 +29,9 @@ EXAMPLES = {
     "generate": """examples:
   lucidlm generate --checkpoint runs/a --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 \\
       --top-k 50 --top-p 0.95 --seed 1 --num-samples 2""",
+    "lessons": """examples:
+  lucidlm lessons            (the list, as `lucidlm lessons list`)
+  lucidlm lessons run 6      (runs lessons/06_softmax.py, which checks every claim it makes)""",
     "export": """examples:
   lucidlm export --checkpoint runs/a --format hf --out exported/a
   then in Python: transformers.pipeline("text-generation", model="exported/a")("ROMEO:")""",
@@ -109,11 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    lessons = command("lessons", "list the lessons, or run one", EXAMPLES["lessons"])
+    lessons.add_argument("action", nargs="?", choices=["list", "run"], default="list")
+    lessons.add_argument("number", nargs="?", type=int, help="the lesson to run")
+
     export = command("export", "write a trained model in the Hugging Face transformers format", EXAMPLES["export"])
     export.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
     export.add_argument("--format", choices=["hf"], default="hf", help="hf: GPT-2 or Llama layout (default)")
     export.add_argument("--out", required=True, metavar="DIR")
     return parser
+
+
+def run_lessons(args: argparse.Namespace) -> None:
+    from lucidlm.errors import ConfigError
+    from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_title, run_lesson
+
+    if args.action == "list":
+        for path in lesson_files():
+            print(f"{lesson_number(path):2}. {lesson_title(path)}  ({path.name})")
+        return
+    if args.number is None:
+        raise ConfigError("say which lesson to run, e.g. `lucidlm lessons run 6`")
+    find_lesson(args.number)
+    status = run_lesson(args.number)
+    if status:
+        raise SystemExit(status)
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -345,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "generate": run_generate,
         "eval": run_eval,
         "export": run_export,
+        "lessons": run_lessons,
     }
     try:
         handlers[args.command](args)

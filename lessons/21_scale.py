@@ -1,0 +1,82 @@
+# %% [markdown]
+# # Lesson 21: scale
+#
+# **Parameters.** A GPT with $L$ layers of width $C$ has about $12 L C^2$ parameters in its blocks (lesson 15).
+#
+# **FLOPs per token.** A forward pass does one multiply and one add per parameter per token, $2N$; the backward
+# pass does twice that, so training costs about $6N$ FLOPs per token, plus attention, $12 L H Q T$ with $H$ heads
+# of size $Q$ over a context of $T$ (nanoGPT's formula).
+#
+# **Memory.** Training in fp32 with AdamW keeps, per parameter, the weight, its gradient and two moments:
+# 16 bytes. Activations come on top and grow with batch and context.
+#
+# **MFU** (model FLOPs utilisation) = achieved FLOPs / the hardware's peak: how much of the machine the training
+# really uses. Below, it is measured on this machine for a small GPT.
+
+# %%
+import time
+
+import torch
+
+from lucidlm.config import PRESETS, resolve_config
+from lucidlm.model import GPT, GPTConfig
+
+gpt2 = GPT(resolve_config("gpt2-small", overrides=["vocab_size=50257"]).model)
+n = gpt2.num_params(include_position_embeddings=True)
+c = gpt2.config
+print(f"gpt2-small: {n:,} parameters ({n / 1e6:.0f}M)")
+assert n == 124_439_808  # GPT-2 small, as published
+assert abs(12 * c.n_layer * c.n_embd**2 / gpt2.num_params() - 0.69) < 0.01  # blocks hold ~69%; embeddings the rest
+memory = 16 * n / 2**30
+print(f"fp32 weights + gradients + AdamW moments: {memory:.2f} GiB before activations")
+del gpt2
+
+# %%
+torch.manual_seed(0)
+config = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+model = GPT(config)
+flops_per_token = 6 * model.num_params() + 12 * config.n_layer * config.n_head * config.head_dim * config.block_size
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+x = torch.randint(0, 65, (12, 64))
+
+
+def train_step() -> None:
+    loss = model(x, x)[1]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+for _ in range(3):
+    train_step()
+    a @ b
+started = time.perf_counter()
+for _ in range(10):
+    train_step()
+tokens_per_second = 10 * x.numel() / (time.perf_counter() - started)
+started = time.perf_counter()
+for _ in range(20):
+    a @ b
+peak = 20 * 2 * 1024**3 / (time.perf_counter() - started)
+mfu = flops_per_token * tokens_per_second / peak
+print(f"nanogpt-baby shape: {flops_per_token / 1e6:.2f} MFLOPs per token, {tokens_per_second:,.0f} tokens/s")
+print(f"fp32 matmul peak here: {peak / 1e9:.0f} GFLOP/s -> MFU {mfu:.0%}")
+assert 0.02 < mfu < 1.0
+
+# %% [markdown]
+# ## On GPUs, and on many
+# A GPU runs the same code with `--device cuda`: lucidlm then trains in bf16 autocast (matrix products in
+# bfloat16, reductions in fp32), and `--compile` fuses the small element-wise kernels. An H100 peaks near
+# $10^{15}$ bf16 FLOP/s, so at 40% MFU gpt2-small's $6N \approx 0.75$ GFLOP per token would train at about
+# half a million tokens per second. Beyond one GPU, `torchrun --nproc_per_node=8 -m lucidlm train ...` starts one
+# process per GPU; each draws its own batches and DistributedDataParallel averages the gradients, so 8 GPUs
+# train like one GPU with 8 times the batch (the README shows the multi-node form).
+
+# %%
+h100_bf16_peak = 989e12
+per_token = 6 * 124e6
+rate = 0.4 * h100_bf16_peak / per_token
+print(f"gpt2-small on one H100 at 40% MFU: about {rate:,.0f} tokens/s")
+assert 4e5 < rate < 6e5 and "gpt2-small" in PRESETS
+print("lesson 21 ok: parameters, FLOPs per token, memory and MFU, counted")

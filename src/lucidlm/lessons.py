@@ -1,0 +1,58 @@
+"""The lessons in `lessons/`: numbered percent-format scripts that assert their own claims.
+
+They live in the source checkout (next to `src/`), so that a learner reads and edits them as plain files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from lucidlm.errors import LucidError
+
+LESSONS_DIR = Path(__file__).resolve().parents[2] / "lessons"
+
+
+def lesson_files(directory: Path = LESSONS_DIR) -> list[Path]:
+    if not directory.is_dir():
+        raise LucidError(
+            f"no lessons found at {directory}: the lessons ship with the source checkout; clone the "
+            "lucidlm repository and install it with `make setup`"
+        )
+    return sorted(directory.glob("[0-9][0-9]_*.py"))
+
+
+def lesson_title(path: Path) -> str:
+    """The lesson's first markdown heading without its number: '# Lesson 1: the dot product' -> 'the dot product'."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"# # Lesson \d+: (.+)", line)
+        if match:
+            return match.group(1)
+    raise LucidError(f"{path.name} has no '# # Lesson N: title' heading")
+
+
+def lesson_number(path: Path) -> int:
+    return int(path.name[:2])
+
+
+def find_lesson(number: int) -> Path:
+    for path in lesson_files():
+        if lesson_number(path) == number:
+            return path
+    numbers = [lesson_number(p) for p in lesson_files()]
+    raise LucidError(
+        f"there is no lesson {number}; the lessons are {min(numbers)} to {max(numbers)} (`lucidlm lessons list`)"
+    )
+
+
+def run_lesson(number: int, timeout: float = 120.0) -> int:
+    """Run one lesson as a script, its output streamed to this terminal; returns its exit status."""
+    path = find_lesson(number)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    try:
+        return subprocess.run([sys.executable, str(path)], env=env, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        raise LucidError(f"lesson {number} ran longer than {timeout:.0f} s and was stopped") from None
