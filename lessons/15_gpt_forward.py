@@ -61,6 +61,8 @@ print(f"parameters: {counted:,} (formula {formula:,})")
 assert counted == formula
 probabilities = np.exp(reference[0, -1] - reference[0, -1].max())
 probabilities /= probabilities.sum()
-print(f"an untrained model is unsure: the most likely next token has probability {probabilities.max():.3f}"
-      f" (uniform would be {1 / V:.3f})")
+print(
+    f"an untrained model is unsure: the most likely next token has probability {probabilities.max():.3f}"
+    f" (uniform would be {1 / V:.3f})"
+)
 print("lesson 15 ok: embeddings, blocks of attention and MLP with residuals and norms, a tied head")

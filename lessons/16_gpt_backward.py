@@ -19,12 +19,17 @@ from lucidlm.scratch.gradcheck import check_layer, relative_error
 
 rng = np.random.default_rng(0)
 for name, forward, backward, inputs in [
-    ("layernorm", L.layernorm_forward, L.layernorm_backward, (rng.normal(size=(2, 3, 8)), rng.normal(size=8), rng.normal(size=8))),
+    (
+        "layernorm",
+        L.layernorm_forward,
+        L.layernorm_backward,
+        (rng.normal(size=(2, 3, 8)), rng.normal(size=8), rng.normal(size=8)),
+    ),
     ("gelu", L.gelu_forward, L.gelu_backward, (rng.normal(size=(4, 6)),)),
     ("attention", L.attention_forward, L.attention_backward, tuple(rng.normal(size=(1, 2, 5, 4)) for _ in range(3))),
 ]:
     errors = check_layer(forward, backward, *inputs)
-    print(f"{name:9}: finite-difference relative errors {['%.1e' % e for e in errors]}")
+    print(f"{name:9}: finite-difference relative errors {[f'{e:.1e}' for e in errors]}")
     assert max(errors) < 1e-6
 
 # %%

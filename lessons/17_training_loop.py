@@ -32,8 +32,8 @@ rng = np.random.default_rng(0)
 numpy_losses, torch_losses = [], []
 for step in range(150):
     starts = rng.integers(0, len(data) - 33, 8)  # 8 random windows of 32 + 1 characters
-    x = np.stack([data[s:s + 32] for s in starts])
-    y = np.stack([data[s + 1:s + 33] for s in starts])  # the targets: the same windows shifted by one
+    x = np.stack([data[s : s + 32] for s in starts])
+    y = np.stack([data[s + 1 : s + 33] for s in starts])  # the targets: the same windows shifted by one
 
     _, loss = numpy_model.forward(x, y)  # NumPy: forward, backward by hand, AdamW
     numpy_optimizer.step(numpy_model.backward())

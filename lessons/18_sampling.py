@@ -17,8 +17,9 @@ from lucidlm.generate import SamplingConfig, filter_logits, generate_ids
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import CharTokenizer
 
-text = ("ROMEO:\nBut soft, what light through yonder window breaks?\n"
-        "JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n") * 20
+text = (
+    "ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n"
+) * 20
 tokenizer = CharTokenizer.train([text])
 data = torch.tensor(tokenizer.encode(text))
 torch.manual_seed(0)
@@ -26,8 +27,8 @@ model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2,
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
 for _ in range(200):
     starts = torch.randint(0, len(data) - 65, (8,))
-    x = torch.stack([data[s:s + 64] for s in starts])
-    y = torch.stack([data[s + 1:s + 65] for s in starts])
+    x = torch.stack([data[s : s + 64] for s in starts])
+    y = torch.stack([data[s + 1 : s + 65] for s in starts])
     loss = model(x, y)[1]
     optimizer.zero_grad()
     loss.backward()
@@ -42,9 +43,13 @@ def continue_with(config: SamplingConfig, seed: int = 0) -> str:
     return tokenizer.decode(generate_ids(model, prompt, 40, config, generator))
 
 
-for label, config in [("greedy", SamplingConfig(temperature=0)), ("T = 0.5", SamplingConfig(temperature=0.5)),
-                      ("T = 2.0", SamplingConfig(temperature=2.0)), ("top-k 3", SamplingConfig(top_k=3)),
-                      ("top-p 0.9", SamplingConfig(top_p=0.9))]:
+for label, config in [
+    ("greedy", SamplingConfig(temperature=0)),
+    ("T = 0.5", SamplingConfig(temperature=0.5)),
+    ("T = 2.0", SamplingConfig(temperature=2.0)),
+    ("top-k 3", SamplingConfig(top_k=3)),
+    ("top-p 0.9", SamplingConfig(top_p=0.9)),
+]:
     print(f"{label:9} | O {continue_with(config)!r}")
 
 greedy = continue_with(SamplingConfig(temperature=0))

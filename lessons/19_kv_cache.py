@@ -28,7 +28,7 @@ def without_cache() -> list[int]:
     for _ in range(new):
         logits, _ = model(torch.tensor([tokens]))  # the whole sequence, every step
         tokens.append(int(logits[0, -1].argmax()))
-    return tokens[len(prompt):]
+    return tokens[len(prompt) :]
 
 
 def with_cache() -> list[int]:

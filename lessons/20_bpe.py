@@ -10,20 +10,24 @@
 # a chunk, so " the" can become a token but "e t" cannot.
 
 # %%
+import itertools
+
 from lucidlm.tokenizers import BPETokenizer
 
 text = "the cat sat on the mat. the cat ate the rat. " * 20
 tokenizer = BPETokenizer.train(text, vocab_size=256 + 12 + 1, progress=False)
 for rank, (left, right) in enumerate(tokenizer.merges):
     new = 256 + rank
-    print(f"merge {rank + 1:2}: {tokenizer.token_bytes[left]!r:10} + {tokenizer.token_bytes[right]!r:8} "
-          f"-> token {new} {tokenizer.token_bytes[new]!r}")
+    print(
+        f"merge {rank + 1:2}: {tokenizer.token_bytes[left]!r:10} + {tokenizer.token_bytes[right]!r:8} "
+        f"-> token {new} {tokenizer.token_bytes[new]!r}"
+    )
 
 # The first merge is the most frequent pair of bytes. Count it by hand to check.
 pairs = {}
 for chunk in tokenizer.split_regex.findall(text):
     data = chunk.encode()
-    for a, b in zip(data, data[1:], strict=False):
+    for a, b in itertools.pairwise(data):
         pairs[(a, b)] = pairs.get((a, b), 0) + 1
 best = max(pairs.values())
 first = min(p for p, count in pairs.items() if count == best)  # ties go to the smaller pair of ids
@@ -33,8 +37,7 @@ print(f"most frequent pair by hand: {bytes(first)!r}, {best} times; BPE's first 
 # %%
 sample = "the cat sat on the mat."
 ids = tokenizer.encode(sample)
-print(f"{sample!r}: {len(sample.encode())} bytes -> {len(ids)} tokens:",
-      [tokenizer.decode([i]) for i in ids])
+print(f"{sample!r}: {len(sample.encode())} bytes -> {len(ids)} tokens:", [tokenizer.decode([i]) for i in ids])
 assert tokenizer.decode(ids) == sample and len(ids) < len(sample.encode()) / 2
 emoji = "a new word: 🐈"
 assert tokenizer.decode(tokenizer.encode(emoji)) == emoji  # never an unknown token: bytes cover everything
