@@ -36,12 +36,12 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks lessons
+	$(BIN)/ruff format --check src tests benchmarks lessons
 
 format: $(VENV)/.installed-dev
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks lessons
+	$(BIN)/ruff check --fix src tests benchmarks lessons
 
 bench: setup
 	$(BIN)/python benchmarks/train_speed.py
