@@ -18,15 +18,21 @@ from lucidlm.model import GPT, GPTConfig
 from lucidlm.scratch import from_torch
 
 
-def best_time(step, repeats: int = 30) -> float:
-    for _ in range(5):
-        step()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+def median_times(steps: dict, blocks: int = 3, per_block: int = 20) -> dict[str, float]:
+    """Median seconds per step of each function. The functions run in alternating blocks, so that a noisy
+    machine slows all of them alike, with a pause between blocks: PyTorch's OpenMP threads keep spinning for a
+    moment after a step and would otherwise steal the cores from NumPy's BLAS threads."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(blocks):
+        for name, step in steps.items():
+            for _ in range(3):
+                step()
+            for _ in range(per_block):
+                started = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - started)
+            time.sleep(0.5)
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def main() -> None:
@@ -46,7 +52,8 @@ def main() -> None:
         numpy_model.forward(x, y)
         numpy_model.backward()
 
-    torch_s, numpy_s = best_time(torch_step), best_time(numpy_step)
+    measured = median_times({"torch": torch_step, "numpy": numpy_step})
+    torch_s, numpy_s = measured["torch"], measured["numpy"]
     results = {
         "machine": machine(),
         "config": config.to_dict(),
@@ -57,7 +64,8 @@ def main() -> None:
     }
     table = f"""## NumPy engine beside PyTorch (`benchmarks/scratch_vs_torch.py`)
 
-Forward + backward of one nanogpt-baby batch (12 x 64 tokens), float32, CPU, median of 30, same run.
+Forward + backward of one nanogpt-baby batch (12 x 64 tokens), float32, CPU, median of 60 steps
+each, in alternating blocks, same run.
 
 | engine | ms per step | ratio |
 |---|---:|---:|

@@ -194,7 +194,10 @@ class GPT:
         dq, dk, dv = attention_backward(dy, cache["attention"])
         if c.positions == "rope":
             dq, dk = rope_backward(dq, cache["rope_q"]), rope_backward(dk, cache["rope_k"])
-        dqkv = np.concatenate([d.transpose(0, 2, 1, 3).reshape(B, T, C) for d in (dq, dk, dv)], axis=-1)
+        dqkv = np.empty((B, T, 3, H, D), dtype=dout.dtype)  # one copy of each head's gradient into place
+        for index, d in enumerate((dq, dk, dv)):
+            dqkv[:, :, index] = d.transpose(0, 2, 1, 3)
+        dqkv = dqkv.reshape(B, T, 3 * C)
         dh, *dparams = linear_backward(dqkv, cache["c_attn"])
         store(("attn.c_attn.weight", "attn.c_attn.bias"), dparams)
         dh, *dparams = layernorm_backward(dh, cache["ln_1"])
