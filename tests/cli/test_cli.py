@@ -100,7 +100,7 @@ BAD_INPUTS = {
     ),
     "numpy engine, swiglu": (
         ["train", "--data", "{text}", "--out", "{tmp}/r", "--engine", "numpy", "--set", "mlp=swiglu"],
-        "the NumPy engine does not support mlp='swiglu'",
+        "the NumPy engine does not support .*mlp='swiglu'.*nanogpt-baby preset",
     ),
     "not a checkpoint": (["generate", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/none", "--data", "{text}"], "not a run directory"),

@@ -52,7 +52,8 @@ def check_supported(config: GPTConfig) -> None:
         problems.append(f"dropout={config.dropout} (use 0)")
     if problems:
         raise ConfigError(
-            f"the NumPy engine does not support {'; '.join(problems)}; change that setting or train with --engine torch"
+            f"the NumPy engine does not support {'; '.join(problems)}; change that setting (the nanogpt-baby "
+            "preset suits the NumPy engine) or train with --engine torch"
         )
 
 
