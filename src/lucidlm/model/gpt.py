@@ -21,6 +21,11 @@ def make_norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
+def make_dropout(p: float) -> nn.Module:
+    """Dropout, or nothing at all when p is 0: a no-op module still costs a call per token when decoding."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
     """The 2017 Transformer's fixed positions: sin and cos at geometrically spaced frequencies. (length, dim)"""
     position = torch.arange(length, dtype=torch.float32)[:, None]
@@ -63,7 +68,7 @@ class CausalSelfAttention(nn.Module):
         )
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = make_dropout(config.dropout)
 
     def forward(
         self,
@@ -130,7 +135,7 @@ class MLP(nn.Module):
         width = 2 * config.mlp_hidden if config.mlp == "swiglu" else config.mlp_hidden
         self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
         self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = make_dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
@@ -168,7 +173,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
+                drop=make_dropout(config.dropout),
                 h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 ln_f=make_norm(config),
             )
