@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,15 @@ def tiny_config(vocab_size: int, **train) -> RunConfig:
     )
     settings.update(train)
     return RunConfig(model, TrainConfig(**settings))
+
+
+def run_lucidlm(*args, timeout: float = 180, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m lucidlm ARGS`, as a user runs it."""
+    command = [sys.executable, "-m", "lucidlm", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def tiny_model_args(**settings) -> list[str]:
+    """`--set` flags for a model small enough to train in seconds, on the CPU."""
+    settings = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, **settings}
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")] + ["--device", "cpu"]

@@ -2,34 +2,13 @@
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
+from ..conftest import run_lucidlm, tiny_model_args
 
-def lucidlm(*args, timeout=120, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lucidlm", *map(str, args)], capture_output=True, text=True, timeout=timeout, **kwargs
-    )
-
-
-TINY = [
-    "--set",
-    "n_layer=2",
-    "--set",
-    "n_head=2",
-    "--set",
-    "n_embd=32",
-    "--set",
-    "block_size=32",
-    "--set",
-    "eval_interval=50",
-    "--set",
-    "eval_batches=2",
-    "--device",
-    "cpu",
-]
+lucidlm = run_lucidlm
+TINY = tiny_model_args(eval_interval=50, eval_batches=2)
 
 
 def test_prepare_train_generate_eval(tmp_path, text_file):

@@ -1,8 +1,6 @@
 """Export to and import from Hugging Face transformers, with tiny models built here (nothing is downloaded)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +12,8 @@ from lucidlm.export import export_hf, family, load_hf, load_hf_tokenizer
 from lucidlm.generate import SamplingConfig, generate_ids
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
+
+from ..conftest import run_lucidlm, tiny_model_args
 
 transformers.logging.set_verbosity_error()
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
@@ -31,11 +31,16 @@ LAYOUTS = {
 def random_model(vocab_size: int, **switches) -> GPT:
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=32, n_layer=2, n_head=4, n_embd=32, **switches))
-    with torch.no_grad():  # non-trivial gains and biases, so a wrong mapping cannot hide behind ones and zeros
+    return perturb_vectors(model).eval()
+
+
+def perturb_vectors(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial gains and biases, so that a wrong mapping cannot hide behind initial ones and zeros."""
+    with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
-    return model.eval()
+    return model
 
 
 @pytest.mark.parametrize("switches", LAYOUTS.values(), ids=list(LAYOUTS))
@@ -127,10 +132,7 @@ def hf_models():
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 def test_import_gives_their_logits_and_the_round_trip_keeps_every_tensor(tmp_path, name):
     theirs = hf_models()[name].eval()
-    with torch.no_grad():  # random gains and biases, not the initial ones and zeros
-        for p in theirs.parameters():
-            if p.dim() == 1:
-                p.add_(0.1 * torch.randn_like(p))
+    perturb_vectors(theirs)
     theirs.save_pretrained(tmp_path / "hf")
     ours, _ = load_hf(tmp_path / "hf")
     ids = torch.randint(0, 300, (2, 20))
@@ -145,23 +147,7 @@ def test_import_gives_their_logits_and_the_round_trip_keeps_every_tensor(tmp_pat
 
 
 def test_cli_export_and_fine_tune_from_the_export(tmp_path, text_file):
-    def lucidlm(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "lucidlm", *map(str, args)], capture_output=True, text=True, timeout=180
-        )
-
-    tiny = [
-        "--set",
-        "n_layer=2",
-        "--set",
-        "n_head=2",
-        "--set",
-        "n_embd=32",
-        "--set",
-        "block_size=32",
-        "--device",
-        "cpu",
-    ]
+    lucidlm, tiny = run_lucidlm, tiny_model_args()
     trained = lucidlm("train", "--data", text_file, "--out", tmp_path / "run", "--max-steps", 60, *tiny)
     assert trained.returncode == 0, trained.stderr
     exported = lucidlm("export", "--checkpoint", tmp_path / "run", "--format", "hf", "--out", tmp_path / "hf")

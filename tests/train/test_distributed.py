@@ -9,27 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-TINY = [
-    "--set",
-    "n_layer=2",
-    "--set",
-    "n_head=2",
-    "--set",
-    "n_embd=32",
-    "--set",
-    "block_size=16",
-    "--set",
-    "eval_interval=5",
-    "--set",
-    "eval_batches=2",
-    "--set",
-    "warmup_steps=2",
-    "--set",
-    "dropout=0",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+from ..conftest import tiny_model_args
+
+TINY = [*tiny_model_args(block_size=16, eval_interval=5, eval_batches=2, warmup_steps=2, dropout=0), "--no-progress"]
 
 
 def run(command: list, **kwargs) -> subprocess.CompletedProcess:

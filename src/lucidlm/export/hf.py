@@ -27,6 +27,15 @@ from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordToken
 GPT2_ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu", "relu2": "relu2"}  # ours -> transformers' name
 
 
+# Our fused matrices and the Llama matrices they hold, stacked along the output axis in this order.
+LLAMA_PARTS = {
+    "attn.c_attn": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+    "attn.c_proj": ["self_attn.o_proj"],
+    "mlp.c_fc": ["mlp.gate_proj", "mlp.up_proj"],
+    "mlp.c_proj": ["mlp.down_proj"],
+}
+
+
 def family(config: GPTConfig) -> str:
     """ "gpt2" or "llama": the Hugging Face family that can hold this configuration exactly."""
     if config.positions == "learned" and config.norm == "layernorm" and config.mlp in GPT2_ACTIVATIONS:
@@ -171,18 +180,15 @@ def to_hf_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, 
             ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
             out[theirs + "input_layernorm.weight"] = state[ours + "ln_1.weight"]
             out[theirs + "post_attention_layernorm.weight"] = state[ours + "ln_2.weight"]
-            splits = {
-                "attn.c_attn": (
-                    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-                    [q_size, kv_size, kv_size],
-                ),
-                "mlp.c_fc": (["mlp.gate_proj", "mlp.up_proj"], [hidden, hidden]),
-                "attn.c_proj": (["self_attn.o_proj"], [C]),
-                "mlp.c_proj": (["mlp.down_proj"], [C]),
+            sizes = {
+                "attn.c_attn": [q_size, kv_size, kv_size],
+                "attn.c_proj": [C],
+                "mlp.c_fc": [hidden, hidden],
+                "mlp.c_proj": [C],
             }
-            for fused, (names, sizes) in splits.items():
-                parts = state[ours + f"{fused}.weight"].split(sizes, dim=0)
-                biases = state[ours + f"{fused}.bias"].split(sizes) if config.bias else [None] * len(names)
+            for fused, names in LLAMA_PARTS.items():
+                parts = state[ours + f"{fused}.weight"].split(sizes[fused], dim=0)
+                biases = state[ours + f"{fused}.bias"].split(sizes[fused]) if config.bias else [None] * len(names)
                 for name, weight, part_bias in zip(names, parts, biases, strict=True):
                     out[theirs + f"{name}.weight"] = weight.contiguous()
                     if part_bias is not None:
@@ -208,16 +214,10 @@ def from_hf_state(config: GPTConfig, hf: dict[str, torch.Tensor]) -> dict[str, t
             ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
             state[ours + "ln_1.weight"] = hf[theirs + "input_layernorm.weight"]
             state[ours + "ln_2.weight"] = hf[theirs + "post_attention_layernorm.weight"]
-            fused = {
-                "attn.c_attn": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
-                "mlp.c_fc": ["mlp.gate_proj", "mlp.up_proj"],
-                "attn.c_proj": ["self_attn.o_proj"],
-                "mlp.c_proj": ["mlp.down_proj"],
-            }
-            for ours_name, names in fused.items():
-                state[ours + f"{ours_name}.weight"] = torch.cat([hf[theirs + f"{n}.weight"] for n in names])
+            for fused, names in LLAMA_PARTS.items():
+                state[ours + f"{fused}.weight"] = torch.cat([hf[theirs + f"{n}.weight"] for n in names])
                 if config.bias:
-                    state[ours + f"{ours_name}.bias"] = torch.cat([hf[theirs + f"{n}.bias"] for n in names])
+                    state[ours + f"{fused}.bias"] = torch.cat([hf[theirs + f"{n}.bias"] for n in names])
         state["transformer.ln_f.weight"] = hf["model.norm.weight"]
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
