@@ -98,7 +98,10 @@ def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, tuple]:
     minus_two_u *= -2 * GELU_SCALE * 0.044715
     minus_two_u -= 2 * GELU_SCALE
     minus_two_u *= x
-    sigmoid = 1.0 / (1.0 + np.exp(minus_two_u, out=minus_two_u))
+    with np.errstate(over="ignore"):  # exp(-2u) may overflow to inf for very negative x; sigmoid is then 0
+        sigmoid = np.exp(minus_two_u, out=minus_two_u)  # the buffer is reused: sigmoid = 1 / (1 + exp(-2u))
+    sigmoid += 1.0
+    np.divide(1.0, sigmoid, out=sigmoid)
     return x * sigmoid, (x, sigmoid)
 
 
@@ -151,7 +154,7 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.n
     scores = q @ k.swapaxes(-1, -2) / math.sqrt(D)  # (B, H, T, T)
     scores += np.triu(np.full((T, T), -np.inf, dtype=scores.dtype), k=1)  # the future gets weight exp(-inf) = 0
     scores -= scores.max(axis=-1, keepdims=True)  # softmax is unchanged by a shift, and exp cannot overflow
-    weights = np.exp(scores)
+    weights = np.exp(scores, out=scores)  # in place: the scores are not needed again
     weights /= weights.sum(axis=-1, keepdims=True)
     return weights @ v, (q, k, v, weights)
 
@@ -161,7 +164,10 @@ def attention_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.n
     dweights = dout @ v.swapaxes(-1, -2)  # (B, H, T, T)
     dv = weights.swapaxes(-1, -2) @ dout
     # Softmax backward: d score_j = w_j (d w_j - sum_i w_i d w_i). Masked entries have w = 0, so they get 0.
-    dscores = weights * (dweights - (dweights * weights).sum(axis=-1, keepdims=True))
+    # (In place in dweights' buffer, which is not needed afterwards.)
+    dscores = dweights
+    dscores -= (dweights * weights).sum(axis=-1, keepdims=True)
+    dscores *= weights
     dscores /= math.sqrt(q.shape[-1])
     return dscores @ k, dscores.swapaxes(-1, -2) @ q, dv
 
