@@ -25,7 +25,7 @@ EXAMPLES = {
   lucidlm train --data my.txt --out runs/b                 (a text file is prepared with the char tokenizer)
   lucidlm train --data data/shakespeare-char --out runs/a --resume --max-steps 4000
   lucidlm train --data data/mine --out runs/c --set n_layer=6 --set lr=3e-4
-  lucidlm train --data my.txt --out runs/d --engine numpy     (the NumPy GPT with hand-written backward)""",
+  lucidlm train --data my.txt --out runs/d --engine numpy --preset nanogpt-baby   (the NumPy GPT)""",
     "generate": """examples:
   lucidlm generate --checkpoint runs/a --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 \\
       --top-k 50 --top-p 0.95 --seed 1 --num-samples 2""",
