@@ -109,3 +109,23 @@ def test_help_shows_examples():
     for command in (["train"], ["generate"], ["eval"], ["data", "prepare"]):
         result = lucidlm(*command, "--help")
         assert result.returncode == 0 and "examples:" in result.stdout
+
+
+def test_compiled_training_saves_a_checkpoint_that_samples(tmp_path, text_file):
+    # torch.compile on the CPU (inductor, C++): slow to start, so one layer and a few steps.
+    trained = lucidlm(
+        "train",
+        "--data",
+        text_file,
+        "--out",
+        tmp_path / "run",
+        "--max-steps",
+        6,
+        "--compile",
+        *tiny_model_args(n_layer=1, eval_interval=3, eval_batches=1),
+        timeout=300,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["compile"] is True
+    sampled = lucidlm("generate", "--checkpoint", tmp_path / "run", "--prompt", "All:", "--max-new-tokens", 5)
+    assert sampled.returncode == 0 and sampled.stdout.startswith("All:")
