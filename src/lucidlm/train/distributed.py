@@ -61,5 +61,8 @@ def start(device_name: str) -> Distributed:
 
 
 def stop() -> None:
+    """Leave the process group together: a process that tears down its connections while another still uses
+    them can abort ("terminate called without an active exception")."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

@@ -77,6 +77,11 @@ class TorchEngine:
         weights = {name: t.detach().cpu().contiguous() for name, t in self.model.state_for_saving().items()}
         return weights, tensors, {"param_groups": optimizer["param_groups"]}
 
+    def close(self) -> None:
+        """Drop the DDP wrapper before the process group goes: its reducer must not outlive the group."""
+        self.ddp = None
+        self.forward = self.model
+
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         try:
             self.model.load_saved_state(weights)
@@ -113,6 +118,9 @@ class NumpyEngine:
         train = config.train
         self.model = NumpyGPT(config.model, seed=train.seed)
         self.optimizer = AdamW(self.model.params, train.lr, (train.beta1, train.beta2), weight_decay=train.weight_decay)
+
+    def close(self) -> None:
+        """Nothing to release: the NumPy engine runs in one process."""
 
     def train_step(self, batches: list[Batch], lr: float, grad_clip: float) -> float:
         from lucidlm.scratch import clip_grad_norm

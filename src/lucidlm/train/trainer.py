@@ -201,6 +201,7 @@ def train(
     bar.close()
     if group.is_main:
         metrics.plot(run_dir / "loss.png")
+    engine.close()
     distributed.stop()
     return TrainResult(
         run_dir=run_dir,
