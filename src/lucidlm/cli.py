@@ -243,7 +243,7 @@ def _config_from_init(args: argparse.Namespace, overrides: list[str], progress: 
         raise ConfigError(f"the model's shape comes from --init-from; drop --set {', '.join(model_settings)}")
     source_model, tokenizer = load_init(args.init_from)
     data_dir = resolve_data(args.data, args.out, progress, tokenizer=tokenizer)
-    if json.loads((data_dir / "tokenizer.json").read_text()) != tokenizer.to_dict():
+    if not tokenizer.matches_file(data_dir / "tokenizer.json"):
         raise ConfigError(
             f"{data_dir} was prepared with another tokenizer than {args.init_from}; pass a text file "
             "(it is prepared with the model's tokenizer) or data prepared with it"
@@ -336,7 +336,7 @@ def run_eval(args: argparse.Namespace) -> None:
             )
         tokens, source = np.asarray(next(tokenizer.encode_stream([text]))), str(data)
     else:
-        if json.loads((data / "tokenizer.json").read_text()) != tokenizer.to_dict():
+        if not tokenizer.matches_file(data / "tokenizer.json"):
             raise ConfigError(f"{data} was prepared with another tokenizer than {args.checkpoint}")
         tokens, source = open_split(data, args.split), f"{data} ({args.split})"
     if len(tokens) < 2:

@@ -206,7 +206,7 @@ def resolve_data(
         digest = hashlib.sha256()
         for chunk in iter_text(path):
             digest.update(chunk.encode("utf-8"))
-        same_tokenizer = tokenizer is None or json.loads((out / "tokenizer.json").read_text()) == tokenizer.to_dict()
+        same_tokenizer = tokenizer is None or tokenizer.matches_file(out / "tokenizer.json")
         if recorded == digest.hexdigest() and same_tokenizer:
             return out
     prepare([Source(path, str(path))], out, "char", progress=progress, tokenizer=tokenizer)

@@ -65,6 +65,10 @@ class Tokenizer:
         return len(text)
 
     # --- shared -------------------------------------------------------------------------------------------
+    def matches_file(self, path: str | os.PathLike) -> bool:
+        """Whether the tokenizer.json at `path` describes this very tokenizer (same vocabulary, same merges)."""
+        return json.loads(Path(path).read_text(encoding="utf-8")) == self.to_dict()
+
     def save(self, path: str | os.PathLike) -> None:
         """Write `tokenizer.json` atomically (temporary file, then rename)."""
         path = Path(path)

@@ -7,7 +7,6 @@ continues exactly where the run stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
@@ -224,9 +223,7 @@ def _latest_step(run_dir: Path) -> str:
 
 
 def _check_same_tokenizer(data_dir: Path, run_dir: Path) -> None:
-    ours = json.loads((run_dir / "tokenizer.json").read_text())
-    theirs = json.loads((data_dir / "tokenizer.json").read_text())
-    if ours != theirs:
+    if not load_tokenizer(run_dir / "tokenizer.json").matches_file(data_dir / "tokenizer.json"):
         raise ConfigError(
             f"{data_dir} was prepared with another tokenizer than the run in {run_dir}; "
             "resume with the data the run was trained on"
