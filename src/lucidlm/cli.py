@@ -35,6 +35,13 @@ EXAMPLES = {
     "export": """examples:
   lucidlm export --checkpoint runs/a --format hf --out exported/a
   then in Python: transformers.pipeline("text-generation", model="exported/a")("ROMEO:")""",
+    "serve": """examples:
+  lucidlm serve --checkpoint runs/a                 (http://127.0.0.1:8000: the inspector; /v1: the API)
+  lucidlm serve --checkpoint runs/a --port 9000 --max-batch 32
+  then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none").completions.create(model="a", ...)""",
+    "tutorial": """examples:
+  lucidlm tutorial                  (prints a URL with a one-time token; open it in a browser)
+  lucidlm tutorial --port 8890 --time-limit 60""",
     "eval": """examples:
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char --split train --json""",
@@ -116,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     lessons.add_argument("action", nargs="?", choices=["list", "run"], default="list")
     lessons.add_argument("number", nargs="?", type=int, help="the lesson to run")
 
+    serve = command("serve", "serve a model: an OpenAI-compatible API and the model inspector", EXAMPLES["serve"])
+    serve.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
+    serve.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond those (default 64)")
+    serve.add_argument("--max-tokens", type=int, default=2048, help="the most tokens a request may ask for")
+    serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    tutorial = command("tutorial", "the lessons in the browser, with code you can edit and run", EXAMPLES["tutorial"])
+    tutorial.add_argument("--port", type=int, default=8890)
+    tutorial.add_argument("--time-limit", type=float, default=30.0, help="seconds a cell may run (default 30)")
+    tutorial.add_argument("--memory-limit", type=int, default=4096, help="MiB a cell may use (default 4096)")
+    tutorial.add_argument("--no-browser", action="store_true", help="only print the URL")
+
     export = command("export", "write a trained model in the Hugging Face transformers format", EXAMPLES["export"])
     export.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
     export.add_argument("--format", choices=["hf"], default="hf", help="hf: GPT-2 or Llama layout (default)")
@@ -150,6 +173,47 @@ def run_export(args: argparse.Namespace) -> None:
         f"wrote {out} ({layout}): load it with transformers.AutoModelForCausalLM.from_pretrained('{out}') "
         f"and AutoTokenizer.from_pretrained('{out}')"
     )
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from lucidlm.device import pick_device
+    from lucidlm.errors import ConfigError
+    from lucidlm.serve import Engine, ServerSettings, create_app
+    from lucidlm.serve.server import bind, run_forever
+    from lucidlm.train import load_model
+
+    if args.max_batch < 1 or args.max_waiting < 0 or args.max_tokens < 1:
+        raise ConfigError("--max-batch and --max-tokens must be at least 1, --max-waiting at least 0")
+    model, tokenizer, _ = load_model(args.checkpoint, device=pick_device(args.device))
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    settings = ServerSettings(model_id=name, max_tokens=args.max_tokens)
+    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_waiting=args.max_waiting)
+    sock = bind(args.host, args.port)
+    url = f"http://{args.host}:{sock.getsockname()[1]}"
+    print(f"serving {name} ({model.num_params():,} parameters) at {url}  (inspector: {url}/, API: {url}/v1)")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("note: the API has no authentication; anyone who can reach this address can use it", file=sys.stderr)
+    print("press Ctrl-C to stop")
+    run_forever(create_app(model, tokenizer, settings, engine), sock)
+
+
+def run_tutorial(args: argparse.Namespace) -> None:
+    from lucidlm.errors import ConfigError
+    from lucidlm.serve.server import bind, run_forever
+    from lucidlm.serve.tutorial import RunnerLimits, create_tutorial_app, new_token
+
+    if args.time_limit <= 0 or args.memory_limit < 256:
+        raise ConfigError("--time-limit must be positive and --memory-limit at least 256 MiB")
+    sock = bind("127.0.0.1", args.port)
+    port, token = sock.getsockname()[1], new_token()
+    url = f"http://127.0.0.1:{port}/?token={token}"
+    print(f"the tutorial is at {url}\n(only this machine can reach it, and only with the token; Ctrl-C stops it)")
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    limits = RunnerLimits(seconds=args.time_limit, memory_mib=args.memory_limit)
+    run_forever(create_tutorial_app(token, port, limits), sock)
 
 
 def run_prepare(args: argparse.Namespace) -> None:
@@ -369,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval": run_eval,
         "export": run_export,
         "lessons": run_lessons,
+        "serve": run_serve,
+        "tutorial": run_tutorial,
     }
     try:
         handlers[args.command](args)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lucidlm.model.config import GPTConfig
-from lucidlm.model.kv_cache import KVCache
+from lucidlm.model.kv_cache import KVCache, SlotKVCache, causal_mask
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -45,17 +45,13 @@ def rope_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor,
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x_i, x_{i+D/2}) by its position's angle. x: (B, H, T, D); cos, sin: (T, D)."""
+    """Rotate each pair (x_i, x_{i+D/2}) by its position's angle. x: (B, H, T, D); cos, sin: (T, D), or
+    (B, T, D) when each row sits at its own positions."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D): the same angles for every head
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
-
-
-def causal_mask(past: int, new: int, device: torch.device) -> torch.Tensor:
-    """True where query i (of `new`, after `past` cached positions) may attend to key j. (new, past + new)"""
-    query_position = torch.arange(past, past + new, device=device)[:, None]
-    key_position = torch.arange(past + new, device=device)[None, :]
-    return key_position <= query_position
 
 
 class CausalSelfAttention(nn.Module):
@@ -74,8 +70,9 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotKVCache | None = None,
         layer: int = 0,
+        mask: torch.Tensor | None = None,
         attention_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.shape
@@ -86,42 +83,44 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        past = 0
         if cache is not None:
-            past = cache.length
             k, v = cache.update(layer, k, v)  # (B, K, past + T, D)
 
         if attention_out is None:
-            y = self.fast_attention(q, k, v, past)
+            y = self.fast_attention(q, k, v, mask)
         else:
-            y, weights = self.explicit_attention(q, k, v, past)
+            y, weights = self.explicit_attention(q, k, v, mask)
             attention_out.append(weights)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
-    def fast_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> torch.Tensor:
-        # A query that starts at position `past` needs an explicit mask; `is_causal` assumes past == 0,
-        # and a single new token may see every cached key.
-        T = q.shape[2]
-        mask = None if past == 0 or T == 1 else causal_mask(past, T, q.device)
+    def fast_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        # Without a mask, queries and keys either start together (plain causal attention) or there is one
+        # query, which may see every key.
+        plain_causal = mask is None and q.shape[2] > 1
         return F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            is_causal=past == 0 and T > 1,
+            is_causal=plain_causal,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_head != self.n_head,
         )
 
     def explicit_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(Q K^T / sqrt(D) + mask) V, written out so the weights can be looked at."""
         repeat = self.n_head // self.n_kv_head
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)  # (B, H, past+T, D)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, past+T)
-        scores = scores.masked_fill(~causal_mask(past, q.shape[2], q.device), float("-inf"))
+        if mask is None:
+            T, keys = q.shape[2], k.shape[2]
+            mask = causal_mask(keys - T, T, q.device)
+        scores = scores.masked_fill(~mask, float("-inf"))
         weights = F.softmax(scores, dim=-1)
         dropped = F.dropout(weights, self.dropout, self.training)
         return dropped @ v, weights  # (B, H, T, D), (B, H, T, past+T)
@@ -161,8 +160,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope=None, cache=None, layer=0, attention_out=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, cache, layer, attention_out)
+    def forward(self, x: torch.Tensor, rope=None, cache=None, layer=0, mask=None, attention_out=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, layer, mask, attention_out)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -216,7 +215,7 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotKVCache | None = None,
         attention_out: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) for token ids `idx` (B, T); the mean cross-entropy too when `targets` is given.
@@ -225,20 +224,24 @@ class GPT(nn.Module):
         runs and appends each layer's weights (B, H, T, past + T) to that list.
         """
         T = idx.shape[1]
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={self.config.block_size}")
+        if cache is None:
+            positions, mask, length = torch.arange(T, device=idx.device), None, T  # (T,)
+        else:
+            positions, mask = cache.positions(T), cache.attention_mask(T)  # (T,) or (B, T) per row
+            length = int(positions.max()) + 1
+        if length > self.config.block_size:
+            raise ValueError(f"sequence of {length} tokens is longer than block_size={self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.positions == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+            x = x + self.transformer.wpe(positions)
         elif self.config.positions == "sinusoidal":
-            x = x + self.sinusoid[start : start + T]
+            x = x + self.sinusoid[positions]
         else:
-            rope = (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+            rope = (self.rope_cos[positions], self.rope_sin[positions])
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, rope, cache, layer, attention_out)
+            x = block(x, rope, cache, layer, mask, attention_out)
         if cache is not None:
             cache.advance(T)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
@@ -249,10 +252,12 @@ class GPT(nn.Module):
             loss = F.cross_entropy(scored.view(-1, scored.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int | None = None, slots: bool = False) -> KVCache | SlotKVCache:
+        """A cache for `batch_size` rows; with `slots`, rows of independent lengths (see SlotKVCache)."""
         c = self.config
         parameter = self.lm_head.weight
-        return KVCache(
+        kind = SlotKVCache if slots else KVCache
+        return kind(
             c.n_layer,
             batch_size,
             c.n_kv_head,

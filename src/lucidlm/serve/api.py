@@ -1,0 +1,487 @@
+"""`lucidlm serve`: an OpenAI-compatible HTTP API over one trained model, and the model inspector page.
+
+Endpoints (the OpenAI API's shapes, so the official `openai` client and tools built on it work unchanged):
+    GET  /v1/models, /v1/models/{id}
+    POST /v1/completions        prompt: a string or a list of strings
+    POST /v1/chat/completions   messages rendered with CHAT_TEMPLATE (these are base models)
+    GET  /api/model             the inspector: config and parameter count
+    POST /api/attention         the inspector: every layer's and head's attention weights for a text
+    GET  /                      the inspector page (static files, no CDN)
+
+Errors are OpenAI's error object `{"error": {"message", "type", "param", "code"}}`:
+    400 a value out of range, a prompt with symbols the vocabulary lacks, malformed JSON
+    404 an unknown model or path           413 a request body over the server's limit
+    422 a field of the wrong type, or a required field missing
+    429 every decoding row busy and the waiting line full (the client may retry)
+
+Limits: a prompt longer than the model's context keeps its last block_size tokens (as `lucidlm generate`
+does); generation past the context shifts the window. `max_tokens` above the server's cap is refused.
+Sampling settings a model of this kind does not have (penalties, logit_bias, tools) are refused by name.
+The server never executes code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lucidlm.errors import LucidError
+from lucidlm.generate import SamplingConfig, encode_prompt
+from lucidlm.model import GPT
+from lucidlm.serve.engine import Engine, QueueFull, TokenEvent
+from lucidlm.serve.engine import Request as EngineRequest
+from lucidlm.tokenizers import Tokenizer
+
+STATIC = Path(__file__).parent / "static"
+# Base models have no chat format of their own; the conversation is written out as plain text, ends with
+# "Assistant:", and generation stops where the model starts the user's next line.
+CHAT_TEMPLATE = "{role}: {content}\n"
+CHAT_STOP = "\nUser:"
+
+
+@dataclass
+class ServerSettings:
+    model_id: str = "lucidlm"
+    max_tokens: int = 2048  # the most tokens one choice may ask for
+    max_body_bytes: int = 1_000_000
+    max_choices: int = 16  # prompts x n in one request
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def error_response(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status)
+
+
+# --- requests ---------------------------------------------------------------------------------------------
+
+
+class SamplingFields(BaseModel):
+    """The fields completions and chat share. Unknown fields are ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None  # not in OpenAI's API; vLLM and llama.cpp accept it too
+    n: int = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+
+class CompletionBody(SamplingFields):
+    prompt: str | list[str]
+    logprobs: int | None = None  # 0..5 candidates per token, as in OpenAI's legacy completions
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+
+class ChatBody(SamplingFields):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    tools: list[Any] | None = None
+
+
+class AttentionBody(BaseModel):
+    text: str
+
+
+async def parse_body(request: Request, schema: type[BaseModel]) -> Any:
+    try:
+        data = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise APIError(422, f"{param}: {first['msg']}", param) from None
+
+
+def check_sampling(body: SamplingFields, settings: ServerSettings, default_max_tokens: int) -> SamplingConfig:
+    """Range checks (400, naming the field) and the SamplingConfig the engine runs with."""
+    if body.max_tokens is None:
+        body.max_tokens = min(default_max_tokens, settings.max_tokens)
+    checks = [
+        ("max_tokens", 1 <= body.max_tokens <= settings.max_tokens, f"must lie in 1..{settings.max_tokens}"),
+        ("temperature", math.isfinite(body.temperature) and 0 <= body.temperature <= 2, "must lie in [0, 2]"),
+        ("top_p", math.isfinite(body.top_p) and 0 < body.top_p <= 1, "must lie in (0, 1]"),
+        ("top_k", body.top_k is None or body.top_k >= 1, "must be at least 1"),
+        ("n", 1 <= body.n <= settings.max_choices, f"must lie in 1..{settings.max_choices}"),
+        ("presence_penalty", body.presence_penalty == 0, "is not supported by this server; leave it at 0"),
+        ("frequency_penalty", body.frequency_penalty == 0, "is not supported by this server; leave it at 0"),
+        ("logit_bias", not body.logit_bias, "is not supported by this server"),
+    ]
+    for param, ok, rule in checks:
+        if not ok:
+            raise APIError(400, f"{param} {rule} (got {getattr(body, param)!r})", param)
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > 4:
+        raise APIError(400, "stop takes at most 4 strings", "stop")
+    body.stop = stop
+    return SamplingConfig(body.temperature, body.top_k, body.top_p)
+
+
+# --- the app ----------------------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """Refuse (413) any request body larger than `limit` bytes, declared or streamed, before reading it all."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        received = 0
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise APIError(413, f"the request body is larger than this server's limit of {self.limit} bytes")
+            return message
+
+        return await self.app(scope, counted_receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        message = f"the request body is larger than this server's limit of {self.limit} bytes"
+        await error_response(413, message)(scope, receive, send)
+
+
+def create_app(
+    model: GPT, tokenizer: Tokenizer, settings: ServerSettings | None = None, engine: Engine | None = None
+) -> FastAPI:
+    """The FastAPI app; its engine starts and stops with the app (uvicorn's lifespan)."""
+    settings = settings or ServerSettings()
+    engine = engine or Engine(model, tokenizer)
+
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="lucidlm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.param, exc.kind)
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc: Exception):
+        return error_response(404, f"no such path: {request.url.path}")
+
+    @app.exception_handler(405)
+    async def wrong_method(request: Request, exc: Exception):
+        return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+
+    def model_card() -> dict:
+        return {"id": settings.model_id, "object": "model", "created": 0, "owned_by": "lucidlm"}
+
+    def check_model(name: str) -> None:
+        if name != settings.model_id:
+            raise APIError(404, f"the model `{name}` does not exist; this server has `{settings.model_id}`", "model")
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str):
+        check_model(name)
+        return model_card()
+
+    def encode(text: str, param: str) -> list[int]:
+        try:
+            return encode_prompt(tokenizer, text)
+        except LucidError as exc:
+            raise APIError(400, str(exc), param) from None
+
+    def token_text(token: int) -> str:
+        return tokenizer.decode([token])
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body: CompletionBody = await parse_body(request, CompletionBody)
+        check_model(body.model)
+        sampling = check_sampling(body, settings, default_max_tokens=16)
+        for param, unsupported in (("echo", body.echo), ("suffix", body.suffix), ("best_of", body.best_of)):
+            if unsupported not in (None, False, 1):
+                raise APIError(400, f"{param} is not supported by this server", param)
+        if body.logprobs is not None and not 0 <= body.logprobs <= 5:
+            raise APIError(400, f"logprobs must lie in 0..5 (got {body.logprobs})", "logprobs")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not prompts or len(prompts) * body.n > settings.max_choices:
+            raise APIError(400, f"prompts x n must lie in 1..{settings.max_choices}", "prompt")
+        encoded = [encode(text, "prompt") for text in prompts]
+        run = Generation(engine, body, sampling, encoded, body.logprobs, "cmpl")
+
+        text_offset = [0] * len(run.requests)  # characters of token text streamed so far, per choice
+
+        def choice_chunk(index: int, event: TokenEvent) -> dict:
+            logprobs = None
+            if body.logprobs is not None:
+                piece = token_text(event.token)
+                logprobs = {
+                    "tokens": [piece],
+                    "token_logprobs": [event.logprob],
+                    "top_logprobs": [{token_text(t): lp for t, lp in event.top}],
+                    "text_offset": [text_offset[index]],
+                }
+                text_offset[index] += len(piece)
+            return {"text": event.text, "index": index, "logprobs": logprobs, "finish_reason": event.finish_reason}
+
+        def envelope(choices: list[dict]) -> dict:
+            return {
+                "id": run.id,
+                "object": "text_completion",
+                "created": run.created,
+                "model": settings.model_id,
+                "choices": choices,
+            }
+
+        if body.stream:
+            return sse(run, lambda i, e: envelope([choice_chunk(i, e)]), envelope([]), body.stream_options)
+        events = await run.collect()
+        choices = []
+        for index, choice_events in enumerate(events):
+            text = "".join(e.text for e in choice_events)
+            logprobs = None
+            if body.logprobs is not None:
+                offsets = running_offsets([token_text(e.token) for e in choice_events])
+                logprobs = {
+                    "tokens": [token_text(e.token) for e in choice_events],
+                    "token_logprobs": [e.logprob for e in choice_events],
+                    "top_logprobs": [{token_text(t): lp for t, lp in e.top} for e in choice_events],
+                    "text_offset": offsets,
+                }
+            finish = choice_events[-1].finish_reason
+            choices.append({"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish})
+        return {**envelope(choices), "usage": run.usage()}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body: ChatBody = await parse_body(request, ChatBody)
+        check_model(body.model)
+        if body.max_completion_tokens is not None:
+            body.max_tokens = body.max_completion_tokens
+        sampling = check_sampling(body, settings, default_max_tokens=256)
+        if body.tools:
+            raise APIError(400, "tools are not supported by this server", "tools")
+        if not body.messages:
+            raise APIError(400, "messages must hold at least one message", "messages")
+        top = body.top_logprobs or 0
+        if not 0 <= top <= 20 or (top and not body.logprobs):
+            raise APIError(400, "top_logprobs must lie in 0..20 and needs logprobs: true", "top_logprobs")
+        body.stop = [*body.stop, CHAT_STOP]
+        prompt = "".join(CHAT_TEMPLATE.format(role=m.role.title(), content=m.content) for m in body.messages)
+        encoded = [encode(prompt + "Assistant:", "messages")]
+        run = Generation(engine, body, sampling, encoded, top if body.logprobs else None, "chatcmpl")
+
+        def token_logprob(token: int, logprob: float) -> dict:
+            text = token_text(token)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+        def logprob_entry(event: TokenEvent) -> dict:
+            return {
+                **token_logprob(event.token, event.logprob),
+                "top_logprobs": [token_logprob(t, lp) for t, lp in event.top],
+            }
+
+        def envelope(choices: list[dict], kind: str) -> dict:
+            return {"id": run.id, "object": kind, "created": run.created, "model": settings.model_id, "choices": choices}
+
+        if body.stream:
+            first = [True] * len(run.requests)  # a choice's first chunk names the role
+
+            def chunk(index: int, event: TokenEvent) -> dict:
+                delta = {"content": event.text} if event.text or event.finish_reason is None else {}
+                if first[index]:
+                    delta["role"], first[index] = "assistant", False
+                logprobs = {"content": [logprob_entry(event)]} if body.logprobs else None
+                choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": event.finish_reason}
+                return envelope([choice], "chat.completion.chunk")
+
+            return sse(run, chunk, envelope([], "chat.completion.chunk"), body.stream_options)
+        events = await run.collect()
+        choices = [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": "".join(e.text for e in choice_events)},
+                "logprobs": {"content": [logprob_entry(e) for e in choice_events]} if body.logprobs else None,
+                "finish_reason": choice_events[-1].finish_reason,
+            }
+            for index, choice_events in enumerate(events)
+        ]
+        return {**envelope(choices, "chat.completion"), "usage": run.usage()}
+
+    @app.get("/api/model")
+    async def describe_model():
+        return {
+            "id": settings.model_id,
+            "config": asdict(model.config),
+            "parameters": model.num_params(include_position_embeddings=True),
+            "tokenizer": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+        }
+
+    @app.post("/api/attention")
+    async def attention(request: Request):
+        body: AttentionBody = await parse_body(request, AttentionBody)
+        if not body.text:
+            raise APIError(400, "text must not be empty", "text")
+        tokens = encode(body.text, "text")[-model.config.block_size :]
+        weights = await asyncio.to_thread(attention_weights, model, tokens)
+        return {
+            "tokens": [token_text(t) for t in tokens],
+            "weights": [[[[round(w, 4) for w in row] for row in head] for head in layer] for layer in weights],
+        }
+
+    @app.get("/")
+    async def inspector():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+@torch.inference_mode()
+def attention_weights(model: GPT, tokens: list[int]) -> list:
+    """(layers, heads, T, T) attention weights for one sequence, from the model's explicit attention path."""
+    weights: list[torch.Tensor] = []
+    device = model.lm_head.weight.device
+    model(torch.tensor([tokens], device=device), attention_out=weights)
+    return torch.stack([w[0] for w in weights]).float().tolist()
+
+
+def running_offsets(pieces: list[str]) -> list[int]:
+    offsets, total = [], 0
+    for piece in pieces:
+        offsets.append(total)
+        total += len(piece)
+    return offsets
+
+
+class Generation:
+    """One HTTP request's choices (prompts x n) running in the engine, delivered into this event loop."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        body: SamplingFields,
+        sampling: SamplingConfig,
+        prompts: list[list[int]],
+        top_logprobs: int | None,
+        prefix: str,
+    ):
+        self.id, self.created = f"{prefix}-{uuid.uuid4().hex[:24]}", int(time.time())
+        self.prompt_tokens = sum(len(p) for p in prompts)
+        self.queue: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.requests = []
+        for p, prompt in enumerate(prompts):
+            for j in range(body.n):
+                index = p * body.n + j
+
+                def deliver(event: TokenEvent, index: int = index) -> None:
+                    loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
+
+                seed = None if body.seed is None else body.seed + j  # choices of one request differ
+                self.requests.append(
+                    EngineRequest(prompt, body.max_tokens, sampling, deliver, body.stop, seed, top_logprobs)
+                )
+        try:
+            for request in self.requests:
+                engine.submit(request)
+        except QueueFull as exc:
+            self.cancel()
+            raise APIError(429, f"the server is busy ({exc}); retry shortly", kind="server_busy") from None
+
+    def cancel(self) -> None:
+        for request in self.requests:
+            request.cancelled = True
+
+    def usage(self) -> dict:
+        completion = sum(len(r.generated) for r in self.requests)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+        }
+
+    async def events(self) -> AsyncIterator[tuple[int, TokenEvent]]:
+        """Every event of every choice, as it comes, until all choices have finished."""
+        running = len(self.requests)
+        try:
+            while running:
+                index, event = await self.queue.get()
+                running -= event.finish_reason is not None
+                yield index, event
+        finally:
+            self.cancel()  # a client that went away frees its rows at the engine's next step
+
+    async def collect(self) -> list[list[TokenEvent]]:
+        events: list[list[TokenEvent]] = [[] for _ in self.requests]
+        async for index, event in self.events():
+            events[index].append(event)
+        return events
+
+
+def sse(
+    run: Generation, chunk: Callable[[int, TokenEvent], dict], usage_envelope: dict, options: dict | None
+) -> StreamingResponse:
+    """Server-sent events: one `data: {json}` per event, then a usage chunk when asked for, then [DONE]."""
+    include_usage = bool((options or {}).get("include_usage"))
+
+    async def stream() -> AsyncIterator[str]:
+        async for index, event in run.events():
+            yield f"data: {json.dumps(chunk(index, event))}\n\n"
+        if include_usage:
+            yield f"data: {json.dumps({**usage_envelope, 'usage': run.usage()})}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
