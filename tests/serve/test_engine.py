@@ -58,7 +58,9 @@ def collect(engine: Engine, prompts, max_tokens, sampling, seeds, stop=None):
 def test_engine_gives_the_tokens_of_generate_ids(tokenizer, temperature):
     """Alone or among 6 requests in 4 rows (so some wait and join later), with context shifts past 32 tokens."""
     model = tiny_model(positions="rope")
-    prompts = [tokenizer.encode(p) for p in ["Hello", "a", "The quick brown fox jumps over the lazy dog", "xyz", "To be", "q"]]
+    prompts = [
+        tokenizer.encode(p) for p in ["Hello", "a", "The quick brown fox jumps over the lazy dog", "xyz", "To be", "q"]
+    ]
     sampling = SamplingConfig(temperature)
     events, _ = collect(Engine(model, tokenizer, max_batch=4), prompts, 50, sampling, seeds=range(6))
     for i, prompt in enumerate(prompts):

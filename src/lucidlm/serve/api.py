@@ -333,7 +333,13 @@ def create_app(
             }
 
         def envelope(choices: list[dict], kind: str) -> dict:
-            return {"id": run.id, "object": kind, "created": run.created, "model": settings.model_id, "choices": choices}
+            return {
+                "id": run.id,
+                "object": kind,
+                "created": run.created,
+                "model": settings.model_id,
+                "choices": choices,
+            }
 
         if body.stream:
             first = [True] * len(run.requests)  # a choice's first chunk names the role

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import html
 import os
 import re
@@ -95,10 +96,13 @@ def markdown_to_html(text: str) -> str:
         if not lines:
             continue
         heading = re.match(r"(#{1,4}) (.+)", lines[0])
-        if heading and len(lines) == 1:
+        if heading:  # a heading, and the paragraph that may follow it without a blank line
             level = len(heading.group(1))
             out.append(f"<h{level + 1}>{inline_markdown(heading.group(2))}</h{level + 1}>")
-        elif all(re.match(r"\s*(-|\*|\d+\.) ", line) or line.startswith("  ") for line in lines):
+            lines = lines[1:]
+            if not lines:
+                continue
+        if all(re.match(r"\s*(-|\*|\d+\.) ", line) or line.startswith("  ") for line in lines):
             tag = "ol" if re.match(r"\s*\d+\.", lines[0]) else "ul"
             items, current = [], []
             for line in lines:
@@ -148,10 +152,8 @@ def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
         except subprocess.TimeoutExpired:
             status = "timeout"
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # kill anything the cell left running, too
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if status == "timeout":
             stdout, stderr = process.communicate()
             stderr += f"\nstopped: the cell ran longer than its limit of {limits.seconds:g} s".encode()

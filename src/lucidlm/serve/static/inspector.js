@@ -21,7 +21,7 @@ async function loadModel() {
   modelId = info.id;
   $("model-name").textContent = `${info.id}: ${info.parameters.toLocaleString()} parameters`;
   const rows = [["parameters", info.parameters.toLocaleString()], ["tokenizer", info.tokenizer],
-                ["vocab_size", info.vocab_size], ...Object.entries(info.config)];
+                ...Object.entries(info.config)];
   $("config").innerHTML = "";
   for (const [key, value] of rows) {
     const row = $("config").insertRow();
@@ -149,13 +149,20 @@ function drawHeatmap() {
   const n = weights.length;
   const canvas = $("heatmap");
   const context = canvas.getContext("2d");
-  const cell = Math.max(1, Math.floor(canvas.width / n));
+  const margin = 24;  // room for the token labels
+  const cell = Math.max(1, Math.floor((canvas.width - margin) / n));
   context.clearRect(0, 0, canvas.width, canvas.height);
+  context.font = `${Math.min(12, cell)}px monospace`;
+  context.textAlign = "center";
+  context.textBaseline = "middle";
   for (let i = 0; i < n; i++) {
+    const label = JSON.stringify(attention.tokens[i]).slice(1, -1).slice(0, 3);
+    context.fillStyle = "#555";
+    context.fillText(label, margin / 2, margin + (i + 0.5) * cell);  // the query tokens, down the side
+    context.fillText(label, margin + (i + 0.5) * cell, margin / 2);  // the key tokens, along the top
     for (let j = 0; j <= i; j++) {
-      const w = weights[i][j];
-      context.fillStyle = `rgba(35, 57, 93, ${Math.sqrt(w)})`;  // sqrt: small weights stay visible
-      context.fillRect(j * cell, i * cell, cell, cell);
+      context.fillStyle = `rgba(35, 57, 93, ${Math.sqrt(weights[i][j])})`;  // sqrt: small weights stay visible
+      context.fillRect(margin + j * cell, margin + i * cell, cell, cell);
     }
   }
   canvas.dataset.drawn = String(n);

@@ -1,0 +1,80 @@
+"""The pages in a real browser: Playwright driving Debian's chromium (installed by .ci/run when missing).
+
+Screenshots are saved in test-artifacts/ for a person to look at.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lucidlm.serve import BackgroundServer
+from lucidlm.serve.server import bind
+from lucidlm.serve.tutorial import RunnerLimits, create_tutorial_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("LUCIDLM_REQUIRE_BROWSER"):
+        raise RuntimeError("chromium is missing; .ci/run installs it with `apt-get install -y chromium`")
+    pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        yield browser
+        browser.close()
+
+
+def test_the_inspector_streams_tokens_shows_candidates_and_draws_attention(browser, server):
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url + "/")
+    page.wait_for_function("document.getElementById('model-name').textContent.includes('parameters')")
+    page.fill("#prompt", "Hello")
+    for slider, value in (("#max-tokens", "20"), ("#temperature", "0")):  # greedy: the chosen token is a candidate
+        page.eval_on_selector(slider, f"el => {{ el.value = '{value}'; el.dispatchEvent(new Event('input')); }}")
+    page.click("#generate")
+    page.wait_for_function("document.querySelectorAll('#output .token').length === 20")
+    page.wait_for_function("document.getElementById('heatmap').dataset.drawn === '25'")  # 5 prompt + 20 tokens
+    shades = page.eval_on_selector_all("#output .token", "spans => spans.map(s => s.style.background)")
+    assert all(shade.startswith("rgb") for shade in shades)
+    page.click("#output .token >> nth=0")
+    bars = page.locator("#candidates .bar-row")
+    assert bars.count() == 5
+    assert page.locator("#candidates .bar-row").first.get_attribute("class") == "bar-row chosen"
+    assert page.locator("#config").inner_text().count("n_layer") == 1
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "inspector.png"), full_page=True)
+    page.close()
+
+
+def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    app = create_tutorial_app("browser-token", port, RunnerLimits(seconds=30))
+    with BackgroundServer(app, port=port) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/?token=browser-token")
+        page.wait_for_selector("#lessons a")
+        assert page.locator("#lessons a").count() == 21
+        page.click("text=1. the dot product")
+        page.wait_for_selector(".cell textarea")
+        editor = page.locator(".cell textarea").first
+        editor.fill(editor.input_value() + "\nprint('edited:', 6 * 7)")
+        page.locator(".cell .run").first.click()
+        result = page.locator(".cell .result").first
+        result.wait_for(state="visible", timeout=60_000)
+        assert "edited: 42" in result.inner_text()
+        assert "ok in" in page.locator(".cell .status").first.inner_text()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "tutorial.png"), full_page=False)
+        page.close()
