@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond those (default 64)")
     serve.add_argument("--max-tokens", type=int, default=2048, help="the most tokens a request may ask for")
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    serve.add_argument("--threads", type=int, help="PyTorch threads on the CPU (default: all cores but one)")
 
     tutorial = command("tutorial", "the lessons in the browser, with code you can edit and run", EXAMPLES["tutorial"])
     tutorial.add_argument("--port", type=int, default=8890)
@@ -176,15 +177,22 @@ def run_export(args: argparse.Namespace) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> None:
+    import torch
+
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError
     from lucidlm.serve import Engine, ServerSettings, create_app
-    from lucidlm.serve.server import bind, run_forever
+    from lucidlm.serve.server import bind, decoding_threads, run_forever
     from lucidlm.train import load_model
 
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
     if args.max_batch < 1 or args.max_waiting < 0 or args.max_tokens < 1:
         raise ConfigError("--max-batch and --max-tokens must be at least 1, --max-waiting at least 0")
-    model, tokenizer, _ = load_model(args.checkpoint, device=pick_device(args.device))
+    device = pick_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or decoding_threads())
+    model, tokenizer, _ = load_model(args.checkpoint, device=device)
     name = args.model_name or Path(args.checkpoint).resolve().name
     settings = ServerSettings(model_id=name, max_tokens=args.max_tokens)
     engine = Engine(model, tokenizer, max_batch=args.max_batch, max_waiting=args.max_waiting)

@@ -50,12 +50,27 @@ def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     return logits
 
 
-def sample_next(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """One token id per row of `logits` (B, V). Returns (B,)."""
+def sample_next(
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    uniforms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One token id per row of `logits` (B, V). Returns (B,).
+
+    Sampling inverts the cumulative distribution: draw u uniformly from [0, 1) and take the first token whose
+    cumulative probability exceeds u. Each row uses exactly one random number, so a row's draw depends on its
+    own random stream only; the server passes `uniforms` (B,), one from each request's own generator.
+    """
     if config.temperature == 0:
         return logits.argmax(dim=-1)
     probabilities = filter_logits(logits.float(), config).softmax(dim=-1)
-    return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
+    if uniforms is None:
+        uniforms = torch.rand(logits.shape[0], generator=generator, device=logits.device)
+    cumulative = probabilities.cumsum(dim=-1)  # (B, V)
+    # u is scaled by the row's total, so rounding in the sum cannot leave u beyond the last token
+    token = torch.searchsorted(cumulative, (uniforms * cumulative[:, -1])[:, None], right=True)
+    return token.squeeze(-1).clamp(max=logits.shape[-1] - 1)
 
 
 @torch.inference_mode()

@@ -2,6 +2,11 @@
 
 import json
 import re
+import signal
+import subprocess
+import sys
+
+import httpx
 
 import pytest
 
@@ -83,6 +88,8 @@ BAD_INPUTS = {
     ),
     "not a checkpoint": (["generate", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/none", "--data", "{text}"], "not a run directory"),
+    "serve, not a checkpoint": (["serve", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
+    "tutorial, no time": (["tutorial", "--time-limit", "0", "--no-browser"], "--time-limit must be positive"),
     "prepare nothing": (
         ["data", "prepare", "--input", "{tmp}/nope*.txt", "--out", "{tmp}/d"],
         "no such file or directory",
@@ -106,7 +113,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, text_file, case):
 
 
 def test_help_shows_examples():
-    for command in (["train"], ["generate"], ["eval"], ["data", "prepare"]):
+    for command in (["train"], ["generate"], ["eval"], ["data", "prepare"], ["serve"], ["tutorial"]):
         result = lucidlm(*command, "--help")
         assert result.returncode == 0 and "examples:" in result.stdout
 
@@ -129,3 +136,21 @@ def test_compiled_training_saves_a_checkpoint_that_samples(tmp_path, text_file):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["compile"] is True
     sampled = lucidlm("generate", "--checkpoint", tmp_path / "run", "--prompt", "All:", "--max-new-tokens", 5)
     assert sampled.returncode == 0 and sampled.stdout.startswith("All:")
+
+
+def test_serve_answers_on_the_printed_address_and_refuses_a_busy_port(tmp_path, text_file):
+    trained = lucidlm("train", "--data", text_file, "--out", tmp_path / "shakes", "--max-steps", 5, *TINY)
+    assert trained.returncode == 0, trained.stderr
+    command = [sys.executable, "-m", "lucidlm", "serve", "--checkpoint", str(tmp_path / "shakes"), "--port", "0"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:(\d+))", first)
+        assert url, first
+        models = httpx.get(f"{url.group(1)}/v1/models", timeout=30).json()
+        assert [m["id"] for m in models["data"]] == ["shakes"]
+        busy = lucidlm("serve", "--checkpoint", tmp_path / "shakes", "--port", url.group(2))
+        assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{url.group(2)}" in busy.stderr
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)

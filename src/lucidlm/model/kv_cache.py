@@ -94,16 +94,19 @@ class SlotKVCache:
         self.max_len = max_len
         self.lengths = [0] * slots  # positions filled in each row
         self.rows = slice(0, 0)
+        self._positions: torch.Tensor | None = None
 
     def select(self, start: int, stop: int) -> None:
         """The rows the next forward pass reads and extends."""
-        self.rows = slice(start, stop)
+        self.rows, self._positions = slice(start, stop), None
 
     def positions(self, new: int) -> torch.Tensor:
         """Each selected row's next `new` positions. (B, new)"""
-        device = self.keys.device
-        starts = torch.tensor(self.lengths[self.rows], device=device)
-        return starts[:, None] + torch.arange(new, device=device)
+        if self._positions is None or self._positions.shape[1] != new:  # asked once per layer: build it once
+            device = self.keys.device
+            starts = torch.tensor(self.lengths[self.rows], device=device)
+            self._positions = starts[:, None] + torch.arange(new, device=device)
+        return self._positions
 
     def attention_mask(self, new: int) -> torch.Tensor:
         """(B, 1, new, end): a query sees the keys at or before its own position in its own row; rows
@@ -128,9 +131,10 @@ class SlotKVCache:
     def advance(self, n: int) -> None:
         for row in range(self.rows.start, self.rows.stop):
             self.lengths[row] += n
+        self._positions = None
 
     def clear(self, row: int) -> None:
-        self.lengths[row] = 0
+        self.lengths[row], self._positions = 0, None
 
     def move(self, source: int, target: int) -> None:
         """Copy row `source`'s sequence into row `target` (to close the gap a finished request left)."""
@@ -138,3 +142,4 @@ class SlotKVCache:
         self.keys[:, target, :, :length] = self.keys[:, source, :, :length]
         self.values[:, target, :, :length] = self.values[:, source, :, :length]
         self.lengths[target], self.lengths[source] = length, 0
+        self._positions = None

@@ -459,21 +459,25 @@ class Generation:
             "total_tokens": self.prompt_tokens + completion,
         }
 
-    async def events(self) -> AsyncIterator[tuple[int, TokenEvent]]:
-        """Every event of every choice, as it comes, until all choices have finished."""
+    async def batches(self) -> AsyncIterator[list[tuple[int, TokenEvent]]]:
+        """Every event of every choice until all have finished, in batches: what arrived while the last
+        batch was being sent goes out together (fewer, larger writes when the engine runs ahead)."""
         running = len(self.requests)
         try:
             while running:
-                index, event = await self.queue.get()
-                running -= event.finish_reason is not None
-                yield index, event
+                batch = [await self.queue.get()]
+                while not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                running -= sum(event.finish_reason is not None for _, event in batch)
+                yield batch
         finally:
             self.cancel()  # a client that went away frees its rows at the engine's next step
 
     async def collect(self) -> list[list[TokenEvent]]:
         events: list[list[TokenEvent]] = [[] for _ in self.requests]
-        async for index, event in self.events():
-            events[index].append(event)
+        async for batch in self.batches():
+            for index, event in batch:
+                events[index].append(event)
         return events
 
 
@@ -484,8 +488,8 @@ def sse(
     include_usage = bool((options or {}).get("include_usage"))
 
     async def stream() -> AsyncIterator[str]:
-        async for index, event in run.events():
-            yield f"data: {json.dumps(chunk(index, event))}\n\n"
+        async for batch in run.batches():
+            yield "".join(f"data: {json.dumps(chunk(index, event))}\n\n" for index, event in batch)
         if include_usage:
             yield f"data: {json.dumps({**usage_envelope, 'usage': run.usage()})}\n\n"
         yield "data: [DONE]\n\n"

@@ -143,8 +143,7 @@ class Engine:
             request.context.append(request.pending)
         logprobs = logits.log_softmax(dim=-1) if any(r.top_logprobs is not None for r in self.active) else None
         finished = []
-        for row, request in enumerate(self.active):
-            token = int(sample_next(logits[row : row + 1], request.sampling, request.generator)[0])
+        for row, (request, token) in enumerate(zip(self.active, self._sample(logits), strict=True)):
             event = self._event(request, token, logprobs[row] if logprobs is not None else None)
             if event.finish_reason is not None:
                 finished.append(request)
@@ -153,6 +152,27 @@ class Engine:
             request.on_event(event)
         for request in finished:
             self._remove(request)
+
+    def _sample(self, logits: torch.Tensor) -> list[int]:
+        """Every row's next token: rows with the same sampling settings in one call, each row drawing its
+        random number from its own request's generator."""
+        groups: list[tuple[SamplingConfig, list[int]]] = []
+        for row, request in enumerate(self.active):
+            for config, rows in groups:
+                if config == request.sampling:
+                    rows.append(row)
+                    break
+            else:
+                groups.append((request.sampling, [row]))
+        tokens = [0] * len(self.active)
+        for config, rows in groups:
+            uniforms = None
+            if config.temperature > 0:
+                draws = [torch.rand(1, generator=self.active[r].generator, device=self.device) for r in rows]
+                uniforms = torch.cat(draws)
+            for row, token in zip(rows, sample_next(logits[rows], config, None, uniforms).tolist(), strict=True):
+                tokens[row] = token
+        return tokens
 
     def _admit(self) -> None:
         with self._wakeup:
