@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import httpx
-
 import pytest
 
 from ..conftest import run_lucidlm, tiny_model_args
