@@ -454,6 +454,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `lucidlm generate ... | head`
         return 0
+    except OSError as exc:  # the file system said no: a path that is a file, a full disk, no permission
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"lucidlm {args.command}: error: {exc.strerror or exc}{where}; check the path, its permissions and "
+            "the free space",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

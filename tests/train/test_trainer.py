@@ -78,7 +78,7 @@ def test_a_crash_before_the_manifest_leaves_the_previous_checkpoint(tmp_path, da
         real_write(path, data)
 
     monkeypatch.setattr(checkpoint_module, "write_json_atomic", crash_on_manifest)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(CheckpointError, match="simulated crash.*the checkpoint of step 10 is intact"):
         train(data_dir, tmp_path / "run", tiny_config(34, max_steps=20), resume=True, progress=False)
     assert (tmp_path / "run" / "checkpoints" / "step-0000020" / "model.safetensors").exists()
     assert find_checkpoint(tmp_path / "run", "latest").name == "step-0000010"

@@ -66,28 +66,37 @@ def save_checkpoint(
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
-    if f"checkpoints/{final.name}" not in _named(run_dir):
-        tmp = root / f"{final.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.mkdir()
-        save_file(model_tensors, tmp / "model.safetensors")
-        save_file(optimizer_tensors, tmp / "optimizer.safetensors")
-        write_json_atomic(tmp / "state.json", {**progress, "step": step})
-        for name in FILES:
-            _fsync(tmp / name)
-        os.replace(tmp, final)
-    manifest = {
-        "checkpoint": f"checkpoints/{final.name}",
-        "step": step,
-        "val_loss": progress.get("val_loss"),
-        "files": {
-            name: {"bytes": (final / name).stat().st_size, "sha256": sha256_file(final / name)} for name in FILES
-        },
-    }
-    write_json_atomic(_pointer(run_dir, "latest"), manifest)
-    if is_best:
-        write_json_atomic(_pointer(run_dir, "best"), manifest)
+    tmp = root / f"{final.name}.tmp"
+    try:
+        if f"checkpoints/{final.name}" not in _named(run_dir):
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.mkdir()
+            save_file(model_tensors, tmp / "model.safetensors")
+            save_file(optimizer_tensors, tmp / "optimizer.safetensors")
+            write_json_atomic(tmp / "state.json", {**progress, "step": step})
+            for name in FILES:
+                _fsync(tmp / name)
+            os.replace(tmp, final)
+        manifest = {
+            "checkpoint": f"checkpoints/{final.name}",
+            "step": step,
+            "val_loss": progress.get("val_loss"),
+            "files": {
+                name: {"bytes": (final / name).stat().st_size, "sha256": sha256_file(final / name)} for name in FILES
+            },
+        }
+        write_json_atomic(_pointer(run_dir, "latest"), manifest)
+        if is_best:
+            write_json_atomic(_pointer(run_dir, "best"), manifest)
+    except (OSError, SafetensorError) as exc:  # a full disk, a read-only directory: the manifests still name
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint, which is left as it was
+        previous = read_manifest(run_dir, "latest")["step"] if _pointer(run_dir, "latest").exists() else None
+        kept = f"the checkpoint of step {previous} is intact" if previous is not None else "no checkpoint was kept"
+        raise CheckpointError(
+            f"cannot write the checkpoint of step {step} in {root} ({getattr(exc, 'strerror', None) or exc}); "
+            f"{kept}; free some space or make the directory writable, then --resume"
+        ) from None
     _remove_unnamed(run_dir)
     return final
 
