@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA := data/shakespeare-char
 RUN := runs/demo
 
-.PHONY: setup demo test lint format bench clean notebooks
+.PHONY: setup demo test soak lint format bench clean notebooks
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: setup
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
+
+# Longer fault and load trials than `make test` runs (docs/reliability.md); not part of CI.
+soak: $(VENV)/.installed-dev
+	LUCIDLM_SOAK=1 LUCIDLM_KILL_TRIALS=20 $(BIN)/python -m pytest -q -s tests/reliability
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks lessons
