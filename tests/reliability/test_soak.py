@@ -35,7 +35,7 @@ def test_a_thousand_requests_from_sixteen_clients(server):
                     async with http.stream("POST", f"{url}/v1/completions", json={**body, "stream": True}) as response:
                         if response.status_code != 200:
                             errors.append((index, response.status_code))
-                        async for line in response.aiter_lines():
+                        async for _line in response.aiter_lines():
                             if rng.random() < 0.05:
                                 break  # hang up mid-stream
                 else:
