@@ -120,6 +120,22 @@ class AttentionBody(BaseModel):
     text: str
 
 
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error an app answers, its own and the router's (404, 405), in OpenAI's error shape."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return error_response(exc.status, exc.message, exc.param, exc.kind)
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc: Exception):
+        return error_response(404, f"no such path: {request.url.path}")
+
+    @app.exception_handler(405)
+    async def wrong_method(request: Request, exc: Exception):
+        return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+
+
 async def parse_body(request: Request, schema: type[BaseModel]) -> Any:
     try:
         data = json.loads(await request.body())
@@ -207,17 +223,7 @@ def create_app(
     app.state.engine = engine
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.param, exc.kind)
-
-    @app.exception_handler(404)
-    async def not_found(request: Request, exc: Exception):
-        return error_response(404, f"no such path: {request.url.path}")
-
-    @app.exception_handler(405)
-    async def wrong_method(request: Request, exc: Exception):
-        return error_response(405, f"{request.method} is not allowed on {request.url.path}")
+    add_error_handlers(app)
 
     def model_card() -> dict:
         return {"id": settings.model_id, "object": "model", "created": 0, "owned_by": "lucidlm"}

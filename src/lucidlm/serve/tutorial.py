@@ -36,7 +36,7 @@ from pydantic import BaseModel
 
 from lucidlm.errors import LucidError
 from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_title
-from lucidlm.serve.api import STATIC, APIError, error_response, parse_body
+from lucidlm.serve.api import STATIC, APIError, add_error_handlers, error_response, parse_body
 
 COOKIE = "lucidlm_tutorial_token"
 
@@ -210,13 +210,7 @@ def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = Non
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
         return response
 
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.param, exc.kind)
-
-    @app.exception_handler(404)
-    async def not_found(request: Request, exc: Exception):
-        return error_response(404, f"no such path: {request.url.path}")
+    add_error_handlers(app)
 
     @app.get("/")
     async def page():
