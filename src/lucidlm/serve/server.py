@@ -34,9 +34,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_server(app) -> uvicorn.Server:
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+
+
 def run_forever(app, sock: socket.socket) -> None:
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    server.run(sockets=[sock])
+    uvicorn_server(app).run(sockets=[sock])
 
 
 class BackgroundServer:
@@ -45,7 +48,7 @@ class BackgroundServer:
 
     def __enter__(self) -> str:
         sock = bind(self.host, self.port)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", timeout_graceful_shutdown=2))
+        self.server = uvicorn_server(self.app)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 30
