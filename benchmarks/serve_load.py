@@ -36,13 +36,14 @@ def baby_model():
 
 
 def serve(port_queue: multiprocessing.Queue) -> None:
-    from lucidlm.serve import Engine, ServerSettings, create_app
-    from lucidlm.serve.server import bind, run_forever
+    from lucidlm.serve import EngineProcess, ServerSettings, create_app
+    from lucidlm.serve.server import bind, decoding_threads, run_forever
 
     model, tokenizer = baby_model()
     sock = bind("127.0.0.1", 0)
     port_queue.put(sock.getsockname()[1])
-    app = create_app(model, tokenizer, ServerSettings(model_id="baby"), Engine(model, tokenizer, max_batch=16))
+    engine = EngineProcess(model, tokenizer, max_batch=16, threads=decoding_threads())  # as `lucidlm serve`
+    app = create_app(model, tokenizer, ServerSettings(model_id="baby"), engine)
     run_forever(app, sock)
 
 
@@ -98,7 +99,7 @@ def engine_alone(clients: int) -> float:
 def main() -> None:
     context = multiprocessing.get_context("spawn")
     port_queue = context.Queue()
-    server = context.Process(target=serve, args=(port_queue,), daemon=True)
+    server = context.Process(target=serve, args=(port_queue,))
     server.start()
     url = f"http://127.0.0.1:{port_queue.get(timeout=120)}"
     for _ in range(600):

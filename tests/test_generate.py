@@ -12,7 +12,7 @@ from lucidlm.generate import (
     sample_next,
 )
 from lucidlm.model import GPT, GPTConfig
-from lucidlm.tokenizers import CharTokenizer
+from lucidlm.tokenizers import BPETokenizer, CharTokenizer
 
 
 def tiny_model(**overrides) -> GPT:
@@ -112,6 +112,18 @@ def test_stop_strings_end_the_text_and_are_not_shown():
     plain = StopStreamer(Letters(), stop=["ij"])
     text = "".join(plain.push(t) for t in Letters().encode("abci")) + plain.finish()
     assert text == "abci" and not plain.stopped
+
+
+def test_a_character_split_across_tokens_waits_until_it_is_whole():
+    tokenizer = BPETokenizer.train(["plain ascii text"], vocab_size=260)
+    ids = tokenizer.encode("a\U0001f600b")  # the emoji is four byte tokens
+    assert len(ids) == 6
+    streamer = StopStreamer(tokenizer, stop=["b"])
+    assert [streamer.push(i) for i in ids] == ["a", "", "", "", "\U0001f600", ""]
+    assert streamer.stopped
+    cut = StopStreamer(tokenizer)
+    assert [cut.push(i) for i in ids[:3]] == ["a", "", ""]
+    assert cut.finish() == "\ufffd"  # the bytes that never became a character are shown as U+FFFD
 
 
 def test_prompt_errors_and_empty_prompt():

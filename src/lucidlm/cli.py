@@ -181,7 +181,7 @@ def run_serve(args: argparse.Namespace) -> None:
 
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError
-    from lucidlm.serve import Engine, ServerSettings, create_app
+    from lucidlm.serve import EngineProcess, ServerSettings, create_app
     from lucidlm.serve.server import bind, decoding_threads, run_forever
     from lucidlm.train import load_model
 
@@ -195,7 +195,9 @@ def run_serve(args: argparse.Namespace) -> None:
     model, tokenizer, _ = load_model(args.checkpoint, device=device)
     name = args.model_name or Path(args.checkpoint).resolve().name
     settings = ServerSettings(model_id=name, max_tokens=args.max_tokens)
-    engine = Engine(model, tokenizer, max_batch=args.max_batch, max_waiting=args.max_waiting)
+    engine = EngineProcess(
+        model, tokenizer, args.max_batch, args.max_waiting, threads=args.threads or decoding_threads()
+    )
     sock = bind(args.host, args.port)
     url = f"http://{args.host}:{sock.getsockname()[1]}"
     print(f"serving {name} ({model.num_params():,} parameters) at {url}  (inspector: {url}/, API: {url}/v1)")

@@ -114,26 +114,32 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
 
 
 class StopStreamer:
-    """Turns token ids into text pieces as they come, holding back text that might begin a stop string."""
+    """Turns token ids into text pieces as they come, holding back text that might begin a stop string.
+
+    Each token is decoded once: the text is the concatenation of the decoded tokens, except that tokens
+    that end inside a multi-byte character wait (in `unfinished`) until the character is whole."""
 
     def __init__(self, tokenizer: Tokenizer, stop: list[str] | None = None):
         self.tokenizer, self.stop = tokenizer, [s for s in (stop or []) if s]
-        self.ids: list[int] = []
-        self.emitted = 0  # characters of the decoded text already handed out
+        self.text = ""  # the decoded text so far
+        self.unfinished: list[int] = []  # ids whose bytes do not yet make whole characters
+        self.emitted = 0  # characters of `text` already handed out
         self.stopped = False
 
     def push(self, token: int) -> str:
         """Add one token; return the text that is now safe to show ('' if none)."""
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        self.unfinished.append(token)
+        piece = self.tokenizer.decode(self.unfinished)
+        if piece.endswith("\ufffd"):  # an unfinished multi-byte character: wait for its other bytes
+            return ""
+        self.text, self.unfinished = self.text + piece, []
+        text = self.text
         # Held-back text never ends in a stop string's beginning, so a stop string starts after `emitted`.
         hits = [i for i in (text.find(s, self.emitted) for s in self.stop) if i >= 0]
         if hits:
             self.stopped = True
             return self._emit(text, min(hits))
         end = len(text)
-        if text.endswith("\ufffd"):  # an unfinished multi-byte character: wait for its other bytes
-            end -= 1
         for s in self.stop:  # hold back the longest tail that could grow into a stop string
             for length in range(min(len(s) - 1, end - self.emitted), 0, -1):
                 if s.startswith(text[end - length : end]):
@@ -143,7 +149,9 @@ class StopStreamer:
 
     def finish(self) -> str:
         """What was held back, once no more tokens will come."""
-        return "" if self.stopped else self._emit(self.tokenizer.decode(self.ids), None)
+        if self.stopped:
+            return ""
+        return self._emit(self.text + self.tokenizer.decode(self.unfinished), None)
 
     def _emit(self, text: str, end: int | None) -> str:
         end = len(text) if end is None else end

@@ -2,6 +2,17 @@
 
 from lucidlm.serve.api import ServerSettings, create_app
 from lucidlm.serve.engine import Engine, QueueFull, Request, TokenEvent
+from lucidlm.serve.engine_process import EngineProcess, EngineStopped
 from lucidlm.serve.server import BackgroundServer
 
-__all__ = ["BackgroundServer", "Engine", "QueueFull", "Request", "ServerSettings", "TokenEvent", "create_app"]
+__all__ = [
+    "BackgroundServer",
+    "Engine",
+    "EngineProcess",
+    "EngineStopped",
+    "QueueFull",
+    "Request",
+    "ServerSettings",
+    "TokenEvent",
+    "create_app",
+]

@@ -13,6 +13,7 @@ Errors are OpenAI's error object `{"error": {"message", "type", "param", "code"}
     404 an unknown model or path           413 a request body over the server's limit
     422 a field of the wrong type, or a required field missing
     429 every decoding row busy and the waiting line full (the client may retry)
+    503 the decoding engine's process has ended (a stream that was running ends with an error event)
 
 Limits: a prompt longer than the model's context keeps its last block_size tokens (as `lucidlm generate`
 does); generation past the context shifts the window. `max_tokens` above the server's cap is refused.
@@ -43,6 +44,7 @@ from lucidlm.generate import SamplingConfig, encode_prompt
 from lucidlm.model import GPT
 from lucidlm.serve.engine import Engine, QueueFull, TokenEvent
 from lucidlm.serve.engine import Request as EngineRequest
+from lucidlm.serve.engine_process import EngineProcess, EngineStopped
 from lucidlm.tokenizers import Tokenizer
 
 STATIC = Path(__file__).parent / "static"
@@ -66,9 +68,12 @@ class APIError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
+def error_body(message: str, param: str | None = None, kind: str = "invalid_request_error") -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
 def error_response(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(error_body(message, param, kind), status_code=status)
 
 
 # --- requests ---------------------------------------------------------------------------------------------
@@ -208,7 +213,10 @@ class BodyLimit:
 
 
 def create_app(
-    model: GPT, tokenizer: Tokenizer, settings: ServerSettings | None = None, engine: Engine | None = None
+    model: GPT,
+    tokenizer: Tokenizer,
+    settings: ServerSettings | None = None,
+    engine: Engine | EngineProcess | None = None,
 ) -> FastAPI:
     """The FastAPI app; its engine starts and stops with the app (uvicorn's lifespan)."""
     settings = settings or ServerSettings()
@@ -423,7 +431,7 @@ class Generation:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | EngineProcess,
         body: SamplingFields,
         sampling: SamplingConfig,
         prompts: list[list[int]],
@@ -434,7 +442,7 @@ class Generation:
         self.prompt_tokens = sum(len(p) for p in prompts)
         self.queue: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.requests = []
+        self.engine, self.requests = engine, []
         for p, prompt in enumerate(prompts):
             for j in range(body.n):
                 index = p * body.n + j
@@ -452,10 +460,13 @@ class Generation:
         except QueueFull as exc:
             self.cancel()
             raise APIError(429, f"the server is busy ({exc}); retry shortly", kind="server_busy") from None
+        except EngineStopped as exc:
+            self.cancel()
+            raise APIError(503, f"{exc}; restart the server", kind="server_error") from None
 
     def cancel(self) -> None:
         for request in self.requests:
-            request.cancelled = True
+            self.engine.cancel(request)
 
     def usage(self) -> dict:
         completion = sum(len(r.generated) for r in self.requests)
@@ -475,6 +486,9 @@ class Generation:
                 while not self.queue.empty():
                     batch.append(self.queue.get_nowait())
                 running -= sum(event.finish_reason is not None for _, event in batch)
+                broken = next((event.error for _, event in batch if event.finish_reason == "error"), None)
+                if broken:
+                    raise APIError(503, f"{broken}; restart the server", kind="server_error")
                 yield batch
         finally:
             self.cancel()  # a client that went away frees its rows at the engine's next step
@@ -494,8 +508,13 @@ def sse(
     include_usage = bool((options or {}).get("include_usage"))
 
     async def stream() -> AsyncIterator[str]:
-        async for batch in run.batches():
-            yield "".join(f"data: {json.dumps(chunk(index, event))}\n\n" for index, event in batch)
+        try:
+            async for batch in run.batches():
+                yield "".join(f"data: {json.dumps(chunk(index, event))}\n\n" for index, event in batch)
+        except APIError as exc:  # the response has begun: the error goes out as an event, as OpenAI's do
+            yield f"data: {json.dumps(error_body(exc.message, exc.param, exc.kind))}\n\n"
+            yield "data: [DONE]\n\n"
+            return
         if include_usage:
             yield f"data: {json.dumps({**usage_envelope, 'usage': run.usage()})}\n\n"
         yield "data: [DONE]\n\n"

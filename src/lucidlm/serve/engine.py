@@ -41,7 +41,8 @@ class TokenEvent:
     token: int | None = None
     logprob: float | None = None  # log-probability of `token` under the model (temperature 1, unfiltered)
     top: list[tuple[int, float]] = field(default_factory=list)  # the most likely tokens and their logprobs
-    finish_reason: str | None = None  # "stop" or "length" on the last event
+    finish_reason: str | None = None  # "stop" or "length" on the last event; "error" if decoding broke off
+    error: str | None = None  # what broke off, with finish_reason "error"
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Request:
     pending: int = 0  # the token to feed at the next step
     generator: torch.Generator | None = None
     streamer: StopStreamer | None = None
+    engine_id: int = -1  # EngineProcess's number for it in messages to its process
 
 
 class Engine:
@@ -90,6 +92,10 @@ class Engine:
                 raise QueueFull(f"{len(self.active)} requests running and {len(self.waiting)} waiting")
             self.waiting.append(request)
             self._wakeup.notify()
+
+    def cancel(self, request: Request) -> None:
+        """The request leaves at the next step (its row is freed) and gets no more events."""
+        request.cancelled = True
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) request counts."""
