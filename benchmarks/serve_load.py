@@ -3,7 +3,8 @@ streaming clients, against `lucidlm serve`'s app running in its own process.
 
 A baby-sized GPT (4 layers, 4 heads, 128 wide, 65-token vocabulary, block 256) with random weights (speed does
 not depend on what the weights say). Every client streams one completion of 128 tokens at temperature 1 with
-its own seed; all clients start together. Target: at 8 clients, at least 4x the tokens/s of 1 client.
+its own seed; all clients start together; each figure is the median of 7 runs, the client counts taking
+turns. Target: at 8 clients, at least 4x the tokens/s of 1 client.
 
     python benchmarks/serve_load.py
 """
@@ -18,7 +19,7 @@ import time
 import httpx
 from common import machine, write_results
 
-NEW_TOKENS, CLIENTS = 128, (1, 4, 8, 16)
+NEW_TOKENS, CLIENTS, ROUNDS = 128, (1, 4, 8, 16), 7
 VOCABULARY = [chr(32 + i) for i in range(65)]
 
 
@@ -60,12 +61,10 @@ async def stream_one(client: httpx.AsyncClient, url: str, seed: int) -> tuple[fl
     return first, tokens
 
 
-async def load(url: str, clients: int) -> dict:
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
-        await stream_one(client, url, 0)  # warm up
-        started = time.perf_counter()
-        results = await asyncio.gather(*(stream_one(client, url, seed) for seed in range(clients)))
-        seconds = time.perf_counter() - started
+async def one_run(client: httpx.AsyncClient, url: str, clients: int) -> dict:
+    started = time.perf_counter()
+    results = await asyncio.gather(*(stream_one(client, url, seed) for seed in range(clients)))
+    seconds = time.perf_counter() - started
     tokens = sum(n for _, n in results)
     assert tokens == clients * NEW_TOKENS, tokens
     return {
@@ -77,23 +76,40 @@ async def load(url: str, clients: int) -> dict:
     }
 
 
-def engine_alone(clients: int) -> float:
-    """Tokens/s of the decoding engine with no HTTP in the way: the ceiling of the served figure."""
+async def served(url: str) -> list[dict]:
+    """One row per client count: the median of ROUNDS runs. The rounds interleave the client counts, so a
+    slow spell of this (shared, noisy) machine falls on all of them rather than on one."""
+    runs: dict[int, list[dict]] = {clients: [] for clients in CLIENTS}
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
+        await stream_one(client, url, 0)  # warm up
+        for _ in range(ROUNDS):
+            for clients in CLIENTS:
+                runs[clients].append(await one_run(client, url, clients))
+    return [median_run(runs[clients]) for clients in CLIENTS]
+
+
+def median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda run: run["tokens_per_second"])[len(runs) // 2]
+
+
+def engine_alone() -> dict[int, float]:
+    """Tokens/s of the decoding engine with no HTTP in the way, per client count (median of ROUNDS
+    interleaved runs): the ceiling of the served figures."""
     from lucidlm.generate import SamplingConfig
     from lucidlm.serve import Engine, Request
 
     model, tokenizer = baby_model()
     engine = Engine(model, tokenizer, max_batch=16)
-    best = 0.0
-    for _ in range(3):
-        for seed in range(clients):
-            engine.submit(
-                Request(tokenizer.encode("ROMEO:"), NEW_TOKENS, SamplingConfig(1.0), lambda e: None, seed=seed)
-            )
-        started = time.perf_counter()
-        engine.run_until_idle()
-        best = max(best, clients * NEW_TOKENS / (time.perf_counter() - started))
-    return best
+    runs: dict[int, list[dict]] = {clients: [] for clients in CLIENTS}
+    for _ in range(ROUNDS):
+        for clients in CLIENTS:
+            for seed in range(clients):
+                prompt = tokenizer.encode("ROMEO:")
+                engine.submit(Request(prompt, NEW_TOKENS, SamplingConfig(1.0), lambda e: None, seed=seed))
+            started = time.perf_counter()
+            engine.run_until_idle()
+            runs[clients].append({"tokens_per_second": clients * NEW_TOKENS / (time.perf_counter() - started)})
+    return {clients: median_run(runs[clients])["tokens_per_second"] for clients in CLIENTS}
 
 
 def main() -> None:
@@ -108,13 +124,13 @@ def main() -> None:
             break
         except httpx.TransportError:
             time.sleep(0.1)
-    rows = [asyncio.run(load(url, clients)) for clients in CLIENTS]
+    rows = asyncio.run(served(url))
     server.terminate()
     server.join()
-    single = rows[0]["tokens_per_second"]
+    single, alone = rows[0]["tokens_per_second"], engine_alone()
     for row in rows:
         row["speedup"] = row["tokens_per_second"] / single
-        row["engine_alone_tokens_per_second"] = engine_alone(row["clients"])
+        row["engine_alone_tokens_per_second"] = alone[row["clients"]]
     engine_single = rows[0]["engine_alone_tokens_per_second"]
     at8 = next(r for r in rows if r["clients"] == 8)["speedup"]
     table = "\n".join(
@@ -122,8 +138,10 @@ def main() -> None:
             "### Serving under load (`python benchmarks/serve_load.py`)",
             "",
             f"Baby-sized GPT (4x128, block 256), {NEW_TOKENS} tokens per streaming client, all clients at once, "
-            "server in its own process (PyTorch on `decoding_threads()` threads: all cores but one, as `lucidlm serve` "
-            "sets them) on the same cores as the clients.",
+            f"median of {ROUNDS} runs, the client counts taking turns. The server as `lucidlm serve` runs it: "
+            "HTTP in one process, the decoding engine in another (`EngineProcess`, PyTorch on "
+            "`decoding_threads()` threads: all cores but one), on the same cores as the clients (httpx, in a "
+            "third process).",
             "",
             "| clients | aggregate tokens/s | x 1 client | mean time to first token | engine alone, no HTTP |",
             "|---|---|---|---|---|",
