@@ -1,10 +1,12 @@
 """The command line as a user meets it: real subprocesses, real files."""
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -141,15 +143,29 @@ def test_serve_answers_on_the_printed_address_and_refuses_a_busy_port(tmp_path, 
     trained = lucidlm("train", "--data", text_file, "--out", tmp_path / "shakes", "--max-steps", 5, *TINY)
     assert trained.returncode == 0, trained.stderr
     command = [sys.executable, "-m", "lucidlm", "serve", "--checkpoint", str(tmp_path / "shakes"), "--port", "0"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         first = server.stdout.readline()
         url = re.search(r"at (http://127\.0\.0\.1:(\d+))", first)
         assert url, first
         models = httpx.get(f"{url.group(1)}/v1/models", timeout=30).json()
         assert [m["id"] for m in models["data"]] == ["shakes"]
+        body = dict(model="shakes", prompt="the", max_tokens=7)
+        completion = httpx.post(f"{url.group(1)}/v1/completions", json=body, timeout=60).json()
+        assert completion["usage"]["completion_tokens"] == 7  # decoded by the engine's own process
+        engine_pids = children(server.pid)
+        assert len(engine_pids) >= 1
         busy = lucidlm("serve", "--checkpoint", tmp_path / "shakes", "--port", url.group(2))
         assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{url.group(2)}" in busy.stderr
     finally:
-        server.send_signal(signal.SIGINT)
+        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C: the whole process group gets it
         server.wait(timeout=30)
+    assert "Traceback" not in server.stderr.read()
+    for pid in engine_pids:  # the engine's process ended with the server
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
