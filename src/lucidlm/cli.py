@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     tutorial.add_argument("--port", type=int, default=8890)
     tutorial.add_argument("--time-limit", type=float, default=30.0, help="seconds a cell may run (default 30)")
     tutorial.add_argument("--memory-limit", type=int, default=4096, help="MiB a cell may use (default 4096)")
+    tutorial.add_argument(
+        "--process-limit", type=int, default=256, help="processes and threads a cell may run (default 256)"
+    )
     tutorial.add_argument("--no-browser", action="store_true", help="only print the URL")
 
     export = command("export", "write a trained model in the Hugging Face transformers format", EXAMPLES["export"])
@@ -210,10 +213,12 @@ def run_serve(args: argparse.Namespace) -> None:
 def run_tutorial(args: argparse.Namespace) -> None:
     from lucidlm.errors import ConfigError
     from lucidlm.serve.server import bind, run_forever
-    from lucidlm.serve.tutorial import RunnerLimits, create_tutorial_app, new_token
+    from lucidlm.serve.tutorial import ProcessCap, RunnerLimits, create_tutorial_app, new_token
 
-    if args.time_limit <= 0 or args.memory_limit < 256:
-        raise ConfigError("--time-limit must be positive and --memory-limit at least 256 MiB")
+    if args.time_limit <= 0 or args.memory_limit < 256 or args.process_limit < 16:
+        raise ConfigError(
+            "--time-limit must be positive, --memory-limit at least 256 MiB and --process-limit at least 16"
+        )
     sock = bind("127.0.0.1", args.port)
     port, token = sock.getsockname()[1], new_token()
     url = f"http://127.0.0.1:{port}/?token={token}"
@@ -222,7 +227,11 @@ def run_tutorial(args: argparse.Namespace) -> None:
         import webbrowser
 
         webbrowser.open(url)
-    limits = RunnerLimits(seconds=args.time_limit, memory_mib=args.memory_limit)
+    limits = RunnerLimits(seconds=args.time_limit, memory_mib=args.memory_limit, processes=args.process_limit)
+    print(
+        f"each cell: {limits.seconds:g} s, {limits.memory_mib} MiB, {limits.processes} processes "
+        f"(the process cap: {ProcessCap.probe()})"
+    )
     run_forever(create_tutorial_app(token, port, limits), sock)
 
 

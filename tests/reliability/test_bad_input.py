@@ -2,6 +2,8 @@
 
 import json
 import math
+import socket
+import time
 
 import httpx
 import pytest
@@ -128,4 +130,32 @@ def test_server_abuse_gets_4xx_and_the_server_keeps_serving(server):
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}, name
     ok = post(json.dumps(base))
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+    assert engine.load() == (0, 0)
+
+
+def test_slow_and_stalled_clients_do_not_hold_up_the_others(server):
+    """A client that sends half its body and waits, and one that asks for a long stream and never reads it:
+    requests from everyone else are answered meanwhile, and the stalled stream's row is freed when it hangs up."""
+    url, engine = server
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 200, "stream": True}).encode()
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    half_sent = socket.create_connection((host, int(port)))
+    half_sent.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+    never_reads = socket.create_connection((host, int(port)))
+    never_reads.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    never_reads.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    try:
+        for _ in range(5):
+            ok = httpx.post(
+                f"{url}/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 8}, timeout=30
+            )
+            assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 8
+    finally:
+        half_sent.close()
+        never_reads.close()
+    for _ in range(500):
+        if engine.load() == (0, 0):
+            break
+        time.sleep(0.01)
     assert engine.load() == (0, 0)

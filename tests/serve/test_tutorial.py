@@ -1,6 +1,7 @@
 """`lucidlm tutorial`: the token, the origin and host checks, the cell runner's limits, the lesson pages."""
 
 import base64
+import re
 from pathlib import Path
 
 import httpx
@@ -9,7 +10,14 @@ import pytest
 from lucidlm.lessons import find_lesson
 from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
-from lucidlm.serve.tutorial import RunnerLimits, create_tutorial_app, lesson_cells, markdown_to_html, run_cells
+from lucidlm.serve.tutorial import (
+    ProcessCap,
+    RunnerLimits,
+    create_tutorial_app,
+    lesson_cells,
+    markdown_to_html,
+    run_cells,
+)
 
 TOKEN = "test-token-123"
 
@@ -111,6 +119,39 @@ def test_a_child_process_dies_with_its_cell():
     assert result["status"] == "timeout" and result["stdout"] == "started\n"
     # the sleeping child was in the cell's process group: nothing of it is left
     assert not any("time.sleep(60)" in command for command in running_commands())
+
+
+FORK_BOMB = """
+import os, time
+children = []
+try:
+    for _ in range(1000):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        children.append(pid)
+except OSError as error:
+    print(f"refused after {len(children)} children: {type(error).__name__}")
+print(*children)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(
+    ProcessCap.probe().startswith("none"), reason="no process cap on this machine (root without a pids cgroup)"
+)
+def test_a_fork_bomb_stops_at_the_process_cap_and_leaves_nothing_behind():
+    result = run_cells([FORK_BOMB], RunnerLimits(seconds=3, processes=32))
+    refused, children = result["stdout"].splitlines()
+    made = int(re.search(r"refused after (\d+) children: BlockingIOError", refused).group(1))
+    assert 16 <= made < 32  # the cell's own threads count too
+    assert result["status"] == "timeout"
+    if ProcessCap.probe().startswith("a pids control group"):
+        assert "reached its limit of 32 processes" in result["stderr"]
+    for pid in map(int, children.split()):
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    assert not list(Path("/sys/fs/cgroup/pids").glob("**/lucidlm-cell-*"))  # the group was removed
 
 
 def running_commands() -> list[str]:

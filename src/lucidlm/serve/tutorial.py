@@ -6,7 +6,8 @@ Run executes code on this machine, so the app is locked down the way Jupyter's i
   keeps it in a same-site cookie, or in an `X-Tutorial-Token` header); without it: 403;
 - a request whose Origin or Host is not this server (another web page, a DNS-rebinding attack): 403;
 - a cell runs in a fresh Python subprocess, in its own process group and temporary directory, with a
-  wall-clock limit (the whole group is killed at it) and an address-space limit.
+  wall-clock limit (the whole group is killed at it), an address-space limit and a cap on its processes
+  (`ProcessCap`), so a fork bomb stops at the cap.
 
 A cell is run together with the lesson's code cells above it (as edited on the page), because lessons build
 on earlier cells; only the output of the cell itself is shown, with any PNG it saved.
@@ -49,6 +50,7 @@ def new_token() -> str:
 class RunnerLimits:
     seconds: float = 30.0
     memory_mib: int = 4096
+    processes: int = 256  # processes and threads (PyTorch alone starts one thread per core)
 
 
 # --- lessons as cells ---------------------------------------------------------------------------------------
@@ -122,15 +124,118 @@ def markdown_to_html(text: str) -> str:
 # --- running a cell -------------------------------------------------------------------------------------------
 
 
+class ProcessCap:
+    """At most `limit` processes and threads for one cell, so a fork bomb stops at the cap instead of filling
+    the machine's process table. The first way this machine allows:
+
+    - a `pids` control group of its own (cgroup v1, or v2 where this user may create one: root in a
+      container, or a delegated systemd scope). It counts everything the cell starts, even a process that
+      left the cell's process group, and `close` kills everything still in it.
+    - RLIMIT_NPROC, for any user but root (whom the kernel exempts). The kernel compares it with all of this
+      user's processes, so it is set to those already running plus `limit`.
+
+    Where neither works the cell runs uncapped (`how` says so) and the time limit still ends it."""
+
+    def __init__(self, limit: int):
+        self.limit, self.group, self.nproc = limit, self._make_group(limit), None
+        if self.group is not None:
+            self.how = f"a pids control group ({self.group})"
+        elif os.getuid() != 0:
+            self.nproc = user_tasks() + limit
+            self.how = "RLIMIT_NPROC"
+        else:
+            self.how = "none: running as root without a pids control group this user may create"
+
+    @classmethod
+    def probe(cls) -> str:
+        """How this machine would cap a cell's processes (the same words as `how`)."""
+        cap = cls(16)
+        cap.close()
+        return cap.how
+
+    @staticmethod
+    def _make_group(limit: int) -> Path | None:
+        for parent in pids_cgroup_parents():
+            group = parent / f"lucidlm-cell-{secrets.token_hex(6)}"
+            try:
+                group.mkdir()
+            except OSError:
+                continue
+            try:
+                (group / "pids.max").write_text(str(limit))
+                return group
+            except OSError:  # a directory, but not a control group with the pids controller
+                with contextlib.suppress(OSError):
+                    group.rmdir()
+        return None
+
+    def enter(self) -> None:
+        """Called in the cell's process before it starts Python."""
+        if self.group is not None:
+            (self.group / "cgroup.procs").write_text(str(os.getpid()))
+        elif self.nproc is not None:
+            resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
+
+    def reached(self) -> bool:
+        """Whether a fork was refused because of the cap (known for the control group only)."""
+        if self.group is None:
+            return False
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.group / "pids.events").read_text().split()[-1]) > 0
+        return False
+
+    def close(self) -> None:
+        """Kill whatever the cell left in the group, then remove the group."""
+        if self.group is None:
+            return
+        for _ in range(100):
+            pids = (self.group / "cgroup.procs").read_text().split()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            time.sleep(0.01)
+        with contextlib.suppress(OSError):
+            self.group.rmdir()
+
+
+def pids_cgroup_parents() -> list[Path]:
+    """Where this process's own pids control group lives: the v1 pids hierarchy, then the v2 unified one."""
+    v1, v2 = [], []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "pids" in controllers.split(","):
+                v1.append(Path("/sys/fs/cgroup/pids") / path.lstrip("/"))
+            elif controllers == "":
+                v2.append(Path("/sys/fs/cgroup") / path.lstrip("/"))
+    return v1 + v2
+
+
+def user_tasks() -> int:
+    """Processes and threads of this user, as the kernel counts them for RLIMIT_NPROC."""
+    total, uid = 0, str(os.getuid())
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            if fields["Uid"].split()[0] == uid:
+                total += int(fields["Threads"])
+    return total
+
+
 def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
     """Run the code cells in order in a fresh subprocess; report the last one's output and saved PNGs."""
     marker = f"<<lucidlm-cell-{secrets.token_hex(8)}>>"
     script = "\n".join(f"print({marker!r}, flush=True)\n{source}" for source in sources)
     memory = limits.memory_mib * 2**20
 
+    cap = ProcessCap(limits.processes)
+
     def limit_child() -> None:  # runs in the child before it starts Python
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        cap.enter()
 
     with tempfile.TemporaryDirectory(prefix="lucidlm-cell-") as workdir:
         Path(workdir, "cell.py").write_text(script, encoding="utf-8")
@@ -154,6 +259,8 @@ def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
         finally:
             with contextlib.suppress(ProcessLookupError):  # kill anything the cell left running, too
                 os.killpg(process.pid, signal.SIGKILL)
+            capped = cap.reached()
+            cap.close()
         if status == "timeout":
             stdout, stderr = process.communicate()
             stderr += f"\nstopped: the cell ran longer than its limit of {limits.seconds:g} s".encode()
@@ -163,6 +270,8 @@ def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
                 stderr += f"\nthe cell needed more than its memory limit of {limits.memory_mib} MiB".encode()
             elif process.returncode < 0:
                 stderr += f"\nthe cell was killed by signal {-process.returncode}".encode()
+        if capped:
+            stderr += f"\nthe cell reached its limit of {limits.processes} processes and threads".encode()
         images = [
             {"name": png.name, "data": base64.b64encode(png.read_bytes()).decode()}
             for png in sorted(Path(workdir).glob("*.png"))
