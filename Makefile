@@ -37,6 +37,7 @@ test: $(VENV)/.installed-dev
 
 # Longer fault and load trials than `make test` runs (docs/reliability.md); not part of CI.
 soak: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,fuzz]'
 	LUCIDLM_SOAK=1 LUCIDLM_KILL_TRIALS=20 $(BIN)/python -m pytest -q -s tests/reliability
 
 lint: $(VENV)/.installed-dev

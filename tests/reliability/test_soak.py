@@ -1,10 +1,13 @@
-"""The server soak: 1,000 well-formed requests from 16 concurrent clients, some of them streaming and some
-hanging up early. Zero errors, and memory flat. Only in `make soak` (LUCIDLM_SOAK=1): it takes minutes."""
+"""The soaks, only in `make soak` (LUCIDLM_SOAK=1): they take minutes.
+
+- the server as `lucidlm serve` runs it (the engine in its own process): 1,000 well-formed requests from 16
+  concurrent clients, some of them streaming and some hanging up early; zero errors, and memory flat;
+- atheris over the tokenizers (tests/reliability/fuzz_tokenizers.py), 100,000 inputs from a seed corpus of
+  real tokenizer files and text."""
 
 import asyncio
 import os
 import random
-import resource
 
 import httpx
 import pytest
@@ -13,16 +16,26 @@ pytestmark = pytest.mark.skipif(not os.environ.get("LUCIDLM_SOAK"), reason="the 
 REQUESTS, CLIENTS = 1000, 16
 
 
-def resident_mib() -> float:
-    with open("/proc/self/status") as status:
+def resident_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def test_a_thousand_requests_from_sixteen_clients(server):
-    url, engine = server
+@pytest.fixture(scope="module")
+def process_server(model, tokenizer):
+    from lucidlm.serve import BackgroundServer, EngineProcess, ServerSettings, create_app
+
+    engine = EngineProcess(model, tokenizer, max_batch=16, max_waiting=64)
+    app = create_app(model, tokenizer, ServerSettings(model_id="tiny", max_tokens=200), engine)
+    with BackgroundServer(app) as url:
+        yield url, engine
+
+
+def test_a_thousand_requests_from_sixteen_clients(process_server):
+    url, engine = process_server
     errors, memory = [], []
 
     async def client(number: int, http: httpx.AsyncClient, queue: asyncio.Queue) -> None:
@@ -45,7 +58,7 @@ def test_a_thousand_requests_from_sixteen_clients(server):
             except httpx.HTTPError as exc:
                 errors.append((index, repr(exc)))
             if index % 100 == 0:
-                memory.append(resident_mib())
+                memory.append(resident_mib() + resident_mib(engine.process.pid))  # HTTP + engine
 
     async def run() -> None:
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -63,3 +76,25 @@ def test_a_thousand_requests_from_sixteen_clients(server):
         asyncio.run(asyncio.sleep(0.05))
     assert engine.load() == (0, 0)
     print(f"soak: {REQUESTS} requests, 0 errors, resident memory {memory[1]:.0f} -> {memory[-1]:.0f} MiB")
+
+
+def test_atheris_finds_nothing_in_the_tokenizers(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lucidlm.tokenizers import BPETokenizer, CharTokenizer
+
+    pytest.importorskip("atheris", reason="`make soak` installs atheris (the fuzz extra)")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    bpe = BPETokenizer.train(["hello world, hello there; the theme of the thing"] * 3, vocab_size=280)
+    for name, tokenizer in (("char", CharTokenizer.train(["hello world"])), ("bpe", bpe)):
+        (corpus / name).write_bytes(b"\x00" + json.dumps(tokenizer.to_dict()).encode())
+    (corpus / "text").write_bytes(b"\x01" + "héllo wörld \U0001f600 the theme <|endoftext|>".encode())
+    harness = Path(__file__).with_name("fuzz_tokenizers.py")
+    command = [sys.executable, str(harness), str(corpus), "-atheris_runs=100000", "-max_len=8192"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    print(f"atheris: {result.stderr.strip().splitlines()[-1]}")

@@ -80,6 +80,7 @@ def test_save_load_round_trip(tmp_path, tokenizer):
     [
         ("{not json", "not valid JSON"),
         ('{"type": "klingon"}', "unknown tokenizer type 'klingon'"),
+        ('{"type": ["char"]}', "unknown tokenizer type None"),  # found by atheris (a TypeError before)
         ('{"type": "char"}', "malformed char tokenizer"),
         ('{"type": "char", "vocab": ["ab"]}', "malformed"),
     ],

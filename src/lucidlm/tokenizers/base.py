@@ -84,7 +84,8 @@ def tokenizer_kind(data: Any) -> str | None:
     model = data.get("model")
     if isinstance(model, dict) and model.get("type") == "BPE":
         return "bpe"
-    return data.get("type")
+    kind = data.get("type")
+    return kind if isinstance(kind, str) else None
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
