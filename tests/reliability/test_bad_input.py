@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import socket
 import time
 
@@ -77,7 +78,6 @@ def trained_run(tmp_path_factory):
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "wrong shape", "missing tensor", "config type"])
 def test_damaged_checkpoints_are_clear_errors(tmp_path, trained_run, damage):
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -159,3 +159,73 @@ def test_slow_and_stalled_clients_do_not_hold_up_the_others(server):
             break
         time.sleep(0.01)
     assert engine.load() == (0, 0)
+
+
+TEXT_FILES = st.one_of(
+    st.binary(max_size=400),  # random bytes: mostly not UTF-8
+    st.text(max_size=400).map(lambda t: t.encode("utf-8", "surrogatepass")),  # any code points, lone surrogates too
+    st.text(alphabet="ab \n", max_size=50).map(lambda t: (t + "x" * 100_000).encode()),  # one huge line
+    st.tuples(st.text(max_size=100), st.text(alphabet="éüßç", min_size=1, max_size=20)).map(
+        lambda parts: parts[0].encode() + parts[1].encode("latin-1")  # UTF-8, then Latin-1: mixed encodings
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=TEXT_FILES, kind=st.sampled_from(["char", "word"]))
+def test_data_prepare_reads_any_file_exactly_or_says_why_not(tmp_path, data, kind):
+    """Whatever the bytes: the prepared tokens decode to exactly the file's text (words unseen in training
+    aside), or a DataError says why (not UTF-8, with the byte offset; too short to split), and no half-written
+    output is left."""
+    from lucidlm.data import Source, prepare
+    from lucidlm.data.loader import open_split
+    from lucidlm.errors import DataError
+
+    source, out = tmp_path / "input.txt", tmp_path / f"out-{kind}"
+    shutil.rmtree(out, ignore_errors=True)
+    source.write_bytes(data)
+    try:
+        prepare([Source(source, "input.txt")], out, kind, progress=False)
+    except DataError:
+        assert not out.exists() or not any(out.iterdir())
+        return
+    tokenizer, text = load_tokenizer(out / "tokenizer.json"), data.decode("utf-8")
+    train_text = tokenizer.decode(open_split(out, "train"))
+    assert text.startswith(train_text)
+    val = [tokenizer.decode([i]) for i in open_split(out, "val")]
+    if kind == "char":
+        assert train_text + "".join(val) == text
+    else:  # the word vocabulary is learned from the training split: unseen validation words are <unk>
+        pieces = tokenizer.split(text[len(train_text) :])
+        assert len(val) == len(pieces) and all(v in (p, "<unk>") for v, p in zip(val, pieces, strict=True))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(section=st.sampled_from(["model", "train", None]), key=st.text(max_size=12), value=JSON_VALUES)
+def test_tampered_config_json_is_refused_or_loaded(tmp_path, trained_run, section, key, value):
+    """One key of a real run's config.json (a model or training setting, or a top-level one) set to random
+    JSON: the model loads, or a LucidError says why."""
+    run = tmp_path / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    node = config if section is None else config[section]
+    node[key if key or not node else next(iter(node))] = value
+    (run / "config.json").write_text(json.dumps(config))
+    try:
+        model, _, _ = load_model(run, "latest")
+    except LucidError:
+        return
+    model(torch.zeros(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("key", ["n_layer", "n_embd", "vocab_size", "block_size", "mlp_hidden"])
+def test_huge_sizes_in_config_json_are_refused_before_anything_is_allocated(tmp_path, trained_run, key):
+    """Found by fuzzing config.json: a size of 10^9 was allocated (the process was killed for memory)."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"][key] = 10**9
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LucidError, match="does not fit the model in config.json|larger than 131072"):
+        load_model(run, "latest")

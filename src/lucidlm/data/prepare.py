@@ -6,6 +6,7 @@ does, the first `1 - val_fraction` of the characters are the training split and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -142,25 +143,17 @@ def prepare(
 
     # Pass 3: encode each split to its token file, written under a temporary name and renamed at the end.
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    processes = min(8, os.cpu_count() or 1) if total_chars > PARALLEL_CHARS else 1
-    with tqdm(total=total_chars, unit="char", unit_scale=True, desc="tokenizing", disable=disable) as bar:
-        for split, start, stop in (("train", 0, split_at), ("val", split_at, None)):
-            tmp = out / f"{split}.bin.tmp"
-            counts[split] = 0
-            lengths: deque[int] = deque()  # of the pieces handed out, to advance the bar as results come
-            pieces = _recording_lengths(_iter_token_safe(_iter_split(sources, start, stop), cls), lengths)
-            with open(tmp, "wb") as f:
-                for ids in tokenizer.encode_stream(pieces, processes):
-                    np.asarray(ids, dtype=dtype).tofile(f)
-                    counts[split] += len(ids)
-                    bar.update(lengths.popleft())
-    for split in ("train", "val"):
-        if counts[split] == 0:
-            raise DataError(
-                f"the {split} split is empty ({total_chars} characters in all); give more text or change --val-fraction"
-            )
+    try:
+        counts = _encode_splits(sources, tokenizer, cls, out, split_at, total_chars, dtype, disable)
+    except BaseException:  # an error or Ctrl-C: no half-written token file is left behind
+        for split in ("train", "val"):
+            (out / f"{split}.bin.tmp").unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     meta = {
         "tokenizer": tokenizer_kind,
         "vocab_size": tokenizer.vocab_size,
@@ -178,6 +171,37 @@ def prepare(
     meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(meta_tmp, out / "meta.json")
     return meta
+
+
+def _encode_splits(
+    sources: list[Source],
+    tokenizer: Tokenizer,
+    cls: type[Tokenizer],
+    out: Path,
+    split_at: int,
+    total_chars: int,
+    dtype: np.dtype,
+    disable: bool | None,
+) -> dict[str, int]:
+    """Write train.bin.tmp and val.bin.tmp; returns the token count of each (neither may be empty)."""
+    counts = {}
+    processes = min(8, os.cpu_count() or 1) if total_chars > PARALLEL_CHARS else 1
+    with tqdm(total=total_chars, unit="char", unit_scale=True, desc="tokenizing", disable=disable) as bar:
+        for split, start, stop in (("train", 0, split_at), ("val", split_at, None)):
+            counts[split] = 0
+            lengths: deque[int] = deque()  # of the pieces handed out, to advance the bar as results come
+            pieces = _recording_lengths(_iter_token_safe(_iter_split(sources, start, stop), cls), lengths)
+            with open(out / f"{split}.bin.tmp", "wb") as f:
+                for ids in tokenizer.encode_stream(pieces, processes):
+                    np.asarray(ids, dtype=dtype).tofile(f)
+                    counts[split] += len(ids)
+                    bar.update(lengths.popleft())
+    for split in ("train", "val"):
+        if counts[split] == 0:
+            raise DataError(
+                f"the {split} split is empty ({total_chars} characters in all); give more text or change --val-fraction"
+            )
+    return counts
 
 
 def resolve_data(

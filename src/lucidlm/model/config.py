@@ -14,6 +14,21 @@ from lucidlm.errors import ConfigError
 POSITIONS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu", "swiglu", "relu2")
+MAX_BLOCK_SIZE = 131_072  # Llama 3's context; a larger one is a typo (or a tampered config.json), not a plan
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# what each field's annotation allows, so that a config.json of the wrong types is an error, not a crash later
+TYPE_CHECKS = {
+    "int": _is_int,
+    "int | None": lambda value: value is None or _is_int(value),
+    "float": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
+    "bool": lambda value: isinstance(value, bool),
+    "str": lambda value: isinstance(value, str),
+}
 
 
 @dataclass
@@ -35,12 +50,17 @@ class GPTConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        for field in fields(self):
+            if not TYPE_CHECKS[field.type](getattr(self, field.name)):
+                raise ConfigError(f"{field.name}={getattr(self, field.name)!r} is not of type {field.type}")
         for name, allowed in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of: {', '.join(allowed)}")
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.block_size > MAX_BLOCK_SIZE:
+            raise ConfigError(f"block_size={self.block_size} is larger than {MAX_BLOCK_SIZE}; choose a smaller one")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; change one of them")
         if self.n_kv_head is None:
@@ -58,6 +78,10 @@ class GPTConfig:
             raise ConfigError(f"dropout={self.dropout} must lie in [0, 1)")
         if self.mlp_hidden is None:
             self.mlp_hidden = 4 * self.n_embd if self.mlp != "swiglu" else _round_up(8 * self.n_embd // 3, 32)
+        if self.mlp_hidden < 1:
+            raise ConfigError(f"mlp_hidden={self.mlp_hidden} must be a positive integer")
+        if not (self.rope_theta > 0 and self.norm_eps > 0):
+            raise ConfigError(f"rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be positive")
 
     @property
     def head_dim(self) -> int:

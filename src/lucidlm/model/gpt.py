@@ -277,15 +277,20 @@ class GPT(nn.Module):
     def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load a state written by `state_for_saving`; raises ValueError naming any mismatch."""
         expected = self.state_for_saving()
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        wrong = sorted(n for n in set(expected) & set(state) if expected[n].shape != state[n].shape)
-        if missing or unexpected or wrong:
-            parts = [
-                f"{label}: {', '.join(names[:4])}"
-                for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-                if names
-            ]
-            raise ValueError("; ".join(parts))
+        check_shapes({n: t.shape for n, t in expected.items()}, {n: t.shape for n, t in state.items()})
         with torch.no_grad():
             for name, tensor in expected.items():
                 tensor.copy_(state[name])
+
+
+def check_shapes(expected: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]]) -> None:
+    """Raise ValueError naming the tensors that are missing, unexpected or of the wrong shape."""
+    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
+    wrong = sorted(n for n in set(expected) & set(given) if tuple(expected[n]) != tuple(given[n]))
+    parts = [
+        f"{label}: {', '.join(names[:4])}"
+        for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        if names
+    ]
+    if parts:
+        raise ValueError("; ".join(parts))

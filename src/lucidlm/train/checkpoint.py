@@ -18,13 +18,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from lucidlm.config import RunConfig
 from lucidlm.data.corpus import sha256_file
 from lucidlm.errors import CheckpointError, ConfigError
-from lucidlm.model import GPT
+from lucidlm.model import GPT, GPTConfig
+from lucidlm.model.gpt import check_shapes
 from lucidlm.tokenizers import Tokenizer, load_tokenizer
 
 POINTERS = ("latest", "best")
@@ -174,9 +175,30 @@ def load_model(
     config = read_run_config(run_dir)
     directory = find_checkpoint(run_dir, which)
     tokenizer = load_tokenizer(Path(run_dir) / "tokenizer.json")
+    check_fits(config.model, directory / "model.safetensors")
     model = GPT(config.model)
     load_weights(model, directory / "model.safetensors")
     return model.to(device).eval(), tokenizer, config
+
+
+def check_fits(model_config: GPTConfig, path: Path) -> None:
+    """Compare the model of config.json with the shapes in the weights file's header before building it, so
+    that a wrong size in config.json is an error rather than an allocation of whatever size it says. The
+    model is built on PyTorch's meta device (shapes only, no memory) once its layer count is known to match."""
+    try:
+        with safe_open(path, framework="pt") as weights:
+            shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    layers = len({name.split(".")[2] for name in shapes if name.startswith("transformer.h.")})
+    try:
+        if model_config.n_layer != layers:
+            raise ValueError(f"n_layer={model_config.n_layer}, but the weights have {layers} layers")
+        with torch.device("meta"):
+            expected = GPT(model_config).state_for_saving()
+        check_shapes({name: tensor.shape for name, tensor in expected.items()}, shapes)
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: sizes too large even for shapes alone
+        raise CheckpointError(f"{path} does not fit the model in config.json ({exc})") from None
 
 
 def load_weights(model: GPT, path: Path) -> None:
@@ -184,7 +206,7 @@ def load_weights(model: GPT, path: Path) -> None:
         model.load_saved_state(load_file(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # RuntimeError: sizes too large even for shapes alone
         raise CheckpointError(f"{path} does not fit the model in config.json ({exc})") from None
 
 
