@@ -25,21 +25,29 @@ def causal_mask(past: int, new: int, device: torch.device | str) -> torch.Tensor
     return key_position <= query_position
 
 
-class KVCache:
+class CacheMemory:
+    """The memory both caches share: keys and values for every layer and row, allocated once.
+    (n_layer, rows, n_kv_head, max_len, head_dim) each."""
+
     def __init__(
         self,
         n_layer: int,
-        batch_size: int,
+        rows: int,
         n_kv_head: int,
         max_len: int,
         head_dim: int,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
-        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        shape = (n_layer, rows, n_kv_head, max_len, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
+
+
+class KVCache(CacheMemory):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.length = 0  # positions filled so far: the position of the next token
 
     def positions(self, new: int) -> torch.Tensor:
@@ -70,7 +78,7 @@ class KVCache:
         self.length = 0
 
 
-class SlotKVCache:
+class SlotKVCache(CacheMemory):
     """Rows ("slots") that each hold an independent sequence with its own length.
 
     A forward pass works on the rows `start..stop-1` chosen with `select`: one row to read in a new prompt,
@@ -78,21 +86,9 @@ class SlotKVCache:
     last busy one), so the rows of a pass are a slice of the cache, never a gathered copy.
     """
 
-    def __init__(
-        self,
-        n_layer: int,
-        slots: int,
-        n_kv_head: int,
-        max_len: int,
-        head_dim: int,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-    ):
-        shape = (n_layer, slots, n_kv_head, max_len, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
-        self.lengths = [0] * slots  # positions filled in each row
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lengths = [0] * self.keys.shape[1]  # positions filled in each row
         self.rows = slice(0, 0)
         self._positions: torch.Tensor | None = None
 
