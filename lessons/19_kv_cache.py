@@ -53,6 +53,6 @@ assert slow_flops > 10 * fast_flops
 # %%
 cache = model.new_cache(batch_size=1)
 per_token = 2 * model.config.n_layer * model.config.n_kv_head * model.config.head_dim
-assert cache.keys.numel() + cache.values.numel() == per_token * model.config.block_size
-print(f"cache: {per_token} numbers per token, {cache.keys.numel() * 2 * 4 / 1024:.0f} KiB for the whole window")
+assert cache.numel() == per_token * model.config.block_size
+print(f"cache: {per_token} numbers per token, {cache.numel() * 4 / 1024:.0f} KiB for the whole window")
 print("lesson 19 ok: same tokens, far fewer FLOPs")

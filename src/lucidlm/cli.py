@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample at TEXT")
     generate.add_argument("--no-stream", action="store_true", help="print each sample once it is complete")
     generate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    generate.add_argument(
+        "--compile", action="store_true", help="compile the decoding step (faster tokens; the first run compiles)"
+    )
 
     evaluate = command("eval", "mean loss of a trained model over a whole split", EXAMPLES["eval"])
     evaluate.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
@@ -361,7 +364,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError
-    from lucidlm.generate import SamplingConfig, encode_prompt, generate_text
+    from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text
     from lucidlm.train import load_model
 
     if args.max_new_tokens < 1 or args.num_samples < 1:
@@ -376,6 +379,10 @@ def run_generate(args: argparse.Namespace) -> None:
             "(the model's context) are used",
             file=sys.stderr,
         )
+    compiled = None
+    if args.compile:
+        compiled = compile_decoding(model)
+        print("note: the first token waits while the decoding step compiles", file=sys.stderr)
     generator = torch.Generator(device=device)
     if args.seed is not None:
         generator.manual_seed(args.seed)
@@ -386,7 +393,9 @@ def run_generate(args: argparse.Namespace) -> None:
             print(f"--- sample {sample + 1} ---")
         started, pieces = time.perf_counter(), []
         print(args.prompt, end="", flush=True)
-        for piece in generate_text(model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.stop, generator):
+        for piece in generate_text(
+            model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.stop, generator, compiled
+        ):
             pieces.append(piece)
             if not args.no_stream:
                 print(piece, end="", flush=True)

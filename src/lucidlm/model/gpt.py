@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lucidlm.model.config import GPTConfig
-from lucidlm.model.kv_cache import KVCache, SlotKVCache, causal_mask
+from lucidlm.model.kv_cache import KVCache, SlotKVCache, StaticKVCache, causal_mask
+
+Cache = KVCache | SlotKVCache | StaticKVCache
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -70,7 +72,7 @@ class CausalSelfAttention(nn.Module):
         self,
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache: KVCache | SlotKVCache | None = None,
+        cache: Cache | None = None,
         layer: int = 0,
         mask: torch.Tensor | None = None,
         attention_out: list[torch.Tensor] | None = None,
@@ -215,7 +217,7 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-        cache: KVCache | SlotKVCache | None = None,
+        cache: Cache | None = None,
         attention_out: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) for token ids `idx` (B, T); the mean cross-entropy too when `targets` is given.
@@ -224,13 +226,13 @@ class GPT(nn.Module):
         runs and appends each layer's weights (B, H, T, past + T) to that list.
         """
         T = idx.shape[1]
+        length = T if cache is None else cache.end(T)  # None for a StaticKVCache, whose caller checks
+        if length is not None and length > self.config.block_size:
+            raise ValueError(f"sequence of {length} tokens is longer than block_size={self.config.block_size}")
         if cache is None:
-            positions, mask, length = torch.arange(T, device=idx.device), None, T  # (T,)
+            positions, mask = torch.arange(T, device=idx.device), None  # (T,)
         else:
             positions, mask = cache.positions(T), cache.attention_mask(T)  # (T,) or (B, T) per row
-            length = int(positions.max()) + 1
-        if length > self.config.block_size:
-            raise ValueError(f"sequence of {length} tokens is longer than block_size={self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.positions == "learned":
@@ -252,11 +254,14 @@ class GPT(nn.Module):
             loss = F.cross_entropy(scored.view(-1, scored.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, slots: bool = False) -> KVCache | SlotKVCache:
-        """A cache for `batch_size` rows; with `slots`, rows of independent lengths (see SlotKVCache)."""
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, slots: bool = False, static: bool = False
+    ) -> Cache:
+        """A cache for `batch_size` rows; with `slots`, rows of independent lengths (see SlotKVCache); with
+        `static`, the same shapes at every step, for a compiled decoding step (see StaticKVCache)."""
         c = self.config
         parameter = self.lm_head.weight
-        kind = SlotKVCache if slots else KVCache
+        kind = SlotKVCache if slots else StaticKVCache if static else KVCache
         return kind(
             c.n_layer,
             batch_size,

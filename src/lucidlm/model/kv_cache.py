@@ -4,13 +4,15 @@ Without a cache, producing token t+1 runs the model over all t tokens again. Wit
 token through the model and attends over the keys and values that earlier steps stored. The memory is
 allocated once for the whole context, so decoding never re-allocates.
 
-Both caches answer the same three questions for `GPT.forward`: at which positions do the T new tokens sit
-(`positions`), which cached keys may each new query see (`attention_mask`), and where do this pass's keys
-and values go (`update`, then `advance` once every layer has stored them).
+Every cache answers the same questions for `GPT.forward`: how long will the longest sequence be after the T
+new tokens (`end`), at which positions do they sit (`positions`), which cached keys may each new query see
+(`attention_mask`), and where do this pass's keys and values go (`update`, then `advance` once every layer
+has stored them).
 
 - `KVCache`: every row continues at the same position (one prompt, or a batch of prompts of one length).
 - `SlotKVCache`: each row ("slot") holds its own sequence of its own length, so requests that arrived at
   different times decode together in one batched step. This is what `lucidlm serve` runs on.
+- `StaticKVCache`: like KVCache, but every one-token step has the same shapes, for a compiled decoding step.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ def causal_mask(past: int, new: int, device: torch.device | str) -> torch.Tensor
 
 
 class CacheMemory:
-    """The memory both caches share: keys and values for every layer and row, allocated once.
-    (n_layer, rows, n_kv_head, max_len, head_dim) each."""
+    """The memory every cache shares: keys and values for every layer and row, allocated once.
+
+    One tensor per layer, each (rows, n_kv_head, max_len, head_dim), rather than one tensor for all layers: a
+    compiled step that writes into a view of a shared tensor copies the whole tensor; into a tensor of its own,
+    it writes in place."""
 
     def __init__(
         self,
@@ -39,10 +44,14 @@ class CacheMemory:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ):
-        shape = (n_layer, rows, n_kv_head, max_len, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.max_len = max_len
+        shape = (rows, n_kv_head, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.rows_allocated, self.max_len, self.device = rows, max_len, self.keys[0].device
+
+    def numel(self) -> int:
+        """Numbers held, keys and values together."""
+        return sum(t.numel() for t in self.keys + self.values)
 
 
 class KVCache(CacheMemory):
@@ -50,25 +59,28 @@ class KVCache(CacheMemory):
         super().__init__(*args, **kwargs)
         self.length = 0  # positions filled so far: the position of the next token
 
+    def end(self, new: int) -> int:
+        return self.length + new
+
     def positions(self, new: int) -> torch.Tensor:
         """Positions of the next `new` tokens. (new,)"""
-        return torch.arange(self.length, self.length + new, device=self.keys.device)
+        return torch.arange(self.length, self.length + new, device=self.device)
 
     def attention_mask(self, new: int) -> torch.Tensor | None:
         """None where attention needs no explicit mask: a pass from position 0 is plainly causal, and a
         single new token may see every cached key."""
         if self.length == 0 or new == 1:
             return None
-        return causal_mask(self.length, new, self.keys.device)
+        return causal_mask(self.length, new, self.device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, n_kv_head, T, head_dim) keys and values; return all of them so far."""
-        end = self.length + k.shape[2]
+        end = self.end(k.shape[2])
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def advance(self, n: int) -> None:
         """Called once per forward pass, after every layer has stored its n new positions."""
@@ -88,9 +100,12 @@ class SlotKVCache(CacheMemory):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.lengths = [0] * self.keys.shape[1]  # positions filled in each row
+        self.lengths = [0] * self.rows_allocated  # positions filled in each row
         self.rows = slice(0, 0)
         self._positions: torch.Tensor | None = None
+
+    def end(self, new: int) -> int:
+        return max(self.lengths[self.rows]) + new
 
     def select(self, start: int, stop: int) -> None:
         """The rows the next forward pass reads and extends."""
@@ -99,7 +114,7 @@ class SlotKVCache(CacheMemory):
     def positions(self, new: int) -> torch.Tensor:
         """Each selected row's next `new` positions. (B, new)"""
         if self._positions is None or self._positions.shape[1] != new:  # asked once per layer: build it once
-            device = self.keys.device
+            device = self.device
             starts = torch.tensor(self.lengths[self.rows], device=device)
             self._positions = starts[:, None] + torch.arange(new, device=device)
         return self._positions
@@ -108,18 +123,17 @@ class SlotKVCache(CacheMemory):
         """(B, 1, new, end): a query sees the keys at or before its own position in its own row; rows
         shorter than the longest selected one also hide the stale keys past their end."""
         query_position = self.positions(new)  # (B, new)
-        end = max(self.lengths[self.rows]) + new
-        key_position = torch.arange(end, device=self.keys.device)
+        key_position = torch.arange(self.end(new), device=self.device)
         return (key_position <= query_position[..., None]).unsqueeze(1)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, new = k.shape[0], k.shape[2]
-        end = max(self.lengths[self.rows]) + new
+        end = self.end(new)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
         row = torch.arange(B, device=k.device)[:, None]  # (B, 1)
         position = self.positions(new)  # (B, new)
-        keys, values = self.keys[layer, self.rows], self.values[layer, self.rows]  # views (B, K, max_len, D)
+        keys, values = self.keys[layer][self.rows], self.values[layer][self.rows]  # views (B, K, max_len, D)
         keys[row, :, position] = k.transpose(1, 2)  # each row writes at its own positions
         values[row, :, position] = v.transpose(1, 2)
         return keys[:, :, :end], values[:, :, :end]
@@ -135,7 +149,46 @@ class SlotKVCache(CacheMemory):
     def move(self, source: int, target: int) -> None:
         """Copy row `source`'s sequence into row `target` (to close the gap a finished request left)."""
         length = self.lengths[source]
-        self.keys[:, target, :, :length] = self.keys[:, source, :, :length]
-        self.values[:, target, :, :length] = self.values[:, source, :, :length]
+        for layer_memory in self.keys + self.values:
+            layer_memory[target, :, :length] = layer_memory[source, :, :length]
         self.lengths[target], self.lengths[source] = length, 0
         self._positions = None
+
+
+class StaticKVCache(CacheMemory):
+    """One sequence (or a batch at one position) whose one-token steps all have the same shapes.
+
+    KVCache returns the keys `[:length]`, a slice that grows by one each step, and counts in a Python int;
+    a compiled step would see a new shape and a new constant every token, and compile again. Here the position
+    lives in a tensor, and attention always reads all max_len positions, the ones not yet written masked out,
+    so one compiled graph serves every position. The cache does not check its own length (that would read the
+    tensor back into Python each step): the caller keeps the sequence within max_len, as generate_ids does.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        device = self.device
+        self.position = torch.zeros((), dtype=torch.long, device=device)  # the position of the next token
+        self.key_positions = torch.arange(self.max_len, device=device)
+
+    def end(self, new: int) -> None:
+        return None  # not known in Python: see the class's docstring
+
+    def positions(self, new: int) -> torch.Tensor:
+        return self.position + torch.arange(new, device=self.device)  # (new,)
+
+    def attention_mask(self, new: int) -> torch.Tensor:
+        """(new, max_len): each query sees the keys at or before its own position; unwritten ones lie after."""
+        return self.key_positions <= self.positions(new)[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = self.positions(k.shape[2])
+        self.keys[layer].index_copy_(2, positions, k)  # along the time axis of (B, K, max_len, D)
+        self.values[layer].index_copy_(2, positions, v)
+        return self.keys[layer], self.values[layer]
+
+    def advance(self, n: int) -> None:
+        self.position += n  # in place: the compiled step updates the same tensor
+
+    def reset(self) -> None:
+        self.position.zero_()
