@@ -5,6 +5,7 @@ from lucidlm.errors import ConfigError, TokenizerError
 from lucidlm.generate import (
     SamplingConfig,
     StopStreamer,
+    compile_decoding,
     encode_prompt,
     filter_logits,
     generate_ids,
@@ -57,6 +58,26 @@ def test_generation_runs_past_the_context_window():
     model = tiny_model()
     tokens = list(generate_ids(model, [3] * 25, 40, SamplingConfig(temperature=0)))
     assert len(tokens) == 40 and all(0 <= t < 11 for t in tokens)
+
+
+def test_compiled_decoding_gives_the_eager_tokens_past_the_window_and_compiles_once():
+    """One compile (tens of seconds on 2 cores) covers every position: greedy and seeded sampling over 3
+    windows (so the cache is refilled twice) give exactly the tokens of eager decoding with the growing cache."""
+    model = tiny_model(positions="rope", n_kv_head=1, norm="rmsnorm", mlp="swiglu", block_size=16)
+    torch._dynamo.utils.counters.clear()
+    compiled = compile_decoding(model)
+    prompt, sampled = [1, 5, 2], SamplingConfig(temperature=0.9, top_k=6)
+    for config in (SamplingConfig(temperature=0), sampled):
+        eager = list(generate_ids(model, prompt, 45, config, torch.Generator().manual_seed(3)))
+        fast = list(generate_ids(model, prompt, 45, config, torch.Generator().manual_seed(3), compiled=compiled))
+        assert fast == eager
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # no recompilation per position
+
+
+def test_compiled_decoding_without_a_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("lucidlm.generate.shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler"):
+        compile_decoding(tiny_model())
 
 
 def test_top_k_and_top_p_keep_exactly_the_expected_tokens():

@@ -140,3 +140,17 @@ def test_saved_state_round_trip_and_mismatch():
     torch.testing.assert_close(model(x)[0], other(x)[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="wrong shape: transformer.wte.weight"):
         GPT(tiny(vocab_size=24)).load_saved_state(state)
+
+
+@pytest.mark.parametrize("switches", [{}, dict(positions="rope", n_kv_head=1)], ids=str)
+def test_static_kv_cache_gives_the_logits_of_a_full_pass(switches):
+    """The static cache attends over all of its positions, the unwritten ones masked: same logits."""
+    model = model_for(**switches).eval()
+    x = torch.randint(0, 23, (2, 12), generator=torch.Generator().manual_seed(4))
+    full, _ = model(x)
+    cache = model.new_cache(batch_size=2, static=True)
+    pieces = [model(x[:, a:b], cache=cache)[0] for a, b in ((0, 5), (5, 6), (6, 9), (9, 12))]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+    assert int(cache.position) == 12
+    cache.reset()
+    torch.testing.assert_close(model(x[:, :3], cache=cache)[0], full[:, :3], rtol=0, atol=1e-5)
