@@ -50,6 +50,9 @@ def test_prepare_train_generate_eval(tmp_path, text_file):
     assert sampled.returncode == 0, sampled.stderr
     assert sampled.stdout.count("--- sample") == 2 and sampled.stdout.count("All:") >= 2
     assert lucidlm(*args).stdout == sampled.stdout  # same seed, same text
+    compiled = lucidlm(*args, "--compile")  # the compiled decoding step: the same text
+    assert compiled.returncode == 0 and "compiles" in compiled.stderr, compiled.stderr
+    assert compiled.stdout == sampled.stdout
 
     stopped = lucidlm(
         "generate",
