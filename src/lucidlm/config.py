@@ -18,6 +18,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 2000  # stop after this many optimizer steps
     decay_steps: int | None = None  # length of the cosine schedule; None means max_steps
+    optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest (train/optim.py)
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -41,6 +42,8 @@ class TrainConfig:
             raise ConfigError(f"lr={self.lr} must be positive and min_lr={self.min_lr} not negative")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"time budget {self.time_budget} must be a positive number of seconds")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
         if self.engine not in ("torch", "numpy"):
             raise ConfigError(f"engine {self.engine!r} is not one of: torch, numpy")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):

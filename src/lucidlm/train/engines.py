@@ -22,7 +22,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class TorchEngine:
-    """The PyTorch GPT with AdamW, on any device, with bf16 autocast on CUDA and optional torch.compile."""
+    """The PyTorch GPT with AdamW or Muon, on any device, with bf16 autocast on CUDA and optional torch.compile."""
 
     def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
         self.device = device
@@ -115,6 +115,8 @@ class NumpyEngine:
             raise ConfigError(f"the NumPy engine runs on the CPU only, not {device}; use --device cpu")
         if group.enabled:
             raise ConfigError("the NumPy engine runs in one process; launch it without torchrun")
+        if config.train.optimizer != "adamw":
+            raise ConfigError("the NumPy engine has AdamW only; drop optimizer=muon or use --engine torch")
         train = config.train
         self.model = NumpyGPT(config.model, seed=train.seed)
         self.optimizer = AdamW(self.model.params, train.lr, (train.beta1, train.beta2), weight_decay=train.weight_decay)
