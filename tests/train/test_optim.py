@@ -26,7 +26,8 @@ def test_newton_schulz_keeps_the_singular_vectors_and_maps_each_singular_value_b
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     for _ in range(5):
         predicted = a * predicted + b * predicted**3 + c * predicted**5
-    torch.testing.assert_close(in_basis, torch.diag(predicted), rtol=0, atol=1e-4)
+    # (the quintic's slope at 0 is a^5, about 480: fp32 rounding in the smallest singular values grows with it)
+    torch.testing.assert_close(in_basis, torch.diag(predicted), rtol=0, atol=1e-3)
     # which is the point of Muon: singular values 100x apart all come out near 1
     assert predicted.min() > 0.6 and predicted.max() < 1.25
 
@@ -61,7 +62,7 @@ def test_muon_and_adamw_steps_equal_torch_optimizers(monkeypatch):
         optimizer.step()
         muon.step()
         adamw.step()
-        torch.testing.assert_close(ours[0], reference[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(ours[0], reference[0], rtol=0, atol=1e-5)
         torch.testing.assert_close(ours[1], reference[1], rtol=0, atol=1e-6)
 
 

@@ -27,15 +27,26 @@ NEWTON_SCHULZ_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(matrix: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately U V^T for matrix = U S V^T, by iterating X <- a X + b (X X^T) X + c (X X^T)^2 X."""
+    """Approximately U V^T for matrix = U S V^T, by iterating X <- a X + b (X X^T) X + c (X X^T)^2 X.
+
+    Each step multiplies X by Q = a I + b G + c G^2, a polynomial in its Gram matrix G = X X^T. Q commutes with
+    G, so the next Gram matrix is Q G Q, and X after k steps is Q_k ... Q_1 X: the whole iteration runs on the
+    small (rows, rows) Gram matrix, and X's long side is touched twice, at the start and at the end. For a
+    (128, 704) matrix that is about half the multiplications of updating X every step.
+    """
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     transposed = matrix.size(0) > matrix.size(1)
     x = matrix.T if transposed else matrix  # (rows <= cols): the Gram matrix X X^T is the smaller one
     x = x / x.norm().clamp(min=eps)  # Frobenius norm >= spectral norm, so all singular values start <= 1
-    for _ in range(steps):
-        gram = x @ x.T
-        polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
-        x = torch.addmm(x, polynomial, x, beta=a)  # a X + (b G + c G^2) X
+    gram = x @ x.T
+    identity = torch.eye(gram.size(0), dtype=gram.dtype, device=gram.device)
+    product = identity
+    for step in range(steps):
+        polynomial = torch.addmm(gram, gram, gram, beta=b, alpha=c).add_(identity, alpha=a)  # a I + b G + c G^2
+        product = polynomial @ product
+        if step < steps - 1:
+            gram = polynomial @ gram @ polynomial
+    x = product @ x
     return x.T if transposed else x
 
 
