@@ -40,7 +40,8 @@ def main() -> None:
                 "tokens_per_s": round(result.tokens_per_second),
                 "val_loss_full": round(loss, 4),
                 "val_tokens": tokens,
-                "recipe": f"{m.n_layer}x{m.n_embd}, {m.positions}/{m.norm}/{m.mlp}, lr {config.train.lr:g}",
+                "recipe": f"{m.n_layer}x{m.n_embd}, block {m.block_size}, {m.positions}/{m.norm}/{m.mlp}, "
+                f"{config.train.optimizer} lr {config.train.lr:g}, batch {config.train.batch_size}",
             }
         )
     lines = [

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--init-from",
         metavar="hf:DIR|RUN_DIR",
-        help="start from a trained model: a Hugging Face GPT-2/Llama directory, or a run",
+        help="start from a trained model: a Hugging Face GPT-2/Llama/Qwen3 directory, or a run",
     )
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = command("export", "write a trained model in the Hugging Face transformers format", EXAMPLES["export"])
     export.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
-    export.add_argument("--format", choices=["hf"], default="hf", help="hf: GPT-2 or Llama layout (default)")
+    export.add_argument("--format", choices=["hf"], default="hf", help="hf: GPT-2, Llama or Qwen3 layout (default)")
     export.add_argument("--out", required=True, metavar="DIR")
     return parser
 
@@ -175,7 +175,7 @@ def run_export(args: argparse.Namespace) -> None:
 
     model, tokenizer, _ = load_model(args.checkpoint)
     out = export_hf(model, tokenizer, args.out)
-    layout = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}[family(model.config)]
+    layout = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family(model.config)]
     print(
         f"wrote {out} ({layout}): load it with transformers.AutoModelForCausalLM.from_pretrained('{out}') "
         f"and AutoTokenizer.from_pretrained('{out}')"
@@ -340,7 +340,7 @@ def _config_from_init(args: argparse.Namespace, overrides: list[str], progress: 
 
 
 def load_init(source: str):
-    """The model and tokenizer that `--init-from` names: `hf:DIR` (a GPT-2 or Llama directory) or a RUN_DIR."""
+    """The model and tokenizer that `--init-from` names: `hf:DIR` (a GPT-2, Llama or Qwen3 directory) or a RUN_DIR."""
     if source.startswith("hf:"):
         from lucidlm.export.hf import load_hf, load_hf_tokenizer
 

@@ -19,6 +19,7 @@ class TrainConfig:
     max_steps: int = 2000  # stop after this many optimizer steps
     decay_steps: int | None = None  # length of the cosine schedule; None means max_steps
     optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest (train/optim.py)
+    newton_schulz_steps: int = 5  # Muon's orthogonalisation steps; 3 is cheaper and enough for short CPU runs
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -35,7 +36,7 @@ class TrainConfig:
     engine: str = "torch"  # or "numpy": lucidlm.scratch, the hand-written backward pass
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches"):
+        for name in ("batch_size", "grad_accum", "max_steps", "newton_schulz_steps", "eval_interval", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.lr <= 0 or self.min_lr < 0:

@@ -25,7 +25,9 @@ LAYOUTS = {
     ),
     "llama (gqa, untied)": dict(positions="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=2, tie_embeddings=False),
     "llama (bias, tied)": dict(positions="rope", norm="rmsnorm", mlp="swiglu", bias=True, rope_theta=500.0),
+    "qwen3 (qk_norm, gqa, tied)": dict(positions="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, n_kv_head=2),
 }
+CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
 def random_model(vocab_size: int, **switches) -> GPT:
@@ -49,8 +51,7 @@ def test_exported_model_gives_our_logits_and_greedy_text_in_transformers(tmp_pat
     model = random_model(tokenizer.vocab_size, **switches)
     export_hf(model, tokenizer, tmp_path / "hf")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    expected_class = "GPT2LMHeadModel" if family(model.config) == "gpt2" else "LlamaForCausalLM"
-    assert type(theirs).__name__ == expected_class
+    assert type(theirs).__name__ == CLASSES[family(model.config)]
     ids = torch.tensor([tokenizer.encode("To be, or not to be")])
     with torch.no_grad():
         torch.testing.assert_close(theirs(ids).logits, model(ids)[0], rtol=0, atol=1e-4)
@@ -87,6 +88,10 @@ def test_pipeline_runs_on_an_export(tmp_path):
         (dict(positions="sinusoidal"), "neither GPT-2 .* nor Llama .* can hold positions=sinusoidal"),
         (dict(positions="rope", norm="layernorm"), "can hold positions=rope, norm=layernorm"),
         (dict(n_kv_head=2), "GPT-2 layout has no grouped-query attention; set n_kv_head=4"),
+        (
+            dict(positions="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=True),
+            "Qwen3, the layout with qk_norm, has no MLP biases; set bias=false",
+        ),
     ],
 )
 def test_configurations_neither_family_holds_are_refused(tmp_path, switches, message):
@@ -126,10 +131,26 @@ def hf_models():
             eos_token_id=299,
         )
     )
-    return {"gpt2": gpt2, "llama": llama}
+    qwen3 = transformers.Qwen3ForCausalLM(
+        transformers.Qwen3Config(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=32,
+            rope_theta=1000.0,
+            tie_word_embeddings=True,
+            bos_token_id=299,
+            eos_token_id=299,
+        )
+    )
+    return {"gpt2": gpt2, "llama": llama, "qwen3": qwen3}
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen3"])
 def test_import_gives_their_logits_and_the_round_trip_keeps_every_tensor(tmp_path, name):
     theirs = hf_models()[name].eval()
     perturb_vectors(theirs)

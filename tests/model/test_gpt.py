@@ -22,6 +22,7 @@ EVERY_SWITCH = [dict(positions=p, norm=n, mlp=m) for p, n, m in itertools.produc
     dict(n_kv_head=1, positions="rope"),
     dict(dropout=0.1),
     dict(mlp_hidden=40),
+    dict(qk_norm=True, norm="rmsnorm", positions="rope", n_kv_head=2),
 ]
 
 
@@ -124,6 +125,7 @@ def test_gpt2_initialisation():
         (dict(n_kv_head=3), "not a multiple of n_kv_head=3"),
         (dict(dropout=1.0), "dropout=1.0"),
         (dict(n_layer=0), "n_layer=0 must be a positive"),
+        (dict(qk_norm=True), "qk_norm normalises queries and keys with RMSNorm; set norm=rmsnorm as well"),
     ],
 )
 def test_bad_configurations_are_clear_errors(settings, message):

@@ -1,9 +1,10 @@
-"""To and from Hugging Face `transformers`: the GPT-2 layout (GPT2LMHeadModel) and the Llama layout
-(LlamaForCausalLM).
+"""To and from Hugging Face `transformers`: the GPT-2 layout (GPT2LMHeadModel), the Llama layout
+(LlamaForCausalLM) and Qwen3's (Qwen3ForCausalLM).
 
 Our GPT is one model with switches; each Hugging Face family fixes the switches. The GPT-2 layout is learned
 positions, LayerNorm and a GELU/ReLU/ReLU² MLP; the Llama layout is rotary positions, RMSNorm and SwiGLU, with
-grouped-query attention. A configuration neither family expresses is refused with the switch to change.
+grouped-query attention; Qwen3 is the Llama layout with QK-norm (`qk_norm=true`) and no MLP biases. A
+configuration no family expresses is refused with the switch to change.
 The weights are the same numbers under other names, with two differences: GPT-2 stores its linear layers as
 Conv1D, (in, out) instead of (out, in), so they are transposed; Llama keeps q/k/v and gate/up as separate
 matrices where we fuse them, so they are split. Absent biases are written as zeros (GPT-2 always has them).
@@ -35,15 +36,21 @@ LLAMA_PARTS = {
     "mlp.c_proj": ["mlp.down_proj"],
 }
 
+QK_NORMS = ("q_norm", "k_norm")  # the same names in both
+
 
 def family(config: GPTConfig) -> str:
-    """ "gpt2" or "llama": the Hugging Face family that can hold this configuration exactly."""
+    """ "gpt2", "llama" or "qwen3": the Hugging Face family that can hold this configuration exactly."""
     if config.positions == "learned" and config.norm == "layernorm" and config.mlp in GPT2_ACTIVATIONS:
         if config.n_kv_head != config.n_head:
             raise ConfigError(f"the GPT-2 layout has no grouped-query attention; set n_kv_head={config.n_head}")
         return "gpt2"
     if config.positions == "rope" and config.norm == "rmsnorm" and config.mlp == "swiglu":
-        return "llama"
+        if not config.qk_norm:
+            return "llama"
+        if config.bias:
+            raise ConfigError("Qwen3, the layout with qk_norm, has no MLP biases; set bias=false")
+        return "qwen3"
     gpt2 = "positions=learned, norm=layernorm, mlp=gelu|relu|relu2"
     llama = "positions=rope, norm=rmsnorm, mlp=swiglu"
     raise ConfigError(
@@ -61,7 +68,8 @@ def hf_config(config: GPTConfig, eos_token_id: int | None) -> dict:
         "eos_token_id": eos_token_id,
         "torch_dtype": "float32",
     }
-    if family(config) == "gpt2":
+    kind = family(config)
+    if kind == "gpt2":
         return {
             **common,
             "model_type": "gpt2",
@@ -77,10 +85,10 @@ def hf_config(config: GPTConfig, eos_token_id: int | None) -> dict:
             "embd_pdrop": 0.0,
             "attn_pdrop": 0.0,
         }
-    return {
+    llama_like = {
         **common,
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
+        "model_type": kind,
+        "architectures": ["LlamaForCausalLM" if kind == "llama" else "Qwen3ForCausalLM"],
         "hidden_size": config.n_embd,
         "intermediate_size": config.mlp_hidden,
         "num_hidden_layers": config.n_layer,
@@ -94,8 +102,10 @@ def hf_config(config: GPTConfig, eos_token_id: int | None) -> dict:
         "rope_theta": config.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "attention_bias": config.bias,
-        "mlp_bias": config.bias,
     }
+    if kind == "qwen3":
+        return {**llama_like, "use_sliding_window": False}
+    return {**llama_like, "mlp_bias": config.bias}
 
 
 def config_from_hf(data: dict) -> GPTConfig:
@@ -119,7 +129,9 @@ def config_from_hf(data: dict) -> GPTConfig:
             tie_embeddings=tie,
             norm_eps=data.get("layer_norm_epsilon", 1e-5),
         )
-    if kind == "llama":
+    if kind in ("llama", "qwen3"):
+        if data.get("use_sliding_window"):
+            raise ConfigError("sliding-window attention is not supported; only full causal attention")
         rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
         if rope.get("rope_type", "default") != "default":
             raise ConfigError(f"rope scaling {rope.get('rope_type')!r} is not supported; only plain RoPE")
@@ -144,10 +156,11 @@ def config_from_hf(data: dict) -> GPTConfig:
             norm="rmsnorm",
             mlp="swiglu",
             tie_embeddings=tie,
+            qk_norm=kind == "qwen3",
             norm_eps=data.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", data.get("rope_theta", 10000.0)),
         )
-    raise ConfigError(f"model_type {kind!r} is not one lucidlm reads; it reads gpt2 and llama")
+    raise ConfigError(f"model_type {kind!r} is not one lucidlm reads; it reads gpt2, llama and qwen3")
 
 
 # --- weights ------------------------------------------------------------------------------------------------
@@ -180,6 +193,9 @@ def to_hf_state(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str, 
             ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
             out[theirs + "input_layernorm.weight"] = state[ours + "ln_1.weight"]
             out[theirs + "post_attention_layernorm.weight"] = state[ours + "ln_2.weight"]
+            if config.qk_norm:
+                for norm in QK_NORMS:
+                    out[theirs + f"self_attn.{norm}.weight"] = state[ours + f"attn.{norm}.weight"]
             sizes = {
                 "attn.c_attn": [q_size, kv_size, kv_size],
                 "attn.c_proj": [C],
@@ -214,6 +230,9 @@ def from_hf_state(config: GPTConfig, hf: dict[str, torch.Tensor]) -> dict[str, t
             ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
             state[ours + "ln_1.weight"] = hf[theirs + "input_layernorm.weight"]
             state[ours + "ln_2.weight"] = hf[theirs + "post_attention_layernorm.weight"]
+            if config.qk_norm:
+                for norm in QK_NORMS:
+                    state[ours + f"attn.{norm}.weight"] = hf[theirs + f"self_attn.{norm}.weight"]
             for fused, names in LLAMA_PARTS.items():
                 state[ours + f"{fused}.weight"] = torch.cat([hf[theirs + f"{n}.weight"] for n in names])
                 if config.bias:

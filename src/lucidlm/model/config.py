@@ -46,6 +46,7 @@ class GPTConfig:
     norm: str = "layernorm"
     mlp: str = "gelu"
     tie_embeddings: bool = True
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE, as in Qwen3 and OLMo 2
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 
@@ -72,6 +73,8 @@ class GPTConfig:
             )
         if self.positions == "rope" and self.head_dim % 2:
             raise ConfigError(f"rope needs an even head size, got n_embd/n_head = {self.head_dim}")
+        if self.qk_norm and self.norm != "rmsnorm":
+            raise ConfigError("qk_norm normalises queries and keys with RMSNorm; set norm=rmsnorm as well")
         if self.positions == "sinusoidal" and self.n_embd % 2:
             raise ConfigError(f"sinusoidal positions need an even n_embd, got {self.n_embd}")
         if not 0.0 <= self.dropout < 1.0:

@@ -65,6 +65,12 @@ class CausalSelfAttention(nn.Module):
             config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=config.bias
         )
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.qk_norm = config.qk_norm
+        if config.qk_norm:
+            # Unit-RMS queries and keys bound every attention logit by sqrt(D) times the gains, so a high
+            # learning rate cannot blow the softmax up into one-hot weights.
+            self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps)
         self.dropout = config.dropout
         self.resid_dropout = make_dropout(config.dropout)
 
@@ -83,6 +89,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
         v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
