@@ -20,6 +20,7 @@ class TrainConfig:
     decay_steps: int | None = None  # length of the cosine schedule; None means max_steps
     optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest (train/optim.py)
     newton_schulz_steps: int = 5  # Muon's orthogonalisation steps; 3 is cheaper and enough for short CPU runs
+    muon_momentum: float = 0.95  # Muon's gradient average; AdamW's is beta1
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -43,6 +44,8 @@ class TrainConfig:
             raise ConfigError(f"lr={self.lr} must be positive and min_lr={self.min_lr} not negative")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"time budget {self.time_budget} must be a positive number of seconds")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"muon_momentum={self.muon_momentum} must lie in [0, 1)")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
         if self.engine not in ("torch", "numpy"):
@@ -80,8 +83,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         ),
     },
     # The recipe `make demo` trains: nanoGPT's baby shape in the Llama layout (rotary positions, RMSNorm, SwiGLU)
-    # at three times the learning rate, spending a time budget. On Tiny Shakespeare, 120 s on 2 cores reach a
-    # whole-split val loss of 1.70 where the nanogpt-baby recipe reaches 1.84 (docs/benchmarks.md).
+    # with QK-norm and an untied head, Muon (3 Newton-Schulz steps) for the blocks' matrices, spending a time
+    # budget. On Tiny Shakespeare, 120 s on 2 cores reach a whole-split val loss of about 1.60 where the
+    # nanogpt-baby recipe reaches 1.87-1.91 (docs/benchmarks.md says how each part was chosen).
     "shakespeare-char": {
         "model": dict(
             n_layer=4,
@@ -93,14 +97,20 @@ PRESETS: dict[str, dict[str, dict]] = {
             positions="rope",
             norm="rmsnorm",
             mlp="swiglu",
+            qk_norm=True,
+            tie_embeddings=False,
         ),
         "train": dict(
             batch_size=12,
             max_steps=100_000,
+            optimizer="muon",
+            newton_schulz_steps=3,
+            muon_momentum=0.9,
             lr=3e-3,
             min_lr=3e-4,
             warmup_steps=50,
             beta2=0.99,
+            grad_clip=0.0,
             eval_interval=500,
             eval_batches=20,
             time_budget=120.0,

@@ -67,10 +67,10 @@ def test_muon_and_adamw_steps_equal_torch_optimizers(monkeypatch):
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
-    config = tiny_config(34, optimizer="muon", newton_schulz_steps=3)
+    config = tiny_config(34, optimizer="muon", newton_schulz_steps=3, muon_momentum=0.9)
     model = GPT(config.model)
     optimizer = make_optimizer(model, config.train, "cpu")
-    assert [g["ns_steps"] for g in optimizer.param_groups if g["use_muon"]] == [3]
+    assert [(g["ns_steps"], g["momentum"]) for g in optimizer.param_groups if g["use_muon"]] == [(3, 0.9)]
     names = {id(p): name for name, p in model.named_parameters()}
     muon_names = {names[id(p)] for g in optimizer.param_groups if g["use_muon"] for p in g["params"]}
     adamw_names = {names[id(p)] for g in optimizer.param_groups if not g["use_muon"] for p in g["params"]}
@@ -100,5 +100,7 @@ def test_muon_is_an_optimizer_choice_with_clear_errors(tmp_path, data_dir):
         tiny_config(34, optimizer="sgd")
     with pytest.raises(ConfigError, match="newton_schulz_steps=0 must be a positive integer"):
         tiny_config(34, optimizer="muon", newton_schulz_steps=0)
+    with pytest.raises(ConfigError, match=r"muon_momentum=1.0 must lie in \[0, 1\)"):
+        tiny_config(34, optimizer="muon", muon_momentum=1.0)
     with pytest.raises(ConfigError, match="the NumPy engine has AdamW only"):
         train(data_dir, tmp_path / "run", tiny_config(34, engine="numpy", optimizer="muon"), progress=False)

@@ -126,7 +126,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device_type: str) -> t
             {"params": [p for p in parameters if p.dim() < 2], "use_muon": False, "weight_decay": 0.0},
         ]
         return MuonWithAdamW(
-            groups, lr=config.lr, betas=(config.beta1, config.beta2), ns_steps=config.newton_schulz_steps
+            groups,
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            momentum=config.muon_momentum,
+            ns_steps=config.newton_schulz_steps,
         )
     decay = [p for p in parameters if p.dim() >= 2]
     no_decay = [p for p in parameters if p.dim() < 2]
