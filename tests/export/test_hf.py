@@ -172,8 +172,9 @@ def test_cli_export_and_fine_tune_from_the_export(tmp_path, text_file):
     trained = lucidlm("train", "--data", text_file, "--out", tmp_path / "run", "--max-steps", 60, *tiny)
     assert trained.returncode == 0, trained.stderr
     exported = lucidlm("export", "--checkpoint", tmp_path / "run", "--format", "hf", "--out", tmp_path / "hf")
-    assert exported.returncode == 0 and "LlamaForCausalLM" in exported.stdout, exported.stderr  # the default preset
-    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "llama"
+    # the default preset (shakespeare-char) has QK-norm: Qwen3's layout
+    assert exported.returncode == 0 and "Qwen3ForCausalLM" in exported.stdout, exported.stderr
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "qwen3"
     tuned = lucidlm(
         "train",
         "--init-from",

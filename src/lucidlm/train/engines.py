@@ -109,14 +109,15 @@ class NumpyEngine:
 
     def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
         from lucidlm.scratch import GPT as NumpyGPT
-        from lucidlm.scratch import AdamW
+        from lucidlm.scratch import AdamW, check_supported
 
         if device.type != "cpu":
             raise ConfigError(f"the NumPy engine runs on the CPU only, not {device}; use --device cpu")
         if group.enabled:
             raise ConfigError("the NumPy engine runs in one process; launch it without torchrun")
+        check_supported(config.model)  # first: its message names the preset that suits the NumPy engine
         if config.train.optimizer != "adamw":
-            raise ConfigError("the NumPy engine has AdamW only; drop optimizer=muon or use --engine torch")
+            raise ConfigError("the NumPy engine has AdamW only; set optimizer=adamw or use --engine torch")
         train = config.train
         self.model = NumpyGPT(config.model, seed=train.seed)
         self.optimizer = AdamW(self.model.params, train.lr, (train.beta1, train.beta2), weight_decay=train.weight_decay)
