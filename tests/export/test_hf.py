@@ -117,36 +117,22 @@ def hf_models():
             eos_token_id=299,
         )
     )
-    llama = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(
-            vocab_size=300,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=32,
-            rope_theta=1000.0,
-            bos_token_id=299,
-            eos_token_id=299,
-        )
+    # Qwen3 is Llama's shape plus q_norm/k_norm; here it is also tied, where this Llama is not.
+    llama_shape = dict(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=32,
+        rope_theta=1000.0,
+        bos_token_id=299,
+        eos_token_id=299,
     )
-    qwen3 = transformers.Qwen3ForCausalLM(
-        transformers.Qwen3Config(
-            vocab_size=300,
-            hidden_size=32,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=32,
-            rope_theta=1000.0,
-            tie_word_embeddings=True,
-            bos_token_id=299,
-            eos_token_id=299,
-        )
-    )
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(**llama_shape))
+    qwen3 = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**llama_shape, tie_word_embeddings=True))
     return {"gpt2": gpt2, "llama": llama, "qwen3": qwen3}
 
 
