@@ -170,12 +170,12 @@ def run_lessons(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from lucidlm.export import export_hf, family
+    from lucidlm.export import ARCHITECTURES, export_hf, family
     from lucidlm.train import load_model
 
     model, tokenizer, _ = load_model(args.checkpoint)
     out = export_hf(model, tokenizer, args.out)
-    layout = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family(model.config)]
+    layout = ARCHITECTURES[family(model.config)]
     print(
         f"wrote {out} ({layout}): load it with transformers.AutoModelForCausalLM.from_pretrained('{out}') "
         f"and AutoTokenizer.from_pretrained('{out}')"

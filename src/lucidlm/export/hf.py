@@ -38,6 +38,9 @@ LLAMA_PARTS = {
 
 QK_NORMS = ("q_norm", "k_norm")  # the same names in both
 
+# Each family's model class in transformers, as config.json's "architectures" names it.
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
 
 def family(config: GPTConfig) -> str:
     """ "gpt2", "llama" or "qwen3": the Hugging Face family that can hold this configuration exactly."""
@@ -73,7 +76,7 @@ def hf_config(config: GPTConfig, eos_token_id: int | None) -> dict:
         return {
             **common,
             "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
+            "architectures": [ARCHITECTURES["gpt2"]],
             "n_positions": config.block_size,
             "n_embd": config.n_embd,
             "n_layer": config.n_layer,
@@ -88,7 +91,7 @@ def hf_config(config: GPTConfig, eos_token_id: int | None) -> dict:
     llama_like = {
         **common,
         "model_type": kind,
-        "architectures": ["LlamaForCausalLM" if kind == "llama" else "Qwen3ForCausalLM"],
+        "architectures": [ARCHITECTURES[kind]],
         "hidden_size": config.n_embd,
         "intermediate_size": config.mlp_hidden,
         "num_hidden_layers": config.n_layer,
