@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from lucidlm.config import RunConfig
 from lucidlm.data.loader import BatchLoader, read_meta
-from lucidlm.device import pick_device
+from lucidlm.device import keep_freed_memory, pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError
 from lucidlm.tokenizers import load_tokenizer
 from lucidlm.train import distributed
@@ -100,6 +100,7 @@ def train(
     check_vocab(config, data_dir)
     group = distributed.start(train_config.device)
     device = pick_device(train_config.device)
+    keep_freed_memory()
     torch.manual_seed(train_config.seed)
     loader = BatchLoader(
         data_dir,
