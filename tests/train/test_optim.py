@@ -32,6 +32,13 @@ def test_newton_schulz_keeps_the_singular_vectors_and_maps_each_singular_value_b
     assert predicted.min() > 0.6 and predicted.max() < 1.25
 
 
+def test_newton_schulz_on_a_stack_equals_each_matrix_on_its_own():
+    stack = torch.randn(3, 40, 24, generator=torch.Generator().manual_seed(0))
+    together = newton_schulz(stack, steps=3)
+    for matrix, result in zip(stack, together, strict=True):
+        torch.testing.assert_close(result, newton_schulz(matrix, steps=3), rtol=0, atol=1e-6)
+
+
 def test_muon_and_adamw_steps_equal_torch_optimizers(monkeypatch):
     """Our Muon equals torch.optim.Muon (match-RMS learning rate) with its Newton-Schulz run in fp32 like ours;
     our AdamW equals torch.optim.AdamW; weight decay, momentum and bias correction over several steps."""
