@@ -7,6 +7,7 @@ import torch
 from lucidlm.errors import ConfigError
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.config import MLPS, NORMS, POSITIONS
+from lucidlm.model.gpt import RMSNorm, RMSNormFunction
 
 
 def tiny(**overrides) -> GPTConfig:
@@ -156,3 +157,31 @@ def test_static_kv_cache_gives_the_logits_of_a_full_pass(switches):
     assert int(cache.position) == 12
     cache.reset()
     torch.testing.assert_close(model(x[:, :3], cache=cache)[0], full[:, :3], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_rmsnorm_hand_written_backward_equals_autograd_of_nn_rmsnorm(transposed):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 4, 8, generator=generator)
+    x = x.transpose(1, 2) if transposed else x  # q_norm and k_norm see (B, H, T, D) views like this one
+    grad = torch.randn(x.shape, generator=generator)
+    ours, reference = RMSNorm(8, eps=1e-5), torch.nn.RMSNorm(8, eps=1e-5)
+    with torch.no_grad():
+        for norm in (ours, reference):
+            norm.weight.copy_(torch.linspace(0.5, 1.5, 8))
+    outputs, grads = [], []
+    for norm in (ours, reference):
+        inputs = x.clone().requires_grad_()
+        out = norm(inputs)
+        out.backward(grad)
+        outputs.append(out)
+        grads.append((inputs.grad, norm.weight.grad))
+    assert outputs[0].grad_fn.name() == "RMSNormFunctionBackward"  # the hand-written path did run
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-5)
+
+
+def test_rmsnorm_backward_passes_gradcheck_in_float64():
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w: RMSNormFunction.apply(a, w, 1e-5), (x, weight))

@@ -17,9 +17,48 @@ from lucidlm.model.kv_cache import KVCache, SlotKVCache, StaticKVCache, causal_m
 Cache = KVCache | SlotKVCache | StaticKVCache
 
 
+class RMSNormFunction(torch.autograd.Function):
+    """y = x / rms(x) * weight over the last dimension, with its gradient written out.
+
+    With n = x / rms(x) and g_n = dL/dy * weight, the input's gradient is (g_n - n * mean(g_n * n)) / rms(x):
+    the part of g_n along n is removed, because scaling x does not change n.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        inverse_rms = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))  # (..., 1)
+        normed = x * inverse_rms
+        ctx.save_for_backward(normed, inverse_rms, weight)
+        return normed * weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        normed, inverse_rms, weight = ctx.saved_tensors
+        grad_weight = (grad * normed).flatten(0, -2).sum(0)
+        grad_normed = grad * weight
+        along_normed = (grad_normed * normed).mean(-1, keepdim=True)  # (..., 1)
+        grad_x = torch.addcmul(grad_normed, normed, along_normed, value=-1).mul_(inverse_rms)
+        return grad_x, grad_weight, None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm, with the hand-written backward above when training on the CPU.
+
+    PyTorch has no RMSNorm backward kernel for the CPU: autograd differentiates nn.RMSNorm's composite forward,
+    about a dozen passes over the activations, where RMSNormFunction.backward takes six (docs/benchmarks.md).
+    Elsewhere, and without gradients, nn.RMSNorm's own kernels run.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not torch.is_grad_enabled():
+            return super().forward(x)
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        return RMSNormFunction.apply(x, self.weight, eps)
+
+
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+        return RMSNorm(config.n_embd, eps=config.norm_eps)
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
@@ -39,21 +78,25 @@ def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
 
 
 def rope_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angle for every (position, pair of channels). Each (length, head_dim)."""
+    """cos and signed sin of the rotation angle for every (position, pair of channels). Each (length, head_dim).
+
+    Channel i and i + D/2 form a pair, as in Llama. The sin table's first half is negated: the minus sign in
+    the rotation's first row (see apply_rope)."""
     frequency = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
     angle = torch.outer(torch.arange(length, dtype=torch.float32), frequency)  # (length, D/2)
-    angle = torch.cat([angle, angle], dim=-1)  # channel i and i + D/2 form a pair, as in Llama
-    return angle.cos(), angle.sin()
+    return torch.cat([angle, angle], dim=-1).cos(), torch.cat([-angle.sin(), angle.sin()], dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x_i, x_{i+D/2}) by its position's angle. x: (B, H, T, D); cos, sin: (T, D), or
-    (B, T, D) when each row sits at its own positions."""
+    """Rotate each pair (x_i, x_{i+D/2}) by its position's angle a:
+    x_i -> x_i cos a - x_{i+D/2} sin a, and x_{i+D/2} -> x_{i+D/2} cos a + x_i sin a.
+
+    Rolling the channels by D/2 puts each pair's partner in its place, and `sin` carries the minus sign
+    (rope_tables), so the rotation is two products and a sum. x: (B, H, T, D); cos, sin: (T, D), or (B, T, D)
+    when each row sits at its own positions."""
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D): the same angles for every head
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -69,8 +112,8 @@ class CausalSelfAttention(nn.Module):
         if config.qk_norm:
             # Unit-RMS queries and keys bound every attention logit by sqrt(D) times the gains, so a high
             # learning rate cannot blow the softmax up into one-hot weights.
-            self.q_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps)
-            self.k_norm = nn.RMSNorm(self.head_dim, eps=config.norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, eps=config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, eps=config.norm_eps)
         self.dropout = config.dropout
         self.resid_dropout = make_dropout(config.dropout)
 
