@@ -74,7 +74,7 @@ each, in alternating blocks, same run.
 
 Target: at most 1.5x PyTorch's time. What got the NumPy engine there: (B*T, C) matmuls rather than batched
 ones, GELU through one exp, in-place softmax and GELU backward, a sort + reduceat embedding backward, and
-`keep_freed_memory` (scratch/gpt.py): glibc handed every freed activation back to the kernel and each step
+`keep_freed_memory` (memory.py): glibc handed every freed activation back to the kernel and each step
 faulted ~11,000 pages in again, a third of its time (ratio 1.44-1.61 in earlier sessions' runs, 1.10-1.36 in
 6 runs after)."""
     write_results("scratch_vs_torch", results, table)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import platform
 
 import torch
 
@@ -31,23 +29,3 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-# mallopt's parameter numbers, from glibc's malloc.h
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for the next allocation instead of handing it back to the kernel.
-
-    By default glibc unmaps big freed blocks and trims the top of its heap, so a training step, which frees its
-    activations and allocates them again the next step, page-faults the same memory back in every step: about 750
-    faults and 7 ms of a 50 ms nanogpt-baby step on a 2-core VM (docs/benchmarks.md). With both thresholds raised
-    the process keeps what it has used, as jemalloc and tcmalloc do. Returns False where the C library is not
-    glibc (macOS, musl), which is left as it is.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)  # the C library this process already runs on
-    # 32 MiB is the largest mmap threshold glibc accepts on 64-bit machines; bigger blocks are still mapped.
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**30))

@@ -7,13 +7,12 @@ ReLU, bias on or off, a head tied to the token embedding, no dropout.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 
 import numpy as np
 
 from lucidlm.errors import ConfigError
+from lucidlm.memory import keep_freed_memory
 from lucidlm.model.config import GPTConfig
 from lucidlm.scratch.layers import (
     attention_backward,
@@ -57,25 +56,6 @@ def check_supported(config: GPTConfig) -> None:
             f"the NumPy engine does not support {'; '.join(problems)}; change that setting (the nanogpt-baby "
             "preset suits the NumPy engine) or train with --engine torch"
         )
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Ask the C library's malloc to keep freed memory for reuse instead of handing it back to the kernel.
-
-    Every NumPy operation allocates a fresh array. By default glibc gives a freed block of more than 128 KiB
-    straight back to the kernel (munmap, or trimming the top of the heap), and the next step's array of the
-    same size is faulted in again, one zeroed 4 KiB page at a time: about 11,000 page faults per nanogpt-baby
-    step, a third of its time. With both thresholds raised, freed blocks are reused and the step makes none.
-    This is process-wide (the process then keeps its peak heap); it is done once, when the first GPT is made.
-    Returns False where the C library has no mallopt (macOS, musl), which changes nothing else.
-    """
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "mallopt"):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-    # 32 MiB is the largest mmap threshold glibc accepts on 64-bit machines.
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
 
 
 def rope_tables(length: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:

@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 from lucidlm.config import RunConfig
 from lucidlm.data.loader import BatchLoader, read_meta
-from lucidlm.device import keep_freed_memory, pick_device
+from lucidlm.device import pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError
+from lucidlm.memory import keep_freed_memory
 from lucidlm.tokenizers import load_tokenizer
 from lucidlm.train import distributed
 from lucidlm.train.checkpoint import (

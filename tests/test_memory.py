@@ -9,7 +9,7 @@ import pytest
 STEPS = """
 import resource, sys, torch
 from lucidlm.config import resolve_config
-from lucidlm.device import keep_freed_memory
+from lucidlm.memory import keep_freed_memory
 from lucidlm.model import GPT
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
