@@ -85,15 +85,16 @@ def ceiling(shape: Shape) -> dict:
 
 
 def main() -> None:
-    peak = sgemm_peak()
+    before = sgemm_peak()
     rows = [ceiling(shape) for shape in SHAPES]
+    peak = max(before, sgemm_peak())  # the VM's speed drifts; the higher figure is the fairer ceiling
     for row in rows:
         row["mfu_ceiling"] = round(row["gemm_flops_per_s"] / peak, 3)
     lines = [
         "## The matrix products alone (`benchmarks/gemm_ceiling.py`)",
         "",
         f"Each training step's matrix products timed alone, with its shapes, on {machine()['threads']} threads; "
-        f"fp32 sgemm peak in the same run: {peak / 1e9:.0f} GFLOP/s.",
+        f"fp32 sgemm peak (the higher of two measurements, before and after) {peak / 1e9:.0f} GFLOP/s.",
         "",
         "| config | products per step | GFLOP/s | MFU if nothing else took time | issue 6's target |",
         "|---|---:|---:|---:|---:|",
