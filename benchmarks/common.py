@@ -10,12 +10,15 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+T = TypeVar("T")
 WORK = Path(os.environ.get("LUCIDLM_BENCH_DIR", ROOT / "build" / "bench"))
 
 
@@ -42,6 +45,14 @@ def sgemm_peak(size: int = 2048, repeats: int = 20) -> float:
         a @ b
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best
+
+
+def peak_around(work: Callable[[], T]) -> tuple[T, float]:
+    """Run `work` between two sgemm peak measurements; return its result and the higher peak. A shared VM's
+    speed drifts by a third within minutes, so the ceiling is measured next to the work it is compared with."""
+    before = sgemm_peak()
+    result = work()
+    return result, max(before, sgemm_peak())
 
 
 def machine() -> dict:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from common import machine, sgemm_peak, write_results
+from common import machine, peak_around, write_results
 
 
 @dataclass
@@ -85,9 +85,7 @@ def ceiling(shape: Shape) -> dict:
 
 
 def main() -> None:
-    before = sgemm_peak()
-    rows = [ceiling(shape) for shape in SHAPES]
-    peak = max(before, sgemm_peak())  # the VM's speed drifts; the higher figure is the fairer ceiling
+    rows, peak = peak_around(lambda: [ceiling(shape) for shape in SHAPES])
     for row in rows:
         row["mfu_ceiling"] = round(row["gemm_flops_per_s"] / peak, 3)
     lines = [

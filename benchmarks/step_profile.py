@@ -16,7 +16,7 @@ import statistics
 import time
 
 import torch
-from common import machine, sgemm_peak, write_results
+from common import machine, peak_around, write_results
 from torch.profiler import profile
 
 from lucidlm.config import resolve_config
@@ -87,9 +87,7 @@ def profile_step(name: str, preset: str, blocks: int = 7, steps_per_block: int =
 
 def main() -> None:
     keep_freed_memory()  # as the trainer does
-    before = sgemm_peak()
-    rows = [profile_step(name, preset) for name, preset in CONFIGS]
-    peak = max(before, sgemm_peak())
+    rows, peak = peak_around(lambda: [profile_step(name, preset) for name, preset in CONFIGS])
     for row in rows:
         row["products_of_peak"] = round(row["product_flops"] / (row["products_ms"] / 1e3) / peak, 3)
         row["mfu"] = round(row["flops_per_step"] / (row["step_ms"] / 1e3) / peak, 3)
