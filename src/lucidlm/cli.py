@@ -6,14 +6,14 @@ Exit status: 0 success, 2 a usage or input error (one line on stderr, no traceba
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from lucidlm.errors import LucidError
+from lucidlm.paths import FORCE, FORCE_HELP
 
 EXAMPLES = {
     "prepare": """examples:
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--tokenizer", choices=["char", "word", "bpe"], default="char")
     prepare.add_argument("--vocab-size", type=int, help="word: keep the most frequent; bpe: default 4096")
     prepare.add_argument("--val-fraction", type=float, default=0.1, help="the last part held out (default 0.1)")
-    prepare.add_argument("--out", required=True, metavar="DATA_DIR")
+    prepare.add_argument("--out", required=True, metavar="DATA_DIR", help="a new or empty directory")
+    prepare.add_argument(FORCE, action="store_true", help=FORCE_HELP)
 
     train = command("train", "train a GPT", EXAMPLES["train"])
     train.add_argument("--data", required=True, help="a prepared DATA_DIR, or a plain text file")
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from a trained model: a Hugging Face GPT-2/Llama/Qwen3 directory, or a run",
     )
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument(FORCE, action="store_true", help=FORCE_HELP + ": start RUN_DIR's run afresh")
     train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
     train.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
     train.add_argument(
@@ -149,7 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     export = command("export", "write a trained model in the Hugging Face transformers format", EXAMPLES["export"])
     export.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
     export.add_argument("--format", choices=["hf"], default="hf", help="hf: GPT-2, Llama or Qwen3 layout (default)")
-    export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    export.add_argument(FORCE, action="store_true", help=FORCE_HELP)
+    for sub in (generate, evaluate, export, serve):
+        sub.add_argument(
+            "--which",
+            default="best",
+            metavar="best|latest|step-N",
+            help="the checkpoint: lowest val loss (default), the newest, or step N's",
+        )
     return parser
 
 
@@ -173,8 +183,8 @@ def run_export(args: argparse.Namespace) -> None:
     from lucidlm.export import ARCHITECTURES, export_hf, family
     from lucidlm.train import load_model
 
-    model, tokenizer, _ = load_model(args.checkpoint)
-    out = export_hf(model, tokenizer, args.out)
+    model, tokenizer, _ = load_model(args.checkpoint, args.which)
+    out = export_hf(model, tokenizer, args.out, force=args.force)
     layout = ARCHITECTURES[family(model.config)]
     print(
         f"wrote {out} ({layout}): load it with transformers.AutoModelForCausalLM.from_pretrained('{out}') "
@@ -198,7 +208,7 @@ def run_serve(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or decoding_threads())
-    model, tokenizer, _ = load_model(args.checkpoint, device=device)
+    model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device)
     name = args.model_name or Path(args.checkpoint).resolve().name
     settings = ServerSettings(model_id=name, max_tokens=args.max_tokens)
     engine = EngineProcess(
@@ -242,20 +252,17 @@ def run_prepare(args: argparse.Namespace) -> None:
     from lucidlm.data import prepare, resolve_inputs, sources_for
 
     files = resolve_inputs(args.input) if args.input else []
-    meta = prepare(sources_for(args.corpus, files), args.out, args.tokenizer, args.vocab_size, args.val_fraction)
+    meta = prepare(
+        sources_for(args.corpus, files), args.out, args.tokenizer, args.vocab_size, args.val_fraction, force=args.force
+    )
     print(
         f"wrote {args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
         f"{meta['tokenizer']} vocabulary of {meta['vocab_size']:,}, stored as {meta['dtype']}"
     )
 
 
-def run_train(args: argparse.Namespace) -> None:
-    from lucidlm.config import resolve_config
-    from lucidlm.data.loader import read_meta
-    from lucidlm.data.prepare import resolve_data
-    from lucidlm.errors import ConfigError
-    from lucidlm.train import train
-    from lucidlm.train.checkpoint import read_run_config
+def run_train(args: argparse.Namespace) -> int:
+    from lucidlm.train.plan import carry_out, plan_run
 
     overrides = list(args.set)
     for flag, key in (
@@ -268,33 +275,13 @@ def run_train(args: argparse.Namespace) -> None:
             overrides.append(f"{key}={flag}")
     if args.compile:
         overrides.append("compile=true")
-    progress = False if args.no_progress else None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not Path(args.data).is_dir():
-        raise ConfigError(
-            "under torchrun, --data must be a prepared DATA_DIR (run `lucidlm data prepare` first), "
-            "so that the processes do not prepare the same files at once"
-        )
-    init_weights = None
-    if args.init_from:
-        data_dir, config, init_weights = _config_from_init(args, overrides, progress)
-    elif args.resume:
-        if args.preset or args.config:
-            raise ConfigError(
-                "--resume continues with the run's saved settings; drop --preset/--config "
-                "(use --set or --max-steps to change training settings)"
-            )
-        data_dir = resolve_data(args.data, args.out, progress)
-        saved = read_run_config(args.out)
-        config = resolve_config(base=saved.to_dict(), overrides=overrides)
-        if config.model != saved.model:
-            raise ConfigError("--resume cannot change the model's shape; start a new run with another --out")
-    else:
-        data_dir = resolve_data(args.data, args.out, progress)
-        vocab = {"model": {"vocab_size": read_meta(data_dir)["vocab_size"]}}
-        config = resolve_config(args.preset or "shakespeare-char", args.config, _with_vocab(vocab, overrides))
-    result = train(data_dir, args.out, config, resume=args.resume, progress=progress, init_weights=init_weights)
+    plan = plan_run(args.data, args.out, args.preset, args.config, overrides, args.init_from, args.resume, args.force)
+    if plan.nothing_to_do:
+        print(plan.nothing_to_do)
+        return 0
+    result = carry_out(plan, progress=False if args.no_progress else None)
     if not result.is_main:
-        return
+        return 130 if result.interrupted else 0
     rate = f"{result.tokens_per_second:,.0f} tokens/s"
     print(
         f"trained {result.step} steps in {result.elapsed:.0f}s ({rate}); "
@@ -302,61 +289,39 @@ def run_train(args: argparse.Namespace) -> None:
         if result.val_loss is not None
         else f"trained {result.step} steps in {result.elapsed:.0f}s ({rate})"
     )
+    data, out = shlex.quote(args.data), shlex.quote(args.out)
     if result.interrupted:
         print(
             f"interrupted: checkpoint saved at step {result.step}. Resume with:\n"
-            f"  lucidlm train --data {args.data} --out {args.out} --resume"
+            f"  lucidlm train --data {data} --out {out} --resume"
         )
-    else:
-        print(
-            f"checkpoints, metrics.jsonl and loss.png are in {args.out}. Next:\n"
-            f'  lucidlm generate --checkpoint {args.out} --prompt "ROMEO:" --max-new-tokens 300\n'
-            f"  lucidlm eval --checkpoint {args.out} --data {data_dir}"
-        )
+        return 130
+    prompt = shlex.quote(prompt_from_data(Path(args.out), result.data_dir))
+    print(
+        f"checkpoints, metrics.jsonl and loss.png are in {args.out}. Next:\n"
+        f"  lucidlm generate --checkpoint {out} --prompt {prompt} --max-new-tokens 300\n"
+        f"  lucidlm eval --checkpoint {out} --data {shlex.quote(str(result.data_dir))}"
+    )
+    return 0
 
 
-def _config_from_init(args: argparse.Namespace, overrides: list[str], progress: bool | None):
-    """`--init-from`: the model (shape and weights) and tokenizer come from the source; the data is tokenized
-    with that tokenizer; only the training settings (and dropout) come from the preset, --config and --set."""
-    from lucidlm.config import parse_overrides, resolve_config
-    from lucidlm.data.prepare import resolve_data
-    from lucidlm.errors import ConfigError
-
-    if args.resume:
-        raise ConfigError("--init-from starts a new run; drop --resume (or drop --init-from to continue)")
-    model_settings = sorted(name for name in parse_overrides(overrides)["model"] if name != "dropout")
-    if model_settings:
-        raise ConfigError(f"the model's shape comes from --init-from; drop --set {', '.join(model_settings)}")
-    source_model, tokenizer = load_init(args.init_from)
-    data_dir = resolve_data(args.data, args.out, progress, tokenizer=tokenizer)
-    if not tokenizer.matches_file(data_dir / "tokenizer.json"):
-        raise ConfigError(
-            f"{data_dir} was prepared with another tokenizer than {args.init_from}; pass a text file "
-            "(it is prepared with the model's tokenizer) or data prepared with it"
-        )
-    config = resolve_config(args.preset or "shakespeare-char", args.config, overrides)
-    config.model = dataclasses.replace(source_model.config, dropout=config.model.dropout)
-    return data_dir, config, source_model.state_for_saving()
+def note_unknown_words(tokenizer, text: str) -> None:
+    """A word-level vocabulary reads words it lacks as <unk>: say so on stderr (the one rule for every command)."""
+    unknown = tokenizer.unknown_symbols(text) if tokenizer.unknown_token else []
+    if unknown:
+        shown = " ".join(map(repr, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
+        print(f"note: {len(unknown)} word(s) not in the vocabulary are read as <unk>: {shown}", file=sys.stderr)
 
 
-def load_init(source: str):
-    """The model and tokenizer that `--init-from` names: `hf:DIR` (a GPT-2, Llama or Qwen3 directory) or a RUN_DIR."""
-    if source.startswith("hf:"):
-        from lucidlm.export.hf import load_hf, load_hf_tokenizer
+def prompt_from_data(run_dir: Path, data_dir: Path) -> str:
+    """A prompt for the "Next:" hint that the model can read: the start of its training text's first line."""
+    from lucidlm.data.loader import open_split
+    from lucidlm.tokenizers import load_tokenizer
 
-        model, _ = load_hf(source[3:])
-        return model, load_hf_tokenizer(source[3:])
-    from lucidlm.train import load_model
-
-    model, tokenizer, _ = load_model(source)
-    return model, tokenizer
-
-
-def _with_vocab(vocab: dict, overrides: list[str]) -> list[str]:
-    """The data's vocabulary size, unless the user set one (a larger one pads the embedding, e.g. to 50304)."""
-    if any(pair.split("=", 1)[0].split(".")[-1] == "vocab_size" for pair in overrides):
-        return overrides
-    return [f"vocab_size={vocab['model']['vocab_size']}", *overrides]
+    text = load_tokenizer(run_dir / "tokenizer.json").decode(open_split(data_dir, "train")[:64].tolist())
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    words = line[:24].rsplit(" ", 1)[0] if len(line) > 24 else line
+    return words or text[:1]
 
 
 def run_generate(args: argparse.Namespace) -> None:
@@ -364,15 +329,16 @@ def run_generate(args: argparse.Namespace) -> None:
 
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError
-    from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text
+    from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text, seed_generator
     from lucidlm.train import load_model
 
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise ConfigError("--max-new-tokens and --num-samples must be at least 1")
     device = pick_device(args.device)
-    model, tokenizer, _ = load_model(args.checkpoint, device=device)
+    model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     prompt_ids = encode_prompt(tokenizer, args.prompt)
+    note_unknown_words(tokenizer, args.prompt)
     if len(prompt_ids) > model.config.block_size:
         print(
             f"note: the prompt has {len(prompt_ids)} tokens; only its last {model.config.block_size} "
@@ -385,16 +351,16 @@ def run_generate(args: argparse.Namespace) -> None:
         print("note: the first token waits while the decoding step compiles", file=sys.stderr)
     generator = torch.Generator(device=device)
     if args.seed is not None:
-        generator.manual_seed(args.seed)
+        seed_generator(generator, args.seed)
     else:
         generator.seed()
     for sample in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {sample + 1} ---")
-        started, pieces = time.perf_counter(), []
+        started, pieces, generated = time.perf_counter(), [], []
         print(args.prompt, end="", flush=True)
         for piece in generate_text(
-            model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.stop, generator, compiled
+            model, tokenizer, args.prompt, args.max_new_tokens, sampling, args.stop, generator, compiled, generated
         ):
             pieces.append(piece)
             if not args.no_stream:
@@ -403,7 +369,7 @@ def run_generate(args: argparse.Namespace) -> None:
             print("".join(pieces), end="")
         print()
         seconds = time.perf_counter() - started
-        print(f"[{len(tokenizer.encode(''.join(pieces)))} tokens in {seconds:.2f}s]", file=sys.stderr)
+        print(f"[{len(generated)} tokens in {seconds:.2f}s]", file=sys.stderr)
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -414,18 +380,21 @@ def run_eval(args: argparse.Namespace) -> None:
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError, DataError
     from lucidlm.evaluate import split_loss
-    from lucidlm.train import load_model
-    from lucidlm.train.checkpoint import read_manifest
+    from lucidlm.train import find_checkpoint, load_model
+    from lucidlm.train.checkpoint import checkpoint_step, split_checkpoint_path
 
-    model, tokenizer, _ = load_model(args.checkpoint, device=pick_device(args.device))
+    run_dir, which = split_checkpoint_path(args.checkpoint, args.which)
+    model, tokenizer, _ = load_model(run_dir, which, device=pick_device(args.device))
+    step = checkpoint_step(find_checkpoint(run_dir, which))
     data = Path(args.data)
     if data.is_file():
         text = "".join(iter_text(data))
         unknown = tokenizer.unknown_symbols(text)
-        if tokenizer.kind == "char" and unknown:
+        if unknown and tokenizer.unknown_token is None:
             raise DataError(
-                f"{data} contains characters the model's vocabulary lacks: {' '.join(map(repr, unknown[:20]))}"
+                f"{data} contains symbols the model's vocabulary lacks: {' '.join(map(repr, unknown[:20]))}"
             )
+        note_unknown_words(tokenizer, text)
         tokens, source = np.asarray(next(tokenizer.encode_stream([text]))), str(data)
     else:
         if not tokenizer.matches_file(data / "tokenizer.json"):
@@ -434,20 +403,19 @@ def run_eval(args: argparse.Namespace) -> None:
     if len(tokens) < 2:
         raise DataError(f"{source} has fewer than 2 tokens; nothing to score")
     loss, count = split_loss(model, tokens)
-    step = read_manifest(args.checkpoint, "best" if Path(args.checkpoint, "best.json").exists() else "latest")
     result = {
         "loss": loss,
         "perplexity": float(np.exp(loss)),
         "tokens": count,
         "data": source,
-        "checkpoint_step": step["step"],
+        "checkpoint_step": step,
     }
     if args.json:
         print(json.dumps(result))
     else:
         print(
             f"{source}: loss {loss:.4f} nats/token (perplexity {result['perplexity']:.2f}) over {count:,} "
-            f"tokens, checkpoint at step {step['step']}"
+            f"tokens, checkpoint at step {step}"
         )
 
 
@@ -465,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "tutorial": run_tutorial,
     }
     try:
-        handlers[args.command](args)
+        status = handlers[args.command](args)
     except LucidError as exc:
         print(f"lucidlm {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -482,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from lucidlm.errors import ConfigError
-from lucidlm.model.config import GPTConfig
+from lucidlm.model.config import GPTConfig, check_types
 
 
 @dataclass
@@ -37,15 +37,28 @@ class TrainConfig:
     engine: str = "torch"  # or "numpy": lucidlm.scratch, the hand-written backward pass
 
     def __post_init__(self) -> None:
+        """Every training setting's type and range, checked here and nowhere else, so that a bad value from
+        a preset, a TOML file, `--set` or a damaged config.json is one clear error before anything runs."""
+        check_types(self)
         for name in ("batch_size", "grad_accum", "max_steps", "newton_schulz_steps", "eval_interval", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
-        if self.lr <= 0 or self.min_lr < 0:
-            raise ConfigError(f"lr={self.lr} must be positive and min_lr={self.min_lr} not negative")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise ConfigError(f"time budget {self.time_budget} must be a positive number of seconds")
-        if not 0.0 <= self.muon_momentum < 1.0:
-            raise ConfigError(f"muon_momentum={self.muon_momentum} must lie in [0, 1)")
+        ranges = [
+            ("decay_steps", self.decay_steps is None or self.decay_steps >= 1, "must be a positive integer"),
+            ("warmup_steps", self.warmup_steps >= 0, "must be 0 or more"),
+            ("lr", self.lr > 0, "must be positive"),
+            ("min_lr", 0 <= self.min_lr <= self.lr, f"must lie in [0, lr={self.lr}]"),
+            ("weight_decay", self.weight_decay >= 0, "must be 0 or more"),
+            ("beta1", 0 <= self.beta1 < 1, "must lie in [0, 1)"),
+            ("beta2", 0 <= self.beta2 < 1, "must lie in [0, 1)"),
+            ("grad_clip", self.grad_clip >= 0, "must be 0 (no clipping) or more"),
+            ("muon_momentum", 0 <= self.muon_momentum < 1, "must lie in [0, 1)"),
+            ("seed", 0 <= self.seed < 2**64, "must lie in [0, 2**64)"),
+            ("time_budget", self.time_budget is None or self.time_budget > 0, "must be a positive number of seconds"),
+        ]
+        for name, ok, rule in ranges:
+            if not ok:
+                raise ConfigError(f"{name}={getattr(self, name)!r} {rule}")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
         if self.engine not in ("torch", "numpy"):
@@ -208,6 +221,8 @@ def read_toml(path: str | Path) -> dict[str, dict]:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise ConfigError(f"config file {path} is not a text file; give a TOML file with [model] and [train]") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     types = _field_types()

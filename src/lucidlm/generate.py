@@ -8,6 +8,7 @@ stay fast while every token still sees at least half a window of context.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -28,17 +29,27 @@ class SamplingConfig:
     top_p: float | None = None  # keep the smallest set of tokens whose probabilities add up to p
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise ConfigError(f"temperature {self.temperature} must be 0 (greedy) or positive")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"temperature {self.temperature} must be 0 (greedy) or a positive number")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top-k {self.top_k} must be at least 1")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"top-p {self.top_p} must lie in (0, 1]")
 
 
+def seed_generator(generator: torch.Generator, seed: int) -> torch.Generator:
+    """Seed with any integer: PyTorch takes 64 bits, so the seed is taken modulo 2**64 (as OpenAI's API and
+    vLLM accept any 64-bit seed, signed or not)."""
+    generator.manual_seed(seed % 2**64)
+    return generator
+
+
 def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
-    """Scale by temperature and set the logits that top-k / top-p exclude to -inf. logits: (B, V)."""
-    logits = logits / config.temperature
+    """Scale by temperature and set the logits that top-k / top-p exclude to -inf. logits: (B, V).
+
+    The largest logit is subtracted before dividing, so that a tiny temperature gives 0 for the most likely
+    token and -inf for the rest (greedy in the limit) instead of overflowing into inf - inf = nan."""
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / config.temperature
     if config.top_k is not None and config.top_k < logits.size(-1):
         kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -47,6 +58,7 @@ def filter_logits(logits: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token when the tokens before it already reach p; the most likely token always stays.
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= config.top_p
+        drop_sorted[:, 0] = False  # even when top_p rounds to 0 in float32
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -129,9 +141,10 @@ def generate_ids(
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Token ids for `prompt`; symbols the vocabulary lacks are an error that lists them."""
+    """Token ids for `prompt`. Symbols the vocabulary lacks are an error that lists them, except for a
+    vocabulary with an unknown token (the word tokenizer's <unk>), which reads them as that token."""
     unknown = tokenizer.unknown_symbols(prompt)
-    if unknown:
+    if unknown and tokenizer.unknown_token is None:
         shown = " ".join(repr(s) for s in unknown[:20])
         raise TokenizerError(
             f"the prompt contains {len(unknown)} symbol(s) the model's vocabulary lacks: {shown}; "
@@ -199,12 +212,15 @@ def generate_text(
     stop: list[str] | None = None,
     generator: torch.Generator | None = None,
     compiled: Callable | None = None,
+    generated: list[int] | None = None,
 ) -> Iterator[str]:
     """Stream the continuation of `prompt` as text pieces; it ends early at a stop string (not included).
-    `compiled`: see generate_ids."""
+    `compiled`: see generate_ids. `generated`, when given, receives every token id sampled."""
     streamer = StopStreamer(tokenizer, stop)
     ids = encode_prompt(tokenizer, prompt)
     for token in generate_ids(model, ids, max_new_tokens, config or SamplingConfig(), generator, compiled):
+        if generated is not None:
+            generated.append(token)
         piece = streamer.push(token)
         if piece:
             yield piece

@@ -43,6 +43,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def text_sha256(path: Path) -> str:
+    """The sha256 of a text file's UTF-8 text, as meta.json records each source (DataError if not UTF-8)."""
+    digest = hashlib.sha256()
+    for chunk in iter_text(path):
+        digest.update(chunk.encode("utf-8"))
+    return digest.hexdigest()
+
+
 def corpus_path(name: str) -> Path:
     """The cached text of a named corpus, fetched on first use."""
     if name not in CORPORA:

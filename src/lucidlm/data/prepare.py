@@ -6,7 +6,6 @@ does, the first `1 - val_fraction` of the characters are the training split and 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from lucidlm.data.corpus import corpus_path, iter_text
 from lucidlm.errors import ConfigError, DataError
+from lucidlm.paths import DATA_DIR, check_target, written_directory
 from lucidlm.tokenizers import Tokenizer
 
 TOKENIZER_KINDS = ("char", "word", "bpe")
@@ -103,11 +103,13 @@ def prepare(
     val_fraction: float = 0.1,
     progress: bool | None = None,
     tokenizer: Tokenizer | None = None,
+    force: bool = False,
 ) -> dict:
     """Tokenize `sources` into `out_dir`; returns the metadata written to `meta.json`.
 
     With `tokenizer`, that tokenizer is used as it is (to fine-tune a model on new text); otherwise one of
-    kind `tokenizer_kind` is learned from the text."""
+    kind `tokenizer_kind` is learned from the text. An existing `out_dir` is refused unless it is an earlier
+    data directory and `force` is given (lucidlm.paths)."""
     if tokenizer is not None:
         tokenizer_kind = tokenizer.kind
     if tokenizer_kind not in Tokenizer.registry or tokenizer_kind not in TOKENIZER_KINDS:
@@ -116,6 +118,7 @@ def prepare(
         raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
     if not sources:
         raise DataError("no input text given; pass --corpus shakespeare or --input FILE ...")
+    check_target(out_dir, DATA_DIR, force)  # before reading the text, which may take long
     disable = None if progress is None else not progress
 
     # Pass 1: count characters, hash each source, and catch empty or non-UTF-8 files before writing anything.
@@ -141,35 +144,21 @@ def prepare(
         tokenizer = cls.train(_iter_token_safe(_iter_split(sources, 0, train_stop), cls), vocab_size)
     dtype = token_dtype(tokenizer.vocab_size)
 
-    # Pass 3: encode each split to its token file, written under a temporary name and renamed at the end.
-    out = Path(out_dir)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    # Pass 3: encode each split to its token file, in a temporary directory renamed into place at the end.
+    with written_directory(out_dir, DATA_DIR, force) as out:
         counts = _encode_splits(sources, tokenizer, cls, out, split_at, total_chars, dtype, disable)
-    except BaseException:  # an error or Ctrl-C: no half-written token file is left behind
-        for split in ("train", "val"):
-            (out / f"{split}.bin.tmp").unlink(missing_ok=True)
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-    meta = {
-        "tokenizer": tokenizer_kind,
-        "vocab_size": tokenizer.vocab_size,
-        "dtype": dtype.name,
-        "train_tokens": counts["train"],
-        "val_tokens": counts["val"],
-        "chars": total_chars,
-        "val_fraction": val_fraction,
-        "sources": source_meta,
-    }
-    tokenizer.save(out / "tokenizer.json")
-    for split in ("train", "val"):
-        os.replace(out / f"{split}.bin.tmp", out / f"{split}.bin")
-    meta_tmp = out / "meta.json.tmp"
-    meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(meta_tmp, out / "meta.json")
+        meta = {
+            "tokenizer": tokenizer_kind,
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype.name,
+            "train_tokens": counts["train"],
+            "val_tokens": counts["val"],
+            "chars": total_chars,
+            "val_fraction": val_fraction,
+            "sources": source_meta,
+        }
+        tokenizer.save(out / "tokenizer.json")
+        (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -183,7 +172,7 @@ def _encode_splits(
     dtype: np.dtype,
     disable: bool | None,
 ) -> dict[str, int]:
-    """Write train.bin.tmp and val.bin.tmp; returns the token count of each (neither may be empty)."""
+    """Write train.bin and val.bin; returns the token count of each (neither may be empty)."""
     counts = {}
     processes = min(8, os.cpu_count() or 1) if total_chars > PARALLEL_CHARS else 1
     with tqdm(total=total_chars, unit="char", unit_scale=True, desc="tokenizing", disable=disable) as bar:
@@ -191,7 +180,7 @@ def _encode_splits(
             counts[split] = 0
             lengths: deque[int] = deque()  # of the pieces handed out, to advance the bar as results come
             pieces = _recording_lengths(_iter_token_safe(_iter_split(sources, start, stop), cls), lengths)
-            with open(out / f"{split}.bin.tmp", "wb") as f:
+            with open(out / f"{split}.bin", "wb") as f:
                 for ids in tokenizer.encode_stream(pieces, processes):
                     np.asarray(ids, dtype=dtype).tofile(f)
                     counts[split] += len(ids)
@@ -202,36 +191,3 @@ def _encode_splits(
                 f"the {split} split is empty ({total_chars} characters in all); give more text or change --val-fraction"
             )
     return counts
-
-
-def resolve_data(
-    data: str | os.PathLike,
-    run_dir: str | os.PathLike,
-    progress: bool | None = None,
-    tokenizer: Tokenizer | None = None,
-) -> Path:
-    """A prepared data directory for `--data`: used as it is, or, for a plain text file, prepared into
-    RUN_DIR/data with `tokenizer` (default: a char tokenizer learned from it), once: a later call with the same
-    text reuses it."""
-    path = Path(data)
-    if path.is_dir():
-        if not (path / "meta.json").exists():
-            raise DataError(
-                f"{path} is a directory but not a prepared one (no meta.json); run "
-                f"`lucidlm data prepare --input {path} --out DATA_DIR` or pass a text file"
-            )
-        return path
-    if not path.is_file():
-        raise DataError(f"--data {path}: no such file or directory")
-    out = Path(run_dir) / "data"
-    meta_path = out / "meta.json"
-    if meta_path.exists():
-        recorded = json.loads(meta_path.read_text())["sources"][0]["sha256"]
-        digest = hashlib.sha256()
-        for chunk in iter_text(path):
-            digest.update(chunk.encode("utf-8"))
-        same_tokenizer = tokenizer is None or tokenizer.matches_file(out / "tokenizer.json")
-        if recorded == digest.hexdigest() and same_tokenizer:
-            return out
-    prepare([Source(path, str(path))], out, "char", progress=progress, tokenizer=tokenizer)
-    return out

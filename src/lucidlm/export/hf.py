@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT, GPTConfig
+from lucidlm.paths import HF_EXPORT, written_directory
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
 
 GPT2_ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu", "relu2": "relu2"}  # ours -> transformers' name
@@ -282,19 +282,24 @@ def _eos(tokenizer: Tokenizer) -> tuple[str | None, int | None]:
 
 
 # --- directories --------------------------------------------------------------------------------------------
-def export_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
-    """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer` load."""
+def export_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer` load.
+    An existing `out_dir` is refused unless it is an earlier export and `force` is given (lucidlm.paths)."""
     config = model.config
     family(config)  # refuse early, before anything is written
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with written_directory(out_dir, HF_EXPORT, force) as tmp:
+        _write_hf_files(model, tokenizer, tmp)
+    return Path(out_dir)
+
+
+def _write_hf_files(model: GPT, tokenizer: Tokenizer, tmp: Path) -> None:
+    config = model.config
     eos_text, eos_id = _eos(tokenizer)
     state = {name: t.detach().cpu().float().contiguous() for name, t in model.state_for_saving().items()}
     save_file(to_hf_state(config, state), tmp / "model.safetensors", metadata={"format": "pt"})
     files = {
-        "config.json": hf_config(config, eos_id),
+        # "exported_by" marks the directory as lucidlm's own, which `--force` may replace (lucidlm.paths)
+        "config.json": {**hf_config(config, eos_id), "exported_by": "lucidlm"},
         "tokenizer.json": hf_tokenizer_json(tokenizer),
         "tokenizer_config.json": {
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -314,10 +319,6 @@ def export_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike) -> P
     }
     for name, data in files.items():
         (tmp / name).write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
 
 
 def load_hf(directory: str | os.PathLike) -> tuple[GPT, GPTConfig]:

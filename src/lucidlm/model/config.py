@@ -7,6 +7,7 @@ so a lesson can change one part and keep everything else equal.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 from lucidlm.errors import ConfigError
@@ -21,14 +22,29 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# what each field's annotation allows, so that a config.json of the wrong types is an error, not a crash later
+def _is_finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What each field's annotation allows, so that a config.json, a TOML file or a --set of the wrong type is an
+# error, not a crash later. Floats must be finite: no setting means anything at nan or inf.
 TYPE_CHECKS = {
     "int": _is_int,
     "int | None": lambda value: value is None or _is_int(value),
-    "float": lambda value: isinstance(value, (int, float)) and not isinstance(value, bool),
+    "float": _is_finite_number,
+    "float | None": lambda value: value is None or _is_finite_number(value),
     "bool": lambda value: isinstance(value, bool),
     "str": lambda value: isinstance(value, str),
 }
+
+
+def check_types(config) -> None:
+    """Every field of the dataclass `config` against its annotation (TYPE_CHECKS), as one clear error."""
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if not TYPE_CHECKS[field.type](value):
+            kind = "a finite number" if "float" in field.type else f"of type {field.type}"
+            raise ConfigError(f"{field.name}={value!r} is not {kind}")
 
 
 @dataclass
@@ -51,9 +67,7 @@ class GPTConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for field in fields(self):
-            if not TYPE_CHECKS[field.type](getattr(self, field.name)):
-                raise ConfigError(f"{field.name}={getattr(self, field.name)!r} is not of type {field.type}")
+        check_types(self)
         for name, allowed in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of: {', '.join(allowed)}")

@@ -18,6 +18,7 @@ from lucidlm.errors import TokenizerError
 
 class Tokenizer:
     kind: ClassVar[str] = ""
+    unknown_token: ClassVar[str | None] = None  # the token that stands for what the vocabulary lacks, if any
     registry: ClassVar[dict[str, type[Tokenizer]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

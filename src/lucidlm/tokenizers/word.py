@@ -20,6 +20,7 @@ UNKNOWN = "<unk>"
 
 class WordTokenizer(Tokenizer):
     kind = "word"
+    unknown_token = UNKNOWN
 
     def __init__(self, vocab: Iterable[str]):
         self.vocab = list(vocab)

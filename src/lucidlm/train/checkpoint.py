@@ -135,25 +135,56 @@ def read_manifest(run_dir: str | Path, which: str) -> dict:
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
-    """The directory of a complete checkpoint, its files checked against the manifest.
+    """The directory of a complete checkpoint, its files checked against the manifest that names it.
 
-    `best` falls back to `latest` when no evaluation has happened yet.
-    """
+    `which` is "best" (falling back to "latest" when no evaluation has happened yet), "latest", or "step-N"
+    for the checkpoint of step N that a manifest names (a run keeps its latest and its best)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a directory; pass the --out directory of `lucidlm train`")
     if which == "best" and not _pointer(run_dir, "best").exists():
         which = "latest"
-    manifest = read_manifest(run_dir, which)
+    manifest = read_manifest(run_dir, which) if which in POINTERS else _manifest_of_step(run_dir, which)
     directory = run_dir / manifest["checkpoint"]
     for name, expected in manifest["files"].items():
         path = directory / name
         if not path.exists() or path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
             raise CheckpointError(
-                f"{path} is missing or does not match {which}.json; the checkpoint is "
+                f"{path} is missing or does not match its manifest ({which}); the checkpoint is "
                 "damaged, train again or restore the file"
             )
     return directory
+
+
+def _manifest_of_step(run_dir: Path, which: str) -> dict:
+    try:
+        step = int(which.removeprefix("step-"))
+        if not which.startswith("step-") or step < 0:
+            raise ValueError
+    except ValueError:
+        raise CheckpointError(f"--which {which}: say best, latest or step-N (e.g. step-500)") from None
+    kept = {}
+    for pointer in POINTERS:
+        if _pointer(run_dir, pointer).exists():
+            manifest = read_manifest(run_dir, pointer)
+            kept[manifest["step"]] = manifest
+    if step not in kept:
+        steps = ", ".join(f"step-{s}" for s in sorted(kept)) or "none"
+        raise CheckpointError(f"{run_dir} has no checkpoint of step {step}; it keeps the latest and the best: {steps}")
+    return kept[step]
+
+
+def split_checkpoint_path(path: str | Path, which: str = "best") -> tuple[Path, str]:
+    """(run directory, which) for `--checkpoint`: a run directory, or one of its `checkpoints/step-N` folders."""
+    path = Path(path)
+    if path.parent.name == "checkpoints" and path.name.startswith("step-") and (path / "state.json").is_file():
+        return path.parent.parent, f"step-{int(path.name.removeprefix('step-'))}"
+    return path, which
+
+
+def checkpoint_step(directory: Path) -> int:
+    """The step a checkpoint directory holds."""
+    return json.loads((directory / "state.json").read_text())["step"]
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
@@ -171,7 +202,9 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 def load_model(
     run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
 ) -> tuple[GPT, Tokenizer, RunConfig]:
-    """A trained model ready for inference, with its tokenizer and configuration."""
+    """A trained model ready for inference, with its tokenizer and configuration. `run_dir` may also be one of
+    the run's `checkpoints/step-N` folders; `which` as `find_checkpoint`."""
+    run_dir, which = split_checkpoint_path(run_dir, which)
     config = read_run_config(run_dir)
     directory = find_checkpoint(run_dir, which)
     tokenizer = load_tokenizer(Path(run_dir) / "tokenizer.json")

@@ -46,6 +46,7 @@ class TrainResult:
     elapsed: float
     interrupted: bool
     model: object  # the trained model at the last step: a lucidlm GPT, or a lucidlm.scratch GPT (NumPy engine)
+    data_dir: Path | None = None  # the prepared data it trained on
     is_main: bool = True  # False in the torchrun processes other than rank 0
 
 
@@ -134,7 +135,9 @@ def train(
         else:
             metrics.path.unlink(missing_ok=True)
             load_tokenizer(data_dir / "tokenizer.json").save(run_dir / "tokenizer.json")
-        write_json_atomic(run_dir / "config.json", {**config.to_dict(), "data": str(data_dir)})
+        # the data's sources and their sha256, so that --resume can tell the same data from other data
+        sources = read_meta(data_dir)["sources"]
+        write_json_atomic(run_dir / "config.json", {**config.to_dict(), "data": str(data_dir), "data_sources": sources})
 
     tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size * group.world_size
     budget = train_config.time_budget
@@ -181,10 +184,7 @@ def train(
             elapsed += seconds
             rate_tokens, rate_time = rate_tokens + tokens_per_step, rate_time + seconds
             if not math.isfinite(train_loss):
-                raise LucidError(
-                    f"the loss became {train_loss} at step {step}; the last good checkpoint is "
-                    f"{_latest_step(run_dir)}; lower lr (--set lr=...) and --resume"
-                )
+                raise LucidError(f"the loss became {train_loss} at step {step}; {_after_divergence(run_dir)}")
             if group.is_main:
                 metrics.append({"step": step, "loss": train_loss, "lr": lr, "elapsed": round(elapsed, 3)})
             bar.update(round(elapsed) - bar.n if budget else 1)
@@ -213,15 +213,17 @@ def train(
         elapsed=elapsed,
         interrupted=stop.requested,
         model=engine.model,
+        data_dir=data_dir,
         is_main=group.is_main,
     )
 
 
-def _latest_step(run_dir: Path) -> str:
+def _after_divergence(run_dir: Path) -> str:
     try:
-        return f"step {read_manifest(run_dir, 'latest')['step']}"
+        step = read_manifest(run_dir, "latest")["step"]
     except CheckpointError:
-        return "none (no checkpoint was saved yet)"
+        return "no checkpoint was saved, so nothing was kept; train again with a lower lr (--set lr=...)"
+    return f"the last good checkpoint is step {step}; lower lr (--set lr=...) and --resume"
 
 
 def _check_same_tokenizer(data_dir: Path, run_dir: Path) -> None:

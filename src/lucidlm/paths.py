@@ -1,0 +1,188 @@
+"""Whether a command may write to a path: the one place that decides it, for every sub-command.
+
+A command writes only what it creates. An output directory is written under a temporary name beside the
+target and renamed into place once complete, so a failed command leaves nothing behind. What the target
+already holds decides what happens:
+
+- nothing (no such path, or an empty directory): the output is written there;
+- the same command's own earlier output, recognised by its files (every entry is one the command writes,
+  and its marker file reads as the command writes it): replaced with `--force`, refused without;
+- anything else (a user's files, a run where a data directory is asked for, `.`, the parent directory):
+  refused, with `--force` too. lucidlm never deletes what it did not write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lucidlm.errors import ConfigError
+
+FORCE = "--force"
+FORCE_HELP = "replace an earlier output of this same command (never anything else)"
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What a command writes into a directory, and how to tell its earlier output from anything else."""
+
+    name: str  # "data directory"
+    entries: frozenset[str]  # every name the command writes at the top of the directory
+    marker: str  # the JSON file whose keys identify the output
+    keys: tuple[str, ...]
+
+    def holds(self, path: Path) -> bool:
+        """Whether `path` is a directory holding this kind of output and nothing else."""
+        try:
+            names = {_without_tmp(entry.name) for entry in path.iterdir()}
+            data = json.loads((path / self.marker).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return names <= self.entries and isinstance(data, dict) and all(key in data for key in self.keys)
+
+
+def _without_tmp(name: str) -> str:
+    """A file being replaced when a command was killed (`latest.json.tmp`, `loss.tmp.png`) counts as the file."""
+    return name.replace(".tmp", "")
+
+
+DATA_DIR = OutputKind(
+    "data directory",
+    frozenset({"train.bin", "val.bin", "tokenizer.json", "meta.json"}),
+    "meta.json",
+    ("tokenizer", "vocab_size", "dtype", "sources"),
+)
+RUN_DIR = OutputKind(
+    "run directory",
+    frozenset({"config.json", "tokenizer.json", "metrics.jsonl", "loss.png", "latest.json", "best.json"})
+    | {"checkpoints", "data"},
+    "config.json",
+    ("model", "train"),
+)
+HF_EXPORT = OutputKind(
+    "Hugging Face export",
+    frozenset(
+        {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"}
+    ),
+    "config.json",
+    ("exported_by",),
+)
+KINDS = (DATA_DIR, RUN_DIR, HF_EXPORT)
+
+
+def check_target(path: str | os.PathLike, kind: OutputKind, force: bool) -> bool:
+    """Refuse (ConfigError, one line) unless `path` may receive `kind`; True when it holds an earlier output of
+    that kind, which `force` allows to be replaced."""
+    path = Path(path)
+    for ancestor in [path, *path.parents]:
+        if ancestor.exists() and not ancestor.is_dir():
+            raise ConfigError(f"{ancestor} is a file, not a directory; choose a directory for --out")
+    if not path.exists():
+        return False
+    resolved = path.resolve()
+    if resolved == Path.cwd() or resolved in Path.cwd().parents:
+        raise ConfigError(f"--out {path} is the current directory or above it; name a new directory for the output")
+    if not any(path.iterdir()):
+        return False
+    if kind.holds(path):
+        if force:
+            return True
+        raise ConfigError(f"{path} already holds a {kind.name}; pass {FORCE} to replace it, or choose another --out")
+    other = next((k.name for k in KINDS if k is not kind and k.holds(path)), None)
+    what = f"holds a {other}, not a {kind.name}" if other else f"is not empty and is not a {kind.name} lucidlm wrote"
+    raise ConfigError(
+        f"{path} {what}; choose a new or empty --out (lucidlm never replaces files it did not write, even with {FORCE})"
+    )
+
+
+def make_parents(path: Path) -> list[Path]:
+    """Create the missing directories above `path`; returns them, deepest first, for `remove_made`."""
+    missing = [parent for parent in [path.parent, *path.parent.parents] if not parent.exists()]
+    for directory in reversed(missing):
+        directory.mkdir()
+    return missing
+
+
+def remove_made(directories: list[Path]) -> None:
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
+def _beside(path: Path, role: str) -> Path:
+    return path.parent / f".{path.name}.lucidlm-{role}-{secrets.token_hex(4)}"
+
+
+@contextlib.contextmanager
+def written_directory(path: str | os.PathLike, kind: OutputKind, force: bool = False) -> Iterator[Path]:
+    """A temporary directory beside `path` to write the output into. When the block ends without an error it
+    is renamed to `path` (an earlier output there is removed after the rename); on any error or Ctrl-C it is
+    removed, with the parent directories this made."""
+    replacing = check_target(path, kind, force)
+    path = Path(path).absolute()
+    made = make_parents(path)
+    tmp = _beside(path, "tmp")
+    try:
+        tmp.mkdir()
+        yield tmp
+        if path.exists():  # an empty directory, or (with force) an earlier output of this kind
+            old = _beside(path, "old")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            if replacing:
+                shutil.rmtree(old)
+            else:
+                old.rmdir()
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_made(made)
+        raise
+
+
+@contextlib.contextmanager
+def run_directory(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """The directory of a new training run, which grows while it trains (checkpoints, metrics) and so is not
+    renamed into place. If the block fails before the run's first checkpoint, what it wrote is removed (and
+    an earlier run that `force` replaced is put back); after it, the checkpoints stay, to resume from."""
+    replacing = check_target(path, RUN_DIR, force)
+    path = Path(path).absolute()
+    made = make_parents(path)
+    earlier = None
+    if replacing:
+        earlier = _beside(path, "old")
+        os.rename(path, earlier)
+    created = not path.exists()
+    path.mkdir(exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if not (path / "latest.json").exists():
+            if created:
+                shutil.rmtree(path, ignore_errors=True)
+            else:  # it was empty: everything in it is this command's
+                for entry in path.iterdir():
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+            if earlier is not None:
+                os.rename(earlier, path)
+                earlier = None
+            remove_made(made)
+        raise
+    finally:
+        if earlier is not None:
+            shutil.rmtree(earlier, ignore_errors=True)
+
+
+def holds_run(path: str | os.PathLike) -> bool:
+    """Whether `path` is a run directory that `lucidlm train` wrote (for --resume)."""
+    return (Path(path) / "config.json").is_file() and (Path(path) / "latest.json").is_file()

@@ -1,0 +1,249 @@
+"""What `lucidlm train` is asked to do, decided before anything is written.
+
+A run is new, a resume, or a fine-tune of another model (`--init-from`). `plan_run` settles which, with its
+data, settings and starting weights, and checks everything that can be checked first: every setting's range,
+that the output directory may be written (lucidlm.paths), that a resumed run gets the very data it was
+trained on (by the sha256 recorded in its config.json) and settings that change nothing but what the user
+asked to change, that the model fits in memory. `carry_out` then claims the run directory, prepares a text
+file into RUN_DIR/data, and trains; a failure before the first checkpoint leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lucidlm.config import RunConfig, parse_overrides, resolve_config
+from lucidlm.data.corpus import iter_text, text_sha256
+from lucidlm.data.loader import read_meta
+from lucidlm.data.prepare import Source, prepare
+from lucidlm.errors import CheckpointError, ConfigError, DataError
+from lucidlm.model import GPT
+from lucidlm.paths import RUN_DIR, check_target, holds_run, run_directory
+from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
+from lucidlm.train.checkpoint import load_model, read_manifest, read_run_config
+from lucidlm.train.trainer import TrainResult, train
+
+DEFAULT_PRESET = "shakespeare-char"
+# bytes per parameter while training: fp32 weights, gradients and AdamW's two moments
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+@dataclass
+class RunPlan:
+    data: Path  # a prepared data directory, or a text file to prepare into RUN_DIR/data
+    run_dir: Path
+    config: RunConfig
+    resume: bool = False
+    force: bool = False
+    tokenizer: Tokenizer | None = None  # what a text file is prepared with (None: a char tokenizer learned from it)
+    init_weights: dict[str, torch.Tensor] | None = None
+    nothing_to_do: str | None = None  # set when a resumed run has already reached its end
+
+    @property
+    def text_input(self) -> bool:
+        return not self.data.is_dir()
+
+
+def plan_run(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    preset: str | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    init_from: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+) -> RunPlan:
+    """Decide and check the run; nothing is written."""
+    data, out, overrides = Path(data), Path(out), list(overrides or [])
+    if data.is_dir():
+        read_meta(data)  # a directory must be a prepared one
+    elif not data.is_file():
+        raise DataError(f"--data {data}: no such file or directory")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not data.is_dir():
+        raise ConfigError(
+            "under torchrun, --data must be a prepared DATA_DIR (run `lucidlm data prepare` first), "
+            "so that the processes do not prepare the same files at once"
+        )
+    if init_from and resume:
+        raise ConfigError("--init-from starts a new run; drop --resume (or drop --init-from to continue)")
+    if resume:
+        if force:
+            raise ConfigError("--resume continues a run and --force replaces one; give one of them")
+        plan = _plan_resume(data, out, preset, config_file, overrides)
+    else:
+        check_target(out, RUN_DIR, force)
+        if init_from:
+            plan = _plan_init(data, out, preset, config_file, overrides, init_from)
+        else:
+            vocab_size = _vocab_size(data)
+            config = resolve_config(preset or DEFAULT_PRESET, config_file, _with_vocab(vocab_size, overrides))
+            plan = RunPlan(data, out, config)
+        plan.force = force
+    check_fits_in_memory(plan.config)
+    return plan
+
+
+def carry_out(plan: RunPlan, progress: bool | None = None) -> TrainResult:
+    """Train as planned: claim the run directory (rank 0 only, under torchrun), prepare a text file, train."""
+    if plan.resume or int(os.environ.get("RANK", "0")) != 0:
+        return _train(plan, progress)
+    with run_directory(plan.run_dir, plan.force):
+        return _train(plan, progress)
+
+
+def _train(plan: RunPlan, progress: bool | None) -> TrainResult:
+    data_dir = plan.data
+    if plan.text_input:
+        data_dir = plan.run_dir / "data"
+        if not (plan.resume and data_dir.is_dir()):
+            prepare([Source(plan.data, str(plan.data))], data_dir, "char", progress=progress, tokenizer=plan.tokenizer)
+    return train(data_dir, plan.run_dir, plan.config, plan.resume, progress, plan.init_weights)
+
+
+# --- the three kinds of run ---------------------------------------------------------------------------------
+
+
+def _plan_resume(
+    data: Path, out: Path, preset: str | None, config_file: str | os.PathLike | None, overrides: list[str]
+) -> RunPlan:
+    if not holds_run(out):
+        raise CheckpointError(
+            f"{out} holds no run to resume (no config.json and latest.json); drop --resume to start one"
+        )
+    saved = read_run_config(out)
+    tokenizer = load_tokenizer(out / "tokenizer.json")
+    _check_same_data(data, out, tokenizer)
+    config = resolve_config(base=saved.to_dict(), overrides=overrides)
+    changed = changed_settings(saved, config, "model")
+    if changed:
+        raise ConfigError(
+            f"--resume cannot change the model ({', '.join(changed)}); start a new run with another --out"
+        )
+    if preset or config_file:
+        # the command that started the run, run again with --resume: fine as long as it changes nothing
+        asked = resolve_config(preset or DEFAULT_PRESET, config_file, _with_vocab(tokenizer.vocab_size, overrides))
+        changed = changed_settings(config, asked, "model") + changed_settings(config, asked, "train")
+        if changed:
+            raise ConfigError(
+                f"--resume keeps the run's settings, and --preset/--config would change {', '.join(changed)}; "
+                "drop them (change training settings with --set or --max-steps)"
+            )
+    plan = RunPlan(data, out, config, resume=True, tokenizer=tokenizer)
+    latest = read_manifest(out, "latest")
+    state = json.loads((out / latest["checkpoint"] / "state.json").read_text())
+    budget = config.train.time_budget
+    if latest["step"] >= config.train.max_steps:
+        plan.nothing_to_do = (
+            f"{out} is already at step {latest['step']} of max_steps={config.train.max_steps}: nothing to train; "
+            "raise --max-steps to go on"
+        )
+    elif budget is not None and state.get("elapsed", 0.0) >= budget:
+        plan.nothing_to_do = (
+            f"{out} has already spent its time budget of {budget:g} s: nothing to train; raise --time-budget to go on"
+        )
+    return plan
+
+
+def _check_same_data(data: Path, out: Path, tokenizer: Tokenizer) -> None:
+    """The data of a resume must be the run's own: its sources' sha256 as config.json records them, or (for
+    runs written before that record) at least the same tokenizer."""
+    recorded = json.loads((out / "config.json").read_text()).get("data_sources")
+    if data.is_dir():
+        if recorded is not None:
+            same = [s["sha256"] for s in read_meta(data)["sources"]] == [s["sha256"] for s in recorded]
+        else:
+            same = tokenizer.matches_file(data / "tokenizer.json")
+    else:
+        same = recorded is not None and [text_sha256(data)] == [s["sha256"] for s in recorded]
+    if not same:
+        raise ConfigError(
+            f"{data} is not the data {out} was trained on (its sha256 differs from the one {out}/config.json "
+            "records); resume with the same --data, or start a new run with another --out"
+        )
+
+
+def _plan_init(
+    data: Path,
+    out: Path,
+    preset: str | None,
+    config_file: str | os.PathLike | None,
+    overrides: list[str],
+    init_from: str,
+) -> RunPlan:
+    """`--init-from`: the model (shape and weights) and tokenizer come from the source; the data is tokenized
+    with that tokenizer; only the training settings (and dropout) come from the preset, --config and --set."""
+    model_settings = sorted(name for name in parse_overrides(overrides)["model"] if name != "dropout")
+    if model_settings:
+        raise ConfigError(f"the model's shape comes from --init-from; drop --set {', '.join(model_settings)}")
+    config = resolve_config(preset or DEFAULT_PRESET, config_file, overrides)
+    source_model, tokenizer = load_init(init_from)
+    if data.is_dir() and not tokenizer.matches_file(data / "tokenizer.json"):
+        raise ConfigError(
+            f"{data} was prepared with another tokenizer than {init_from}; pass a text file "
+            "(it is prepared with the model's tokenizer) or data prepared with it"
+        )
+    config.model = dataclasses.replace(source_model.config, dropout=config.model.dropout)
+    return RunPlan(data, out, config, tokenizer=tokenizer, init_weights=source_model.state_for_saving())
+
+
+def load_init(source: str) -> tuple[GPT, Tokenizer]:
+    """The model and tokenizer that `--init-from` names: `hf:DIR` (a GPT-2, Llama or Qwen3 directory) or a RUN_DIR."""
+    if source.startswith("hf:"):
+        from lucidlm.export.hf import load_hf, load_hf_tokenizer
+
+        model, _ = load_hf(source[3:])
+        return model, load_hf_tokenizer(source[3:])
+    model, tokenizer, _ = load_model(source)
+    return model, tokenizer
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def _vocab_size(data: Path) -> int:
+    """The vocabulary the model needs: the prepared data's, or that of the char tokenizer a text file gets."""
+    if data.is_dir():
+        return read_meta(data)["vocab_size"]
+    return CharTokenizer.train(iter_text(data)).vocab_size
+
+
+def _with_vocab(vocab_size: int, overrides: list[str]) -> list[str]:
+    """The data's vocabulary size, unless the user set one (a larger one pads the embedding, e.g. to 50304)."""
+    if any(pair.split("=", 1)[0].split(".")[-1] == "vocab_size" for pair in overrides):
+        return overrides
+    return [f"vocab_size={vocab_size}", *overrides]
+
+
+def changed_settings(before: RunConfig, after: RunConfig, section: str) -> list[str]:
+    """`name (old -> new)` for each setting of `section` ("model" or "train") that differs."""
+    old, new = before.to_dict()[section], after.to_dict()[section]
+    return [f"{name} ({old[name]!r} -> {new[name]!r})" for name in old if old[name] != new[name]]
+
+
+def check_fits_in_memory(config: RunConfig) -> None:
+    """Refuse a model whose training state cannot fit in this machine's memory, before allocating any of it.
+    The parameters are counted on PyTorch's meta device (shapes only)."""
+    with torch.device("meta"):
+        parameters = GPT(config.model).num_params(include_position_embeddings=True)
+    needed = parameters * TRAINING_BYTES_PER_PARAMETER
+    available = physical_memory()
+    if available and needed > available:
+        raise ConfigError(
+            f"a model of {parameters:,} parameters needs about {needed / 2**30:,.1f} GiB to train (weights, "
+            f"gradients and optimizer state), more than this machine's {available / 2**30:,.1f} GiB; "
+            "choose smaller n_embd, n_layer or vocab_size"
+        )
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
