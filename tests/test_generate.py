@@ -164,3 +164,12 @@ def test_generate_text_is_seeded_and_streams(tmp_path):
     first = run(1)
     assert len(first) > 1 and sum(len(p) for p in first) == 30
     assert first == run(1) and first != run(2)
+
+
+@pytest.mark.parametrize("config", [SamplingConfig(1e-39), SamplingConfig(1e-45), SamplingConfig(1.0, top_p=1e-46)])
+def test_a_tiny_temperature_or_top_p_is_greedy_not_the_last_token(config):
+    """Issue 18: logits / 1e-39 overflowed float32 into inf - inf = nan, and top_p below float32's smallest
+    number dropped every token; either way the last vocabulary token came out."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.5], [0.0, -1.0, 4.0, 4.5]])
+    tokens = sample_next(logits, config, torch.Generator().manual_seed(0))
+    assert tokens.tolist() == [1, 3]

@@ -138,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens", type=int, default=2048, help="the most tokens a request may ask for")
     serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     serve.add_argument("--threads", type=int, help="PyTorch threads on the CPU (default: all cores but one)")
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a web page (e.g. http://localhost:3000) whose scripts may call the API; others are refused",
+    )
 
     tutorial = command("tutorial", "the lessons in the browser, with code you can edit and run", EXAMPLES["tutorial"])
     tutorial.add_argument("--port", type=int, default=8890)
@@ -210,7 +217,7 @@ def run_serve(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads or decoding_threads())
     model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device)
     name = args.model_name or Path(args.checkpoint).resolve().name
-    settings = ServerSettings(model_id=name, max_tokens=args.max_tokens)
+    settings = ServerSettings(model_id=name, max_tokens=args.max_tokens, allowed_origins=tuple(args.allow_origin))
     engine = EngineProcess(
         model, tokenizer, args.max_batch, args.max_waiting, threads=args.threads or decoding_threads()
     )

@@ -24,6 +24,7 @@ The server never executes code.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import math
 import time
@@ -35,7 +36,8 @@ from typing import Any, Literal
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -48,6 +50,7 @@ from lucidlm.serve.engine_process import EngineProcess, EngineStopped
 from lucidlm.tokenizers import Tokenizer
 
 STATIC = Path(__file__).parent / "static"
+CLIENT_GONE = 499  # nginx's "client closed request": the status of an answer nobody reads
 # Base models have no chat format of their own; the conversation is written out as plain text, ends with
 # "Assistant:", and generation stops where the model starts the user's next line.
 CHAT_TEMPLATE = "{role}: {content}\n"
@@ -60,6 +63,7 @@ class ServerSettings:
     max_tokens: int = 2048  # the most tokens one choice may ask for
     max_body_bytes: int = 1_000_000
     max_choices: int = 16  # prompts x n in one request
+    allowed_origins: tuple[str, ...] = ()  # web pages (scheme://host:port) that may call the API from a browser
 
 
 class APIError(Exception):
@@ -72,8 +76,16 @@ def error_body(message: str, param: str | None = None, kind: str = "invalid_requ
     return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
+class ASCIIJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error message that quotes the request cannot fail to
+    encode, whatever text the request held."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
 def error_response(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-    return JSONResponse(error_body(message, param, kind), status_code=status)
+    return ASCIIJSONResponse(error_body(message, param, kind), status_code=status)
 
 
 # --- requests ---------------------------------------------------------------------------------------------
@@ -98,6 +110,7 @@ class SamplingFields(BaseModel):
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    response_format: dict[str, Any] | None = None
 
 
 class CompletionBody(SamplingFields):
@@ -108,9 +121,33 @@ class CompletionBody(SamplingFields):
     best_of: int | None = None
 
 
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    """A message as OpenAI's clients send it: content as text, as a list of parts, or null (an assistant
+    message that only called a tool)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def text(self, index: int) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        for part in self.content:
+            if part.type != "text" or part.text is None:
+                raise APIError(
+                    400,
+                    f"messages[{index}] has a content part of type {part.type!r}; this model reads text only",
+                    f"messages.{index}.content",
+                )
+        return "".join(part.text for part in self.content)
 
 
 class ChatBody(SamplingFields):
@@ -119,6 +156,9 @@ class ChatBody(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = None
     tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
 
 
 class AttentionBody(BaseModel):
@@ -140,12 +180,30 @@ def add_error_handlers(app: FastAPI) -> None:
     async def wrong_method(request: Request, exc: Exception):
         return error_response(405, f"{request.method} is not allowed on {request.url.path}")
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # a bug: this request fails, the server goes on
+        return error_response(500, f"internal error ({type(exc).__name__}); the server goes on", kind="server_error")
+
+
+MAX_JSON_DEPTH = 32  # no request of this API nests deeper than a few levels
+
 
 async def parse_body(request: Request, schema: type[BaseModel]) -> Any:
+    """The JSON body as `schema`: 400 for what is not JSON, nests too deep or holds text that is not Unicode
+    (a lone surrogate such as "\\ud800"), 422 for a field of the wrong type."""
     try:
         data = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(400, f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+        raise APIError(400, f"the request body holds {bad}, a lone surrogate that is not Unicode text") from None
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object")
     try:
@@ -154,6 +212,20 @@ async def parse_body(request: Request, schema: type[BaseModel]) -> Any:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
         raise APIError(422, f"{param}: {first['msg']}", param) from None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (0 for a plain value), without recursion."""
+    depth, level = 0, [value]
+    while level:
+        containers = [v for v in level if isinstance(v, (list, dict))]
+        if not containers:
+            return depth
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            return depth
+        level = [child for c in containers for child in (c.values() if isinstance(c, dict) else c)]
+    return depth
 
 
 def check_sampling(body: SamplingFields, settings: ServerSettings, default_max_tokens: int) -> SamplingConfig:
@@ -166,6 +238,8 @@ def check_sampling(body: SamplingFields, settings: ServerSettings, default_max_t
         ("top_p", math.isfinite(body.top_p) and 0 < body.top_p <= 1, "must lie in (0, 1]"),
         ("top_k", body.top_k is None or body.top_k >= 1, "must be at least 1"),
         ("n", 1 <= body.n <= settings.max_choices, f"must lie in 1..{settings.max_choices}"),
+        ("seed", body.seed is None or -(2**63) <= body.seed < 2**64, "must be a 64-bit integer"),
+        ("response_format", body.response_format in (None, {"type": "text"}), "other than text is not supported"),
         ("presence_penalty", body.presence_penalty == 0, "is not supported by this server; leave it at 0"),
         ("frequency_penalty", body.frequency_penalty == 0, "is not supported by this server; leave it at 0"),
         ("logit_bias", not body.logit_bias, "is not supported by this server"),
@@ -212,6 +286,43 @@ class BodyLimit:
         await error_response(413, message)(scope, receive, send)
 
 
+def loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
+
+
+class BrowserGuard:
+    """Refuse what a web page the user visits could make a browser send here (403):
+    - a Host that is not this server's own loopback name (a DNS-rebinding page reaching 127.0.0.1 under its
+      own name), checked when the server listens on a loopback address;
+    - an Origin other than the server itself and the `allowed` ones (a cross-site page posting a request).
+    Clients that are not browsers send no Origin and are not affected."""
+
+    def __init__(self, app, allowed: tuple[str, ...] = ()):
+        self.app, self.allowed = app, set(allowed)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        host = headers.get(b"host", b"").decode("latin-1")
+        address, port = scope.get("server") or (None, None)
+        if loopback(address):
+            names = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+            if host not in names and not (port == 80 and f"{host}:80" in names):
+                message = f"this server answers only as 127.0.0.1:{port} or localhost:{port}, not as {host!r}"
+                return await error_response(403, message, kind="forbidden")(scope, receive, send)
+        origin = headers.get(b"origin")
+        if origin is not None:
+            origin = origin.decode("latin-1")
+            if origin != f"http://{host}" and origin not in self.allowed:
+                message = f"requests from the web page {origin} are refused; allow it with --allow-origin {origin}"
+                return await error_response(403, message, kind="forbidden")(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(
     model: GPT,
     tokenizer: Tokenizer,
@@ -230,6 +341,11 @@ def create_app(
     app = FastAPI(title="lucidlm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.allowed_origins:  # their browsers' preflight requests and CORS headers
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(BrowserGuard, allowed=settings.allowed_origins)  # the outermost: refuse first
 
     add_error_handlers(app)
 
@@ -263,8 +379,12 @@ def create_app(
         body: CompletionBody = await parse_body(request, CompletionBody)
         check_model(body.model)
         sampling = check_sampling(body, settings, default_max_tokens=16)
-        for param, unsupported in (("echo", body.echo), ("suffix", body.suffix), ("best_of", body.best_of)):
-            if unsupported not in (None, False, 1):
+        for param, supported in (
+            ("echo", body.echo is False),
+            ("suffix", body.suffix is None),
+            ("best_of", body.best_of in (None, 1)),
+        ):
+            if not supported:
                 raise APIError(400, f"{param} is not supported by this server", param)
         if body.logprobs is not None and not 0 <= body.logprobs <= 5:
             raise APIError(400, f"logprobs must lie in 0..5 (got {body.logprobs})", "logprobs")
@@ -300,7 +420,9 @@ def create_app(
 
         if body.stream:
             return sse(run, lambda i, e: envelope([choice_chunk(i, e)]), envelope([]), body.stream_options)
-        events = await run.collect()
+        events = await run.collect(request)
+        if events is None:
+            return Response(status_code=CLIENT_GONE)
         choices = []
         for index, choice_events in enumerate(events):
             text = "".join(e.text for e in choice_events)
@@ -324,15 +446,20 @@ def create_app(
         if body.max_completion_tokens is not None:
             body.max_tokens = body.max_completion_tokens
         sampling = check_sampling(body, settings, default_max_tokens=256)
-        if body.tools:
-            raise APIError(400, "tools are not supported by this server", "tools")
+        for param in ("tools", "functions", "function_call"):
+            if getattr(body, param):
+                raise APIError(400, f"{param} are not supported by this server (this model cannot call tools)", param)
+        if body.tool_choice not in (None, "none"):
+            raise APIError(400, "tool_choice is not supported by this server", "tool_choice")
         if not body.messages:
             raise APIError(400, "messages must hold at least one message", "messages")
         top = body.top_logprobs or 0
         if not 0 <= top <= 20 or (top and not body.logprobs):
             raise APIError(400, "top_logprobs must lie in 0..20 and needs logprobs: true", "top_logprobs")
         body.stop = [*body.stop, CHAT_STOP]
-        prompt = "".join(CHAT_TEMPLATE.format(role=m.role.title(), content=m.content) for m in body.messages)
+        prompt = "".join(
+            CHAT_TEMPLATE.format(role=m.role.title(), content=m.text(i)) for i, m in enumerate(body.messages)
+        )
         encoded = [encode(prompt + "Assistant:", "messages")]
         run = Generation(engine, body, sampling, encoded, top if body.logprobs else None, "chatcmpl")
 
@@ -367,7 +494,9 @@ def create_app(
                 return envelope([choice], "chat.completion.chunk")
 
             return sse(run, chunk, envelope([], "chat.completion.chunk"), body.stream_options)
-        events = await run.collect()
+        events = await run.collect(request)
+        if events is None:
+            return Response(status_code=CLIENT_GONE)
         choices = [
             {
                 "index": index,
@@ -450,7 +579,7 @@ class Generation:
                 def deliver(event: TokenEvent, index: int = index) -> None:
                     loop.call_soon_threadsafe(self.queue.put_nowait, (index, event))
 
-                seed = None if body.seed is None else body.seed + j  # choices of one request differ
+                seed = None if body.seed is None else (body.seed + j) % 2**64  # choices of one request differ
                 self.requests.append(
                     EngineRequest(prompt, body.max_tokens, sampling, deliver, body.stop, seed, top_logprobs)
                 )
@@ -486,19 +615,41 @@ class Generation:
                 while not self.queue.empty():
                     batch.append(self.queue.get_nowait())
                 running -= sum(event.finish_reason is not None for _, event in batch)
-                broken = next((event.error for _, event in batch if event.finish_reason == "error"), None)
-                if broken:
-                    raise APIError(503, f"{broken}; restart the server", kind="server_error")
+                broken = next((event for _, event in batch if event.finish_reason == "error"), None)
+                if broken is not None and broken.engine_ended:
+                    raise APIError(503, f"{broken.error}; restart the server", kind="server_error")
+                if broken is not None:
+                    raise APIError(
+                        500, f"{broken.error}; the server goes on, retry or change the request", kind="server_error"
+                    )
                 yield batch
         finally:
             self.cancel()  # a client that went away frees its rows at the engine's next step
 
-    async def collect(self) -> list[list[TokenEvent]]:
+    async def collect(self, request: Request) -> list[list[TokenEvent]] | None:
+        """Every choice's events, or None if the client hung up first (its rows are then freed at once
+        rather than decoded to max_tokens for nobody)."""
+        gathering = asyncio.ensure_future(self._gather())
+        watching = asyncio.ensure_future(until_disconnected(request))
+        done, _ = await asyncio.wait({gathering, watching}, return_when=asyncio.FIRST_COMPLETED)
+        watching.cancel()
+        if gathering in done:
+            return gathering.result()
+        gathering.cancel()  # batches()'s `finally` cancels the engine's requests
+        return None
+
+    async def _gather(self) -> list[list[TokenEvent]]:
         events: list[list[TokenEvent]] = [[] for _ in self.requests]
         async for batch in self.batches():
             for index, event in batch:
                 events[index].append(event)
         return events
+
+
+async def until_disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read, so only that message is left)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def sse(

@@ -12,19 +12,24 @@ runs them through the model together. Requests join and leave between steps:
 
 A request's random generator is its own and its row's numbers do not depend on the other rows, so with a
 seed a request gives the same text alone or among others.
+
+One request's failure is its own: an exception while admitting, sampling or reporting a request ends that
+request with an error event (finish_reason "error") and the engine goes on with the others. Only an
+exception in the batched forward pass fails every request in that batch, and the engine still goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from lucidlm.device import autocast
-from lucidlm.generate import SamplingConfig, StopStreamer, sample_next
+from lucidlm.generate import SamplingConfig, StopStreamer, sample_next, seed_generator
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer
 
@@ -43,6 +48,7 @@ class TokenEvent:
     top: list[tuple[int, float]] = field(default_factory=list)  # the most likely tokens and their logprobs
     finish_reason: str | None = None  # "stop" or "length" on the last event; "error" if decoding broke off
     error: str | None = None  # what broke off, with finish_reason "error"
+    engine_ended: bool = False  # with an error: the engine itself is gone, not just this request
 
 
 @dataclass
@@ -57,6 +63,7 @@ class Request:
     seed: int | None = None
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's; k: and the k most likely
     cancelled: bool = False
+    failed: bool = False  # decoding it raised; it has had its error event and leaves at once
     # filled in by the engine
     generated: list[int] = field(default_factory=list)
     context: list[int] = field(default_factory=list)  # the tokens in this request's cache row
@@ -129,17 +136,30 @@ class Engine:
 
     # --- one step -----------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def step(self) -> None:
+        """One decoding step. Whatever goes wrong in it fails the requests it concerns, never the engine."""
+        try:
+            self._step()
+        except Exception as exc:  # a failure outside any one request's part: the running requests end
+            for request in self.active:
+                self._fail(request, exc)
+        for request in [r for r in self.active if r.failed]:
+            self._remove(request)
+
+    @torch.inference_mode()
+    def _step(self) -> None:
         self.steps += 1
         self._drop_cancelled()
         self._admit()
-        if not self.active:
-            return
         block_size = self.model.config.block_size
         for row, request in enumerate(self.active):
             if len(request.context) == block_size:  # the window is full: keep its newer half
-                self._prefill(row, request, request.context[-(block_size // 2) :])
+                with self._failing_alone(request):
+                    self._prefill(row, request, request.context[-(block_size // 2) :])
+        for request in [r for r in self.active if r.failed]:
+            self._remove(request)
+        if not self.active:
+            return
         self.cache.select(0, len(self.active))
         tokens = torch.tensor([[r.pending] for r in self.active], device=self.device)  # (B, 1)
         with autocast(self.device):
@@ -150,14 +170,34 @@ class Engine:
         logprobs = logits.log_softmax(dim=-1) if any(r.top_logprobs is not None for r in self.active) else None
         finished = []
         for row, (request, token) in enumerate(zip(self.active, self._sample(logits), strict=True)):
-            event = self._event(request, token, logprobs[row] if logprobs is not None else None)
-            if event.finish_reason is not None:
-                finished.append(request)
-            else:
-                request.pending = token
-            request.on_event(event)
+            if request.failed:
+                continue
+            with self._failing_alone(request):
+                event = self._event(request, token, logprobs[row] if logprobs is not None else None)
+                if event.finish_reason is not None:
+                    finished.append(request)
+                else:
+                    request.pending = token
+                request.on_event(event)
         for request in finished:
             self._remove(request)
+
+    @contextlib.contextmanager
+    def _failing_alone(self, request: Request) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            self._fail(request, exc)
+
+    def _fail(self, request: Request, exc: Exception) -> None:
+        """End `request` with an error event; it leaves the engine at the end of the step."""
+        if request.failed:
+            return
+        request.failed = True
+        with contextlib.suppress(Exception):  # a callback that raises cannot be told more
+            request.on_event(
+                TokenEvent("", finish_reason="error", error=f"decoding failed ({type(exc).__name__}: {exc})")
+            )
 
     def _sample(self, logits: torch.Tensor) -> list[int]:
         """Every row's next token: rows with the same sampling settings in one call, each row drawing its
@@ -172,12 +212,16 @@ class Engine:
                 groups.append((request.sampling, [row]))
         tokens = [0] * len(self.active)
         for config, rows in groups:
-            uniforms = None
-            if config.temperature > 0:
-                draws = [torch.rand(1, generator=self.active[r].generator, device=self.device) for r in rows]
-                uniforms = torch.cat(draws)
-            for row, token in zip(rows, sample_next(logits[rows], config, None, uniforms).tolist(), strict=True):
-                tokens[row] = token
+            try:
+                uniforms = None
+                if config.temperature > 0:
+                    draws = [torch.rand(1, generator=self.active[r].generator, device=self.device) for r in rows]
+                    uniforms = torch.cat(draws)
+                for row, token in zip(rows, sample_next(logits[rows], config, None, uniforms).tolist(), strict=True):
+                    tokens[row] = token
+            except Exception as exc:  # these settings broke: the requests that share them fail, not the others
+                for row in rows:
+                    self._fail(self.active[row], exc)
         return tokens
 
     def _admit(self) -> None:
@@ -191,15 +235,16 @@ class Engine:
         for request in joining:
             row = len(self.active)
             self.active.append(request)
-            request.generator = torch.Generator(device=self.device)
-            if request.seed is None:
-                request.generator.seed()
-            else:
-                request.generator.manual_seed(request.seed)
-            request.streamer = StopStreamer(self.tokenizer, request.stop)
-            prompt = request.prompt[-block_size:]  # a longer prompt keeps its end, as `lucidlm generate` does
-            self._prefill(row, request, prompt[:-1])
-            request.pending = prompt[-1]
+            with self._failing_alone(request):
+                request.generator = torch.Generator(device=self.device)
+                if request.seed is None:
+                    request.generator.seed()
+                else:
+                    seed_generator(request.generator, request.seed)
+                request.streamer = StopStreamer(self.tokenizer, request.stop)
+                prompt = request.prompt[-block_size:]  # a longer prompt keeps its end, as `lucidlm generate` does
+                self._prefill(row, request, prompt[:-1])
+                request.pending = prompt[-1]
 
     def _prefill(self, row: int, request: Request, context: list[int]) -> None:
         """Make row `row` of the cache hold exactly `context` (the next step feeds `request.pending`)."""

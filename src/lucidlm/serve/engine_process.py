@@ -161,4 +161,4 @@ class EngineProcess:
         with self._lock:
             orphans, self.requests = list(self.requests.values()), {}
         for request in orphans:
-            request.on_event(TokenEvent("", finish_reason="error", error=self.stopped))
+            request.on_event(TokenEvent("", finish_reason="error", error=self.stopped, engine_ended=True))
