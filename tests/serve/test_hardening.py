@@ -134,7 +134,7 @@ def test_over_http_a_failing_request_is_a_500_while_4_streams_finish(model, toke
     ],
 )
 def test_requests_the_server_cannot_honour_are_400s_that_say_so(server, name, body, param):
-    url, engine = server
+    url, _ = server
     response = post(url, body)
     assert response.status_code == 400, (name, response.text)
     assert response.headers["content-type"] == "application/json"
