@@ -233,7 +233,7 @@ def run_serve(args: argparse.Namespace) -> None:
 def run_tutorial(args: argparse.Namespace) -> None:
     from lucidlm.errors import ConfigError
     from lucidlm.serve.server import bind, run_forever
-    from lucidlm.serve.tutorial import ProcessCap, RunnerLimits, create_tutorial_app, new_token
+    from lucidlm.serve.tutorial import CellCap, RunnerLimits, create_tutorial_app, new_token
 
     if args.time_limit <= 0 or args.memory_limit < 256 or args.process_limit < 16:
         raise ConfigError(
@@ -250,7 +250,7 @@ def run_tutorial(args: argparse.Namespace) -> None:
     limits = RunnerLimits(seconds=args.time_limit, memory_mib=args.memory_limit, processes=args.process_limit)
     print(
         f"each cell: {limits.seconds:g} s, {limits.memory_mib} MiB, {limits.processes} processes "
-        f"(the process cap: {ProcessCap.probe()})"
+        f"(the process cap: {CellCap.probe()})"
     )
     run_forever(create_tutorial_app(token, port, limits), sock)
 

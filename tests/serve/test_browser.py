@@ -69,11 +69,12 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
         page.click("text=1. the dot product")
         page.wait_for_selector(".cell textarea")
         editor = page.locator(".cell textarea").first
-        editor.fill(editor.input_value() + "\nprint('edited:', 6 * 7)")
+        editor.fill(editor.input_value() + "\nprint('edited:', 6 * 7)\nimport sys; print('a warning', file=sys.stderr)")
         page.locator(".cell .run").first.click()
         result = page.locator(".cell .result").first
         result.wait_for(state="visible", timeout=60_000)
         assert "edited: 42" in result.inner_text()
+        assert "a warning" in result.inner_text()  # stderr is shown when the cell succeeded too (issue 18)
         assert "ok in" in page.locator(".cell .status").first.inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "tutorial.png"), full_page=False)

@@ -2,6 +2,8 @@
 
 import base64
 import re
+import resource
+import time
 from pathlib import Path
 
 import httpx
@@ -11,8 +13,10 @@ from lucidlm.lessons import find_lesson
 from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
 from lucidlm.serve.tutorial import (
-    ProcessCap,
+    OUTPUT_KEEP,
+    CellCap,
     RunnerLimits,
+    become_subreaper,
     create_tutorial_app,
     lesson_cells,
     markdown_to_html,
@@ -139,7 +143,7 @@ time.sleep(60)
 
 
 @pytest.mark.skipif(
-    ProcessCap.probe().startswith("none"), reason="no process cap on this machine (root without a pids cgroup)"
+    CellCap.probe().startswith("none"), reason="no process cap on this machine (root without a pids cgroup)"
 )
 def test_a_fork_bomb_stops_at_the_process_cap_and_leaves_nothing_behind():
     result = run_cells([FORK_BOMB], RunnerLimits(seconds=3, processes=32))
@@ -147,7 +151,7 @@ def test_a_fork_bomb_stops_at_the_process_cap_and_leaves_nothing_behind():
     made = int(re.search(r"refused after (\d+) children: BlockingIOError", refused).group(1))
     assert 16 <= made < 32  # the cell's own threads count too
     assert result["status"] == "timeout"
-    if ProcessCap.probe().startswith("a pids control group"):
+    if CellCap.probe().startswith("a pids control group"):
         assert "reached its limit of 32 processes" in result["stderr"]
     for pid in map(int, children.split()):
         assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
@@ -167,3 +171,97 @@ def running_commands() -> list[str]:
 def test_a_memory_hog_hits_the_limit():
     result = run_cells(["x = bytearray(4 * 2**30)"], RunnerLimits(seconds=30, memory_mib=1024))
     assert result["status"] == "error" and "memory limit of 1024 MiB" in result["stderr"]
+
+
+# --- issue 18: a cell cannot hurt the machine or hang the server ----------------------------------------------
+
+
+def test_a_cell_that_prints_300_mb_keeps_both_ends_and_the_server_stays_small():
+    code = "import sys\nfor _ in range(300):\n    sys.stdout.write('y' * 1_000_000)\nprint('the end')"
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run_cells(["print('the cell above')", code], RunnerLimits(seconds=60))
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result["status"] == "ok"
+    assert result["stdout"].startswith("y" * 1000) and result["stdout"].endswith("y" * 1000 + "the end\n")
+    cut = 300_000_000 + len("the end\n") - 2 * OUTPUT_KEEP
+    assert f"[... {cut:,} bytes cut ...]" in result["stdout"]
+    assert len(result["stdout"]) < 2 * OUTPUT_KEEP + 100
+    assert grown_mib < 50  # was 1.2 GB: the whole output was buffered
+
+
+THREE_CHILDREN_OF_400_MIB = """
+import os, time
+for _ in range(3):
+    if os.fork() == 0:
+        block = b'x' * (400 * 2**20)
+        time.sleep(30)
+        os._exit(0)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("groups", ["control groups", "none (the runner sums the memory)"])
+def test_the_memory_limit_holds_for_the_cell_as_a_whole(monkeypatch, groups):
+    """Three forked children of 400 MiB each held 1.2 GB under a 512 MiB limit (RLIMIT_AS is per process)."""
+    if groups.startswith("none"):
+        monkeypatch.setattr("lucidlm.serve.tutorial.cgroup_parents", lambda controller: [])
+    result = run_cells([THREE_CHILDREN_OF_400_MIB], RunnerLimits(seconds=20, memory_mib=512))
+    assert result["status"] == "error" and result["seconds"] < 15
+    assert "memory limit of 512 MiB" in result["stderr"]
+    assert not any("block = b'x'" in command for command in running_commands())
+
+
+def test_torch_imports_under_a_512_mib_limit():
+    """RLIMIT_AS counted torch's reserved address space: `import torch` died in OpenBLAS under 512 MiB."""
+    result = run_cells(["import torch\nprint(torch.ones(3).sum().item())"], RunnerLimits(seconds=60, memory_mib=512))
+    assert result["status"] == "ok" and result["stdout"] == "3.0\n", result["stderr"]
+
+
+ESCAPE = """
+import glob, os, subprocess, sys, time
+for procs in glob.glob('/sys/fs/cgroup/**/cgroup.procs', recursive=True):
+    if 'lucidlm-cell-' not in procs:
+        try:
+            open(procs, 'w').write(str(os.getpid()))  # leave the cell's control groups (root may)
+        except OSError:
+            pass
+subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(121)'], start_new_session=True)  # and its session
+print('out', flush=True)
+"""
+
+
+@pytest.mark.parametrize("cell_exits", [False, True])
+@pytest.mark.parametrize("groups", ["control groups", "none"])
+def test_a_cell_that_escapes_its_group_and_session_is_still_killed_and_never_hangs(monkeypatch, groups, cell_exits):
+    """The escaped child holds the cell's stdout open: the second communicate() waited on it for ever."""
+    if groups == "none":
+        monkeypatch.setattr("lucidlm.serve.tutorial.cgroup_parents", lambda controller: [])
+    become_subreaper()  # as the tutorial server is, from its start
+    try:
+        code = ESCAPE + ("" if cell_exits else "time.sleep(120)\n")
+        result = run_cells([code], RunnerLimits(seconds=3))
+    finally:
+        become_subreaper(False)
+    assert result["stdout"] == "out\n" and result["seconds"] < 5.5
+    assert result["status"] == ("ok" if cell_exits else "timeout")
+    time.sleep(0.2)
+    assert not any("time.sleep(121)" in command for command in running_commands())
+
+
+def test_a_lone_surrogate_or_a_huge_body_is_a_400_and_leaves_no_group_behind(tutorial):
+    headers = {"X-Tutorial-Token": TOKEN, "Content-Type": "application/json"}
+    bad = httpx.post(f"{tutorial}/api/run", content='{"cells": ["print(\\"\\ud800\\")"]}', headers=headers)
+    assert bad.status_code == 400 and "surrogate" in bad.json()["error"]["message"]
+    huge = httpx.post(f"{tutorial}/api/run", json={"cells": ["#" * 3_000_000]}, headers=headers)
+    assert huge.status_code == 413
+    assert not list(Path("/sys/fs/cgroup").glob("**/lucidlm-cell-*"))
+
+
+def test_saved_pngs_are_capped_in_number_and_size():
+    code = (
+        "for i in range(20):\n    open(f'p{i:02}.png', 'wb').write(b'x')\n"
+        "open('zz-huge.png', 'wb').write(b'x' * (5 * 2**20))"
+    )
+    result = run_cells([code], RunnerLimits(seconds=30))
+    assert [image["name"] for image in result["images"]] == [f"p{i:02}.png" for i in range(16)]
+    assert "not shown: p16.png, p17.png, p18.png, p19.png, zz-huge.png" in result["stderr"]

@@ -7,7 +7,7 @@ Run executes code on this machine, so the app is locked down the way Jupyter's i
 - a request whose Origin or Host is not this server (another web page, a DNS-rebinding attack): 403;
 - a cell runs in a fresh Python subprocess, in its own process group and temporary directory, with a
   wall-clock limit (the whole group is killed at it), an address-space limit and a cap on its processes
-  (`ProcessCap`), so a fork bomb stops at the cap.
+  (`CellCap`), so a fork bomb stops at the cap.
 
 A cell is run together with the lesson's code cells above it (as edited on the page), because lessons build
 on earlier cells; only the output of the cell itself is shown, with any PNG it saved.
@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import html
+import math
 import os
 import re
 import resource
@@ -27,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +40,10 @@ from pydantic import BaseModel
 
 from lucidlm.errors import LucidError
 from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_title
-from lucidlm.serve.api import STATIC, APIError, add_error_handlers, error_response, parse_body
+from lucidlm.serve.api import STATIC, APIError, BodyLimit, add_error_handlers, error_response, parse_body
 
 COOKIE = "lucidlm_tutorial_token"
+MAX_BODY_BYTES = 2_000_000  # a lesson's code cells, as edited, with room to spare
 
 
 def new_token() -> str:
@@ -123,25 +127,33 @@ def markdown_to_html(text: str) -> str:
 
 # --- running a cell -------------------------------------------------------------------------------------------
 
+OUTPUT_KEEP = 256 * 1024  # bytes of a cell's stdout, and of its stderr, kept at each end; the middle is cut
+MAX_IMAGES, MAX_IMAGE_BYTES = 16, 4 * 2**20  # PNGs a cell may return, and the size of each
+POLL_SECONDS = 0.05  # how often the runner looks at a cell's processes (memory, time)
 
-class ProcessCap:
-    """At most `limit` processes and threads for one cell, so a fork bomb stops at the cap instead of filling
-    the machine's process table. The first way this machine allows:
 
-    - a `pids` control group of its own (cgroup v1, or v2 where this user may create one: root in a
-      container, or a delegated systemd scope). It counts everything the cell starts, even a process that
-      left the cell's process group, and `close` kills everything still in it.
-    - RLIMIT_NPROC, for any user but root (whom the kernel exempts). The kernel compares it with all of this
-      user's processes, so it is set to those already running plus `limit`.
+class CellCap:
+    """Limits for one cell as a whole, from control groups of its own where this machine lets this user make
+    them: `pids` caps its processes and threads (a fork bomb stops at the cap), `memory` caps the memory of
+    all its processes together (three children of 400 MiB do not fit in 512). cgroup v1 has a hierarchy per
+    controller, v2 one group with both. Without a pids group, RLIMIT_NPROC caps the processes for any user but
+    root (whom the kernel exempts; the kernel counts all of this user's processes, so it is set to those
+    running plus the cap). Without a memory group, the runner sums the cell's resident memory itself
+    (CellProcesses). `close` kills everything still in the groups and removes them."""
 
-    Where neither works the cell runs uncapped (`how` says so) and the time limit still ends it."""
-
-    def __init__(self, limit: int):
-        self.limit, self.group, self.nproc = limit, self._make_group(limit), None
-        if self.group is not None:
-            self.how = f"a pids control group ({self.group})"
+    def __init__(self, processes: int, memory_bytes: int | None = None):
+        self.processes, self.groups, self.nproc = processes, {}, None  # groups: controller -> directory
+        for controller, limit_files, limit in (
+            ("pids", ("pids.max",), processes),
+            ("memory", ("memory.max", "memory.limit_in_bytes"), memory_bytes),
+        ):
+            group = self._make_group(controller, limit_files, limit) if limit is not None else None
+            if group is not None:
+                self.groups[controller] = group
+        if "pids" in self.groups:
+            self.how = f"a pids control group ({self.groups['pids']})"
         elif os.getuid() != 0:
-            self.nproc = user_tasks() + limit
+            self.nproc = user_tasks() + processes
             self.how = "RLIMIT_NPROC"
         else:
             self.how = "none: running as root without a pids control group this user may create"
@@ -153,61 +165,77 @@ class ProcessCap:
         cap.close()
         return cap.how
 
-    @staticmethod
-    def _make_group(limit: int) -> Path | None:
-        for parent in pids_cgroup_parents():
-            group = parent / f"lucidlm-cell-{secrets.token_hex(6)}"
+    def _make_group(self, controller: str, limit_files: tuple[str, ...], limit: int) -> Path | None:
+        for parent in cgroup_parents(controller):
+            shared = next((g for g in self.groups.values() if g.parent == parent), None)  # v2: one for both
+            group = shared or parent / f"lucidlm-cell-{secrets.token_hex(6)}"
             try:
-                group.mkdir()
+                group.mkdir(exist_ok=shared is not None)
             except OSError:
                 continue
-            try:
-                (group / "pids.max").write_text(str(limit))
-                return group
-            except OSError:  # a directory, but not a control group with the pids controller
+            for name in limit_files:
+                with contextlib.suppress(OSError):
+                    (group / name).write_text(str(limit))
+                    return group
+            if shared is None:  # a directory, but not a control group with this controller
                 with contextlib.suppress(OSError):
                     group.rmdir()
         return None
 
     def enter(self) -> None:
         """Called in the cell's process before it starts Python."""
-        if self.group is not None:
-            (self.group / "cgroup.procs").write_text(str(os.getpid()))
-        elif self.nproc is not None:
+        for group in set(self.groups.values()):
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+        if self.nproc is not None:
             resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
+
+    def _counter(self, controller: str, name: str, key: str | None = None) -> int:
+        group = self.groups.get(controller)
+        if group is None:
+            return 0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = (group / name).read_text()
+            if key is None:
+                return int(text.split()[-1])
+            return int(dict(line.split() for line in text.splitlines()).get(key, 0))
+        return 0
 
     def reached(self) -> bool:
         """Whether a fork was refused because of the cap (known for the control group only)."""
-        if self.group is None:
-            return False
-        with contextlib.suppress(OSError, ValueError):
-            return int((self.group / "pids.events").read_text().split()[-1]) > 0
-        return False
+        return self._counter("pids", "pids.events", "max") > 0
+
+    def memory_exceeded(self) -> bool:
+        """Whether the kernel killed a process of the cell for going over the memory group's limit."""
+        return any(self._counter("memory", name, "oom_kill") > 0 for name in ("memory.oom_control", "memory.events"))
 
     def close(self) -> None:
-        """Kill whatever the cell left in the group, then remove the group."""
-        if self.group is None:
-            return
-        for _ in range(100):
-            pids = (self.group / "cgroup.procs").read_text().split()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            time.sleep(0.01)
-        with contextlib.suppress(OSError):
-            self.group.rmdir()
+        for group in set(self.groups.values()):
+            with contextlib.suppress(OSError):
+                (group / "cgroup.kill").write_text("1")
+            for _ in range(100):
+                try:
+                    pids = (group / "cgroup.procs").read_text().split()
+                except OSError:
+                    break
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                time.sleep(0.01)
+            with contextlib.suppress(OSError):
+                group.rmdir()
+        self.groups = {}
 
 
-def pids_cgroup_parents() -> list[Path]:
-    """Where this process's own pids control group lives: the v1 pids hierarchy, then the v2 unified one."""
+def cgroup_parents(controller: str) -> list[Path]:
+    """Where this process's own control group for `controller` lives: its v1 hierarchy, then the v2 one."""
     v1, v2 = [], []
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/cgroup").read_text().splitlines():
             _, controllers, path = line.split(":", 2)
-            if "pids" in controllers.split(","):
-                v1.append(Path("/sys/fs/cgroup/pids") / path.lstrip("/"))
+            if controller in controllers.split(","):
+                v1.append(Path("/sys/fs/cgroup") / controller / path.lstrip("/"))
             elif controllers == "":
                 v2.append(Path("/sys/fs/cgroup") / path.lstrip("/"))
     return v1 + v2
@@ -224,66 +252,231 @@ def user_tasks() -> int:
     return total
 
 
+PR_SET_CHILD_SUBREAPER = 36
+RUNNING_CELLS: set[int] = set()  # the pids of the cells running now, whichever request started them
+
+
+def become_subreaper(on: bool = True) -> bool:
+    """Make this process adopt the orphans of its descendants (Linux), instead of init: a cell's process that
+    left its session and outlived its parent stays where the runner can find and kill it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class CellProcesses:
+    """Every process a cell started, found by their parents in /proc, not by their session or control group
+    (a cell can leave both: `setsid`, or as root by writing its pid to another group). The cell's process is
+    a subreaper (its orphans stay its children) and so is the tutorial server (orphans of a cell that ended
+    are adopted by it), so the family tree holds them all. Each process is known with its start time, so a
+    reused pid is never mistaken for one of them."""
+
+    def __init__(self, root: int):
+        self.root = root
+        self.known: dict[int, int] = {}  # pid -> start time (clock ticks since boot)
+        table = self._table()
+        self.born = table[root][1] if root in table else math.inf  # adopt nothing if it is gone already
+        self.scan()
+
+    @staticmethod
+    def _table() -> dict[int, tuple[int, int, int]]:
+        """pid -> (parent pid, start time, resident pages) of every process."""
+        table = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                table[int(stat.parent.name)] = (int(fields[1]), int(fields[19]), int(fields[21]))
+        return table
+
+    def scan(self) -> dict[int, tuple[int, int, int]]:
+        """Add every descendant alive now to `known`; returns the process table read."""
+        table = self._table()
+        if self.root in table:
+            self.known.setdefault(self.root, table[self.root][1])
+        for pid, (parent, start, _) in table.items():  # orphans this server adopted since the cell started
+            if parent == os.getpid() and pid not in RUNNING_CELLS and start >= self.born:
+                self.known.setdefault(pid, start)
+        grew = True
+        while grew:
+            grew = False
+            for pid, (parent, start, _) in table.items():
+                if parent in self.known and pid not in self.known:
+                    self.known[pid], grew = start, True
+        return table
+
+    def alive(self, table: dict[int, tuple[int, int, int]]) -> list[int]:
+        return [pid for pid, start in self.known.items() if pid in table and table[pid][1] == start]
+
+    def resident_bytes(self) -> int:
+        table = self.scan()
+        return sum(table[pid][2] for pid in self.alive(table)) * resource.getpagesize()
+
+    def kill(self) -> None:
+        """SIGKILL every one of them, again until none is left (they may fork meanwhile), and reap those this
+        server adopted."""
+        for _ in range(100):
+            table = self.scan()
+            alive = [pid for pid in self.alive(table) if Path(f"/proc/{pid}/stat").exists()]
+            living = [pid for pid in alive if _state(pid) != "Z"]
+            if not living:
+                break
+            for pid in living:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.005)
+        for pid in self.known:
+            if pid != self.root:
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+class CappedOutput:
+    """What a cell writes to one pipe, read in a thread of its own as it comes: only the first and last
+    `keep` bytes are kept, with a count of what was cut between them. With `marker`, everything up to the
+    marker's last appearance is dropped (the output of the cells above the one that runs)."""
+
+    def __init__(self, pipe, keep: int = OUTPUT_KEEP, marker: bytes = b""):
+        self.pipe, self.keep, self.marker = pipe, keep, marker
+        self.head, self.tail, self.cut = bytearray(), bytearray(), 0
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        window = b""  # the last bytes seen, in which a marker may have begun
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := os.read(self.pipe.fileno(), 1 << 16):
+                if self.marker:
+                    joined = window + chunk
+                    found = joined.rfind(self.marker)
+                    window = joined[-(len(self.marker) - 1) :]
+                    if found >= 0:
+                        self.head, self.tail, self.cut = bytearray(), bytearray(), 0
+                        chunk = joined[found + len(self.marker) :]
+                self._add(chunk)
+
+    def _add(self, data: bytes) -> None:
+        room = self.keep - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        self.tail += data
+        if len(self.tail) > self.keep:
+            self.cut += len(self.tail) - self.keep
+            del self.tail[: len(self.tail) - self.keep]
+
+    def text(self, deadline: float) -> str:
+        """The output so far, waiting for the pipe's end until `deadline` (time.monotonic) at most: a process
+        that escaped the kill could hold it open for ever."""
+        self.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        cut = f"\n[... {self.cut:,} bytes cut ...]\n".encode() if self.cut else b""
+        return bytes(self.head + cut + self.tail).decode("utf-8", "replace")
+
+
 def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
-    """Run the code cells in order in a fresh subprocess; report the last one's output and saved PNGs."""
+    """Run the code cells in order in a fresh subprocess; report the last one's output and saved PNGs.
+
+    Whatever the cell does, the call returns within its time limit and a second: at the limit, or when its
+    processes together use more than the memory limit, everything it started is killed (control groups,
+    process group, family tree), and its pipes are read only until a deadline."""
     marker = f"<<lucidlm-cell-{secrets.token_hex(8)}>>"
     script = "\n".join(f"print({marker!r}, flush=True)\n{source}" for source in sources)
     memory = limits.memory_mib * 2**20
-
-    cap = ProcessCap(limits.processes)
+    cap = CellCap(limits.processes, memory)
+    watch_memory = "memory" not in cap.groups  # without a memory group, the runner sums the processes' memory
 
     def limit_child() -> None:  # runs in the child before it starts Python
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        become_subreaper()
         cap.enter()
 
-    with tempfile.TemporaryDirectory(prefix="lucidlm-cell-") as workdir:
-        Path(workdir, "cell.py").write_text(script, encoding="utf-8")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "cell.py"],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            preexec_fn=limit_child,
-            start_new_session=True,  # its own process group, so a kill reaches anything it started
-        )
-        status = "ok"
-        try:
-            stdout, stderr = process.communicate(timeout=limits.seconds)
-        except subprocess.TimeoutExpired:
-            status = "timeout"
-        finally:
-            with contextlib.suppress(ProcessLookupError):  # kill anything the cell left running, too
-                os.killpg(process.pid, signal.SIGKILL)
-            capped = cap.reached()
-            cap.close()
-        if status == "timeout":
-            stdout, stderr = process.communicate()
-            stderr += f"\nstopped: the cell ran longer than its limit of {limits.seconds:g} s".encode()
-        elif process.returncode != 0:
-            status = "error"
-            if b"MemoryError" in stderr:
-                stderr += f"\nthe cell needed more than its memory limit of {limits.memory_mib} MiB".encode()
-            elif process.returncode < 0:
-                stderr += f"\nthe cell was killed by signal {-process.returncode}".encode()
-        if capped:
-            stderr += f"\nthe cell reached its limit of {limits.processes} processes and threads".encode()
-        images = [
-            {"name": png.name, "data": base64.b64encode(png.read_bytes()).decode()}
-            for png in sorted(Path(workdir).glob("*.png"))
-        ]
-    output = stdout.decode("utf-8", "replace")
+    status, notes, started = "ok", [], time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="lucidlm-cell-") as workdir:
+            Path(workdir, "cell.py").write_text(script, encoding="utf-8")
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+            process = subprocess.Popen(
+                [sys.executable, "cell.py"],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                preexec_fn=limit_child,
+                start_new_session=True,  # its own process group, so a kill reaches anything it started
+            )
+            RUNNING_CELLS.add(process.pid)
+            family = CellProcesses(process.pid)
+            stdout = CappedOutput(process.stdout, marker=(marker + "\n").encode())
+            stderr = CappedOutput(process.stderr)
+            try:
+                deadline = time.monotonic() + limits.seconds
+                while process.poll() is None:
+                    time.sleep(POLL_SECONDS)
+                    over = family.resident_bytes() > memory if watch_memory else cap.memory_exceeded()
+                    if over:
+                        status = "error"
+                        notes.append(
+                            f"the cell's processes together used more than its memory limit of {limits.memory_mib} MiB"
+                        )
+                        break
+                    if time.monotonic() > deadline:
+                        status = "timeout"
+                        notes.append(f"stopped: the cell ran longer than its limit of {limits.seconds:g} s")
+                        break
+            finally:  # kill anything the cell left running, too
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                family.kill()
+                capped, memory_hit = cap.reached(), cap.memory_exceeded()
+                cap.close()
+                process.wait()
+                RUNNING_CELLS.discard(process.pid)
+            pipes_deadline = time.monotonic() + 1.0
+            out, err = stdout.text(pipes_deadline), stderr.text(pipes_deadline)
+            if status == "ok" and process.returncode != 0:
+                status = "error"
+                if memory_hit or "MemoryError" in err:  # MemoryError: a malloc the memory group refused
+                    notes.append(f"the cell needed more than its memory limit of {limits.memory_mib} MiB")
+                elif process.returncode < 0:
+                    notes.append(f"the cell was killed by signal {-process.returncode}")
+            if capped:
+                notes.append(f"the cell reached its limit of {limits.processes} processes and threads")
+            images = cell_images(Path(workdir), notes)
+            err = err.replace(str(Path(workdir, "cell.py")), "cell")
+    finally:
+        cap.close()
     return {
         "status": status,
-        "stdout": output.rsplit(marker + "\n", 1)[-1] if marker in output else "",
-        "stderr": stderr.decode("utf-8", "replace").replace(str(Path(workdir, "cell.py")), "cell"),
+        "stdout": out,
+        "stderr": err + "".join(f"\n{note}" for note in notes),
         "images": images,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def cell_images(workdir: Path, notes: list[str]) -> list[dict]:
+    """The PNGs a cell saved, up to MAX_IMAGES of at most MAX_IMAGE_BYTES each; a note says what was left out."""
+    images, left_out = [], []
+    for png in sorted(workdir.glob("*.png")):
+        if png.is_file() and len(images) < MAX_IMAGES and png.stat().st_size <= MAX_IMAGE_BYTES:
+            images.append({"name": png.name, "data": base64.b64encode(png.read_bytes()).decode()})
+        else:
+            left_out.append(png.name)
+    if left_out:
+        notes.append(
+            f"not shown: {', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''} (at most {MAX_IMAGES} "
+            f"PNGs of {MAX_IMAGE_BYTES // 2**20} MiB each)"
+        )
+    return images
 
 
 # --- the app --------------------------------------------------------------------------------------------------
@@ -297,7 +490,14 @@ def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = Non
     limits = limits or RunnerLimits()
     allowed_hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
     allowed_origins = {f"http://{host}" for host in allowed_hosts}
-    app = FastAPI(title="lucidlm tutorial", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def lifespan(app: FastAPI):
+        become_subreaper()  # orphans of a cell that ended come to this server, which kills them
+        yield
+        become_subreaper(False)
+
+    app = FastAPI(title="lucidlm tutorial", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):

@@ -64,7 +64,8 @@ async function runCell(box) {
     status.textContent = `${run.status} in ${run.seconds} s`;
     result.hidden = false;
     result.classList.toggle("error", run.status !== "ok");
-    result.textContent = run.stdout + (run.status === "ok" ? "" : run.stderr);
+    // stderr is shown whatever the status: warnings, and notes such as a limit the cell reached
+    result.textContent = run.stdout + run.stderr;
     images.innerHTML = "";
     for (const image of run.images) {
       const img = document.createElement("img");
