@@ -257,8 +257,14 @@ def run_tutorial(args: argparse.Namespace) -> None:
 
 def run_prepare(args: argparse.Namespace) -> None:
     from lucidlm.data import prepare, resolve_inputs, sources_for
+    from lucidlm.errors import DataError
 
-    files = resolve_inputs(args.input) if args.input else []
+    files, skipped = resolve_inputs(args.input) if args.input else ([], [])
+    if skipped:
+        shown = ", ".join(map(str, skipped[:3])) + (" ..." if len(skipped) > 3 else "")
+        print(f"note: skipped {len(skipped)} empty or binary file(s): {shown}", file=sys.stderr)
+    if args.input and not files:
+        raise DataError(f"no text files among {' '.join(args.input)}; give text files")
     meta = prepare(
         sources_for(args.corpus, files), args.out, args.tokenizer, args.vocab_size, args.val_fraction, force=args.force
     )

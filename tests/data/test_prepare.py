@@ -12,7 +12,6 @@ from lucidlm.data import Source, prepare, resolve_inputs
 from lucidlm.data import corpus as corpus_module
 from lucidlm.data.corpus import iter_text
 from lucidlm.data.loader import open_split
-from lucidlm.data.prepare import resolve_data
 from lucidlm.errors import ConfigError, DataError
 from lucidlm.tokenizers import load_tokenizer
 
@@ -61,7 +60,7 @@ def test_several_files_dirs_and_globs(tmp_path):
     (tmp_path / "d" / "sub" / "c.txt").write_text("ccc\n")
     (tmp_path / "d" / ".hidden").write_text("zzz")
     (tmp_path / "a.txt").write_text("aaa")
-    files = resolve_inputs([str(tmp_path / "a.txt"), str(tmp_path / "d"), str(tmp_path / "d" / "*.txt")])
+    files, _ = resolve_inputs([str(tmp_path / "a.txt"), str(tmp_path / "d"), str(tmp_path / "d" / "*.txt")])
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a.txt", "d/b.txt", "d/sub/c.txt"]
     meta = prepare([Source(f, str(f)) for f in files], tmp_path / "out", "char", val_fraction=0.5, progress=False)
     tokenizer = load_tokenizer(tmp_path / "out" / "tokenizer.json")
@@ -115,16 +114,6 @@ def test_prepare_option_errors(tmp_path, text_file):
         prepare([Source(text_file, "t")], tmp_path / "out", tokenizer_kind="bytes")
     with pytest.raises(DataError, match="no such file or directory: missing.txt"):
         resolve_inputs(["missing.txt"])
-
-
-def test_text_file_as_data_is_prepared_once(tmp_path, text_file):
-    first = resolve_data(text_file, tmp_path / "run", progress=False)
-    stamp = (first / "train.bin").stat().st_mtime_ns
-    assert resolve_data(text_file, tmp_path / "run", progress=False) == first
-    assert (first / "train.bin").stat().st_mtime_ns == stamp
-    text_file.write_text(text_file.read_text() + "More words.\n")
-    resolve_data(text_file, tmp_path / "run", progress=False)
-    assert (first / "train.bin").stat().st_mtime_ns != stamp
 
 
 def _fake_sdist(path, texts: dict[str, str]) -> None:

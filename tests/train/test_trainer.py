@@ -139,7 +139,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, text_file):
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
+    assert process.returncode == 130, err  # as Ctrl-C anywhere: `train && generate` does not go on
     assert "Resume with" in out and "--resume" in out
     step = json.loads((run / "latest.json").read_text())["step"]
     assert step >= 5

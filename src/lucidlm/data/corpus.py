@@ -118,27 +118,45 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(f.name, path)
 
 
-def resolve_inputs(patterns: list[str]) -> list[Path]:
-    """Files named by paths, directories (every non-hidden file inside, sorted) and glob patterns."""
+def is_binary(path: Path) -> bool:
+    """A NUL byte in the first 8 KiB: how git tells binary files from text (UTF-8 text never has one)."""
+    with open(path, "rb") as f:
+        return b"\0" in f.read(8192)
+
+
+def resolve_inputs(patterns: list[str]) -> tuple[list[Path], list[Path]]:
+    """(files, skipped): the files named by paths, directories (every non-hidden file inside, sorted) and glob
+    patterns. Empty and binary files found in a directory or by a pattern are skipped (a source tree has
+    them: __pycache__, images); a file named on its own is always kept, so that it is an error if it is not
+    text."""
     files: list[Path] = []
+    skipped: list[Path] = []
+
+    def found(paths: list[Path]) -> list[Path]:
+        kept = [p for p in paths if p.stat().st_size > 0 and not is_binary(p)]
+        skipped.extend(p for p in paths if p not in kept)
+        return kept
+
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found = sorted(
+            inside = sorted(
                 p
                 for p in path.rglob("*")
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
-            if not found:
-                raise DataError(f"directory {pattern} holds no files; put text files in it")
-            files.extend(found)
+            kept = found(inside)
+            if not kept:
+                what = "no files" if not inside else "no text files (only empty or binary ones)"
+                raise DataError(f"directory {pattern} holds {what}; put text files in it")
+            files.extend(kept)
         elif path.is_file():
             files.append(path)
         elif glob.has_magic(pattern) and (matches := sorted(glob.glob(pattern, recursive=True))):
-            files.extend(Path(m) for m in matches if Path(m).is_file())
+            files.extend(found([Path(m) for m in matches if Path(m).is_file()]))
         else:
             raise DataError(f"no such file or directory: {pattern}")
-    return list(dict.fromkeys(files))
+    return list(dict.fromkeys(files)), list(dict.fromkeys(skipped))
 
 
 def iter_text(path: Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
@@ -153,6 +171,8 @@ def iter_text(path: Path, chunk_bytes: int = 1 << 20) -> Iterator[str]:
             try:
                 text = decoder.decode(block, final=final)
             except UnicodeDecodeError as exc:
+                if is_binary(path):
+                    raise DataError(f"{path} is a binary file, not text; give text files") from None
                 position = offset - pending + exc.start
                 raise DataError(
                     f"{path} is not UTF-8 text: invalid byte 0x{exc.object[exc.start]:02x} at "

@@ -144,13 +144,16 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
         raise CheckpointError(f"{run_dir} is not a directory; pass the --out directory of `lucidlm train`")
     if which == "best" and not _pointer(run_dir, "best").exists():
         which = "latest"
-    manifest = read_manifest(run_dir, which) if which in POINTERS else _manifest_of_step(run_dir, which)
+    if which in POINTERS:
+        manifest, source = read_manifest(run_dir, which), f"{which}.json"
+    else:
+        manifest, source = _manifest_of_step(run_dir, which), "the manifest that names it"
     directory = run_dir / manifest["checkpoint"]
     for name, expected in manifest["files"].items():
         path = directory / name
         if not path.exists() or path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
             raise CheckpointError(
-                f"{path} is missing or does not match its manifest ({which}); the checkpoint is "
+                f"{path} is missing or does not match {source}; the checkpoint is "
                 "damaged, train again or restore the file"
             )
     return directory

@@ -211,7 +211,10 @@ def _vocab_size(data: Path) -> int:
     """The vocabulary the model needs: the prepared data's, or that of the char tokenizer a text file gets."""
     if data.is_dir():
         return read_meta(data)["vocab_size"]
-    return CharTokenizer.train(iter_text(data)).vocab_size
+    vocab_size = CharTokenizer.train(iter_text(data)).vocab_size
+    if vocab_size == 0:
+        raise DataError(f"{data} is empty; give a file that contains text")
+    return vocab_size
 
 
 def _with_vocab(vocab_size: int, overrides: list[str]) -> list[str]:
