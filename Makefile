@@ -22,8 +22,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	@test -f $(DATA)/meta.json || $(BIN)/lucidlm data prepare --corpus shakespeare --tokenizer char --out $(DATA)
-	@rm -rf $(RUN)
-	$(BIN)/lucidlm train --data $(DATA) --out $(RUN) --preset shakespeare-char --time-budget 120
+	$(BIN)/lucidlm train --data $(DATA) --out $(RUN) --preset shakespeare-char --time-budget 120 --force
 	$(BIN)/lucidlm generate --checkpoint $(RUN) --prompt "ROMEO:" --max-new-tokens 500 --temperature 0.8 --top-k 50 --seed 1
 	$(BIN)/lucidlm eval --checkpoint $(RUN) --data $(DATA)
 	@echo

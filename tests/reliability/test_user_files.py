@@ -335,3 +335,8 @@ def test_prepare_skips_empty_and_binary_files_of_a_source_tree(tmp_path, capsys)
     named = tree / "__pycache__" / "a.cpython-311.pyc"
     status, _, err = lucidlm("data", "prepare", "--input", named, "--out", tmp_path / "e", capsys=capsys)
     assert status == 2 and "is a binary file, not text" in err and "iconv" not in err
+
+
+def test_generate_refuses_an_infinite_temperature(made, capsys):
+    status, _, err = lucidlm("generate", "--checkpoint", made["run"], "--temperature", "inf", capsys=capsys)
+    assert status == 2 and "temperature inf must be 0 (greedy) or a positive number" in err
