@@ -34,7 +34,9 @@ EXAMPLES = {
   lucidlm lessons run 6      (runs lessons/06_softmax.py, which checks every claim it makes)""",
     "export": """examples:
   lucidlm export --checkpoint runs/a --format hf --out exported/a
-  then in Python: transformers.pipeline("text-generation", model="exported/a")("ROMEO:")""",
+  then in Python: transformers.pipeline("text-generation", model="exported/a")("ROMEO:")
+  lucidlm export --checkpoint runs/a --format gguf --out a.gguf --quantize q8_0
+  then: llama-cli -m a.gguf -p "ROMEO:"   (or Ollama: a Modelfile with FROM ./a.gguf)""",
     "serve": """examples:
   lucidlm serve --checkpoint runs/a                 (http://127.0.0.1:8000: the inspector; /v1: the API)
   lucidlm serve --checkpoint runs/a --port 9000 --max-batch 32
@@ -155,10 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tutorial.add_argument("--no-browser", action="store_true", help="only print the URL")
 
-    export = command("export", "write a trained model in the Hugging Face transformers format", EXAMPLES["export"])
+    export = command(
+        "export", "write a trained model for Hugging Face transformers or llama.cpp (GGUF)", EXAMPLES["export"]
+    )
     export.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
-    export.add_argument("--format", choices=["hf"], default="hf", help="hf: GPT-2, Llama or Qwen3 layout (default)")
-    export.add_argument("--out", required=True, metavar="DIR", help="a new or empty directory")
+    export.add_argument(
+        "--format",
+        choices=["hf", "gguf"],
+        default="hf",
+        help="hf: a transformers directory, GPT-2, Llama or Qwen3 layout (default); gguf: one file for llama.cpp",
+    )
+    export.add_argument("--out", required=True, metavar="PATH", help="hf: a new or empty directory; gguf: a file")
+    export.add_argument(
+        "--quantize", choices=["f32", "f16", "q8_0"], help="gguf only: how the matrices are stored (default f32)"
+    )
     export.add_argument(FORCE, action="store_true", help=FORCE_HELP)
     for sub in (generate, evaluate, export, serve):
         sub.add_argument(
@@ -187,10 +199,22 @@ def run_lessons(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
+    from lucidlm.errors import ConfigError
     from lucidlm.export import ARCHITECTURES, export_hf, family
     from lucidlm.train import load_model
 
+    if args.quantize and args.format != "gguf":
+        raise ConfigError("--quantize is for --format gguf; a Hugging Face export is stored in float32")
     model, tokenizer, _ = load_model(args.checkpoint, args.which)
+    if args.format == "gguf":
+        from lucidlm.export.gguf import export_gguf, ollama_modelfile
+
+        out = export_gguf(model, tokenizer, args.out, args.quantize or "f32", force=args.force)
+        print(
+            f"wrote {out} ({family(model.config)}, {args.quantize or 'f32'}): run it with llama.cpp "
+            f"(llama-cli -m {shlex.quote(str(out))}) or, in Ollama, with a Modelfile of:\n{ollama_modelfile(out)}"
+        )
+        return
     out = export_hf(model, tokenizer, args.out, force=args.force)
     layout = ARCHITECTURES[family(model.config)]
     print(

@@ -1,8 +1,8 @@
 """Whether a command may write to a path: the one place that decides it, for every sub-command.
 
-A command writes only what it creates. An output directory is written under a temporary name beside the
-target and renamed into place once complete, so a failed command leaves nothing behind. What the target
-already holds decides what happens:
+A command writes only what it creates. An output (a directory, or a file such as a GGUF model) is written
+under a temporary name beside the target and renamed into place once complete, so a failed command leaves
+nothing behind. What the target already holds decides what happens:
 
 - nothing (no such path, or an empty directory): the output is written there;
 - the same command's own earlier output, recognised by its files (every entry is one the command writes,
@@ -76,13 +76,72 @@ HF_EXPORT = OutputKind(
 KINDS = (DATA_DIR, RUN_DIR, HF_EXPORT)
 
 
+@dataclass(frozen=True)
+class FileKind:
+    """A one-file output, told from anything else by the bytes it starts with."""
+
+    name: str  # "GGUF file"
+    magic: bytes
+
+    def holds(self, path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return f.read(len(self.magic)) == self.magic
+        except OSError:
+            return False
+
+
+GGUF_FILE = FileKind("GGUF file", b"GGUF")
+
+
+def _check_ancestors(path: Path) -> None:
+    for ancestor in path.parents:
+        if ancestor.exists() and not ancestor.is_dir():
+            raise ConfigError(f"{ancestor} is a file, not a directory; choose a directory for --out")
+
+
+def check_file_target(path: str | os.PathLike, kind: FileKind, force: bool) -> bool:
+    """As `check_target`, for a one-file output: True when `path` is an earlier file of `kind` to replace."""
+    path = Path(path)
+    _check_ancestors(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give --out a file name, e.g. {path / 'model.gguf'}")
+    if not path.exists():
+        return False
+    if kind.holds(path):
+        if force:
+            return True
+        raise ConfigError(f"{path} already holds a {kind.name}; pass {FORCE} to replace it, or choose another --out")
+    raise ConfigError(
+        f"{path} exists and is not a {kind.name}; choose another --out (lucidlm never replaces files it did not "
+        f"write, even with {FORCE})"
+    )
+
+
+@contextlib.contextmanager
+def written_file(path: str | os.PathLike, kind: FileKind, force: bool = False) -> Iterator[Path]:
+    """A temporary file name beside `path` to write the output to; renamed to `path` (replacing an earlier
+    file of `kind`) when the block ends without an error, removed with the directories this made otherwise."""
+    check_file_target(path, kind, force)
+    path = Path(path).absolute()
+    made = make_parents(path)
+    tmp = _beside(path, "tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        remove_made(made)
+        raise
+
+
 def check_target(path: str | os.PathLike, kind: OutputKind, force: bool) -> bool:
     """Refuse (ConfigError, one line) unless `path` may receive `kind`; True when it holds an earlier output of
     that kind, which `force` allows to be replaced."""
     path = Path(path)
-    for ancestor in [path, *path.parents]:
-        if ancestor.exists() and not ancestor.is_dir():
-            raise ConfigError(f"{ancestor} is a file, not a directory; choose a directory for --out")
+    _check_ancestors(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file, not a directory; choose a directory for --out")
     if not path.exists():
         return False
     resolved = path.resolve()
