@@ -66,7 +66,9 @@ def make_model(vocab_size: int, **switches) -> GPT:
         for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
-        model.transformer.wte.weight.mul_(20)
+        model.transformer.wte.weight.mul_(20)  # with RMSNorm/LayerNorm in between: logits of about +-30
+        if not model.config.tie_embeddings:
+            model.lm_head.weight.mul_(20)
     return model.eval()
 
 
@@ -106,7 +108,7 @@ def test_the_file_reads_back_with_its_metadata_and_every_tensor(exported):
     assert field(reader, "tokenizer.ggml.model") == "gpt2" and len(tokens) == config.vocab_size
     assert tokens[-3:] == [f"[PAD{config.vocab_size - 3 + i}]" for i in range(3)]
     if isinstance(tokenizer, BPETokenizer):
-        assert field(reader, "tokenizer.ggml.pre") == {"gpt2": "gpt2", "gpt4": "llama-bpe"}[tokenizer.pattern]
+        assert field(reader, "tokenizer.ggml.pre") == {"gpt2": "gpt-2", "gpt4": "llama-bpe"}[tokenizer.pattern]
         assert len(field(reader, "tokenizer.ggml.merges")) == len(tokenizer.merges)
         eos = tokenizer.special_tokens["<|endoftext|>"]
         assert tokens[eos] == "<|endoftext|>" and field(reader, "tokenizer.ggml.eos_token_id") == eos
@@ -225,8 +227,9 @@ def test_llama_cpp_tokenizes_as_lucidlm(exported):
         assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == tokenizer.encode(text), text
 
 
-# f32 is held to 1e-3, as the issue asks; f16 and q8_0 round the weights, so their logits move by more
-TOLERANCES = {"f32": 1e-3, "f16": 5e-2, "q8_0": 1.5e-1}
+# The largest difference allowed in any logit, for logits of about +-30 (docs/benchmarks.md has the measured ones):
+# f32 is held to 1e-3; f16 and q8_0 round the weights, so their logits move by more.
+TOLERANCES = {"f32": 1e-3, "f16": 2e-2, "q8_0": 3e-1}
 
 
 @needs_llamacpp
@@ -241,8 +244,8 @@ def test_llama_cpp_gives_lucidlms_logits(exported, tmp_path, quantize):
     theirs = np.array(llm.scores[: len(ids)])
     with torch.no_grad():
         ours = model(torch.tensor([ids]))[0][0].numpy()
-    scale = np.abs(ours).max()
-    assert np.abs(theirs - ours).max() <= TOLERANCES[quantize] * max(1.0, scale / 10), np.abs(theirs - ours).max()
+    assert np.abs(ours).max() > 5  # logits far enough apart for the tolerance to mean something
+    assert np.abs(theirs - ours).max() <= TOLERANCES[quantize], np.abs(theirs - ours).max()
 
 
 @needs_llamacpp
@@ -255,7 +258,7 @@ def test_llama_cpp_greedy_text_equals_lucidlm_generate(tmp_path, text_file):
     assert trained.returncode == 0, trained.stderr
     exported = run_lucidlm("export", "--checkpoint", run, "--format", "gguf", "--out", tmp_path / "run.gguf")
     assert exported.returncode == 0 and "FROM ./run.gguf" in exported.stdout, exported.stderr
-    prompt = "First Citizen:\n"
+    prompt = "First Citizen:"  # 14 tokens and 50 more fit the context of 64: no window shift on either side
     ours = run_lucidlm(
         "generate", "--checkpoint", run, "--prompt", prompt, "--temperature", 0, "--max-new-tokens", 50, "--no-stream"
     )
@@ -266,10 +269,16 @@ def test_llama_cpp_greedy_text_equals_lucidlm_generate(tmp_path, text_file):
     llm = llama_cpp(tmp_path / "run.gguf")
     ids = llm.tokenize(prompt.encode(), add_bos=False, special=False)
     llm.eval(ids)
-    generated = []
-    for _ in range(50):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        generated.append(token)
-        llm.eval([token])
+    generated = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    while len(generated) < 50:
+        llm.eval(generated[-1:])
+        generated.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
     assert generated == list(generate_ids(model, tokenizer.encode(prompt), 50, SamplingConfig(temperature=0)))
     assert ours.stdout == prompt + tokenizer.decode(generated) + "\n"
+
+
+def test_quantize_is_refused_for_a_hugging_face_export(tmp_path, capsys):
+    from lucidlm.cli import main
+
+    assert main(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x"), "--quantize", "f16"]) == 2
+    assert "--quantize is for --format gguf" in capsys.readouterr().err

@@ -38,7 +38,7 @@ QUANTIZATIONS = ("f32", "f16", "q8_0")
 ARCHITECTURES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen3": gguf.MODEL_ARCH.QWEN3, "gpt2": gguf.MODEL_ARCH.GPT2}
 GPT2_CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 # our split patterns (tokenizers/bpe.py) -> the pre-tokenizer llama.cpp applies under that name
-PRE_TOKENIZERS = {"gpt2": "gpt2", "gpt4": "llama-bpe"}
+PRE_TOKENIZERS = {"gpt2": "gpt-2", "gpt4": "llama-bpe"}
 FILE_TYPES = {
     "f32": gguf.LlamaFileType.ALL_F32,
     "f16": gguf.LlamaFileType.MOSTLY_F16,
@@ -127,7 +127,9 @@ def gguf_vocabulary(tokenizer: Tokenizer, vocab_size: int) -> Vocabulary:
                 if merge not in seen:
                     seen.add(merge)
                     merges.append(merge)
-        vocabulary = Vocabulary(tokens, [normal] * len(tokens), merges, "gpt2", None)
+        if not merges:  # llama.cpp refuses a BPE vocabulary without merges; 0xFE 0xFF never occur in UTF-8
+            merges.append(printable(bytes([0xFE])) + " " + printable(bytes([0xFF])))
+        vocabulary = Vocabulary(tokens, [normal] * len(tokens), merges, PRE_TOKENIZERS["gpt2"], None)
     else:
         raise ConfigError(
             f"a {tokenizer.kind} vocabulary cannot be llama.cpp's: its byte-level BPE reaches a word only through "
