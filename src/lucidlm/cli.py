@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     generate = command("generate", "sample text from a trained model, streamed as it is produced", EXAMPLES["generate"])
-    generate.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    generate.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     generate.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
     generate.add_argument("--max-new-tokens", type=int, default=300)
     generate.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; default 0.8")
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     evaluate = command("eval", "mean loss of a trained model over a whole split", EXAMPLES["eval"])
-    evaluate.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    evaluate.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     evaluate.add_argument("--data", required=True, help="a prepared DATA_DIR, or a plain text file (all scored)")
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     lessons.add_argument("number", nargs="?", type=int, help="the lesson to run")
 
     serve = command("serve", "serve a model: an OpenAI-compatible API and the model inspector", EXAMPLES["serve"])
-    serve.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    serve.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = command(
         "export", "write a trained model for Hugging Face transformers or llama.cpp (GGUF)", EXAMPLES["export"]
     )
-    export.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    export.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     export.add_argument(
         "--format",
         choices=["hf", "gguf"],
@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
             default="best",
             metavar="best|latest|step-N",
             help="the checkpoint: lowest val loss (default), the newest, or step N's",
+        )
+        sub.add_argument(
+            "--dtype",
+            choices=["float32", "float16", "bfloat16"],
+            help="hf:DIR only: load the weights in this dtype (default: as stored)",
         )
     return parser
 
@@ -205,7 +210,7 @@ def run_export(args: argparse.Namespace) -> None:
 
     if args.quantize and args.format != "gguf":
         raise ConfigError("--quantize is for --format gguf; a Hugging Face export is stored in float32")
-    model, tokenizer, _ = load_model(args.checkpoint, args.which)
+    model, tokenizer, _ = load_model(args.checkpoint, args.which, dtype=args.dtype)
     if args.format == "gguf":
         from lucidlm.export.gguf import export_gguf, ollama_modelfile
 
@@ -239,8 +244,8 @@ def run_serve(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or decoding_threads())
-    model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device)
-    name = args.model_name or Path(args.checkpoint).resolve().name
+    model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device, dtype=args.dtype)
+    name = args.model_name or Path(args.checkpoint.removeprefix("hf:")).resolve().name
     settings = ServerSettings(model_id=name, max_tokens=args.max_tokens, allowed_origins=tuple(args.allow_origin))
     engine = EngineProcess(
         model, tokenizer, args.max_batch, args.max_waiting, threads=args.threads or decoding_threads()
@@ -372,7 +377,7 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise ConfigError("--max-new-tokens and --num-samples must be at least 1")
     device = pick_device(args.device)
-    model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device)
+    model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device, dtype=args.dtype)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     prompt_ids = encode_prompt(tokenizer, args.prompt)
     note_unknown_words(tokenizer, args.prompt)
@@ -421,8 +426,8 @@ def run_eval(args: argparse.Namespace) -> None:
     from lucidlm.train.checkpoint import checkpoint_step, split_checkpoint_path
 
     run_dir, which = split_checkpoint_path(args.checkpoint, args.which)
-    model, tokenizer, _ = load_model(run_dir, which, device=pick_device(args.device))
-    step = checkpoint_step(find_checkpoint(run_dir, which))
+    model, tokenizer, _ = load_model(run_dir, which, device=pick_device(args.device), dtype=args.dtype)
+    step = None if str(run_dir).startswith("hf:") else checkpoint_step(find_checkpoint(run_dir, which))
     data = Path(args.data)
     if data.is_file():
         text = "".join(iter_text(data))
@@ -452,7 +457,7 @@ def run_eval(args: argparse.Namespace) -> None:
     else:
         print(
             f"{source}: loss {loss:.4f} nats/token (perplexity {result['perplexity']:.2f}) over {count:,} "
-            f"tokens, checkpoint at step {step}"
+            + (f"tokens, checkpoint at step {step}" if step is not None else f"tokens, {args.checkpoint}")
         )
 
 

@@ -152,8 +152,8 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
         )
     if not prompt:
         # An empty prompt starts from a newline, the most neutral start a text has, when the vocabulary has one.
-        return tokenizer.encode("\n") if not tokenizer.unknown_symbols("\n") else [0]
-    return tokenizer.encode(prompt)
+        return tokenizer.prompt_ids("\n") if not tokenizer.unknown_symbols("\n") else [0]
+    return tokenizer.prompt_ids(prompt)
 
 
 class StopStreamer:
@@ -214,13 +214,16 @@ def generate_text(
     compiled: Callable | None = None,
     generated: list[int] | None = None,
 ) -> Iterator[str]:
-    """Stream the continuation of `prompt` as text pieces; it ends early at a stop string (not included).
-    `compiled`: see generate_ids. `generated`, when given, receives every token id sampled."""
-    streamer = StopStreamer(tokenizer, stop)
+    """Stream the continuation of `prompt` as text pieces; it ends early at a stop string (not included) or at
+    one of the tokenizer's end-of-text tokens. `compiled`: see generate_ids. `generated`, when given, receives
+    every token id sampled."""
+    streamer, ends = StopStreamer(tokenizer, stop), set(tokenizer.eos_ids)
     ids = encode_prompt(tokenizer, prompt)
     for token in generate_ids(model, ids, max_new_tokens, config or SamplingConfig(), generator, compiled):
         if generated is not None:
             generated.append(token)
+        if token in ends:
+            break
         piece = streamer.push(token)
         if piece:
             yield piece

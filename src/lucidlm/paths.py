@@ -54,14 +54,14 @@ def _without_tmp(name: str) -> str:
 
 DATA_DIR = OutputKind(
     "data directory",
-    frozenset({"train.bin", "val.bin", "tokenizer.json", "meta.json"}),
+    frozenset({"train.bin", "val.bin", "tokenizer.json", "tokenizer_config.json", "meta.json"}),
     "meta.json",
     ("tokenizer", "vocab_size", "dtype", "sources"),
 )
 RUN_DIR = OutputKind(
     "run directory",
-    frozenset({"config.json", "tokenizer.json", "metrics.jsonl", "loss.png", "latest.json", "best.json"})
-    | {"checkpoints", "data"},
+    frozenset({"config.json", "tokenizer.json", "tokenizer_config.json", "metrics.jsonl", "loss.png", "latest.json"})
+    | {"best.json", "checkpoints", "data"},
     "config.json",
     ("model", "train"),
 )

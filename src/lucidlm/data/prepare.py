@@ -112,7 +112,7 @@ def prepare(
     data directory and `force` is given (lucidlm.paths)."""
     if tokenizer is not None:
         tokenizer_kind = tokenizer.kind
-    if tokenizer_kind not in Tokenizer.registry or tokenizer_kind not in TOKENIZER_KINDS:
+    elif tokenizer_kind not in TOKENIZER_KINDS:
         raise ConfigError(f"unknown tokenizer {tokenizer_kind!r}; choose one of: {', '.join(TOKENIZER_KINDS)}")
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")

@@ -131,10 +131,13 @@ def gguf_vocabulary(tokenizer: Tokenizer, vocab_size: int) -> Vocabulary:
             merges.append(printable(bytes([0xFE])) + " " + printable(bytes([0xFF])))
         vocabulary = Vocabulary(tokens, [normal] * len(tokens), merges, PRE_TOKENIZERS["gpt2"], None)
     else:
-        raise ConfigError(
-            f"a {tokenizer.kind} vocabulary cannot be llama.cpp's: its byte-level BPE reaches a word only through "
-            "merges of smaller pieces, which a word vocabulary does not have; train with the char or bpe tokenizer"
-        )
+        why = {
+            "word": "its byte-level BPE reaches a word only through merges of smaller pieces, which a word "
+            "vocabulary does not have; train with the char or bpe tokenizer",
+            "hf": "an imported Hugging Face tokenizer is not mapped to llama.cpp's yet; convert the Hub model "
+            "with llama.cpp's own convert_hf_to_gguf.py",
+        }[tokenizer.kind]
+        raise ConfigError(f"a {tokenizer.kind} vocabulary cannot be llama.cpp's: {why}")
     if len(vocabulary.tokens) > vocab_size:
         raise ConfigError(f"the tokenizer has {len(vocabulary.tokens)} tokens, more than vocab_size={vocab_size}")
     for index in range(len(vocabulary.tokens), vocab_size):  # a padded embedding: rows no text ever reaches

@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT, GPTConfig
+from lucidlm.model.config import LLAMA3_ROPE_KEYS
 from lucidlm.paths import HF_EXPORT, written_directory
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
+from lucidlm.tokenizers.hf import HFTokenizer, load_hf_directory_tokenizer
 
 GPT2_ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu", "relu2": "relu2"}  # ours -> transformers' name
 
@@ -103,7 +106,8 @@ def hf_config(config: GPTConfig, eos_token_id: int | None) -> dict:
         "rms_norm_eps": config.norm_eps,
         # transformers 4 reads rope_theta, transformers 5 rope_parameters
         "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_scaling": config.rope_scaling,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta, **(config.rope_scaling or {})},
         "attention_bias": config.bias,
     }
     if kind == "qwen3":
@@ -136,11 +140,13 @@ def config_from_hf(data: dict) -> GPTConfig:
         if data.get("use_sliding_window"):
             raise ConfigError("sliding-window attention is not supported; only full causal attention")
         rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
-        if rope.get("rope_type", "default") != "default":
-            raise ConfigError(f"rope scaling {rope.get('rope_type')!r} is not supported; only plain RoPE")
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise ConfigError(f"rope scaling {rope_type!r} is not supported; lucidlm has plain RoPE and Llama 3's")
+        scaling = (
+            {"rope_type": "llama3", **{k: rope.get(k) for k in LLAMA3_ROPE_KEYS}} if rope_type == "llama3" else None
+        )
         heads, hidden = data["num_attention_heads"], data["hidden_size"]
-        if data.get("head_dim", hidden // heads) != hidden // heads:
-            raise ConfigError("a Llama head_dim other than hidden_size / num_attention_heads is not supported")
         if data.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"Llama activation {data['hidden_act']!r} is not supported; only silu")
         bias = bool(data.get("attention_bias", False))
@@ -160,8 +166,10 @@ def config_from_hf(data: dict) -> GPTConfig:
             mlp="swiglu",
             tie_embeddings=tie,
             qk_norm=kind == "qwen3",
+            head_dim=data.get("head_dim") or hidden // heads,
             norm_eps=data.get("rms_norm_eps", 1e-6),
-            rope_theta=rope.get("rope_theta", data.get("rope_theta", 10000.0)),
+            rope_theta=float(rope.get("rope_theta", data.get("rope_theta", 10000.0))),
+            rope_scaling=scaling,
         )
     raise ConfigError(f"model_type {kind!r} is not one lucidlm reads; it reads gpt2, llama and qwen3")
 
@@ -252,7 +260,7 @@ def from_hf_state(config: GPTConfig, hf: dict[str, torch.Tensor]) -> dict[str, t
 def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
     """tokenizer.json in the `tokenizers` format. BPE already is; char and word become a WordLevel model whose
     pre-tokenizer splits text the way ours does, with a decoder that joins the pieces unchanged."""
-    if isinstance(tokenizer, BPETokenizer):
+    if isinstance(tokenizer, (BPETokenizer, HFTokenizer)):
         return tokenizer.to_dict()
     if tokenizer.kind == "char":
         pattern, vocab, unknown = r"[\s\S]", tokenizer.chars, None
@@ -276,9 +284,9 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
 
 
 def _eos(tokenizer: Tokenizer) -> tuple[str | None, int | None]:
-    if isinstance(tokenizer, BPETokenizer) and "<|endoftext|>" in tokenizer.special_tokens:
-        return "<|endoftext|>", tokenizer.special_tokens["<|endoftext|>"]
-    return None, None
+    if not tokenizer.eos_ids:
+        return None, None
+    return tokenizer.decode(tokenizer.eos_ids[:1]), tokenizer.eos_ids[0]
 
 
 # --- directories --------------------------------------------------------------------------------------------
@@ -321,43 +329,104 @@ def _write_hf_files(model: GPT, tokenizer: Tokenizer, tmp: Path) -> None:
         (tmp / name).write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
-def load_hf(directory: str | os.PathLike) -> tuple[GPT, GPTConfig]:
-    """A GPT-2 or Llama directory (config.json and model.safetensors, or its sharded index) as our GPT."""
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class LazyWeights(Mapping):
+    """The tensors of a model's safetensors files, each read from disk when it is asked for (and in `dtype`,
+    where one is asked for), so that converting them never holds the files' tensors and ours at once."""
+
+    def __init__(self, files: list[Path], dtype: torch.dtype | None):
+        self.handles = {}
+        self.dtype = dtype
+        for path in files:
+            handle = safe_open(path, framework="pt")
+            for name in handle.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                self.handles[name] = handle
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        tensor = self.handles[name].get_tensor(name)
+        return tensor if self.dtype is None else tensor.to(self.dtype)
+
+    def __iter__(self):
+        return iter(self.handles)
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """model.safetensors, or the shards its index names; pickled .bin weights are refused, never read."""
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            return [directory / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+            raise CheckpointError(f"{index} is not a safetensors index ({exc})") from None
+    if (directory / "model.safetensors").exists():
+        return [directory / "model.safetensors"]
+    pickled = sorted(p.name for p in directory.glob("*.bin"))
+    if pickled:
+        raise CheckpointError(
+            f"{directory} has only pickled weights ({pickled[0]}); lucidlm never unpickles files, convert them to "
+            "safetensors (transformers: model.save_pretrained(dir, safe_serialization=True))"
+        )
+    raise CheckpointError(f"{directory} has no model.safetensors; give a Hugging Face model directory")
+
+
+def load_hf(directory: str | os.PathLike, dtype: str | None = None) -> tuple[GPT, GPTConfig]:
+    """A GPT-2, Llama or Qwen3 directory (config.json and model.safetensors, or its shards) as our GPT, in the
+    weights' own dtype or in `dtype` ("float32", "float16", "bfloat16"). The model is made on PyTorch's meta
+    device (no memory) and takes the converted tensors as its own, so the weights are in memory once."""
     directory = Path(directory)
     try:
         data = json.loads((directory / "config.json").read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{directory} has no config.json; give a Hugging Face model directory") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{directory}/config.json is not valid JSON ({exc})") from None
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype} is not one of: {', '.join(DTYPES)}")
     config = config_from_hf(data)
-    hf_state: dict[str, torch.Tensor] = {}
-    index = directory / "model.safetensors.index.json"
-    shards = (
-        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    )
     try:
-        for shard in shards:
-            hf_state.update(load_file(directory / shard))
+        weights = LazyWeights(weight_files(directory), DTYPES.get(dtype))
+        state = from_hf_state(config, weights)
     except (FileNotFoundError, SafetensorError) as exc:
-        raise CheckpointError(
-            f"cannot read the weights in {directory} ({exc}); lucidlm reads safetensors only, never pickled .bin files"
-        ) from None
-    model = GPT(config)
+        raise CheckpointError(f"cannot read the weights in {directory} ({exc})") from None
+    except KeyError as exc:
+        raise CheckpointError(f"the weights in {directory} lack {exc} that its config.json needs") from None
     try:
-        model.load_saved_state({k: v.float() for k, v in from_hf_state(config, hf_state).items()})
-    except (KeyError, ValueError) as exc:
+        model = GPT.from_state(config, state)
+    except ValueError as exc:
         raise CheckpointError(f"the weights in {directory} do not fit its config.json ({exc})") from None
     return model.eval(), config
 
 
+def hf_eos_ids(directory: str | os.PathLike) -> list[int]:
+    """The end-of-text ids of a Hub directory: generation_config.json's, else config.json's (an id or a list)."""
+    for name in ("generation_config.json", "config.json"):
+        path = Path(directory) / name
+        if path.exists():
+            value = json.loads(path.read_text()).get("eos_token_id")
+            if value is not None:
+                return [value] if isinstance(value, int) else [int(v) for v in value]
+    return []
+
+
 def load_hf_tokenizer(directory: str | os.PathLike) -> Tokenizer:
-    """The tokenizer of a Hugging Face directory: byte-level BPE, or the WordLevel forms `export_hf` writes for
-    the char and word tokenizers."""
+    """The tokenizer of a Hugging Face directory. What lucidlm's own export wrote comes back as lucidlm's own
+    tokenizer (its BPE, or the WordLevel forms of its char and word tokenizers); any other tokenizer.json is
+    run by Hugging Face `tokenizers` itself (tokenizers/hf.py), with the directory's end-of-text ids."""
     path = Path(directory) / "tokenizer.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{directory} has no tokenizer.json") from None
-    model = data.get("model", {})
+        raise CheckpointError(
+            f"{directory} has no tokenizer.json; lucidlm reads the fast (tokenizers) format"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    model = data.get("model", {}) if isinstance(data, dict) else {}
     if model.get("type") == "WordLevel":
         vocab = [token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]
         pattern = (data.get("pre_tokenizer") or {}).get("pattern", {}).get("Regex")
@@ -365,9 +434,6 @@ def load_hf_tokenizer(directory: str | os.PathLike) -> Tokenizer:
             return CharTokenizer(vocab)
         if pattern == r"\w+|\s+|[^\w\s]":
             return WordTokenizer(vocab)
-    if model.get("type") == "BPE":
+    if BPETokenizer.is_own_format(data):
         return load_tokenizer(path)
-    raise CheckpointError(
-        f"{path} is a tokenizer lucidlm cannot reproduce exactly; it reads byte-level BPE "
-        "and the char and word tokenizers it exports"
-    )
+    return load_hf_directory_tokenizer(directory, hf_eos_ids(directory))

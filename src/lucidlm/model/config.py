@@ -35,7 +35,10 @@ TYPE_CHECKS = {
     "float | None": lambda value: value is None or _is_finite_number(value),
     "bool": lambda value: isinstance(value, bool),
     "str": lambda value: isinstance(value, str),
+    "dict | None": lambda value: value is None or isinstance(value, dict),
 }
+# Llama 3's RoPE scaling, with Hugging Face's key names (config.json's "rope_scaling")
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def check_types(config) -> None:
@@ -54,6 +57,7 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_kv_head: int | None = None  # grouped-query attention when smaller than n_head; None means n_head
+    head_dim: int | None = None  # each head's size; None means n_embd / n_head (Qwen3 sets it apart)
     n_embd: int = 128
     mlp_hidden: int | None = None  # None: 4 * n_embd, or about 8/3 * n_embd for swiglu (same parameter count)
     dropout: float = 0.0
@@ -64,6 +68,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE, as in Qwen3 and OLMo 2
     rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # {"rope_type": "llama3", factor, ...}: Llama 3's longer-context RoPE
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -76,8 +81,12 @@ class GPTConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.block_size > MAX_BLOCK_SIZE:
             raise ConfigError(f"block_size={self.block_size} is larger than {MAX_BLOCK_SIZE}; choose a smaller one")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; change one of them")
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; change one of them")
+            self.head_dim = self.n_embd // self.n_head
+        if self.head_dim < 1:
+            raise ConfigError(f"head_dim={self.head_dim} must be a positive integer")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
@@ -86,7 +95,15 @@ class GPTConfig:
                 "choose n_kv_head among the divisors of n_head"
             )
         if self.positions == "rope" and self.head_dim % 2:
-            raise ConfigError(f"rope needs an even head size, got n_embd/n_head = {self.head_dim}")
+            raise ConfigError(f"rope needs an even head size, got head_dim={self.head_dim}")
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type")
+            values = [self.rope_scaling.get(key) for key in LLAMA3_ROPE_KEYS]
+            if kind != "llama3" or not all(_is_finite_number(v) and v > 0 for v in values):
+                raise ConfigError(
+                    f"rope_scaling={self.rope_scaling!r}: lucidlm has Llama 3's (rope_type llama3, with "
+                    f"{', '.join(LLAMA3_ROPE_KEYS)} positive)"
+                )
         if self.qk_norm and self.norm != "rmsnorm":
             raise ConfigError("qk_norm normalises queries and keys with RMSNorm; set norm=rmsnorm as well")
         if self.positions == "sinusoidal" and self.n_embd % 2:
@@ -99,10 +116,6 @@ class GPTConfig:
             raise ConfigError(f"mlp_hidden={self.mlp_hidden} must be a positive integer")
         if not (self.rope_theta > 0 and self.norm_eps > 0):
             raise ConfigError(f"rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be positive")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
 
     def to_dict(self) -> dict:
         return asdict(self)

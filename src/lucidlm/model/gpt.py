@@ -77,14 +77,29 @@ def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
     return table
 
 
-def rope_tables(length: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    length: int, head_dim: int, theta: float, scaling: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and signed sin of the rotation angle for every (position, pair of channels). Each (length, head_dim).
 
     Channel i and i + D/2 form a pair, as in Llama. The sin table's first half is negated: the minus sign in
     the rotation's first row (see apply_rope)."""
     frequency = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
+    if scaling is not None:
+        frequency = llama3_frequencies(frequency, scaling)
     angle = torch.outer(torch.arange(length, dtype=torch.float32), frequency)  # (length, D/2)
     return torch.cat([angle, angle], dim=-1).cos(), torch.cat([-angle.sin(), angle.sin()], dim=-1)
+
+
+def llama3_frequencies(frequency: torch.Tensor, scaling: dict) -> torch.Tensor:
+    """Llama 3's RoPE for long contexts: pairs that turn slowly (a wavelength beyond the original context /
+    low_freq_factor) turn `factor` times slower still, fast ones (below context / high_freq_factor) are left
+    alone, and those between are blended smoothly from one to the other."""
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    wavelength = 2 * math.pi / frequency
+    smooth = ((context / wavelength - low) / (high - low)).clamp(0, 1)  # 0: slow pairs, 1: fast ones
+    return (1 - smooth) * frequency / factor + smooth * frequency
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -107,7 +122,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(
             config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim, bias=config.bias
         )
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_head * config.head_dim, config.n_embd, bias=config.bias)
         self.qk_norm = config.qk_norm
         if config.qk_norm:
             # Unit-RMS queries and keys bound every attention logit by sqrt(D) times the gains, so a high
@@ -126,7 +141,7 @@ class CausalSelfAttention(nn.Module):
         mask: torch.Tensor | None = None,
         attention_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape  # (B, T, C)
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([H * D, K * D, K * D], dim=2)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -144,7 +159,7 @@ class CausalSelfAttention(nn.Module):
         else:
             y, weights = self.explicit_attention(q, k, v, mask)
             attention_out.append(weights)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = y.transpose(1, 2).contiguous().view(B, T, H * D)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
     def fast_attention(
@@ -232,12 +247,7 @@ class GPT(nn.Module):
         )
         if config.positions == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        elif config.positions == "sinusoidal":
-            self.register_buffer("sinusoid", sinusoidal_table(config.block_size, config.n_embd), persistent=False)
-        else:
-            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+        self.make_position_tables()
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
@@ -247,6 +257,35 @@ class GPT(nn.Module):
         for name, parameter in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def make_position_tables(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> None:
+        """The fixed tables of sinusoidal or rotary positions (buffers, not saved: they follow from the config)."""
+        config = self.config
+        if config.positions == "sinusoidal":
+            table = sinusoidal_table(config.block_size, config.n_embd)
+            self.register_buffer("sinusoid", table.to(dtype=dtype, device=device), persistent=False)
+        elif config.positions == "rope":
+            cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta, config.rope_scaling)
+            self.register_buffer("rope_cos", cos.to(dtype=dtype, device=device), persistent=False)
+            self.register_buffer("rope_sin", sin.to(dtype=dtype, device=device), persistent=False)
+
+    @classmethod
+    def from_state(cls, config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:
+        """A model whose parameters are `state`'s tensors themselves (named as `state_for_saving` names them),
+        not copies of them: it is made on the meta device, which holds no memory, and then takes them. Raises
+        ValueError naming any tensor that is missing or of the wrong shape."""
+        with torch.device("meta"):
+            model = cls(config)
+        expected = model.state_for_saving()
+        check_shapes({n: t.shape for n, t in expected.items()}, {n: t.shape for n, t in state.items()})
+        model.load_state_dict(state, strict=False, assign=True)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.transformer.wte.weight
+        weight = model.transformer.wte.weight
+        model.make_position_tables(weight.dtype, weight.device)
+        return model
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -51,6 +51,10 @@ def check_supported(config: GPTConfig) -> None:
         problems.append(f"n_kv_head={config.n_kv_head} (use n_kv_head=n_head)")
     if config.dropout:
         problems.append(f"dropout={config.dropout} (use 0)")
+    if config.head_dim * config.n_head != config.n_embd:
+        problems.append(f"head_dim={config.head_dim} (use n_embd / n_head)")
+    if config.rope_scaling is not None:
+        problems.append("rope_scaling (use none)")
     if problems:
         raise ConfigError(
             f"the NumPy engine does not support {'; '.join(problems)}; change that setting (the nanogpt-baby "

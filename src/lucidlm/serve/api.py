@@ -3,7 +3,7 @@
 Endpoints (the OpenAI API's shapes, so the official `openai` client and tools built on it work unchanged):
     GET  /v1/models, /v1/models/{id}
     POST /v1/completions        prompt: a string or a list of strings
-    POST /v1/chat/completions   messages rendered with CHAT_TEMPLATE (these are base models)
+    POST /v1/chat/completions   messages through the model's chat template (chat/template.py)
     GET  /api/model             the inspector: config and parameter count
     POST /api/attention         the inspector: every layer's and head's attention weights for a text
     GET  /                      the inspector page (static files, no CDN)
@@ -41,6 +41,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from lucidlm.chat import chat_prompt
 from lucidlm.errors import LucidError
 from lucidlm.generate import SamplingConfig, encode_prompt
 from lucidlm.model import GPT
@@ -51,10 +52,6 @@ from lucidlm.tokenizers import Tokenizer
 
 STATIC = Path(__file__).parent / "static"
 CLIENT_GONE = 499  # nginx's "client closed request": the status of an answer nobody reads
-# Base models have no chat format of their own; the conversation is written out as plain text, ends with
-# "Assistant:", and generation stops where the model starts the user's next line.
-CHAT_TEMPLATE = "{role}: {content}\n"
-CHAT_STOP = "\nUser:"
 
 
 @dataclass
@@ -456,11 +453,13 @@ def create_app(
         top = body.top_logprobs or 0
         if not 0 <= top <= 20 or (top and not body.logprobs):
             raise APIError(400, "top_logprobs must lie in 0..20 and needs logprobs: true", "top_logprobs")
-        body.stop = [*body.stop, CHAT_STOP]
-        prompt = "".join(
-            CHAT_TEMPLATE.format(role=m.role.title(), content=m.text(i)) for i, m in enumerate(body.messages)
-        )
-        encoded = [encode(prompt + "Assistant:", "messages")]
+        messages = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(body.messages)]
+        try:
+            prompt, stops = chat_prompt(tokenizer, messages)
+        except LucidError as exc:
+            raise APIError(400, str(exc), "messages") from None
+        body.stop = [*body.stop, *stops]
+        encoded = [prompt]
         run = Generation(engine, body, sampling, encoded, top if body.logprobs else None, "chatcmpl")
 
         def token_logprob(token: int, logprob: float) -> dict:

@@ -81,7 +81,7 @@ class Engine:
         self.cache = model.new_cache(max_batch, slots=True)
         self.active: list[Request] = []  # active[i] lives in row i of the cache
         self.waiting: deque[Request] = deque()
-        self.end_of_text = getattr(tokenizer, "special_tokens", {}).get("<|endoftext|>")
+        self.end_of_text = set(tokenizer.eos_ids)
         self.steps = 0
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -263,7 +263,7 @@ class Engine:
             if request.top_logprobs:
                 values, ids = torch.topk(logprobs, min(request.top_logprobs, logprobs.numel()))
                 event.top = list(zip(ids.tolist(), values.tolist(), strict=True))
-        if token == self.end_of_text:
+        if token in self.end_of_text:
             event.text, event.finish_reason = request.streamer.finish(), "stop"
             return event
         event.text = request.streamer.push(token)

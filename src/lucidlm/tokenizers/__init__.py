@@ -3,6 +3,7 @@
 from lucidlm.tokenizers.base import Tokenizer, load_tokenizer
 from lucidlm.tokenizers.bpe import BPETokenizer
 from lucidlm.tokenizers.char import CharTokenizer
+from lucidlm.tokenizers.hf import HFTokenizer
 from lucidlm.tokenizers.word import WordTokenizer
 
-__all__ = ["BPETokenizer", "CharTokenizer", "Tokenizer", "WordTokenizer", "load_tokenizer"]
+__all__ = ["BPETokenizer", "CharTokenizer", "HFTokenizer", "Tokenizer", "WordTokenizer", "load_tokenizer"]

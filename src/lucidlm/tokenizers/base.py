@@ -46,6 +46,15 @@ class Tokenizer:
         """The pieces of `text` this vocabulary cannot represent, in order of first appearance."""
         raise NotImplementedError
 
+    @property
+    def eos_ids(self) -> list[int]:
+        """The tokens that end a text (generation stops at them); none by default."""
+        return []
+
+    def prompt_ids(self, text: str) -> list[int]:
+        """The ids of a prompt; a tokenizer whose model expects special tokens around it (an imported one) adds them."""
+        return self.encode(text)
+
     def to_dict(self) -> dict[str, Any]:
         """The content of tokenizer.json."""
         raise NotImplementedError
@@ -79,12 +88,15 @@ class Tokenizer:
 
 
 def tokenizer_kind(data: Any) -> str | None:
-    """lucidlm's own files say {"type": ...}; a Hugging Face byte-level BPE file is recognised by its model."""
+    """lucidlm's own char and word files say {"type": ...}; its BPE writes the Hugging Face format with its own
+    split patterns ("bpe"); any other Hugging Face tokenizer.json is an imported one ("hf")."""
     if not isinstance(data, dict):
         return None
     model = data.get("model")
-    if isinstance(model, dict) and model.get("type") == "BPE":
-        return "bpe"
+    if isinstance(model, dict):
+        from lucidlm.tokenizers.bpe import BPETokenizer
+
+        return "bpe" if BPETokenizer.is_own_format(data) else "hf"
     kind = data.get("type")
     return kind if isinstance(kind, str) else None
 
@@ -102,6 +114,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if kind not in Tokenizer.registry:
         known = ", ".join(sorted(Tokenizer.registry))
         raise TokenizerError(f"{path}: unknown tokenizer type {kind!r} (known: {known})")
+    if kind == "hf":  # with the tokenizer_config.json saved beside it
+        from lucidlm.tokenizers.hf import load_hf_directory_tokenizer
+
+        return load_hf_directory_tokenizer(path.parent)
     try:
         return Tokenizer.registry[kind].from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:

@@ -332,6 +332,28 @@ class BPETokenizer(Tokenizer):
             },
         }
 
+    @property
+    def eos_ids(self) -> list[int]:
+        return [self.special_tokens[t] for t in DEFAULT_SPECIAL_TOKENS if t in self.special_tokens]
+
+    @staticmethod
+    def is_own_format(data: dict[str, Any]) -> bool:
+        """Whether a tokenizer.json is one this class wrote: byte-level BPE split by one of SPLIT_PATTERNS.
+        (A Hub model's file is read by Hugging Face `tokenizers` instead: tokenizers/hf.py.)"""
+        pre = data.get("pre_tokenizer")
+        steps = pre.get("pretokenizers") if isinstance(pre, dict) else None
+        if not isinstance(steps, list) or len(steps) != 2 or not all(isinstance(s, dict) for s in steps):
+            return False
+        split, byte_level = steps
+        pattern = split.get("pattern")
+        return (
+            data.get("model", {}).get("type") == "BPE"
+            and split.get("type") == "Split"
+            and isinstance(pattern, dict)
+            and pattern.get("Regex") in SPLIT_PATTERNS.values()
+            and byte_level.get("type") == "ByteLevel"
+        )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BPETokenizer:
         from_text = {c: b for b, c in bytes_to_unicode().items()}

@@ -203,10 +203,17 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def load_model(
-    run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
+    run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu", dtype: str | None = None
 ) -> tuple[GPT, Tokenizer, RunConfig]:
     """A trained model ready for inference, with its tokenizer and configuration. `run_dir` may also be one of
-    the run's `checkpoints/step-N` folders; `which` as `find_checkpoint`."""
+    the run's `checkpoints/step-N` folders (`which` as `find_checkpoint`), or `hf:DIR`, a Hugging Face model
+    directory as the Hub serves it (loaded in its stored dtype, or in `dtype`)."""
+    if str(run_dir).startswith("hf:"):
+        from lucidlm.export.hf import load_hf, load_hf_tokenizer
+
+        directory = str(run_dir)[3:]
+        model, config = load_hf(directory, dtype)
+        return model.to(device).eval(), load_hf_tokenizer(directory), RunConfig(model=config)
     run_dir, which = split_checkpoint_path(run_dir, which)
     config = read_run_config(run_dir)
     directory = find_checkpoint(run_dir, which)

@@ -1,0 +1,122 @@
+"""A tokenizer imported from the Hugging Face Hub, run by Hugging Face `tokenizers` itself.
+
+A Hub model's tokenizer.json can hold any of `tokenizers`' normalizers, pre-tokenizers, models and
+post-processors; the reference implementation runs it exactly, where a copy would differ at the edges.
+lucidlm's own BPE (bpe.py) stays the one written from scratch: it is what the lessons teach and what learns
+new vocabularies. This one only wraps a file, behind the same `Tokenizer` interface, and is saved unchanged
+into the runs that start from it (tokenizer.json), with the settings of the Hub directory that are not in that
+file (tokenizer_config.json: the special tokens, whether a prompt starts with BOS, the chat template).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+
+from lucidlm.errors import TokenizerError
+from lucidlm.tokenizers.base import Tokenizer
+
+# the keys of tokenizer_config.json that lucidlm uses, kept with the tokenizer in a run
+CONFIG_KEYS = ("bos_token", "eos_token", "add_bos_token", "chat_template")
+
+
+class HFTokenizer(Tokenizer):
+    kind = "hf"
+
+    def __init__(self, data: dict[str, Any], config: dict[str, Any] | None = None, eos_ids: Iterable[int] = ()):
+        try:
+            self.tokenizer = tokenizers.Tokenizer.from_str(json.dumps(data))
+        except Exception as exc:  # tokenizers raises its own Exception type for a file it cannot read
+            raise TokenizerError(f"Hugging Face tokenizers cannot read this tokenizer.json ({exc})") from None
+        self.data, self.config = data, {k: v for k, v in (config or {}).items() if k in CONFIG_KEYS}
+        self.eos = [i for i in eos_ids]
+        if not self.eos and isinstance(self.token_text("eos_token"), str):
+            eos = self.tokenizer.token_to_id(self.token_text("eos_token"))
+            self.eos = [] if eos is None else [eos]
+
+    def token_text(self, key: str) -> str | None:
+        """The text of a special token named in tokenizer_config.json (a string, or an AddedToken dict)."""
+        value = self.config.get(key)
+        return value.get("content") if isinstance(value, dict) else value
+
+    # --- the Tokenizer interface ------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """The ids of `text` alone, with no special tokens added (what data files hold)."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """The ids a prompt gets from `transformers.AutoTokenizer(text)`: the post-processor's special tokens
+        (a BOS, for Llama 3) included."""
+        return self.tokenizer.encode(text, add_special_tokens=True).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eos_ids(self) -> list[int]:
+        return self.eos
+
+    def unknown_symbols(self, text: str) -> list[str]:
+        """Pieces read as the unknown token, where the model has one (byte-level vocabularies have none)."""
+        unknown = self.tokenizer.token_to_id(str(self.data.get("model", {}).get("unk_token") or ""))
+        if unknown is None:
+            return []
+        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        return list(
+            dict.fromkeys(text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets, strict=True) if i == unknown)
+        )
+
+    @classmethod
+    def safe_cut(cls, text: str) -> int:
+        # After the last newline that a non-space follows: no pre-tokenizer of the Hub's joins across that.
+        match = re.search(r"\n(?=\S)[^\n]*$", text)
+        return match.start() + 1 if match else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HFTokenizer:
+        return cls(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """tokenizer.json as it came, and beside it the settings from tokenizer_config.json."""
+        super().save(path)
+        config = Path(path).with_name("tokenizer_config.json")
+        tmp = config.with_name(config.name + ".tmp")
+        tmp.write_text(json.dumps({**self.config, "eos_token_ids": self.eos}, ensure_ascii=False, indent=1))
+        os.replace(tmp, config)
+
+
+def load_hf_directory_tokenizer(directory: str | os.PathLike, eos_ids: Iterable[int] = ()) -> HFTokenizer:
+    """The tokenizer of a Hub directory (tokenizer.json, tokenizer_config.json, chat_template.jinja) or of a
+    run that started from one."""
+    directory = Path(directory)
+    try:
+        data = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TokenizerError(
+            f"{directory} has no tokenizer.json; lucidlm reads the fast (tokenizers) format only"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TokenizerError(f"{directory}/tokenizer.json is not valid JSON ({exc})") from None
+    config = {}
+    if (directory / "tokenizer_config.json").exists():
+        try:
+            config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TokenizerError(f"{directory}/tokenizer_config.json is not valid JSON ({exc})") from None
+    if (directory / "chat_template.jinja").exists():
+        config["chat_template"] = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    eos = list(eos_ids) or config.get("eos_token_ids", [])
+    return HFTokenizer(data, config, eos)
