@@ -50,7 +50,7 @@ class HFTokenizer(Tokenizer):
         """The ids of `text` alone, with no special tokens added (what data files hold)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_prompt(self, text: str) -> list[int]:
+    def prompt_ids(self, text: str) -> list[int]:
         """The ids a prompt gets from `transformers.AutoTokenizer(text)`: the post-processor's special tokens
         (a BOS, for Llama 3) included."""
         return self.tokenizer.encode(text, add_special_tokens=True).ids

@@ -1,0 +1,251 @@
+"""Hub models as they are (issue 19): directories written by `transformers.save_pretrained` itself, with
+tokenizers in each family's Hub format built here with `tokenizers` (nothing is downloaded), run by lucidlm
+through `hf:DIR` and held to `transformers`: logits, greedy text, token ids, chat templates."""
+
+import json
+import shutil
+
+import pytest
+import tokenizers
+import torch
+import transformers
+from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+from lucidlm.chat import chat_prompt, render_template
+from lucidlm.errors import LucidError
+from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.tokenizers import HFTokenizer, load_tokenizer
+from lucidlm.train import load_model
+
+from ..conftest import SAMPLE_TEXT, run_lucidlm
+
+transformers.logging.set_verbosity_error()
+
+TEXT = SAMPLE_TEXT + "Numbers 12345 and 7, café — naïve 🙂 emoji; tabs\tand   spaces.\n" * 20
+ADVERSARIAL = [
+    "First Citizen:\nBefore we proceed",
+    "café — naïve 🙂 émoji 👍🏽",
+    "   leading and trailing spaces   ",
+    "\n\n\t\n  \n",
+    "numbers 1234567 3.14159 and 2,000",
+    "it's they'll WE'D",
+    "special <|endoftext|> text <|im_end|> inside",
+]
+LLAMA3_SPLIT = (  # Llama 3's pre-tokenizer split
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_CHAT = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+CONVERSATION = [
+    {"role": "system", "content": "You answer in verse."},
+    {"role": "user", "content": "Who are you?"},
+    {"role": "assistant", "content": "A citizen, sir."},
+    {"role": "user", "content": "Speak, speak."},
+]
+
+
+def hub_tokenizer(family: str) -> transformers.PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of the family's shape, learned from TEXT: GPT-2's (and SmolLM2's)
+    pre-tokenizer, Llama 3's split with a BOS post-processor and header tokens, Qwen's ChatML tokens."""
+    specials = {
+        "gpt2": ["<|endoftext|>"],
+        "smollm2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "llama3": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "qwen3": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    }[family]
+    tokenizer = tokenizers.Tokenizer(models.BPE())
+    if family in ("gpt2", "smollm2"):
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        split = pre_tokenizers.Split(tokenizers.Regex(LLAMA3_SPLIT), behavior="isolated")
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator([TEXT], trainer)
+    settings = {"eos_token": specials[0]}
+    if family == "llama3":
+        bos = tokenizer.token_to_id("<|begin_of_text|>")
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)]
+        )
+        settings = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "chat_template": LLAMA3_CHAT}
+    elif family in ("qwen3", "smollm2"):
+        settings = {"eos_token": "<|im_end|>", "chat_template": CHATML}
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, **settings)
+
+
+def hub_model(family: str, vocab_size: int, eos_id: int):
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab_size, eos_token_id=eos_id, bos_token_id=eos_id)
+    if family == "gpt2":
+        config = transformers.GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=4, **common)
+        return transformers.GPT2LMHeadModel(config)
+    llama = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        **common,
+    )
+    if family == "llama3":  # Llama 3's RoPE scaling, untied, head_dim other than hidden / heads
+        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0}
+        rope |= {"high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+        config = transformers.LlamaConfig(head_dim=16, rope_parameters=rope, tie_word_embeddings=False, **llama)
+        return transformers.LlamaForCausalLM(config)
+    if family == "smollm2":  # a tied Llama
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(tie_word_embeddings=True, **llama))
+    config = transformers.Qwen3Config(head_dim=16, tie_word_embeddings=True, **llama)
+    return transformers.Qwen3ForCausalLM(config)
+
+
+def perturbed(model):
+    """Non-trivial norm gains, so that a wrong mapping cannot hide behind ones."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+FAMILIES = ["gpt2", "llama3", "qwen3", "smollm2"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def hub_dir(request, tmp_path_factory):
+    family = request.param
+    directory = tmp_path_factory.mktemp(family)
+    tokenizer = hub_tokenizer(family)
+    model = perturbed(hub_model(family, len(tokenizer), tokenizer.eos_token_id))
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return family, directory
+
+
+def test_logits_and_greedy_text_equal_transformers(hub_dir):
+    _, directory = hub_dir
+    ours, tokenizer, _ = load_model(f"hf:{directory}")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    ids = tokenizer.prompt_ids("First Citizen:\nBefore we proceed")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(torch.tensor([ids]))[0], theirs(torch.tensor([ids])).logits, rtol=0, atol=1e-4)
+        expected = theirs.generate(
+            torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0
+        )[0, len(ids) :]
+    assert list(generate_ids(ours, ids, 12, SamplingConfig(temperature=0))) == expected.tolist()
+
+
+def test_token_ids_equal_autotokenizer(hub_dir):
+    _, directory = hub_dir
+    ours = load_tokenizer(directory / "tokenizer.json")
+    theirs = transformers.AutoTokenizer.from_pretrained(directory)
+    assert isinstance(ours, HFTokenizer)
+    for text in ADVERSARIAL:
+        assert ours.prompt_ids(text) == theirs(text)["input_ids"], text
+        assert ours.encode(text) == theirs(text, add_special_tokens=False)["input_ids"], text
+        assert ours.decode(ours.encode(text)) == theirs.decode(theirs(text, add_special_tokens=False)["input_ids"])
+    assert ours.eos_ids == [theirs.eos_token_id]
+
+
+def test_the_chat_template_renders_as_transformers_does(hub_dir):
+    family, directory = hub_dir
+    theirs = transformers.AutoTokenizer.from_pretrained(directory)
+    ours = load_tokenizer(directory / "tokenizer.json")
+    if family == "gpt2":  # no template: the plain "User:" lines
+        ids, stops = chat_prompt(ours, CONVERSATION)
+        assert ours.decode(ids).endswith("User: Speak, speak.\nAssistant:") and stops == ["\nUser:"]
+        return
+    expected = theirs.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+    special = {key: ours.token_text(key) for key in ("bos_token", "eos_token")}
+    assert render_template(ours.config["chat_template"], CONVERSATION, **special) == expected
+    ids, stops = chat_prompt(ours, CONVERSATION)
+    assert ids == theirs.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert stops == []
+
+
+def test_sharded_bf16_weights_load_in_their_dtype_or_as_asked(tmp_path):
+    tokenizer = hub_tokenizer("qwen3")
+    model = perturbed(hub_model("qwen3", len(tokenizer), tokenizer.eos_token_id)).to(torch.bfloat16)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors.index.json").exists() and len(list(tmp_path.glob("*.safetensors"))) > 2
+    stored, _, _ = load_model(f"hf:{tmp_path}")
+    assert stored.lm_head.weight.dtype == torch.bfloat16
+    ours, tokenizer, _ = load_model(f"hf:{tmp_path}", dtype="float32")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    ids = torch.tensor([tokenizer.prompt_ids("Speak, speak.")])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids)[0], theirs(ids).logits, rtol=0, atol=1e-4)
+        assert stored(ids)[0].argmax(-1).tolist() == theirs(ids).logits.argmax(-1).tolist()
+
+
+def test_the_command_line_generates_evaluates_and_fine_tunes_a_hub_model(hub_dir, tmp_path, text_file):
+    """The issue's own failing command: `train --init-from hf:DIR` with a directory transformers wrote."""
+    family, directory = hub_dir
+    if family != "gpt2":
+        pytest.skip("one family through the command line is enough")
+    hf = f"hf:{directory}"
+    generated = run_lucidlm(
+        "generate", "--checkpoint", hf, "--prompt", "First", "--temperature", 0, "--max-new-tokens", 8
+    )
+    assert generated.returncode == 0 and generated.stdout.startswith("First"), generated.stderr
+    evaluated = run_lucidlm("eval", "--checkpoint", hf, "--data", text_file, "--json")
+    assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["tokens"] > 100, evaluated.stderr
+    run = tmp_path / "ft"
+    trained = run_lucidlm(
+        "train", "--init-from", hf, "--data", text_file, "--out", run, "--max-steps", 3, "--no-progress",
+        "--device", "cpu", "--set", "batch_size=2", "--set", "eval_interval=3", "--set", "eval_batches=1",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert isinstance(load_tokenizer(run / "tokenizer.json"), HFTokenizer)
+    assert json.loads((run / "tokenizer_config.json").read_text())["eos_token_ids"] == [0]
+    again = run_lucidlm("generate", "--checkpoint", run, "--prompt", "First", "--max-new-tokens", 5, "--seed", 1)
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("model_type", "model_type 'mistral' is not one lucidlm reads"),
+        ("rope_scaling", "rope scaling 'yarn' is not supported"),
+        ("pickled weights", "only pickled weights"),
+        ("tokenizer.json", "Hugging Face tokenizers cannot read this tokenizer.json"),
+    ],
+)
+def test_what_lucidlm_cannot_run_is_one_line_exit_2(hub_dir, tmp_path, damage, message):
+    family, directory = hub_dir
+    if family != "llama3":
+        pytest.skip("one family is enough")
+    bad = tmp_path / "bad"
+    shutil.copytree(directory, bad)
+    config = json.loads((bad / "config.json").read_text())
+    if damage == "model_type":
+        config["model_type"] = "mistral"
+    elif damage == "rope_scaling":
+        config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+    elif damage == "pickled weights":
+        (bad / "model.safetensors").rename(bad / "pytorch_model.bin")
+    else:
+        (bad / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 3}}')
+    (bad / "config.json").write_text(json.dumps(config))
+    result = run_lucidlm("generate", "--checkpoint", f"hf:{bad}", "--max-new-tokens", 2)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_tokenizer_that_tokenizers_cannot_read_is_a_lucid_error(tmp_path):
+    (tmp_path / "tokenizer.json").write_text('{"model": {"type": "Unigram", "vocab": "x"}}')
+    with pytest.raises(LucidError, match="cannot read this tokenizer.json"):
+        load_tokenizer(tmp_path / "tokenizer.json")
