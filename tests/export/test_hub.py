@@ -4,7 +4,10 @@ through `hf:DIR` and held to `transformers`: logits, greedy text, token ids, cha
 
 import json
 import shutil
+import subprocess
+import sys
 
+import httpx
 import pytest
 import tokenizers
 import torch
@@ -13,7 +16,8 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from lucidlm.chat import chat_prompt, render_template
 from lucidlm.errors import LucidError
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.generate import SamplingConfig, generate_ids, generate_text
+from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
 from lucidlm.tokenizers import HFTokenizer, load_tokenizer
 from lucidlm.train import load_model
 
@@ -249,3 +253,83 @@ def test_a_tokenizer_that_tokenizers_cannot_read_is_a_lucid_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"model": {"type": "Unigram", "vocab": "x"}}')
     with pytest.raises(LucidError, match="cannot read this tokenizer.json"):
         load_tokenizer(tmp_path / "tokenizer.json")
+
+
+def test_generation_and_the_server_stop_at_the_models_end_of_text(hub_dir):
+    family, directory = hub_dir
+    if family != "gpt2":
+        pytest.skip("one family is enough")
+    model, tokenizer, _ = load_model(f"hf:{directory}")
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every logit 0: greedy decoding picks id 0, which is <|endoftext|>
+    assert tokenizer.eos_ids == [0]
+    assert list(generate_text(model, tokenizer, "First", 10, SamplingConfig(temperature=0))) == []
+    app = create_app(model, tokenizer, ServerSettings(model_id="m"), Engine(model, tokenizer))
+    with BackgroundServer(app) as url:
+        body = {"model": "m", "prompt": "First", "max_tokens": 10, "temperature": 0}
+        choice = httpx.post(f"{url}/v1/completions", json=body, timeout=60).json()["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["text"] == ""
+
+
+def test_the_server_chats_through_the_models_template(hub_dir):
+    family, directory = hub_dir
+    if family != "qwen3":
+        pytest.skip("one family is enough")
+    model, tokenizer, _ = load_model(f"hf:{directory}")
+    expected = transformers.AutoTokenizer.from_pretrained(directory).apply_chat_template(
+        CONVERSATION, tokenize=True, add_generation_prompt=True
+    )["input_ids"]
+    app = create_app(model, tokenizer, ServerSettings(model_id="m"), Engine(model, tokenizer))
+    with BackgroundServer(app) as url:
+        body = {"model": "m", "messages": CONVERSATION, "max_tokens": 5, "temperature": 0}
+        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+    assert reply["usage"]["prompt_tokens"] == len(expected)
+    greedy = list(generate_ids(model, expected, 5, SamplingConfig(temperature=0)))
+    ends = set(tokenizer.eos_ids)
+    kept = greedy[: next((i for i, t in enumerate(greedy) if t in ends), len(greedy))]
+    assert reply["choices"][0]["message"]["content"] == tokenizer.decode(kept)
+
+
+MEASURE_LOAD = """
+import json, sys
+from pathlib import Path
+from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.train import load_model
+
+def status(key):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))
+    return int(line.split()[1]) * 1024
+
+Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here, after the imports
+before = status("VmRSS")
+model, tokenizer, _ = load_model("hf:" + sys.argv[1])
+tokens = list(generate_ids(model, tokenizer.prompt_ids("First Citizen:"), 5, SamplingConfig(temperature=0)))
+print(json.dumps({"before": before, "peak": status("VmHWM"), "tokens": len(tokens)}))
+"""
+
+
+def test_a_gpt2_124m_shaped_model_loads_with_its_weights_in_memory_once(tmp_path):
+    """GPT-2 small's shape (random weights, float32, about 500 MB): loading and generating raise the process's
+    peak memory above what Python and PyTorch held before by at most 1.5x the weights file (a second full copy
+    would make it 2x); it fine-tunes too."""
+    tokenizer = hub_tokenizer("gpt2")
+    config = transformers.GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    weights = (tmp_path / "gpt2" / "model.safetensors").stat().st_size
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT * 6)  # both splits longer than GPT-2's context of 1,024 tokens
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE_LOAD, str(tmp_path / "gpt2")], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    grown = measured["peak"] - measured["before"]
+    assert measured["tokens"] == 5 and grown <= 1.5 * weights, (grown / weights, measured)
+    trained = run_lucidlm(
+        "train", "--init-from", f"hf:{tmp_path / 'gpt2'}", "--data", text_file, "--out", tmp_path / "ft",
+        "--max-steps", 2, "--no-progress", "--device", "cpu", "--preset", "gpt2-small",
+        "--set", "batch_size=1", "--set", "grad_accum=1", "--set", "eval_interval=2", "--set", "eval_batches=1",
+        timeout=600,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
