@@ -25,10 +25,12 @@ EXAMPLES = {
   lucidlm train --data my.txt --out runs/b                 (a text file is prepared with the char tokenizer)
   lucidlm train --data data/shakespeare-char --out runs/a --resume --max-steps 4000
   lucidlm train --data data/mine --out runs/c --set n_layer=6 --set lr=3e-4
-  lucidlm train --data my.txt --out runs/d --engine numpy --preset nanogpt-baby   (the NumPy GPT)""",
+  lucidlm train --data my.txt --out runs/d --engine numpy --preset nanogpt-baby   (the NumPy GPT)
+  lucidlm train --init-from hf:models/gpt2 --data my.txt --out runs/e --preset gpt2-small   (fine-tune GPT-2)""",
     "generate": """examples:
   lucidlm generate --checkpoint runs/a --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 \\
-      --top-k 50 --top-p 0.95 --seed 1 --num-samples 2""",
+      --top-k 50 --top-p 0.95 --seed 1 --num-samples 2
+  lucidlm generate --checkpoint hf:models/gpt2 --prompt "The meaning of life is"   (a Hugging Face directory)""",
     "lessons": """examples:
   lucidlm lessons            (the list, as `lucidlm lessons list`)
   lucidlm lessons run 6      (runs lessons/06_softmax.py, which checks every claim it makes)""",
