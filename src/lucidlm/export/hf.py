@@ -26,7 +26,7 @@ from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.config import LLAMA3_ROPE_KEYS
 from lucidlm.paths import HF_EXPORT, written_directory
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
-from lucidlm.tokenizers.hf import HFTokenizer, load_hf_directory_tokenizer
+from lucidlm.tokenizers.hf import HFTokenizer, load_hf_directory_tokenizer, read_tokenizer_file
 
 GPT2_ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu", "relu2": "relu2"}  # ours -> transformers' name
 
@@ -437,14 +437,7 @@ def load_hf_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     tokenizer (its BPE, or the WordLevel forms of its char and word tokenizers); any other tokenizer.json is
     run by Hugging Face `tokenizers` itself (tokenizers/hf.py), with the directory's end-of-text ids."""
     path = Path(directory) / "tokenizer.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{directory} has no tokenizer.json; lucidlm reads the fast (tokenizers) format"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    data = read_tokenizer_file(path)
     model = data.get("model", {}) if isinstance(data, dict) else {}
     if model.get("type") == "WordLevel":
         vocab = [token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]

@@ -98,24 +98,24 @@ class HFTokenizer(Tokenizer):
         os.replace(tmp, config)
 
 
+def read_tokenizer_file(path: Path) -> Any:
+    """A tokenizer's JSON file, or a TokenizerError that says what is wrong with it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TokenizerError(f"{path.parent} has no {path.name}; lucidlm reads the fast (tokenizers) format") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TokenizerError(f"{path} is not valid JSON ({exc})") from None
+
+
 def load_hf_directory_tokenizer(directory: str | os.PathLike, eos_ids: Iterable[int] = ()) -> HFTokenizer:
     """The tokenizer of a Hub directory (tokenizer.json, tokenizer_config.json, chat_template.jinja) or of a
     run that started from one."""
     directory = Path(directory)
-    try:
-        data = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(
-            f"{directory} has no tokenizer.json; lucidlm reads the fast (tokenizers) format only"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TokenizerError(f"{directory}/tokenizer.json is not valid JSON ({exc})") from None
+    data = read_tokenizer_file(directory / "tokenizer.json")
     config = {}
     if (directory / "tokenizer_config.json").exists():
-        try:
-            config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TokenizerError(f"{directory}/tokenizer_config.json is not valid JSON ({exc})") from None
+        config = read_tokenizer_file(directory / "tokenizer_config.json")
     if (directory / "chat_template.jinja").exists():
         config["chat_template"] = (directory / "chat_template.jinja").read_text(encoding="utf-8")
     eos = list(eos_ids) or config.get("eos_token_ids", [])
