@@ -100,6 +100,13 @@ def _check_ancestors(path: Path) -> None:
             raise ConfigError(f"{ancestor} is a file, not a directory; choose a directory for --out")
 
 
+def _replacing(path: Path, what: str, force: bool) -> bool:
+    """An earlier output of the command at `path`: replaced with --force, refused without."""
+    if not force:
+        raise ConfigError(f"{path} already holds a {what}; pass {FORCE} to replace it, or choose another --out")
+    return True
+
+
 def check_file_target(path: str | os.PathLike, kind: FileKind, force: bool) -> bool:
     """As `check_target`, for a one-file output: True when `path` is an earlier file of `kind` to replace."""
     path = Path(path)
@@ -109,9 +116,7 @@ def check_file_target(path: str | os.PathLike, kind: FileKind, force: bool) -> b
     if not path.exists():
         return False
     if kind.holds(path):
-        if force:
-            return True
-        raise ConfigError(f"{path} already holds a {kind.name}; pass {FORCE} to replace it, or choose another --out")
+        return _replacing(path, kind.name, force)
     raise ConfigError(
         f"{path} exists and is not a {kind.name}; choose another --out (lucidlm never replaces files it did not "
         f"write, even with {FORCE})"
@@ -150,9 +155,7 @@ def check_target(path: str | os.PathLike, kind: OutputKind, force: bool) -> bool
     if not any(path.iterdir()):
         return False
     if kind.holds(path):
-        if force:
-            return True
-        raise ConfigError(f"{path} already holds a {kind.name}; pass {FORCE} to replace it, or choose another --out")
+        return _replacing(path, kind.name, force)
     other = next((k.name for k in KINDS if k is not kind and k.holds(path)), None)
     what = f"holds a {other}, not a {kind.name}" if other else f"is not empty and is not a {kind.name} lucidlm wrote"
     raise ConfigError(
