@@ -173,7 +173,7 @@ def test_the_chat_template_renders_as_transformers_does(hub_dir):
         return
     expected = theirs.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
     special = {key: ours.token_text(key) for key in ("bos_token", "eos_token")}
-    assert render_template(ours.config["chat_template"], CONVERSATION, **special) == expected
+    assert render_template(ours.chat_template, CONVERSATION, **special) == expected
     ids, stops = chat_prompt(ours, CONVERSATION)
     assert ids == theirs.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True)["input_ids"]
     assert stops == []

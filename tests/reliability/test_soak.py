@@ -24,16 +24,6 @@ def resident_mib(pid: int | str = "self") -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-@pytest.fixture(scope="module")
-def process_server(model, tokenizer):
-    from lucidlm.serve import BackgroundServer, EngineProcess, ServerSettings, create_app
-
-    engine = EngineProcess(model, tokenizer, max_batch=16, max_waiting=64)
-    app = create_app(model, tokenizer, ServerSettings(model_id="tiny", max_tokens=200), engine)
-    with BackgroundServer(app) as url:
-        yield url, engine
-
-
 def test_a_thousand_requests_from_sixteen_clients(process_server):
     url, engine = process_server
     errors, memory = [], []

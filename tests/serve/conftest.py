@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lucidlm.model import GPT, GPTConfig
-from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
+from lucidlm.serve import BackgroundServer, Engine, EngineProcess, ServerSettings, create_app
 from lucidlm.tokenizers import CharTokenizer
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ:.,!?\n"
@@ -30,5 +30,14 @@ def server(model, tokenizer):
     """A live server on a random local port: (base URL, engine)."""
     engine = Engine(model, tokenizer, max_batch=16, max_waiting=64)
     app = create_app(model, tokenizer, ServerSettings(model_id="tiny", max_tokens=200, max_body_bytes=100_000), engine)
+    with BackgroundServer(app) as url:
+        yield url, engine
+
+
+@pytest.fixture(scope="module")
+def process_server(model, tokenizer):
+    """The server as `lucidlm serve` runs it, the engine in a process of its own: (base URL, engine)."""
+    engine = EngineProcess(model, tokenizer, max_batch=16, max_waiting=64)
+    app = create_app(model, tokenizer, ServerSettings(model_id="tiny", max_tokens=200), engine)
     with BackgroundServer(app) as url:
         yield url, engine

@@ -25,15 +25,6 @@ def post(url: str, body, path: str = "/v1/completions", headers: dict | None = N
     return httpx.post(f"{url}{path}", content=content, headers=headers, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def process_server(model, tokenizer):
-    """The server as `lucidlm serve` runs it: the engine in a process of its own."""
-    engine = EngineProcess(model, tokenizer, max_batch=8, max_waiting=8)
-    app = create_app(model, tokenizer, ServerSettings(model_id="tiny", max_tokens=200), engine)
-    with BackgroundServer(app) as url:
-        yield url, engine
-
-
 @pytest.mark.parametrize("seed", [2**64 - 1, -(2**63), 2**63])
 def test_any_64_bit_seed_is_served_and_the_engine_lives_on(process_server, seed):
     url, engine = process_server

@@ -65,10 +65,7 @@ def render_template(
 def chat_prompt(tokenizer: Tokenizer, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[str]]:
     """(prompt ids, stop strings) for a reply to `messages`: through the model's template where it has one,
     else as plain "Role: text" lines ending in "Assistant:"."""
-    config = getattr(tokenizer, "config", {})
-    template = config.get("chat_template")
-    if isinstance(template, list):  # several named templates: the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    template = tokenizer.chat_template
     if template:
         special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
         return tokenizer.encode(render_template(template, messages, **special)), []

@@ -87,14 +87,6 @@ def gguf_tensors(config: GPTConfig, state: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
-def check_exportable(config: GPTConfig, tokenizer: Tokenizer) -> None:
-    """Refuse, before anything is written, what llama.cpp cannot run as lucidlm does."""
-    kind = family(config)
-    if kind == "gpt2" and config.mlp != "gelu":
-        raise ConfigError(f"llama.cpp's gpt2 architecture has GELU only, not mlp={config.mlp}; train with mlp=gelu")
-    gguf_vocabulary(tokenizer, config.vocab_size)
-
-
 def gguf_vocabulary(tokenizer: Tokenizer, vocab_size: int) -> Vocabulary:
     """Our tokenizer as llama.cpp's byte-level BPE (`gpt2` tokenizer model), padded to the model's vocab_size."""
     as_text = bytes_to_unicode()
@@ -166,7 +158,8 @@ def export_gguf(
         raise ConfigError(f"--quantize {quantize} is not one of: {', '.join(QUANTIZATIONS)}")
     config = model.config
     kind = family(config)
-    check_exportable(config, tokenizer)
+    if kind == "gpt2" and config.mlp != "gelu":  # refused, like the vocabulary below, before anything is written
+        raise ConfigError(f"llama.cpp's gpt2 architecture has GELU only, not mlp={config.mlp}; train with mlp=gelu")
     vocabulary = gguf_vocabulary(tokenizer, config.vocab_size)
     tensors = gguf_tensors(config, model.state_for_saving())
     with written_file(out_path, GGUF_FILE, force) as tmp:

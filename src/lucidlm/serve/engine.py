@@ -143,8 +143,7 @@ class Engine:
         except Exception as exc:  # a failure outside any one request's part: the running requests end
             for request in self.active:
                 self._fail(request, exc)
-        for request in [r for r in self.active if r.failed]:
-            self._remove(request)
+        self._drop_failed()
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -156,8 +155,7 @@ class Engine:
             if len(request.context) == block_size:  # the window is full: keep its newer half
                 with self._failing_alone(request):
                     self._prefill(row, request, request.context[-(block_size // 2) :])
-        for request in [r for r in self.active if r.failed]:
-            self._remove(request)
+        self._drop_failed()
         if not self.active:
             return
         self.cache.select(0, len(self.active))
@@ -276,6 +274,10 @@ class Engine:
 
     def _drop_cancelled(self) -> None:
         for request in [r for r in self.active if r.cancelled]:
+            self._remove(request)
+
+    def _drop_failed(self) -> None:
+        for request in [r for r in self.active if r.failed]:
             self._remove(request)
 
     def _remove(self, request: Request) -> None:

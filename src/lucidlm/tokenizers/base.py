@@ -51,6 +51,15 @@ class Tokenizer:
         """The tokens that end a text (generation stops at them); none by default."""
         return []
 
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja2 chat template that comes with the tokenizer (an imported model's), if any."""
+        return None
+
+    def token_text(self, key: str) -> str | None:
+        """The text of a named special token ("bos_token", "eos_token") that a chat template writes, if any."""
+        return None
+
     def prompt_ids(self, text: str) -> list[int]:
         """The ids of a prompt; a tokenizer whose model expects special tokens around it (an imported one) adds them."""
         return self.encode(text)

@@ -35,7 +35,7 @@ class HFTokenizer(Tokenizer):
         except Exception as exc:  # tokenizers raises its own Exception type for a file it cannot read
             raise TokenizerError(f"Hugging Face tokenizers cannot read this tokenizer.json ({exc})") from None
         self.data, self.config = data, {k: v for k, v in (config or {}).items() if k in CONFIG_KEYS}
-        self.eos = [i for i in eos_ids]
+        self.eos = list(eos_ids)
         if not self.eos and isinstance(self.token_text("eos_token"), str):
             eos = self.tokenizer.token_to_id(self.token_text("eos_token"))
             self.eos = [] if eos is None else [eos]
@@ -44,6 +44,13 @@ class HFTokenizer(Tokenizer):
         """The text of a special token named in tokenizer_config.json (a string, or an AddedToken dict)."""
         value = self.config.get(key)
         return value.get("content") if isinstance(value, dict) else value
+
+    @property
+    def chat_template(self) -> str | None:
+        template = self.config.get("chat_template")
+        if isinstance(template, list):  # several named templates: the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        return template
 
     # --- the Tokenizer interface ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
