@@ -374,6 +374,7 @@ def run_generate(args: argparse.Namespace) -> None:
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError
     from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text, seed_generator
+    from lucidlm.model.onednn import decode_with_onednn
     from lucidlm.train import load_model
 
     if args.max_new_tokens < 1 or args.num_samples < 1:
@@ -393,6 +394,8 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.compile:
         compiled = compile_decoding(model)
         print("note: the first token waits while the decoding step compiles", file=sys.stderr)
+    else:
+        decode_with_onednn(model)
     generator = torch.Generator(device=device)
     if args.seed is not None:
         seed_generator(generator, args.seed)

@@ -294,6 +294,7 @@ MEASURE_LOAD = """
 import json, sys
 from pathlib import Path
 from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.model.onednn import decode_with_onednn
 from lucidlm.train import load_model
 
 def status(key):
@@ -303,15 +304,16 @@ def status(key):
 Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here, after the imports
 before = status("VmRSS")
 model, tokenizer, _ = load_model("hf:" + sys.argv[1])
+decode_with_onednn(model)  # as `lucidlm generate` and `serve` do
 tokens = list(generate_ids(model, tokenizer.prompt_ids("First Citizen:"), 5, SamplingConfig(temperature=0)))
 print(json.dumps({"before": before, "peak": status("VmHWM"), "tokens": len(tokens)}))
 """
 
 
 def test_a_gpt2_124m_shaped_model_loads_with_its_weights_in_memory_once(tmp_path):
-    """GPT-2 small's shape (random weights, float32, about 500 MB): loading and generating raise the process's
-    peak memory above what Python and PyTorch held before by at most 1.5x the weights file (a second full copy
-    would make it 2x); it fine-tunes too."""
+    """GPT-2 small's shape (random weights, float32, about 500 MB): loading, switching to oneDNN and generating
+    raise the process's peak memory above what Python and PyTorch held before by at most 1.5x the weights file
+    (a second full copy would make it 2x); it fine-tunes too."""
     tokenizer = hub_tokenizer("gpt2")
     config = transformers.GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")

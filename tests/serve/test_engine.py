@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.model.onednn import OneDNNLinear, decode_with_onednn
 from lucidlm.serve import Engine, QueueFull, Request
 
 from .conftest import tiny_model
@@ -68,6 +69,19 @@ def test_engine_gives_the_tokens_of_generate_ids(tokenizer, temperature):
         assert [e.token for e in events[i]] == expected
         assert [e.finish_reason for e in events[i]] == [None] * 49 + ["length"]
         assert "".join(e.text for e in events[i]) == tokenizer.decode(expected)
+
+
+def test_batched_rows_through_onednn_give_the_tokens_of_the_plain_model(tokenizer):
+    """`lucidlm serve`'s engine decodes through oneDNN (model/onednn.py) once the matrices are large enough:
+    rows of 1 to 4 requests give the greedy tokens of `generate_ids` on the model as trained."""
+    model = tiny_model(positions="rope", n_embd=512, n_head=4, n_kv_head=2)
+    prompts = [tokenizer.encode(p) for p in ["Hello", "a", "The quick brown fox", "xyz", "To be"]]
+    greedy = SamplingConfig(0.0)
+    expected = [list(generate_ids(model, prompt, 20, greedy)) for prompt in prompts]
+    decode_with_onednn(model)
+    assert isinstance(model.transformer.h[0].mlp.c_fc, OneDNNLinear)
+    events, _ = collect(Engine(model, tokenizer, max_batch=4), prompts, 20, greedy, seeds=[None] * 5)
+    assert [[e.token for e in events[i]] for i in range(5)] == expected
 
 
 def test_logprobs_are_the_model_distribution(tokenizer):

@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 import torch
 
 from lucidlm.model import GPT, GPTConfig
+from lucidlm.model.onednn import decode_with_onednn
 from lucidlm.serve.engine import Engine, QueueFull, Request, TokenEvent
 from lucidlm.tokenizers import Tokenizer
 
@@ -48,8 +49,10 @@ def engine_main(
     torch.set_num_threads(threads)
     model = GPT(config)
     model.load_state_dict(state)
+    model = model.to(device).eval()
+    decode_with_onednn(model)
     # the parent enforces the waiting line's length, so the child's engine never refuses
-    engine = Engine(model.to(device).eval(), tokenizer, max_batch=max_batch, max_waiting=1 << 30)
+    engine = Engine(model, tokenizer, max_batch=max_batch, max_waiting=1 << 30)
     requests: dict[int, Request] = {}
     outbox: list[tuple[int, TokenEvent]] = []
     try:
