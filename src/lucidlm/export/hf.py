@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from lucidlm.errors import CheckpointError, ConfigError
+from lucidlm.memory import return_freed_memory
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.config import LLAMA3_ROPE_KEYS
 from lucidlm.paths import HF_EXPORT, written_directory
@@ -359,6 +360,7 @@ class LazyWeights(Mapping):
         if entry["dtype"] not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{path}: tensor {name} is {entry['dtype']}; lucidlm reads F32, F16 and BF16")
         start, end = entry["data_offsets"]
+        return_freed_memory()  # what converting the previous tensor freed
         raw = torch.empty(end - start, dtype=torch.uint8)
         with open(path, "rb") as f:
             f.seek(data_start + start)
