@@ -34,6 +34,28 @@ def lesson_title(path: Path) -> str:
     raise LucidError(f"{path.name} has no '# # Lesson N: title' heading")
 
 
+def lesson_sources(path: Path) -> list[tuple[str, str]]:
+    """The percent-format cells of a lesson, in order: ("markdown", text without the comment marks) or
+    ("code", source); empty code cells are left out."""
+    cells, kind, lines = [], None, []
+
+    def close() -> None:
+        text = "\n".join(lines).strip("\n")
+        if kind == "markdown" or (kind == "code" and text):
+            cells.append((kind, text))
+
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# %%"):
+            close()
+            kind, lines = ("markdown" if "[markdown]" in line else "code"), []
+        elif kind == "markdown":
+            lines.append(line[2:] if line.startswith("# ") else line.lstrip("#"))
+        else:
+            lines.append(line)
+    close()
+    return cells
+
+
 def lesson_number(path: Path) -> int:
     return int(path.name[:2])
 

@@ -4,6 +4,7 @@ Screenshots are saved in test-artifacts/ for a person to look at.
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -78,4 +79,14 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
         assert "ok in" in page.locator(".cell .status").first.inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "tutorial.png"), full_page=False)
+        rendered = {}
+        for number in range(1, 22):  # every lesson's maths is laid out by the browser, none left as LaTeX
+            page.click(f"#lessons a[href='#{number}']")
+            page.wait_for_selector(f"#lesson h2:has-text('Lesson {number}:')")
+            text = page.locator("#lesson").inner_text()
+            assert not re.search(r"\\(frac|sum|lVert|sqrt|mathbb|cdot)|\$", text), (number, text[:300])
+            rendered[number] = page.locator("#lesson math").count()
+        assert rendered[1] == 4 and sum(rendered.values()) > 150, rendered
+        width = page.evaluate("document.querySelector('#lesson math').getBoundingClientRect().width")
+        assert width > 0  # MathML that the browser lays out, not an unknown element
         page.close()

@@ -19,7 +19,6 @@ from lucidlm.serve.tutorial import (
     become_subreaper,
     create_tutorial_app,
     lesson_cells,
-    markdown_to_html,
     run_cells,
 )
 
@@ -76,14 +75,6 @@ def test_lessons_are_listed_and_split_into_cells(tutorial):
     )
     assert lesson["cells"] == lesson_cells(find_lesson(6))
     assert httpx.get(f"{tutorial}/api/lessons/99", headers=headers).status_code == 404
-
-
-def test_markdown_of_the_lessons():
-    html = markdown_to_html("# Title\n\nA **bold** `x @ W` and $e^{z}$ <b>.\n\n- one\n- two\n  more\n\n## Next\ntext")
-    assert html == (
-        '<h2>Title</h2>\n<p>A <strong>bold</strong> <code>x @ W</code> and <span class="math">e^{z}</span> '
-        "&lt;b&gt;.</p>\n<ul><li>one</li><li>two more</li></ul>\n<h3>Next</h3>\n<p>text</p>"
-    )
 
 
 def test_a_cell_runs_with_the_cells_above_it_and_shows_only_its_output(tutorial):

@@ -19,10 +19,8 @@ import asyncio
 import base64
 import contextlib
 import ctypes
-import html
 import math
 import os
-import re
 import resource
 import secrets
 import signal
@@ -39,7 +37,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
 
 from lucidlm.errors import LucidError
-from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_title
+from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_sources, lesson_title
+from lucidlm.markdown import markdown_to_html
 from lucidlm.serve.api import STATIC, APIError, BodyLimit, add_error_handlers, error_response, parse_body
 
 COOKIE = "lucidlm_tutorial_token"
@@ -61,68 +60,13 @@ class RunnerLimits:
 
 
 def lesson_cells(path: Path) -> list[dict]:
-    """The percent-format cells of a lesson: {"kind": "markdown", "html": ...} or {"kind": "code", "source": ...}."""
-    cells, kind, lines = [], None, []
-
-    def close() -> None:
-        text = "\n".join(lines).strip("\n")
-        if kind == "markdown":
-            cells.append({"kind": "markdown", "html": markdown_to_html(text)})
-        elif kind == "code" and text:
-            cells.append({"kind": "code", "source": text})
-
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("# %%"):
-            close()
-            kind, lines = ("markdown" if "[markdown]" in line else "code"), []
-        elif kind == "markdown":
-            lines.append(line[2:] if line.startswith("# ") else line.lstrip("#"))
-        else:
-            lines.append(line)
-    close()
-    return cells
-
-
-def inline_markdown(text: str) -> str:
-    """Code spans, math, bold and italics, after escaping HTML."""
-    text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-    text = re.sub(r"\$\$(.+?)\$\$", r'<span class="math display">\1</span>', text)
-    text = re.sub(r"\$([^$]+)\$", r'<span class="math">\1</span>', text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
-    text = re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"<em>\1</em>", text)
-    return re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', text)
-
-
-def markdown_to_html(text: str) -> str:
-    """The markdown the lessons use: headings, paragraphs, bullet and numbered lists, inline marks, math."""
-    blocks, out = re.split(r"\n\s*\n", text), []
-    for block in blocks:
-        lines = [line for line in block.splitlines() if line.strip()]
-        if not lines:
-            continue
-        heading = re.match(r"(#{1,4}) (.+)", lines[0])
-        if heading:  # a heading, and the paragraph that may follow it without a blank line
-            level = len(heading.group(1))
-            out.append(f"<h{level + 1}>{inline_markdown(heading.group(2))}</h{level + 1}>")
-            lines = lines[1:]
-            if not lines:
-                continue
-        if all(re.match(r"\s*(-|\*|\d+\.) ", line) or line.startswith("  ") for line in lines):
-            tag = "ol" if re.match(r"\s*\d+\.", lines[0]) else "ul"
-            items, current = [], []
-            for line in lines:
-                if re.match(r"\s*(-|\*|\d+\.) ", line):
-                    if current:
-                        items.append(" ".join(current))
-                    current = [re.sub(r"\s*(-|\*|\d+\.) ", "", line, count=1)]
-                else:
-                    current.append(line.strip())
-            items.append(" ".join(current))
-            out.append(f"<{tag}>" + "".join(f"<li>{inline_markdown(i)}</li>" for i in items) + f"</{tag}>")
-        else:
-            out.append(f"<p>{inline_markdown(' '.join(line.strip() for line in lines))}</p>")
-    return "\n".join(out)
+    """A lesson's cells for the page: {"kind": "markdown", "html": ...} or {"kind": "code", "source": ...}."""
+    return [
+        {"kind": "markdown", "html": markdown_to_html(text, heading_shift=1)}
+        if kind == "markdown"
+        else {"kind": "code", "source": text}
+        for kind, text in lesson_sources(path)
+    ]
 
 
 # --- running a cell -------------------------------------------------------------------------------------------
