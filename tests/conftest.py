@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,27 @@ def tiny_model_args(**settings) -> list[str]:
     """`--set` flags for a model small enough to train in seconds, on the CPU."""
     settings = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, **settings}
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")] + ["--device", "cpu"]
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # screenshots, for a person to look at
+
+
+def require_chromium() -> None:
+    """Skip the calling test module where Debian's chromium is missing (an error in CI, which installs it)."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("LUCIDLM_REQUIRE_BROWSER"):
+            raise RuntimeError("chromium is missing; .ci/run installs it with `apt-get install -y chromium`")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Playwright driving Debian's chromium (Playwright's own browser download does not work here)."""
+    from playwright.sync_api import sync_playwright
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        yield launched
+        launched.close()

@@ -45,7 +45,8 @@ EXAMPLES = {
   then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none").completions.create(model="a", ...)""",
     "tutorial": """examples:
   lucidlm tutorial                  (prints a URL with a one-time token; open it in a browser)
-  lucidlm tutorial --port 8890 --time-limit 60""",
+  lucidlm tutorial --port 8890 --time-limit 60
+  lucidlm tutorial --build site/    (static pages: open site/index.html, or host the folder anywhere)""",
     "eval": """examples:
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char --split train --json""",
@@ -158,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--process-limit", type=int, default=256, help="processes and threads a cell may run (default 256)"
     )
     tutorial.add_argument("--no-browser", action="store_true", help="only print the URL")
+    tutorial.add_argument(
+        "--build",
+        metavar="SITE_DIR",
+        help="write the lessons as static pages (maths, code, and the output of running them) instead of serving",
+    )
+    tutorial.add_argument(
+        "--lessons", type=int, nargs="+", metavar="N", help="with --build: only these lessons (default all)"
+    )
+    tutorial.add_argument("--force", action="store_true", help=FORCE_HELP)
 
     export = command(
         "export", "write a trained model for Hugging Face transformers or llama.cpp (GGUF)", EXAMPLES["export"]
@@ -266,6 +276,14 @@ def run_tutorial(args: argparse.Namespace) -> None:
     from lucidlm.serve.server import bind, run_forever
     from lucidlm.serve.tutorial import CellCap, RunnerLimits, create_tutorial_app, new_token
 
+    if args.build is not None:
+        from lucidlm.export.web import build_tutorial_site
+
+        site = build_tutorial_site(args.build, args.lessons, force=args.force)
+        print(f"wrote {site}: open {shlex.quote(str(site / 'index.html'))}, or serve the folder from any web host")
+        return
+    if args.lessons is not None:
+        raise ConfigError("--lessons is for --build")
     if args.time_limit <= 0 or args.memory_limit < 256 or args.process_limit < 16:
         raise ConfigError(
             "--time-limit must be positive, --memory-limit at least 256 MiB and --process-limit at least 16"

@@ -36,6 +36,7 @@ class OutputKind:
     entries: frozenset[str]  # every name the command writes at the top of the directory
     marker: str  # the JSON file whose keys identify the output
     keys: tuple[str, ...]
+    flag: str = "--out"  # the option that names the directory, for the messages
 
     def holds(self, path: Path) -> bool:
         """Whether `path` is a directory holding this kind of output and nothing else."""
@@ -73,7 +74,14 @@ HF_EXPORT = OutputKind(
     "config.json",
     ("exported_by",),
 )
-KINDS = (DATA_DIR, RUN_DIR, HF_EXPORT)
+TUTORIAL_SITE = OutputKind(
+    "tutorial site",
+    frozenset({"index.html", "faq.html", "style.css", "lessons", "model", "lucidlm-site.json"}),
+    "lucidlm-site.json",
+    ("lessons", "built"),
+    "--build",
+)
+KINDS = (DATA_DIR, RUN_DIR, HF_EXPORT, TUTORIAL_SITE)
 
 
 @dataclass(frozen=True)
@@ -94,16 +102,16 @@ class FileKind:
 GGUF_FILE = FileKind("GGUF file", b"GGUF")
 
 
-def _check_ancestors(path: Path) -> None:
+def _check_ancestors(path: Path, flag: str = "--out") -> None:
     for ancestor in path.parents:
         if ancestor.exists() and not ancestor.is_dir():
-            raise ConfigError(f"{ancestor} is a file, not a directory; choose a directory for --out")
+            raise ConfigError(f"{ancestor} is a file, not a directory; choose a directory for {flag}")
 
 
-def _replacing(path: Path, what: str, force: bool) -> bool:
+def _replacing(path: Path, what: str, force: bool, flag: str = "--out") -> bool:
     """An earlier output of the command at `path`: replaced with --force, refused without."""
     if not force:
-        raise ConfigError(f"{path} already holds a {what}; pass {FORCE} to replace it, or choose another --out")
+        raise ConfigError(f"{path} already holds a {what}; pass {FORCE} to replace it, or choose another {flag}")
     return True
 
 
@@ -144,22 +152,25 @@ def check_target(path: str | os.PathLike, kind: OutputKind, force: bool) -> bool
     """Refuse (ConfigError, one line) unless `path` may receive `kind`; True when it holds an earlier output of
     that kind, which `force` allows to be replaced."""
     path = Path(path)
-    _check_ancestors(path)
+    _check_ancestors(path, kind.flag)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"{path} is a file, not a directory; choose a directory for --out")
+        raise ConfigError(f"{path} is a file, not a directory; choose a directory for {kind.flag}")
     if not path.exists():
         return False
     resolved = path.resolve()
     if resolved == Path.cwd() or resolved in Path.cwd().parents:
-        raise ConfigError(f"--out {path} is the current directory or above it; name a new directory for the output")
+        raise ConfigError(
+            f"{kind.flag} {path} is the current directory or above it; name a new directory for the output"
+        )
     if not any(path.iterdir()):
         return False
     if kind.holds(path):
-        return _replacing(path, kind.name, force)
+        return _replacing(path, kind.name, force, kind.flag)
     other = next((k.name for k in KINDS if k is not kind and k.holds(path)), None)
     what = f"holds a {other}, not a {kind.name}" if other else f"is not empty and is not a {kind.name} lucidlm wrote"
     raise ConfigError(
-        f"{path} {what}; choose a new or empty --out (lucidlm never replaces files it did not write, even with {FORCE})"
+        f"{path} {what}; choose a new or empty {kind.flag} (lucidlm never replaces files it did not write, "
+        f"even with {FORCE})"
     )
 
 

@@ -3,35 +3,15 @@
 Screenshots are saved in test-artifacts/ for a person to look at.
 """
 
-import os
 import re
-import shutil
-from pathlib import Path
-
-import pytest
 
 from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
 from lucidlm.serve.tutorial import RunnerLimits, create_tutorial_app
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+from ..conftest import ARTIFACTS, require_chromium
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("LUCIDLM_REQUIRE_BROWSER"):
-        raise RuntimeError("chromium is missing; .ci/run installs it with `apt-get install -y chromium`")
-    pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
-        yield browser
-        browser.close()
+require_chromium()
 
 
 def test_the_inspector_streams_tokens_shows_candidates_and_draws_attention(browser, server):

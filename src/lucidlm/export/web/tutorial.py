@@ -1,0 +1,155 @@
+"""`lucidlm tutorial --build SITE`: the lessons as static pages, with their maths rendered and the output and
+figures of running them, so the course reads on any device without Python.
+
+Each lesson runs once, as the script it is, in a temporary directory. A line with a random marker after each
+code cell splits its output by cell and says which PNG files were written by then, so each figure shows below
+the cell that drew it. The pages come from Jinja2 templates (templates/), with every output escaped.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup
+
+from lucidlm.errors import ConfigError
+from lucidlm.lessons import lesson_files, lesson_number, lesson_sources, lesson_title
+from lucidlm.markdown import markdown_to_html
+from lucidlm.paths import TUTORIAL_SITE, written_directory
+
+HERE = Path(__file__).parent
+FAQ = Path(__file__).resolve().parents[4] / "docs" / "FAQ.md"
+STYLE = Path(__file__).resolve().parents[2] / "serve" / "static" / "style.css"
+LESSON_SECONDS = 600.0
+
+
+@dataclass
+class CodeCell:
+    source: str
+    stdout: str = ""
+    stderr: str = ""
+    images: list[str] = field(default_factory=list)
+    kind: str = "code"
+
+
+def instrumented(sources: list[str], marker: str) -> str:
+    """The lesson's code cells as one script that prints `marker` and the PNG files present after each cell."""
+    report = (
+        "import glob as _g, json as _j, os as _o\n"
+        f"print({marker!r}, _j.dumps({{p: _o.stat(p).st_mtime_ns for p in _g.glob('*.png')}}), flush=True)\n"
+    )
+    return "\n".join(f"{source}\n{report}" for source in sources)
+
+
+def run_lesson_cells(path: Path, images_to: Path, prefix: str, seconds: float) -> tuple[list[CodeCell], str]:
+    """Run a lesson's code cells in order; each cell with its output and the figures it wrote (copied to
+    `images_to` as `prefix`-NAME.png). Returns the cells and "ok" or what went wrong."""
+    cells = [CodeCell(text) for kind, text in lesson_sources(path) if kind == "code"]
+    marker = f"<<lucidlm-cell-{secrets.token_hex(8)}>>"
+    with tempfile.TemporaryDirectory(prefix="lucidlm-build-") as workdir:
+        Path(workdir, "lesson.py").write_text(instrumented([c.source for c in cells], marker), encoding="utf-8")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+        try:
+            done = subprocess.run(
+                [sys.executable, "lesson.py"], cwd=workdir, env=env, capture_output=True, text=True, timeout=seconds
+            )
+            stdout, stderr, status = done.stdout, done.stderr, "ok" if done.returncode == 0 else "it failed"
+        except subprocess.TimeoutExpired as exc:
+            stdout, stderr = (exc.stdout or b"").decode(errors="replace"), (exc.stderr or b"").decode(errors="replace")
+            status = f"it ran longer than {seconds:g} s"
+        # "out0 MARK {pngs}\nout1 MARK {pngs}\n...": piece i+1 starts with the report that ends cell i
+        pieces, seen = stdout.split(marker + " "), {}
+        cells_done, text_before = len(pieces) - 1, pieces[0]
+        for index in range(cells_done):
+            cells[index].stdout = text_before.rstrip("\n")
+            report, _, text_before = pieces[index + 1].partition("\n")
+            present = json.loads(report)
+            for name in sorted(present):
+                if seen.get(name) != present[name]:
+                    copied = f"{prefix}-{name}"
+                    shutil.copyfile(Path(workdir, name), images_to / copied)
+                    cells[index].images.append(copied)
+            seen = present
+        if cells_done < len(cells):  # the cell that failed or was stopped: what it printed, and why
+            cells[cells_done].stdout = text_before.rstrip("\n")
+            cells[cells_done].stderr = stderr.replace(str(Path(workdir, "lesson.py")), "lesson").rstrip("\n")
+    return cells, status
+
+
+def title_html(path: Path) -> Markup:
+    """A lesson's title with its inline marks (`code`, $maths$) rendered."""
+    html = markdown_to_html(lesson_title(path)).strip()
+    return Markup(html.removeprefix("<p>").removesuffix("</p>"))
+
+
+def build_tutorial_site(
+    out: str | os.PathLike,
+    numbers: list[int] | None = None,
+    force: bool = False,
+    model_page: str | None = None,
+    seconds: float = LESSON_SECONDS,
+    progress: bool = True,
+) -> Path:
+    """Write the lessons (all, or those `numbers`), the FAQ and an index page into the directory `out`;
+    `model_page` is a link from the index to an exported model's page (`export --format web`)."""
+    paths = [p for p in lesson_files() if numbers is None or lesson_number(p) in numbers]
+    if numbers is not None and len(paths) != len(set(numbers)):
+        known = {lesson_number(p) for p in lesson_files()}
+        raise ConfigError(f"there is no lesson {min(set(numbers) - known)}; the lessons are 1 to {max(known)}")
+    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+    entries = [
+        {"number": lesson_number(p), "title_html": title_html(p), "page": f"{lesson_number(p):02d}.html", "path": p}
+        for p in paths
+    ]
+    with written_directory(out, TUTORIAL_SITE, force) as site:
+        (site / "lessons").mkdir()
+        shutil.copyfile(STYLE, site / "style.css")
+        for index, entry in enumerate(entries):
+            if progress:
+                print(f"running lesson {entry['number']}: {lesson_title(entry['path'])}", file=sys.stderr)
+            ran, status = run_lesson_cells(entry["path"], site / "lessons", f"{entry['number']:02d}", seconds)
+            entry["status"] = status
+            code = iter(ran)
+            cells = [
+                {"kind": "markdown", "html": Markup(markdown_to_html(text, heading_shift=1))}
+                if kind == "markdown"
+                else next(code)
+                for kind, text in lesson_sources(entry["path"])
+            ]
+            page = templates.get_template("lesson.html").render(
+                title=lesson_title(entry["path"]),
+                root="../",
+                cells=cells,
+                status=status,
+                previous=entries[index - 1] if index else None,
+                next=entries[index + 1] if index + 1 < len(entries) else None,
+            )
+            (site / "lessons" / entry["page"]).write_text(page, encoding="utf-8")
+        faq = Markup(markdown_to_html(FAQ.read_text(encoding="utf-8"), heading_shift=1))
+        page = templates.get_template("faq.html").render(title="FAQ", root="", html=faq)
+        (site / "faq.html").write_text(page, encoding="utf-8")
+        built = datetime.date.today().isoformat()
+        index_page = templates.get_template("index.html").render(
+            title="the lessons", root="", lessons=entries, built=built, version=version(), model=model_page
+        )
+        (site / "index.html").write_text(index_page, encoding="utf-8")
+        failed = [e["number"] for e in entries if e["status"] != "ok"]
+        manifest = {"lessons": [e["number"] for e in entries], "failed": failed, "built": built}
+        (site / "lucidlm-site.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return Path(out)
+
+
+def version() -> str:
+    from lucidlm import __version__
+
+    return __version__

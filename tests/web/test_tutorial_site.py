@@ -1,0 +1,90 @@
+"""`lucidlm tutorial --build`: the lessons as static pages, with maths, code, output and figures."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lucidlm.export.web import build_tutorial_site
+from lucidlm.export.web.tutorial import run_lesson_cells
+
+from ..conftest import ARTIFACTS, require_chromium, run_lucidlm
+
+RAW_LATEX = re.compile(r"\\(frac|sum|lVert|sqrt|mathbb|cdot)|\$")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """Lesson 1 (maths, printed output) and lesson 17 (a figure)."""
+    return build_tutorial_site(tmp_path_factory.mktemp("built") / "site", [1, 17], progress=False)
+
+
+def test_the_site_holds_the_lessons_the_faq_and_an_index(site):
+    assert sorted(p.name for p in site.iterdir()) == [
+        "faq.html", "index.html", "lessons", "lucidlm-site.json", "style.css",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (site / "lessons").iterdir()) == ["01.html", "17-lesson17_loss.png", "17.html"]
+    assert json.loads((site / "lucidlm-site.json").read_text())["failed"] == []
+    index = (site / "index.html").read_text()
+    assert '<a href="lessons/01.html">the dot product</a>' in index and 'href="faq.html"' in index
+    assert "<math" in (site / "faq.html").read_text()
+
+
+def test_a_lesson_page_shows_each_cell_with_its_output_and_its_figure(site):
+    page = (site / "lessons" / "01.html").read_text()
+    assert page.count("<math") == 4 and "display=\"block\"" in page
+    code = page.index("<code>import numpy as np")
+    output = page.index('<pre class="result">pairs:    [(1.0, 4.0), (2.0, -5.0), (3.0, 6.0)]\nproducts: [4.0, -10.0, 18.0]')
+    assert code < output < page.index("Similarity of word vectors")  # the output sits under its own cell
+    assert "&#34;cat&#34;" in page  # code is escaped, not run by the browser
+    loss = (site / "lessons" / "17.html").read_text()
+    assert loss.count('<img src="17-lesson17_loss.png"') == 1
+    assert (site / "lessons" / "17-lesson17_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_cell_shows_its_error_and_the_cells_after_it_stay_empty(tmp_path):
+    lesson = tmp_path / "99_broken.py"
+    lesson.write_text(
+        "# %% [markdown]\n# # Lesson 99: broken\n\n# %%\nprint('first')\n"
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.savefig('a.png')\n\n"
+        "# %%\nprint('second')\nraise ValueError('the claim does not hold')\n\n# %%\nprint('never')\n"
+    )
+    images = tmp_path / "images"
+    images.mkdir()
+    cells, status = run_lesson_cells(lesson, images, "99", seconds=60)
+    assert status == "it failed"
+    assert [(c.stdout, c.images) for c in cells] == [("first", ["99-a.png"]), ("second", []), ("", [])]
+    assert cells[1].stderr.endswith("ValueError: the claim does not hold") and 'File "lesson"' in cells[1].stderr
+    assert cells[0].stderr == cells[2].stderr == ""
+
+
+def test_the_command_refuses_a_folder_it_did_not_write_and_an_unknown_lesson(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    refused = run_lucidlm("tutorial", "--build", tmp_path / "mine", "--force")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "is not empty and is not a tutorial site lucidlm wrote; choose a new or empty --build" in refused.stderr
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    unknown = run_lucidlm("tutorial", "--build", tmp_path / "site", "--lessons", "2", "99")
+    assert unknown.returncode == 2 and "there is no lesson 99; the lessons are 1 to 21" in unknown.stderr
+    assert not (tmp_path / "site").exists()
+
+
+def test_the_pages_render_their_maths_offline_in_chromium(site, browser):
+    require_chromium()
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    requested = []
+    page.route("**/*", lambda route: (requested.append(route.request.url), route.continue_()))
+    page.goto((site / "index.html").as_uri())
+    page.click("text=the dot product")
+    page.wait_for_selector("text=Similarity of word vectors")
+    assert not RAW_LATEX.search(page.locator("article").inner_text())
+    assert page.evaluate("document.querySelector('math[display=block]').getBoundingClientRect().height") > 20
+    assert all(url.startswith("file://") for url in requested), requested
+    page.goto((site / "lessons" / "17.html").as_uri())
+    assert page.evaluate("document.querySelector('img').naturalWidth") > 100
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto((site / "lessons" / "01.html").as_uri())
+    page.screenshot(path=str(ARTIFACTS / "tutorial-site.png"), full_page=False)
+    page.close()
