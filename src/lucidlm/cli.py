@@ -38,7 +38,9 @@ EXAMPLES = {
   lucidlm export --checkpoint runs/a --format hf --out exported/a
   then in Python: transformers.pipeline("text-generation", model="exported/a")("ROMEO:")
   lucidlm export --checkpoint runs/a --format gguf --out a.gguf --quantize q8_0
-  then: llama-cli -m a.gguf -p "ROMEO:"   (or Ollama: a Modelfile with FROM ./a.gguf)""",
+  then: llama-cli -m a.gguf -p "ROMEO:"   (or Ollama: a Modelfile with FROM ./a.gguf)
+  lucidlm export --checkpoint runs/a --format web --out site/model
+  then: python -m http.server -d site/model   (or any static host), and open http://localhost:8000""",
     "serve": """examples:
   lucidlm serve --checkpoint runs/a                 (http://127.0.0.1:8000: the inspector; /v1: the API)
   lucidlm serve --checkpoint runs/a --port 9000 --max-batch 32
@@ -170,14 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     tutorial.add_argument("--force", action="store_true", help=FORCE_HELP)
 
     export = command(
-        "export", "write a trained model for Hugging Face transformers or llama.cpp (GGUF)", EXAMPLES["export"]
+        "export",
+        "write a trained model for Hugging Face transformers, llama.cpp (GGUF) or the browser (web)",
+        EXAMPLES["export"],
     )
     export.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     export.add_argument(
         "--format",
-        choices=["hf", "gguf"],
+        choices=["hf", "gguf", "web"],
         default="hf",
-        help="hf: a transformers directory, GPT-2, Llama or Qwen3 layout (default); gguf: one file for llama.cpp",
+        help="hf: a transformers directory, GPT-2, Llama or Qwen3 layout (default); gguf: one file for llama.cpp; "
+        "web: a static page that runs the model and its forward pass step by step in the browser",
     )
     export.add_argument("--out", required=True, metavar="PATH", help="hf: a new or empty directory; gguf: a file")
     export.add_argument(
@@ -223,6 +228,15 @@ def run_export(args: argparse.Namespace) -> None:
     if args.quantize and args.format != "gguf":
         raise ConfigError("--quantize is for --format gguf; a Hugging Face export is stored in float32")
     model, tokenizer, _ = load_model(args.checkpoint, args.which, dtype=args.dtype)
+    if args.format == "web":
+        from lucidlm.export.web import export_web
+
+        out = export_web(model, tokenizer, args.out, force=args.force)
+        print(
+            f"wrote {out}: serve the folder from any web host, e.g. python -m http.server -d {shlex.quote(str(out))}, "
+            "and open http://localhost:8000"
+        )
+        return
     if args.format == "gguf":
         from lucidlm.export.gguf import export_gguf, ollama_modelfile
 

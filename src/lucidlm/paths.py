@@ -81,7 +81,13 @@ TUTORIAL_SITE = OutputKind(
     ("lessons", "built"),
     "--build",
 )
-KINDS = (DATA_DIR, RUN_DIR, HF_EXPORT, TUTORIAL_SITE)
+WEB_EXPORT = OutputKind(
+    "web export",
+    frozenset({"index.html", "explain.js", "gpt.js", "tokenizer.js", "style.css", "model.json", "weights.bin"}),
+    "model.json",
+    ("exported_by", "config", "tensors"),
+)
+KINDS = (DATA_DIR, RUN_DIR, HF_EXPORT, TUTORIAL_SITE, WEB_EXPORT)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,202 @@
+"""`lucidlm export --format web`: the model in plain JavaScript, held to PyTorch in real Chromium."""
+
+import functools
+import http.server
+import json
+import threading
+
+import pytest
+import torch
+
+from lucidlm.errors import ConfigError
+from lucidlm.export.web import export_web
+from lucidlm.export.web import model as web_model
+from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.model import GPT, GPTConfig
+from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
+
+from ..conftest import ARTIFACTS, SAMPLE_TEXT, require_chromium
+
+require_chromium()
+
+ADVERSARIAL = [
+    "First Citizen:\nYou are all resolved",
+    "   leading spaces and trailing   ",
+    "café naïve 😀 12345678 don't WE'LL they've",
+    "\n\n\t mixed \u00a0 whitespace \u2003 here",
+    "Speak, speak.",
+]
+TEXT = SAMPLE_TEXT + "\n".join(ADVERSARIAL) + "\r\nwindows lines\n"
+# (switches, tokenizer): each switch of the model and each tokenizer kind at least once
+VARIANTS = {
+    "gpt2-char": (dict(positions="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True), "char"),
+    "llama-bpe4": (
+        dict(positions="rope", norm="rmsnorm", mlp="swiglu", n_kv_head=1, qk_norm=True, tie_embeddings=False),
+        "bpe-gpt4",
+    ),
+    "sinusoid-word": (dict(positions="sinusoidal", norm="layernorm", mlp="relu2", bias=False), "word"),
+    "rope-relu-bpe2": (dict(positions="rope", norm="layernorm", mlp="relu", head_dim=12, bias=True), "bpe-gpt2"),
+}
+
+
+def make_tokenizer(kind: str):
+    if kind == "char":
+        return CharTokenizer.train([TEXT])
+    if kind == "word":
+        return WordTokenizer.train([TEXT])
+    return BPETokenizer.train(TEXT, vocab_size=400, pattern=kind.split("-")[1], progress=False)
+
+
+def make_model(switches: dict, vocab_size: int) -> GPT:
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=vocab_size, block_size=24, n_layer=2, n_head=4, n_embd=32, **switches)
+    model = GPT(config).eval()
+    with torch.no_grad():  # norm gains and biases away from 1 and 0, so that a mistake in them shows
+        for name, parameter in model.named_parameters():
+            if parameter.dim() == 1:
+                parameter.add_(torch.randn_like(parameter) * 0.3)
+    return model
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def exported(request, tmp_path_factory, browser):
+    """A model and tokenizer of one variant, exported, served over HTTP, and opened in Chromium."""
+    switches, kind = VARIANTS[request.param]
+    tokenizer = make_tokenizer(kind)
+    model = make_model(switches, tokenizer.vocab_size)
+    site = export_web(model, tokenizer, tmp_path_factory.mktemp("web") / "site")
+    handler = functools.partial(Quiet, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    requested = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(origin + "/index.html")
+    page.wait_for_selector("body[data-ready]")
+    assert page.evaluate("document.body.dataset.ready") == "true", page.inner_text("#model-name")
+    yield request.param, model, tokenizer, page, origin, requested
+    page.close()
+    server.shutdown()
+
+
+def torch_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids]))[0][0]  # (T, V)
+
+
+def test_the_page_encodes_as_python_does(exported):
+    _, _, tokenizer, page, _, _ = exported
+    for text in ADVERSARIAL:
+        ids = tokenizer.encode(text)
+        assert page.evaluate("(text) => window.lucidlm.encode(text)", text) == ids, text
+        assert page.evaluate("(ids) => window.lucidlm.decode(ids)", ids) == tokenizer.decode(ids)
+
+
+def test_the_page_logits_equal_pytorchs(exported):
+    _, model, tokenizer, page, _, _ = exported
+    generator = torch.Generator().manual_seed(1)
+    for length in (1, 5, 24):
+        ids = torch.randint(0, tokenizer.vocab_size, (length,), generator=generator).tolist()
+        ours = torch.tensor(page.evaluate("(ids) => Array.from(window.lucidlm.logits(ids))", ids))
+        torch.testing.assert_close(ours, torch_logits(model, ids)[-1], atol=1e-4, rtol=0)
+
+
+def test_cached_and_uncached_logits_are_equal(exported):
+    _, _, tokenizer, page, _, _ = exported
+    ids = [i % tokenizer.vocab_size for i in range(3, 3 + 7 * 20, 7)]  # 20 tokens
+    difference = page.evaluate(
+        """(ids) => {
+            const { model, KVCache } = window.lucidlm, V = model.config.vocab_size;
+            const whole = model.forward(ids);
+            const cache = new KVCache(model.config);
+            model.forward(ids.slice(0, 8), cache);
+            let worst = 0;
+            for (let t = 8; t < ids.length; t++) {
+                const step = model.forward([ids[t]], cache);
+                for (let v = 0; v < V; v++) worst = Math.max(worst, Math.abs(step[v] - whole[t * V + v]));
+            }
+            return worst;
+        }""",
+        ids,
+    )
+    assert difference < 1e-5
+
+
+def test_greedy_generation_equals_lucidlms_past_the_context(exported):
+    _, model, tokenizer, page, _, _ = exported
+    prompt = "First Citizen:"
+    expected = list(generate_ids(model, tokenizer.encode(prompt), 40, SamplingConfig(temperature=0)))  # > 24
+    got = page.evaluate("(p) => window.lucidlm.generate(p, {maxNewTokens: 40, temperature: 0})", prompt)
+    assert got["ids"] == expected and got["text"] == tokenizer.decode(expected)
+    seeded = "(p) => window.lucidlm.generate(p, {maxNewTokens: 20, temperature: 1, topK: 5, topP: 0.9, seed: 7})"
+    assert page.evaluate(seeded, prompt) == page.evaluate(seeded, prompt)  # a seed repeats in the page
+
+
+def test_the_explainers_numbers_are_the_models(exported):
+    """One forward pass's intermediates against PyTorch's: the attention weights of every head (the explicit
+    attention path), the MLP's activations (the input of its output projection) and the final logits."""
+    _, model, tokenizer, page, _, _ = exported
+    ids = tokenizer.encode("First Citizen:\nBefore we")[:20]
+    trace = page.evaluate(
+        """(ids) => { const t = window.lucidlm.trace(ids);
+            return { weights: t.layers.map((l) => Array.from(l.weights)), activations: t.layers.map((l) =>
+            Array.from(l.activations)), logits: Array.from(t.logits), embeddings: Array.from(t.token_embeddings) }; }""",
+        ids,
+    )
+    activations = []
+    hooks = [b.mlp.c_proj.register_forward_hook(lambda m, i, o: activations.append(i[0][0])) for b in model.transformer.h]
+    weights = []
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids]), attention_out=weights)
+    for hook in hooks:
+        hook.remove()
+    T = len(ids)
+    for layer in range(model.config.n_layer):
+        torch.testing.assert_close(torch.tensor(trace["weights"][layer]).view(-1, T, T), weights[layer][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(trace["activations"][layer]).view(T, -1), activations[layer], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor(trace["logits"]).view(T, -1), logits[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor(trace["embeddings"]).view(T, -1), model.transformer.wte.weight[ids], atol=0, rtol=0)
+
+
+def test_the_page_works_offline_and_draws_the_forward_pass(exported):
+    name, model, _, page, origin, requested = exported
+    assert requested and all(url.startswith(origin) for url in requested), requested
+    page.fill("#prompt", "First Citizen:")
+    page.click("#generate")
+    page.wait_for_selector("#steps .step canvas")
+    titles = page.locator("#steps h3").all_inner_texts()
+    assert "Scores, before the mask and softmax" in titles and "The next token's distribution" in titles
+    page.locator("#tokens .token").nth(3).click()
+    assert page.locator("#steps h3").first.inner_text().startswith("Token 3:")
+    shown = page.evaluate("window.lucidlm.shown()")
+    assert shown["position"] == 3
+    logits = torch_logits(model, shown["ids"])[3]
+    for temperature in (0.8, 0.05):  # the slider reshapes the distribution as it moves
+        page.locator("#temperature").fill(str(temperature))
+        top = torch.softmax((logits - logits.max()) / temperature, -1).max().item()
+        assert page.locator("#distribution .bar-row span").first.inner_text() == f"{top:.3f}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"web-export-{name}.png"), full_page=True)
+
+
+def test_what_the_page_cannot_run_is_refused_with_the_reason(tmp_path, monkeypatch):
+    tokenizer = make_tokenizer("char")
+    model = make_model({}, tokenizer.vocab_size)
+    monkeypatch.setattr(web_model, "MAX_WEIGHT_BYTES", 1000)
+    with pytest.raises(ConfigError, match=r"the model's weights are 0 MB in float32; a web page takes at most 0 MB"):
+        export_web(model, tokenizer, tmp_path / "big")
+    assert not (tmp_path / "big").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "index.html").write_text("my page")
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="is not empty and is not a web export lucidlm wrote"):
+        export_web(model, tokenizer, tmp_path / "mine", force=True)
+    assert (tmp_path / "mine" / "index.html").read_text() == "my page"
+    manifest = json.loads((export_web(model, tokenizer, tmp_path / "ok") / "model.json").read_text())
+    assert manifest["exported_by"] == "lucidlm" and manifest["tokenizer"]["kind"] == "char"
