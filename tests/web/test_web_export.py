@@ -52,7 +52,7 @@ def make_model(switches: dict, vocab_size: int) -> GPT:
     config = GPTConfig(vocab_size=vocab_size, block_size=24, n_layer=2, n_head=4, n_embd=32, **switches)
     model = GPT(config).eval()
     with torch.no_grad():  # norm gains and biases away from 1 and 0, so that a mistake in them shows
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.dim() == 1:
                 parameter.add_(torch.randn_like(parameter) * 0.3)
     return model
@@ -144,24 +144,28 @@ def test_the_explainers_numbers_are_the_models(exported):
     _, model, tokenizer, page, _, _ = exported
     ids = tokenizer.encode("First Citizen:\nBefore we")[:20]
     trace = page.evaluate(
-        """(ids) => { const t = window.lucidlm.trace(ids);
-            return { weights: t.layers.map((l) => Array.from(l.weights)), activations: t.layers.map((l) =>
-            Array.from(l.activations)), logits: Array.from(t.logits), embeddings: Array.from(t.token_embeddings) }; }""",
+        """(ids) => { const t = window.lucidlm.trace(ids), all = (a) => Array.from(a);
+            return { weights: t.layers.map((l) => all(l.weights)), activations: t.layers.map((l) => all(l.activations)),
+                     logits: all(t.logits), embeddings: all(t.token_embeddings) }; }""",
         ids,
     )
     activations = []
-    hooks = [b.mlp.c_proj.register_forward_hook(lambda m, i, o: activations.append(i[0][0])) for b in model.transformer.h]
+    hooks = [
+        block.mlp.c_proj.register_forward_hook(lambda _m, inputs, _o: activations.append(inputs[0][0]))
+        for block in model.transformer.h
+    ]
     weights = []
     with torch.no_grad():
         logits, _ = model(torch.tensor([ids]), attention_out=weights)
     for hook in hooks:
         hook.remove()
     T = len(ids)
+    close = functools.partial(torch.testing.assert_close, rtol=0)
     for layer in range(model.config.n_layer):
-        torch.testing.assert_close(torch.tensor(trace["weights"][layer]).view(-1, T, T), weights[layer][0], atol=1e-5, rtol=0)
-        torch.testing.assert_close(torch.tensor(trace["activations"][layer]).view(T, -1), activations[layer], atol=1e-4, rtol=0)
-    torch.testing.assert_close(torch.tensor(trace["logits"]).view(T, -1), logits[0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(torch.tensor(trace["embeddings"]).view(T, -1), model.transformer.wte.weight[ids], atol=0, rtol=0)
+        close(torch.tensor(trace["weights"][layer]).view(-1, T, T), weights[layer][0], atol=1e-5)
+        close(torch.tensor(trace["activations"][layer]).view(T, -1), activations[layer], atol=1e-4)
+    close(torch.tensor(trace["logits"]).view(T, -1), logits[0], atol=1e-4)
+    close(torch.tensor(trace["embeddings"]).view(T, -1), model.transformer.wte.weight[ids], atol=0)
 
 
 def test_the_page_works_offline_and_draws_the_forward_pass(exported):
