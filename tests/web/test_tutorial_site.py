@@ -9,7 +9,7 @@ import pytest
 from lucidlm.export.web import build_tutorial_site
 from lucidlm.export.web.tutorial import run_lesson_cells
 
-from ..conftest import ARTIFACTS, require_chromium, run_lucidlm
+from ..conftest import ARTIFACTS, run_lucidlm
 
 RAW_LATEX = re.compile(r"\\(frac|sum|lVert|sqrt|mathbb|cdot)|\$")
 
@@ -72,7 +72,6 @@ def test_the_command_refuses_a_folder_it_did_not_write_and_an_unknown_lesson(tmp
 
 
 def test_the_pages_render_their_maths_offline_in_chromium(site, browser):
-    require_chromium()
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     requested = []
     page.route("**/*", lambda route: (requested.append(route.request.url), route.continue_()))

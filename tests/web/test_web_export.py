@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lucidlm.errors import ConfigError
+from lucidlm.explain import explain
 from lucidlm.export.web import export_web
 from lucidlm.export.web import model as web_model
 from lucidlm.generate import SamplingConfig, generate_ids
@@ -168,6 +169,32 @@ def test_the_explainers_numbers_are_the_models(exported):
     close(torch.tensor(trace["embeddings"]).view(T, -1), model.transformer.wte.weight[ids], atol=0)
 
 
+def assert_numbers_close(ours, reference, where="view"):
+    """The same nesting, None where the reference has None (a masked score), numbers within 1e-4."""
+    if isinstance(reference, dict):
+        assert sorted(ours) == sorted(reference), where
+        for key in reference:
+            assert_numbers_close(ours[key], reference[key], f"{where}.{key}")
+    elif isinstance(reference, list):
+        assert len(ours) == len(reference), where
+        for i, (a, b) in enumerate(zip(ours, reference, strict=True)):
+            assert_numbers_close(a, b, f"{where}[{i}]")
+    elif isinstance(reference, float):
+        assert abs(ours - reference) <= 1e-4, (where, ours, reference)
+    else:
+        assert ours == reference, where
+
+
+def test_the_explainers_view_of_a_position_equals_explain_py(exported):
+    """The page's own numbers for one position (gpt.js) and the server's (explain.py, PyTorch) are the same."""
+    _, model, tokenizer, page, _, _ = exported
+    ids = tokenizer.encode("First Citizen:\nBefore we proceed")[:20]
+    for position, layer, head in ((0, 0, 0), (len(ids) - 1, 1, 3), (5, 1, 1)):
+        ours = page.evaluate("([ids, p, l, h]) => window.lucidlm.view(ids, p, l, h)", [ids, position, layer, head])
+        reference = {**explain(model, ids, position, layer, head), "texts": [tokenizer.decode([i]) for i in ids]}
+        assert_numbers_close(ours, reference)
+
+
 def test_the_page_works_offline_and_draws_the_forward_pass(exported):
     name, model, _, page, origin, requested = exported
     assert requested and all(url.startswith(origin) for url in requested), requested
@@ -177,7 +204,7 @@ def test_the_page_works_offline_and_draws_the_forward_pass(exported):
     titles = page.locator("#steps h3").all_inner_texts()
     assert "Scores, before the mask and softmax" in titles and "The next token's distribution" in titles
     page.locator("#tokens .token").nth(3).click()
-    assert page.locator("#steps h3").first.inner_text().startswith("Token 3:")
+    page.wait_for_selector("#steps h3:has-text('Token 3:')")
     shown = page.evaluate("window.lucidlm.shown()")
     assert shown["position"] == 3
     logits = torch_logits(model, shown["ids"])[3]

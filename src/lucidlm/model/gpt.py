@@ -142,6 +142,23 @@ class CausalSelfAttention(nn.Module):
         attention_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, C)
+        q, k, v = self.queries_keys_values(x, rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, K, past + T, D)
+
+        if attention_out is None:
+            y = self.fast_attention(q, k, v, mask)
+        else:
+            y, weights = self.explicit_attention(q, k, v, mask)
+            attention_out.append(weights)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+    def queries_keys_values(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, T, D), k and v (B, K, T, D) from x (B, T, C): the fused projection, then QK-norm and RoPE."""
+        B, T, _ = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([H * D, K * D, K * D], dim=2)
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -151,16 +168,7 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, K, past + T, D)
-
-        if attention_out is None:
-            y = self.fast_attention(q, k, v, mask)
-        else:
-            y, weights = self.explicit_attention(q, k, v, mask)
-            attention_out.append(weights)
-        y = y.transpose(1, 2).contiguous().view(B, T, H * D)  # heads side by side again
-        return self.resid_dropout(self.c_proj(y))
+        return q, k, v
 
     def fast_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
@@ -182,16 +190,19 @@ class CausalSelfAttention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """softmax(Q K^T / sqrt(D) + mask) V, written out so the weights can be looked at."""
-        repeat = self.n_head // self.n_kv_head
-        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)  # (B, H, past+T, D)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, past+T)
-        if mask is None:
-            T, keys = q.shape[2], k.shape[2]
-            mask = causal_mask(keys - T, T, q.device)
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores, v = self.masked_scores(q, k, mask), v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         weights = F.softmax(scores, dim=-1)
         dropped = F.dropout(weights, self.dropout, self.training)
         return dropped @ v, weights  # (B, H, T, D), (B, H, T, past+T)
+
+    def masked_scores(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Q K^T / sqrt(D), with -inf where the mask (causal, without one) hides a key. (B, H, T, past+T)"""
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # grouped-query heads share theirs
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+        if mask is None:
+            T, keys = q.shape[2], k.shape[2]
+            mask = causal_mask(keys - T, T, q.device)
+        return scores.masked_fill(~mask, float("-inf"))
 
 
 class MLP(nn.Module):
@@ -205,17 +216,18 @@ class MLP(nn.Module):
         self.dropout = make_dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
+
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T, hidden) from c_fc's (B, T, hidden), or from its (B, T, 2 * hidden) for SwiGLU."""
         if self.kind == "gelu":
-            h = F.gelu(h, approximate="tanh")  # GPT-2's own formula (Hugging Face calls it gelu_new)
-        elif self.kind == "relu":
-            h = F.relu(h)
-        elif self.kind == "relu2":
-            h = F.relu(h).square()
-        else:
-            gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
-        return self.dropout(self.c_proj(h))
+            return F.gelu(h, approximate="tanh")  # GPT-2's own formula (Hugging Face calls it gelu_new)
+        if self.kind == "relu":
+            return F.relu(h)
+        if self.kind == "relu2":
+            return F.relu(h).square()
+        gate, value = h.chunk(2, dim=-1)
+        return F.silu(gate) * value
 
 
 class Block(nn.Module):

@@ -6,7 +6,10 @@ Endpoints (the OpenAI API's shapes, so the official `openai` client and tools bu
     POST /v1/chat/completions   messages through the model's chat template (chat/template.py)
     GET  /api/model             the inspector: config and parameter count
     POST /api/attention         the inspector: every layer's and head's attention weights for a text
+    POST /api/explain           the forward pass at one position, every intermediate (explain.py)
     GET  /                      the inspector page (static files, no CDN)
+    GET  /explain/              the forward pass step by step: the exported page's explainer, with the numbers
+                                from /api/explain (`export --format web` runs the same page on gpt.js)
 
 Errors are OpenAI's error object `{"error": {"message", "type", "param", "code"}}`:
     400 a value out of range, a prompt with symbols the vocabulary lacks, malformed JSON
@@ -43,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lucidlm.chat import chat_prompt
 from lucidlm.errors import LucidError
+from lucidlm.explain import explain
 from lucidlm.generate import SamplingConfig, encode_prompt
 from lucidlm.model import GPT
 from lucidlm.serve.engine import Engine, QueueFull, TokenEvent
@@ -51,6 +55,8 @@ from lucidlm.serve.engine_process import EngineProcess, EngineStopped
 from lucidlm.tokenizers import Tokenizer
 
 STATIC = Path(__file__).parent / "static"
+WEB_STATIC = Path(__file__).parents[1] / "export" / "web" / "static"  # the explainer page, shared with the export
+EXPLAIN_TOKENS = 256  # the explainer's answer holds a (T, T) heatmap: the text's last 256 tokens at most
 CLIENT_GONE = 499  # nginx's "client closed request": the status of an answer nobody reads
 
 
@@ -160,6 +166,14 @@ class ChatBody(SamplingFields):
 
 class AttentionBody(BaseModel):
     text: str
+
+
+class ExplainBody(BaseModel):
+    text: str | None = None  # the text, or
+    ids: list[int] | None = None  # its token ids (as an earlier answer gave them)
+    position: int = -1  # counted from the end when negative, as in Python
+    layer: int = 0  # the head whose weights at every position the heatmap shows
+    head: int = 0
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -529,9 +543,43 @@ def create_app(
             "weights": [[[[round(w, 4) for w in row] for row in head] for head in layer] for layer in weights],
         }
 
+    @app.post("/api/explain")
+    async def explain_position(request: Request):
+        body: ExplainBody = await parse_body(request, ExplainBody)
+        if (body.text is None) == (body.ids is None):
+            raise APIError(400, "give the text or its ids, one of the two", "text")
+        if body.ids is not None and not all(0 <= i < tokenizer.vocab_size for i in body.ids):
+            raise APIError(400, f"ids must lie in [0, {tokenizer.vocab_size})", "ids")
+        ids = (encode(body.text, "text") if body.ids is None else body.ids)[-EXPLAIN_TOKENS:]
+        position = body.position + len(ids) if body.position < 0 else body.position
+        if not ids or not 0 <= position < len(ids):
+            raise APIError(400, f"position {body.position} is outside the text's {len(ids)} tokens", "position")
+        try:
+            view = await asyncio.to_thread(explain, model, ids, position, body.layer, body.head)
+        except ValueError as exc:
+            raise APIError(400, str(exc), "layer") from None
+        return {**view, "texts": [token_text(i) for i in ids]}
+
     @app.get("/")
     async def inspector():
         return FileResponse(STATIC / "index.html")
+
+    @app.get("/explain/")
+    async def explainer():
+        return FileResponse(WEB_STATIC / "index.html")
+
+    @app.get("/explain/model.json")
+    async def explainer_model():
+        parameters = model.num_params(include_position_embeddings=True)
+        config = asdict(model.config)
+        return {"source": "api", "model_id": settings.model_id, "parameters": parameters, "config": config}
+
+    @app.get("/explain/{name}")
+    async def explainer_file(name: str):
+        path = STATIC / name if name == "style.css" else WEB_STATIC / name
+        if name not in ("style.css", "explain.js", "gpt.js", "tokenizer.js"):
+            raise APIError(404, f"no such file: /explain/{name}")
+        return FileResponse(path, media_type="text/css" if name == "style.css" else "text/javascript")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

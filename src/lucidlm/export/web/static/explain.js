@@ -2,12 +2,13 @@
 // window.lucidlm is the page's programming interface (the tests use it too):
 //   encode(text) -> ids, decode(ids) -> text, logits(ids) -> Float32Array (the last position's),
 //   generate(prompt, {maxNewTokens, temperature, topK, topP, seed}) -> {ids, text}, trace(ids) -> every
-//   intermediate of one forward pass, shown() -> the ids and position on screen, and the model (model, KVCache).
+//   intermediate of one forward pass, view(ids, position) -> explain.py's view of one position, shown() -> the
+//   ids and position on screen, and the model itself (model, KVCache).
 import { GPT, KVCache, filter_logits, generate_ids, load_model, softmax } from "./gpt.js";
 import { load_tokenizer } from "./tokenizer.js";
 
 const $ = (id) => document.getElementById(id);
-let model = null, tokenizer = null, lessons = null, trace = null, position = 0;
+let model = null, tokenizer = null, lessons = null;
 
 // --- the programming interface --------------------------------------------------------------------------
 
@@ -99,7 +100,68 @@ function shown(text) {
   return JSON.stringify(text).slice(1, -1);
 }
 
+// --- the numbers: from gpt.js in this page, or from the server's explain.py -------------------------------
+
+// One position's view of a forward pass, as explain.py gives it: everything at `position`, masked scores as
+// null, and one head's attention weights at every position (T x T) for the heatmap.
+function atPosition(full, position, texts, { layer = 0, head = 0 } = {}) {
+  const c = model.config, C = c.n_embd, H = c.n_head, D = c.head_dim, T = full.ids.length, V = c.vocab_size;
+  const row = (values, width, r = position) => Array.from(values.subarray(r * width, (r + 1) * width));
+  const perHead = (values, width, r) => Array.from({ length: H }, (_, h) => row(values, width, h * T + r));
+  return {
+    ids: full.ids, texts, position,
+    token_embedding: row(full.token_embeddings, C),
+    position_embedding: full.position_embeddings ? row(full.position_embeddings, C) : null,
+    layers: full.layers.map((l) => ({
+      ln_1: row(l.ln_1, C), q: perHead(l.q, D, position),
+      scores: perHead(l.scores, T, position).map((r) => r.map((v) => (v === -Infinity ? null : v))),
+      weights: perHead(l.weights, T, position),
+      heads: row(l.heads, H * D), attention: row(l.attention, C), after_attention: row(l.after_attention, C),
+      ln_2: row(l.ln_2, C), activations: row(l.activations, c.mlp_hidden), mlp: row(l.mlp, C),
+    })),
+    heatmap: { layer, head, weights: Array.from({ length: T }, (_, r) => row(full.layers[layer].weights, T, head * T + r)) },
+    residual_norms: full.residual.map((x) => Math.hypot(...row(x, C))),
+    ln_f: row(full.ln_f, C),
+    logits: row(full.logits, V),
+  };
+}
+
+// The page's own GPT: one forward pass per text, then any position of it.
+function pageSource() {
+  let full = null;
+  return {
+    async view({ text, ids }, position, heatmap) {
+      if (ids === undefined) ids = promptIds(text).slice(-model.config.block_size);
+      if (!full || full.ids.join() !== ids.join()) full = forwardTrace(ids);
+      const at = position < 0 ? ids.length + position : position;
+      return atPosition(full, at, ids.map((id) => tokenizer.decode([id])), heatmap);
+    },
+    async complete(prompt, settings) {
+      return generate(prompt, settings).text;
+    },
+  };
+}
+
+// `lucidlm serve`'s numbers: explain.py through /api/explain, text through /v1/completions.
+function serverSource(modelId) {
+  const post = async (url, body) => {
+    const response = await fetch(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error ? answer.error.message : response.statusText);
+    return answer;
+  };
+  return {
+    view: (request, position, heatmap = {}) => post("../api/explain", { ...request, position, ...heatmap }),
+    async complete(prompt, { maxNewTokens, temperature, topP, seed }) {
+      const answer = await post("../v1/completions", { model: modelId, prompt, max_tokens: maxNewTokens, temperature, top_p: topP, seed });
+      return answer.choices[0].text;
+    },
+  };
+}
+
 // --- the explainer -------------------------------------------------------------------------------------------
+
+let source = null, view = null, layer = 0, head = 0;
 
 function lessonLink(number, title) {
   if (!lessons) return `lesson ${number} (${title})`;
@@ -123,54 +185,48 @@ function selector(label, count, value, onChange) {
   return select;
 }
 
-let layer = 0, head = 0;
-
-function rowOf(values, row, width) {
-  return values.subarray(row * width, (row + 1) * width);
-}
-
 function explain() {
-  const c = model.config, C = c.n_embd, T = trace.ids.length, D = c.head_dim, S = T;
+  const c = config, C = c.n_embd, D = c.head_dim, p = view.position, T = view.ids.length;
+  const label = (s) => `${s}: ${shown(view.texts[s])}`;
   $("steps").innerHTML = "";
-  const token = trace.ids[position];
-  step(`Token ${position}: "${shown(tokenizer.decode([token]))}" (id ${token})`,
-    `Its row of the token embedding, ${C} numbers (${lessonLink(4, "tokens and embeddings")}).`,
-    strip(rowOf(trace.token_embeddings, position, C)));
-  if (trace.position_embeddings) {
-    step("Position", `Added to it: position ${position}'s ${c.positions} embedding (${lessonLink(9, "positional encoding")}).`,
-      strip(rowOf(trace.position_embeddings, position, C)));
+  step(`Token ${p}: "${shown(view.texts[p])}" (id ${view.ids[p]})`,
+    `Its row of the token embedding, ${C} numbers (${lessonLink(4, "tokens and embeddings")}).`, strip(view.token_embedding));
+  if (view.position_embedding) {
+    step("Position", `Added to it: position ${p}'s ${c.positions} embedding (${lessonLink(9, "positional encoding")}).`, strip(view.position_embedding));
   } else {
     step("Position", `RoPE: no vector is added; each layer rotates the queries and keys by angles that grow with the position (${lessonLink(10, "RoPE")}).`);
   }
-  const record = trace.layers[layer];
+  const record = view.layers[layer];
   const pick = document.createElement("div");
-  pick.append(selector("layer", c.n_layer, layer, (v) => { layer = v; explain(); }),
-    selector("head", c.n_head, head, (v) => { head = v; explain(); }));
+  pick.append(selector("layer", c.n_layer, layer, (v) => { layer = v; showPosition(p); }), selector("head", c.n_head, head, (v) => { head = v; showPosition(p); }));
   step(`Layer ${layer}, head ${head}`, `Choose a layer and a head; the model has ${c.n_layer} layers of ${c.n_head} heads${c.n_kv_head < c.n_head ? `, sharing ${c.n_kv_head} key/value heads` : ""}.`, pick);
-  step("Normalised input", `The residual stream after ${c.norm === "rmsnorm" ? "RMSNorm" : "LayerNorm"}: every position scaled to a common size before the attention (${lessonLink(14, "norms and residuals")}).`,
-    strip(rowOf(record.ln_1, position, C)));
-  step("Query", `Head ${head}'s query at this position, ${D} numbers${c.qk_norm ? ", after its own RMSNorm (QK-norm)" : ""}${c.positions === "rope" ? " and the RoPE rotation" : ""} (${lessonLink(11, "attention")}).`,
-    strip(record.q.subarray((head * T + position) * D, (head * T + position + 1) * D)));
-  const scores = rowOf(record.scores, head * T + position, S);
+  step("Normalised input", `The residual stream after ${c.norm === "rmsnorm" ? "RMSNorm" : "LayerNorm"}: every position scaled to a common size before the attention (${lessonLink(14, "norms and residuals")}).`, strip(record.ln_1));
+  step("Query", `Head ${head}'s query at this position, ${D} numbers${c.qk_norm ? ", after its own RMSNorm (QK-norm)" : ""}${c.positions === "rope" ? " and the RoPE rotation" : ""} (${lessonLink(11, "attention")}).`, strip(record.q[head]));
   step("Scores, before the mask and softmax", `The query's dot product with each earlier key, divided by √${D}; later positions are masked out (−∞), so a token never sees the future (${lessonLink(12, "causal masking")}).`,
-    bars(Array.from(scores.subarray(0, position + 1), (v, s) => [`${s}: ${shown(tokenizer.decode([trace.ids[s]]))}`, v])));
-  const weights = rowOf(record.weights, head * T + position, S);
-  step("Attention weights, after the softmax", `What the head takes from each position: the scores through a softmax, summing to 1 (${lessonLink(11, "attention")}). Left: this row; right: every row of this head.`,
-    bars(Array.from(weights.subarray(0, position + 1), (v, s) => [`${s}: ${shown(tokenizer.decode([trace.ids[s]]))}`, v])),
-    heatmap(record.weights.subarray(head * T * S, (head + 1) * T * S), T, S, position));
-  step("Head output", `The weighted sum of the values, ${D} numbers; the heads' outputs side by side go through the output projection (${lessonLink(13, "multi-head attention")}).`,
-    strip(record.heads.subarray(position * c.n_head * D + head * D, position * c.n_head * D + (head + 1) * D)));
-  step("MLP activations", `The ${c.mlp_hidden} hidden units after ${c.mlp === "swiglu" ? "SwiGLU" : c.mlp.toUpperCase()}, from the second norm of the stream (${lessonLink(15, "the transformer block")}).`,
-    strip(rowOf(record.activations, position, c.mlp_hidden)));
-  const norms = trace.residual.map((x, i) => [i === 0 ? "embeddings" : `after layer ${i - 1}`, Math.hypot(...rowOf(x, position, C))]);
-  step("The residual stream", `Its length at this position after each layer: each block adds to the stream rather than replacing it (${lessonLink(14, "residual connections")}).`, bars(norms));
-  step("Final norm", "The stream once more normalised, then multiplied by the output matrix to give a logit for every token.", strip(rowOf(trace.ln_f, position, C)));
-  const logits = rowOf(trace.logits, position, c.vocab_size);
-  const top = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a]).slice(0, 10);
-  step("Logits", `The ten largest of ${c.vocab_size}: the model's scores for the next token.`, bars(top.map((i) => [shown(tokenizer.decode([i])), logits[i]])));
+    bars(record.scores[head].slice(0, p + 1).map((v, s) => [label(s), v])));
+  step("Attention weights, after the softmax", `What the head takes from each position: the scores through a softmax, summing to 1 (${lessonLink(11, "attention")}). Below: this row; right: every row of this head.`,
+    bars(record.weights[head].slice(0, p + 1).map((v, s) => [label(s), v])), heatmap(view.heatmap.weights.flat(), T, T, p));
+  step("Head output", `The weighted sum of the values, ${D} numbers; the heads' outputs side by side go through the output projection (${lessonLink(13, "multi-head attention")}).`, strip(record.heads.slice(head * D, (head + 1) * D)));
+  step("MLP activations", `The ${c.mlp_hidden} hidden units after ${c.mlp === "swiglu" ? "SwiGLU" : c.mlp.toUpperCase()}, from the second norm of the stream (${lessonLink(15, "the transformer block")}).`, strip(record.activations));
+  step("The residual stream", `Its length at this position after each layer: each block adds to the stream rather than replacing it (${lessonLink(14, "residual connections")}).`,
+    bars(view.residual_norms.map((n, i) => [i === 0 ? "embeddings" : `after layer ${i - 1}`, n])));
+  step("Final norm", "The stream once more normalised, then multiplied by the output matrix to give a logit for every token.", strip(view.ln_f));
+  const top = topIndices(view.logits, 10);
+  step("Logits", `The ten largest of ${c.vocab_size}: the model's scores for the next token.`, bars(top.map((i) => [tokenText(i), view.logits[i]])));
   const distribution = step("The next token's distribution", `The logits through temperature, top-k and top-p (the sliders above) and a softmax: what sampling draws from (${lessonLink(18, "sampling")}, ${lessonLink(6, "softmax and temperature")}).`);
   distribution.id = "distribution";
   showDistribution();
+}
+
+function topIndices(values, n) {
+  return Array.from(values.keys()).sort((a, b) => values[b] - values[a]).slice(0, n);
+}
+
+// A candidate's text: the page's tokenizer, or (from the server) the id when it is not in the text.
+function tokenText(id) {
+  if (tokenizer) return shown(tokenizer.decode([id]));
+  const at = view.ids.indexOf(id);
+  return at >= 0 ? shown(view.texts[at]) : `#${id}`;
 }
 
 function sampling() {
@@ -180,27 +236,28 @@ function sampling() {
 
 function showDistribution() {
   const box = $("distribution");
-  if (!box || !trace) return;
+  if (!box || !view) return;
   box.querySelector(".candidates")?.remove();
-  const logits = rowOf(trace.logits, position, model.config.vocab_size);
   const settings = sampling();
-  const p = settings.temperature ? softmax(filter_logits(logits, settings)) : Float64Array.from(logits, (_, i) => (i === logits.indexOf(Math.max(...logits)) ? 1 : 0));
-  const top = Array.from(p.keys()).sort((a, b) => p[b] - p[a]).slice(0, 10);
-  box.appendChild(bars(top.map((i) => [shown(tokenizer.decode([i])), p[i]])));
+  const logits = Float64Array.from(view.logits);
+  const p = settings.temperature ? softmax(filter_logits(logits, settings)) : logits.map((_, i) => (i === topIndices(logits, 1)[0] ? 1 : 0));
+  box.appendChild(bars(topIndices(p, 10).map((i) => [tokenText(i), p[i]])));
 }
 
-function showTokens(ids) {
-  trace = forwardTrace(ids);
+async function showPosition(position) {
+  view = await source.view({ ids: view.ids }, position, { layer, head });
+  document.querySelectorAll("#tokens .token").forEach((el, j) => el.classList.toggle("selected", j === view.position));
+  explain();
+}
+
+async function showText(text) {
+  view = await source.view({ text }, -1, { layer, head });
   $("tokens").innerHTML = "";
-  trace.ids.forEach((id, i) => {
+  view.texts.forEach((piece, i) => {
     const span = document.createElement("span");
-    span.className = "token" + (i === position ? " selected" : "");
-    span.textContent = shown(tokenizer.decode([id]));
-    span.addEventListener("click", () => {
-      position = i;
-      document.querySelectorAll("#tokens .token").forEach((el, j) => el.classList.toggle("selected", j === i));
-      explain();
-    });
+    span.className = "token" + (i === view.position ? " selected" : "");
+    span.textContent = shown(piece);
+    span.addEventListener("click", () => showPosition(i));
     $("tokens").appendChild(span);
   });
   explain();
@@ -214,33 +271,46 @@ function showSliders() {
   showDistribution();
 }
 
+let config = null;
+
 async function start() {
-  const loaded = await load_model();
-  model = loaded.model;
-  tokenizer = load_tokenizer(loaded.manifest.tokenizer);
-  window.lucidlm = {
-    model, KVCache, GPT, config: model.config, tokenizer,
-    encode: (text) => tokenizer.encode(text),
-    decode: (ids) => tokenizer.decode(ids),
-    logits: lastLogits, generate, trace: forwardTrace,
-    shown: () => ({ ids: trace ? trace.ids : [], position }), // the text and position the explainer shows
-  };
+  const manifest = await (await fetch("model.json")).json();
+  config = manifest.config;
+  let description;
+  if (manifest.source === "api") {
+    source = serverSource(manifest.model_id);
+    description = `${manifest.model_id}: ${manifest.parameters.toLocaleString()} parameters, numbers from the server (explain.py)`;
+    $("top-k").disabled = false;
+  } else {
+    const loaded = await load_model();
+    model = loaded.model;
+    tokenizer = load_tokenizer(manifest.tokenizer);
+    source = pageSource();
+    const parameters = Object.entries(manifest.tensors).filter(([name]) => !name.startsWith("rope_") && name !== "sinusoid").reduce((n, [, t]) => n + t.shape.reduce((a, b) => a * b, 1), 0);
+    description = `${parameters.toLocaleString()} parameters, run by this page`;
+    window.lucidlm = {
+      model, KVCache, GPT, config, tokenizer,
+      encode: (text) => tokenizer.encode(text),
+      decode: (ids) => tokenizer.decode(ids),
+      logits: lastLogits, generate, trace: forwardTrace,
+      view: (ids, position, layer = 0, head = 0) => source.view({ ids }, position, { layer, head }),
+      shown: () => ({ ids: view ? view.ids : [], position: view ? view.position : null }),
+    };
+  }
+  const c = config;
+  $("model-name").textContent = `${description}: ${c.n_layer} layers, ${c.n_head} heads, width ${c.n_embd}, ${c.positions} positions, ${c.norm}, ${c.mlp}, vocabulary ${c.vocab_size}`;
   lessons = (await fetch("../lessons/01.html", { method: "HEAD" }).then((r) => r.ok, () => false)) ? "../lessons/" : null;
-  const c = model.config;
-  const parameters = Object.entries(loaded.manifest.tensors).filter(([name]) => !name.startsWith("rope_") && name !== "sinusoid").reduce((n, [, t]) => n + t.shape.reduce((a, b) => a * b, 1), 0);
-  $("model-name").textContent = `${parameters.toLocaleString()} parameters: ${c.n_layer} layers, ${c.n_head} heads, width ${c.n_embd}, ${c.positions} positions, ${c.norm}, ${c.mlp}, a ${loaded.manifest.tokenizer.kind} tokenizer of ${c.vocab_size}`;
   for (const id of ["temperature", "top-k", "top-p", "max-tokens"]) $(id).addEventListener("input", showSliders);
-  $("prompt").value = loaded.manifest.prompt || "";
-  $("generate").addEventListener("click", () => {
-    const { ids, text } = generate($("prompt").value, { ...sampling(), maxNewTokens: Number($("max-tokens").value), seed: Number($("seed").value) });
-    $("output").textContent = $("prompt").value + text;
-    position = Math.min(model.config.block_size, tokenizer.encode($("prompt").value).length + ids.length) - 1;
-    showTokens([...tokenizer.encode($("prompt").value), ...ids]);
+  $("prompt").value = manifest.prompt || "";
+  $("generate").addEventListener("click", async () => {
+    const prompt = $("prompt").value;
+    const settings = { ...sampling(), maxNewTokens: Number($("max-tokens").value), seed: Number($("seed").value) };
+    const text = prompt + (await source.complete(prompt, settings));
+    $("output").textContent = text;
+    await showText(text);
   });
   showSliders();
-  const first = tokenizer.encode($("prompt").value);
-  position = Math.max(0, first.length - 1);
-  if (first.length) showTokens(first);
+  if ($("prompt").value) await showText($("prompt").value);
   document.body.dataset.ready = "true";
 }
 

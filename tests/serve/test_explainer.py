@@ -1,0 +1,63 @@
+"""`lucidlm serve`'s explainer: /api/explain (explain.py's numbers) and the page at /explain/ that draws them."""
+
+import httpx
+
+from lucidlm.explain import explain
+
+from ..conftest import ARTIFACTS
+
+
+def test_the_api_explains_a_position_as_explain_py_does(server, model, tokenizer):
+    url, _ = server
+    answer = httpx.post(f"{url}/api/explain", json={"text": "Hello there", "position": 3, "layer": 1, "head": 1})
+    assert answer.status_code == 200
+    ids = tokenizer.encode("Hello there")
+    expected = explain(model, ids, 3, 1, 1)
+    view = answer.json()
+    assert view["ids"] == ids and view["texts"] == list("Hello there") and view["position"] == 3
+    assert view["heatmap"] == expected["heatmap"] and view["logits"] == expected["logits"]
+    last = httpx.post(f"{url}/api/explain", json={"ids": ids}).json()
+    assert last["position"] == len(ids) - 1
+
+
+def test_bad_explain_requests_are_400s_that_name_the_field(server):
+    url, _ = server
+    cases = [
+        ({}, "text", "give the text or its ids, one of the two"),
+        ({"text": "ab", "ids": [1]}, "text", "give the text or its ids"),
+        ({"ids": [1, 999]}, "ids", "ids must lie in [0, "),
+        ({"text": "abc", "position": 3}, "position", "position 3 is outside the text's 3 tokens"),
+        ({"text": "abc", "head": 9}, "layer", "there is no head 9 in layer 0"),
+    ]
+    for body, param, message in cases:
+        answer = httpx.post(f"{url}/api/explain", json=body)
+        error = answer.json()["error"]
+        assert answer.status_code == 400 and error["param"] == param and message in error["message"], body
+    assert httpx.get(f"{url}/explain/weights.bin").status_code == 404
+    manifest = httpx.get(f"{url}/explain/model.json").json()
+    assert manifest["source"] == "api" and manifest["config"]["n_layer"] == 2
+
+
+def test_the_explainer_page_draws_the_servers_numbers(server, browser, model, tokenizer):
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/")
+    page.click("text=The forward pass, step by step")
+    page.wait_for_selector("body[data-ready]")
+    assert page.evaluate("document.body.dataset.ready") == "true", page.inner_text("#model-name")
+    page.fill("#prompt", "Hello")
+    page.locator("#temperature").fill("0")
+    page.locator("#max-tokens").fill("5")
+    page.click("#generate")
+    page.wait_for_selector("#steps .step canvas")
+    text = page.locator("#output").inner_text()
+    assert text.startswith("Hello") and len(text) == 10
+    page.locator("#tokens .token").nth(2).click()
+    page.wait_for_selector("#steps h3:has-text('Token 2:')")
+    logits = explain(model, tokenizer.encode(text), 2)["logits"]
+    best = max(range(len(logits)), key=logits.__getitem__)
+    first = page.locator("#steps .step:has(h3:text-is('Logits')) .bar-row").first
+    assert first.locator("span").inner_text() == f"{logits[best]:.3f}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "explainer-served.png"), full_page=False)
+    page.close()
