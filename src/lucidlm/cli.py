@@ -6,6 +6,7 @@ Exit status: 0 success, 2 a usage or input error (one line on stderr, no traceba
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -48,7 +49,8 @@ EXAMPLES = {
     "tutorial": """examples:
   lucidlm tutorial                  (prints a URL with a one-time token; open it in a browser)
   lucidlm tutorial --port 8890 --time-limit 60
-  lucidlm tutorial --build site/    (static pages: open site/index.html, or host the folder anywhere)""",
+  lucidlm tutorial --build site/    (static pages: open site/index.html, or host the folder anywhere)
+  lucidlm tutorial --build site/ --checkpoint runs/a   (and your model's forward pass, as site/model/)""",
     "eval": """examples:
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char --split train --json""",
@@ -168,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tutorial.add_argument(
         "--lessons", type=int, nargs="+", metavar="N", help="with --build: only these lessons (default all)"
+    )
+    tutorial.add_argument(
+        "--checkpoint",
+        metavar="RUN_DIR",
+        help="with --build: add this model's page (as export --format web writes it) as the site's model/",
     )
     tutorial.add_argument("--force", action="store_true", help=FORCE_HELP)
 
@@ -291,13 +298,20 @@ def run_tutorial(args: argparse.Namespace) -> None:
     from lucidlm.serve.tutorial import CellCap, RunnerLimits, create_tutorial_app, new_token
 
     if args.build is not None:
-        from lucidlm.export.web import build_tutorial_site
+        from lucidlm.export.web import build_tutorial_site, check_web_exportable, export_web
 
-        site = build_tutorial_site(args.build, args.lessons, force=args.force)
+        write_model = None
+        if args.checkpoint is not None:
+            from lucidlm.train import load_model
+
+            model, tokenizer, _ = load_model(args.checkpoint)
+            check_web_exportable(model, tokenizer)  # before the lessons run, not after
+            write_model = functools.partial(export_web, model, tokenizer)
+        site = build_tutorial_site(args.build, args.lessons, force=args.force, write_model=write_model)
         print(f"wrote {site}: open {shlex.quote(str(site / 'index.html'))}, or serve the folder from any web host")
         return
-    if args.lessons is not None:
-        raise ConfigError("--lessons is for --build")
+    if args.lessons is not None or args.checkpoint is not None:
+        raise ConfigError("--lessons and --checkpoint are for --build")
     if args.time_limit <= 0 or args.memory_limit < 256 or args.process_limit < 16:
         raise ConfigError(
             "--time-limit must be positive, --memory-limit at least 256 MiB and --process-limit at least 16"

@@ -8,8 +8,9 @@ import pytest
 
 from lucidlm.export.web import build_tutorial_site
 from lucidlm.export.web.tutorial import run_lesson_cells
+from lucidlm.train import train
 
-from ..conftest import ARTIFACTS, run_lucidlm
+from ..conftest import ARTIFACTS, run_lucidlm, tiny_config
 
 RAW_LATEX = re.compile(r"\\(frac|sum|lVert|sqrt|mathbb|cdot)|\$")
 
@@ -87,3 +88,20 @@ def test_the_pages_render_their_maths_offline_in_chromium(site, browser):
     page.goto((site / "lessons" / "01.html").as_uri())
     page.screenshot(path=str(ARTIFACTS / "tutorial-site.png"), full_page=False)
     page.close()
+
+
+def test_the_site_built_with_a_checkpoint_holds_its_models_page(tmp_path, data_dir):
+    """`tutorial --build --checkpoint RUN`: the run's page as model/, linked from the index; `export --format
+    web` writes the same page on its own."""
+    vocab_size = json.loads((data_dir / "meta.json").read_text())["vocab_size"]
+    train(data_dir, tmp_path / "run", tiny_config(vocab_size, max_steps=2), progress=False)
+    built = run_lucidlm("tutorial", "--build", tmp_path / "site", "--lessons", "2", "--checkpoint", tmp_path / "run")
+    assert built.returncode == 0, built.stderr
+    site = tmp_path / "site"
+    assert '<a href="model/index.html">' in (site / "index.html").read_text()
+    assert sorted(p.name for p in (site / "model").iterdir()) == [
+        "explain.js", "gpt.js", "index.html", "model.json", "style.css", "tokenizer.js", "weights.bin",
+    ]  # fmt: skip
+    exported = run_lucidlm("export", "--checkpoint", tmp_path / "run", "--format", "web", "--out", tmp_path / "web")
+    assert exported.returncode == 0 and "python -m http.server -d" in exported.stdout, exported.stderr
+    assert (tmp_path / "web" / "weights.bin").read_bytes() == (site / "model" / "weights.bin").read_bytes()

@@ -101,17 +101,22 @@ def page_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def export_web(model: GPT, tokenizer: Tokenizer, out: str | os.PathLike, force: bool = False) -> Path:
-    """Write the model's static page into the directory `out` (see the module's docstring)."""
-    described = tokenizer_for_page(tokenizer)
-    tensors = page_tensors(model)
-    size = sum(t.numel() for t in tensors.values()) * 4
+def check_web_exportable(model: GPT, tokenizer: Tokenizer) -> None:
+    """Raise ConfigError, naming the reason, for a model or tokenizer that a page cannot run."""
+    tokenizer_for_page(tokenizer)
+    size = sum(t.numel() for t in page_tensors(model).values()) * 4
     if size > MAX_WEIGHT_BYTES:
         raise ConfigError(
             f"the model's weights are {size / 2**20:.0f} MB in float32; a web page takes at most "
             f"{MAX_WEIGHT_BYTES // 2**20} MB (about 12M parameters), since it downloads them all and runs them in "
             "JavaScript; export a smaller model, or use --format hf or gguf"
         )
+
+
+def export_web(model: GPT, tokenizer: Tokenizer, out: str | os.PathLike, force: bool = False) -> Path:
+    """Write the model's static page into the directory `out` (see the module's docstring)."""
+    check_web_exportable(model, tokenizer)
+    described, tensors = tokenizer_for_page(tokenizer), page_tensors(model)
     config = {name: getattr(model.config, name) for name in model.config.__dataclass_fields__}
     with written_directory(out, WEB_EXPORT, force) as site:
         index, offset = {}, 0

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,12 +97,13 @@ def build_tutorial_site(
     out: str | os.PathLike,
     numbers: list[int] | None = None,
     force: bool = False,
-    model_page: str | None = None,
+    write_model: Callable[[Path], object] | None = None,
     seconds: float = LESSON_SECONDS,
     progress: bool = True,
 ) -> Path:
-    """Write the lessons (all, or those `numbers`), the FAQ and an index page into the directory `out`;
-    `model_page` is a link from the index to an exported model's page (`export --format web`)."""
+    """Write the lessons (all, or those `numbers`), the FAQ and an index page into the directory `out`.
+    `write_model(directory)` writes a model's page there (`export --format web`), as the site's model/, and
+    the index links to it; the model page's explainer links to the lessons in turn."""
     paths = [p for p in lesson_files() if numbers is None or lesson_number(p) in numbers]
     if numbers is not None and len(paths) != len(set(numbers)):
         known = {lesson_number(p) for p in lesson_files()}
@@ -113,6 +115,10 @@ def build_tutorial_site(
     ]
     with written_directory(out, TUTORIAL_SITE, force) as site:
         (site / "lessons").mkdir()
+        model_page = None
+        if write_model is not None:
+            write_model(site / "model")
+            model_page = "model/index.html"
         shutil.copyfile(STYLE, site / "style.css")
         for index, entry in enumerate(entries):
             if progress:

@@ -280,7 +280,7 @@ async function start() {
   if (manifest.source === "api") {
     source = serverSource(manifest.model_id);
     description = `${manifest.model_id}: ${manifest.parameters.toLocaleString()} parameters, numbers from the server (explain.py)`;
-    $("top-k").disabled = false;
+    $("where").textContent = "The numbers come from the server, which runs the model in PyTorch (explain.py); the same page, exported with `lucidlm export --format web`, runs it in the browser.";
   } else {
     const loaded = await load_model();
     model = loaded.model;
