@@ -306,7 +306,7 @@ def run_tutorial(args: argparse.Namespace) -> None:
 
             model, tokenizer, _ = load_model(args.checkpoint)
             check_web_exportable(model, tokenizer)  # before the lessons run, not after
-            write_model = functools.partial(export_web, model, tokenizer)
+            write_model = functools.partial(export_web, model, tokenizer, lessons="../lessons/")
         site = build_tutorial_site(args.build, args.lessons, force=args.force, write_model=write_model)
         print(f"wrote {site}: open {shlex.quote(str(site / 'index.html'))}, or serve the folder from any web host")
         return

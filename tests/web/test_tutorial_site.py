@@ -11,6 +11,7 @@ from lucidlm.export.web.tutorial import run_lesson_cells
 from lucidlm.train import train
 
 from ..conftest import ARTIFACTS, run_lucidlm, tiny_config
+from .conftest import serving
 
 RAW_LATEX = re.compile(r"\\(frac|sum|lVert|sqrt|mathbb|cdot)|\$")
 
@@ -74,8 +75,10 @@ def test_the_command_refuses_a_folder_it_did_not_write_and_an_unknown_lesson(tmp
 
 def test_the_pages_render_their_maths_offline_in_chromium(site, browser):
     page = browser.new_page(viewport={"width": 1100, "height": 900})
-    requested = []
+    requested, errors = [], []
     page.route("**/*", lambda route: (requested.append(route.request.url), route.continue_()))
+    page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+    page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto((site / "index.html").as_uri())
     page.click("text=the dot product")
     page.wait_for_selector("text=Similarity of word vectors")
@@ -84,18 +87,21 @@ def test_the_pages_render_their_maths_offline_in_chromium(site, browser):
     assert all(url.startswith("file://") for url in requested), requested
     page.goto((site / "lessons" / "17.html").as_uri())
     assert page.evaluate("document.querySelector('img').naturalWidth") > 100
+    page.goto((site / "faq.html").as_uri())
+    assert page.locator("math").count() > 40 and not RAW_LATEX.search(page.locator("article").inner_text())
+    assert errors == []
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto((site / "lessons" / "01.html").as_uri())
     page.screenshot(path=str(ARTIFACTS / "tutorial-site.png"), full_page=False)
     page.close()
 
 
-def test_the_site_built_with_a_checkpoint_holds_its_models_page(tmp_path, data_dir):
+def test_the_site_built_with_a_checkpoint_holds_its_models_page(tmp_path, data_dir, browser):
     """`tutorial --build --checkpoint RUN`: the run's page as model/, linked from the index; `export --format
     web` writes the same page on its own."""
     vocab_size = json.loads((data_dir / "meta.json").read_text())["vocab_size"]
     train(data_dir, tmp_path / "run", tiny_config(vocab_size, max_steps=2), progress=False)
-    built = run_lucidlm("tutorial", "--build", tmp_path / "site", "--lessons", "2", "--checkpoint", tmp_path / "run")
+    built = run_lucidlm("tutorial", "--build", tmp_path / "site", "--lessons", "4", "--checkpoint", tmp_path / "run")
     assert built.returncode == 0, built.stderr
     site = tmp_path / "site"
     assert '<a href="model/index.html">' in (site / "index.html").read_text()
@@ -105,3 +111,23 @@ def test_the_site_built_with_a_checkpoint_holds_its_models_page(tmp_path, data_d
     exported = run_lucidlm("export", "--checkpoint", tmp_path / "run", "--format", "web", "--out", tmp_path / "web")
     assert exported.returncode == 0 and "python -m http.server -d" in exported.stdout, exported.stderr
     assert (tmp_path / "web" / "weights.bin").read_bytes() == (site / "model" / "weights.bin").read_bytes()
+    assert json.loads((site / "model" / "model.json").read_text())["lessons"] == "../lessons/"
+    assert json.loads((tmp_path / "web" / "model.json").read_text())["lessons"] is None
+    # the exported page decodes greedily what `lucidlm generate --temperature 0` prints
+    generated = run_lucidlm(
+        "generate", "--checkpoint", tmp_path / "run", "--prompt", "First", "--temperature", "0",
+        "--max-new-tokens", "60", "--no-stream",
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    with serving(site) as origin:
+        page = browser.new_page()
+        page.goto(f"{origin}/model/index.html")
+        page.wait_for_selector("body[data-ready=true]")
+        text = page.evaluate("window.lucidlm.generate('First', {maxNewTokens: 60, temperature: 0}).text")
+        assert "First" + text == generated.stdout.removesuffix("\n")
+        assert page.locator("a[href='../lessons/04.html']").count() == 0  # no text on screen yet
+        page.fill("#prompt", "First")
+        page.click("#generate")
+        page.click("a[href='../lessons/04.html']")  # the explainer links to the lessons of the site
+        page.wait_for_selector("text=Lesson 4: tokens and embeddings")
+        page.close()

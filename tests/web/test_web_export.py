@@ -1,9 +1,7 @@
 """`lucidlm export --format web`: the model in plain JavaScript, held to PyTorch in real Chromium."""
 
 import functools
-import http.server
 import json
-import threading
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 
 from ..conftest import ARTIFACTS, SAMPLE_TEXT, require_chromium
+from .conftest import serving
 
 require_chromium()
 
@@ -59,11 +58,6 @@ def make_model(switches: dict, vocab_size: int) -> GPT:
     return model
 
 
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def exported(request, tmp_path_factory, browser):
     """A model and tokenizer of one variant, exported, served over HTTP, and opened in Chromium."""
@@ -71,19 +65,23 @@ def exported(request, tmp_path_factory, browser):
     tokenizer = make_tokenizer(kind)
     model = make_model(switches, tokenizer.vocab_size)
     site = export_web(model, tokenizer, tmp_path_factory.mktemp("web") / "site")
-    handler = functools.partial(Quiet, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    origin = f"http://127.0.0.1:{server.server_address[1]}"
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    requested = []
-    page.on("request", lambda r: requested.append(r.url))
-    page.goto(origin + "/index.html")
-    page.wait_for_selector("body[data-ready]")
-    assert page.evaluate("document.body.dataset.ready") == "true", page.inner_text("#model-name")
-    yield request.param, model, tokenizer, page, origin, requested
-    page.close()
-    server.shutdown()
+    with serving(site) as origin:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        requested, errors = [], []
+
+        def only_the_pages_origin(route):
+            requested.append(route.request.url)
+            return route.continue_() if route.request.url.startswith(origin + "/") else route.abort()
+
+        page.route("**/*", only_the_pages_origin)  # offline: anything else would fail, and is listed
+        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(origin + "/index.html")
+        page.wait_for_selector("body[data-ready]")
+        assert page.evaluate("document.body.dataset.ready") == "true", page.inner_text("#model-name")
+        yield request.param, model, tokenizer, page, origin, requested
+        assert errors == []
+        page.close()
 
 
 def torch_logits(model, ids):

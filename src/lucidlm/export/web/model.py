@@ -113,8 +113,11 @@ def check_web_exportable(model: GPT, tokenizer: Tokenizer) -> None:
         )
 
 
-def export_web(model: GPT, tokenizer: Tokenizer, out: str | os.PathLike, force: bool = False) -> Path:
-    """Write the model's static page into the directory `out` (see the module's docstring)."""
+def export_web(
+    model: GPT, tokenizer: Tokenizer, out: str | os.PathLike, force: bool = False, lessons: str | None = None
+) -> Path:
+    """Write the model's static page into the directory `out` (see the module's docstring). `lessons` is where
+    the lesson pages are, relative to it, when the page is part of a built tutorial: the explainer links them."""
     check_web_exportable(model, tokenizer)
     described, tensors = tokenizer_for_page(tokenizer), page_tensors(model)
     config = {name: getattr(model.config, name) for name in model.config.__dataclass_fields__}
@@ -126,7 +129,13 @@ def export_web(model: GPT, tokenizer: Tokenizer, out: str | os.PathLike, force: 
                 weights.write(data.tobytes())
                 index[name] = {"offset": offset, "shape": list(tensor.shape)}
                 offset += data.nbytes
-        manifest = {"exported_by": "lucidlm", "config": config, "tokenizer": described, "tensors": index}
+        manifest = {
+            "exported_by": "lucidlm",
+            "config": config,
+            "tokenizer": described,
+            "tensors": index,
+            "lessons": lessons,
+        }
         (site / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
         for name in PAGE_FILES:
             shutil.copyfile(STATIC / name, site / name)

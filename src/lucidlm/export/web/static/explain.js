@@ -299,7 +299,7 @@ async function start() {
   }
   const c = config;
   $("model-name").textContent = `${description}: ${c.n_layer} layers, ${c.n_head} heads, width ${c.n_embd}, ${c.positions} positions, ${c.norm}, ${c.mlp}, vocabulary ${c.vocab_size}`;
-  lessons = (await fetch("../lessons/01.html", { method: "HEAD" }).then((r) => r.ok, () => false)) ? "../lessons/" : null;
+  lessons = manifest.lessons || null; // set when the page is part of a built tutorial
   for (const id of ["temperature", "top-k", "top-p", "max-tokens"]) $(id).addEventListener("input", showSliders);
   $("prompt").value = manifest.prompt || "";
   $("generate").addEventListener("click", async () => {
