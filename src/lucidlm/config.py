@@ -33,6 +33,7 @@ class TrainConfig:
     seed: int = 1337
     time_budget: float | None = None  # seconds of training; the schedule then runs to this time
     device: str = "auto"
+    dtype: str = "auto"  # the products' precision: auto (bf16 where the device does it fast), fp32 or bf16
     compile: bool = False
     engine: str = "torch"  # or "numpy": lucidlm.scratch, the hand-written backward pass
 
@@ -63,6 +64,10 @@ class TrainConfig:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
         if self.engine not in ("torch", "numpy"):
             raise ConfigError(f"engine {self.engine!r} is not one of: torch, numpy")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"dtype {self.dtype!r} is not one of: auto, fp32, bf16")
+        if self.dtype == "bf16" and self.engine == "numpy":
+            raise ConfigError("the numpy engine computes in float32; drop dtype=bf16 or use engine=torch")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device {self.device!r} is not one of: auto, cpu, cuda, mps")
 

@@ -12,7 +12,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lucidlm.config import RunConfig
-from lucidlm.device import autocast
+from lucidlm.device import autocast, training_precision
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
 from lucidlm.train.distributed import Distributed
@@ -22,10 +22,12 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class TorchEngine:
-    """The PyTorch GPT with AdamW or Muon, on any device, with bf16 autocast on CUDA and optional torch.compile."""
+    """The PyTorch GPT with AdamW or Muon, on any device, with bf16 autocast where the device does bf16 products
+    fast (device.training_precision) and optional torch.compile."""
 
     def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
         self.device = device
+        self.precision, self.precision_reason = training_precision(device, config.train.dtype)
         self.model = GPT(config.model).to(device)
         self.optimizer = make_optimizer(self.model, config.train, device.type)
         self.forward = torch.compile(self.model) if config.train.compile else self.model
@@ -45,7 +47,7 @@ class TorchEngine:
         for micro_step, (x, y) in enumerate(batches):
             # Under DDP, gradients are averaged across processes once, on the last micro-step.
             last = micro_step == len(batches) - 1
-            with autocast(self.device), self.ddp.no_sync() if self.ddp and not last else nullcontext():
+            with autocast(self.device, self.precision), self.ddp.no_sync() if self.ddp and not last else nullcontext():
                 _, loss = self.forward(x, y)
                 (loss / len(batches)).backward()
             loss_sum += loss.detach()
@@ -58,7 +60,7 @@ class TorchEngine:
     @torch.no_grad()
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.model.eval()
-        with autocast(self.device):
+        with autocast(self.device, self.precision):
             loss = self.forward(x, y)[1].item()
         self.model.train()
         return loss
@@ -119,6 +121,7 @@ class NumpyEngine:
         if config.train.optimizer != "adamw":
             raise ConfigError("the NumPy engine has AdamW only; set optimizer=adamw or use --engine torch")
         train = config.train
+        self.precision, self.precision_reason = "fp32", "the NumPy engine computes in float32"
         self.model = NumpyGPT(config.model, seed=train.seed)
         self.optimizer = AdamW(self.model.params, train.lr, (train.beta1, train.beta2), weight_decay=train.weight_decay)
 

@@ -137,7 +137,11 @@ def train(
             load_tokenizer(data_dir / "tokenizer.json").save(run_dir / "tokenizer.json")
         # the data's sources and their sha256, so that --resume can tell the same data from other data
         sources = read_meta(data_dir)["sources"]
-        write_json_atomic(run_dir / "config.json", {**config.to_dict(), "data": str(data_dir), "data_sources": sources})
+        precision = {"dtype": engine.precision, "why": engine.precision_reason}  # what dtype=auto became, and why
+        write_json_atomic(
+            run_dir / "config.json",
+            {**config.to_dict(), "data": str(data_dir), "data_sources": sources, "precision": precision},
+        )
 
     tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size * group.world_size
     budget = train_config.time_budget
@@ -169,6 +173,8 @@ def train(
         disable=not group.is_main or (None if progress is None else not progress),
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
     )
+    if group.is_main and not bar.disable:
+        bar.write(f"products in {engine.precision} on {device.type}: {engine.precision_reason}")
     rate_tokens, rate_time = 0, 0.0
     last_evaluated = step if resume else -1
     with StopRequest() as stop:
