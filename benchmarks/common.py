@@ -34,9 +34,10 @@ def tiny_shakespeare_data() -> Path:
     return out
 
 
-def sgemm_peak(size: int = 2048, repeats: int = 20) -> float:
-    """The best fp32 matmul rate this process reaches, in FLOP/s: the ceiling MFU is measured against."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def sgemm_peak(size: int = 2048, repeats: int = 20, dtype: torch.dtype = torch.float32) -> float:
+    """The best matmul rate this process reaches in `dtype` (fp32 by default), in FLOP/s: the ceiling MFU is
+    measured against, for training in that dtype."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     for _ in range(3):
         a @ b
     best = float("inf")
@@ -47,12 +48,12 @@ def sgemm_peak(size: int = 2048, repeats: int = 20) -> float:
     return 2 * size**3 / best
 
 
-def peak_around(work: Callable[[], T]) -> tuple[T, float]:
-    """Run `work` between two sgemm peak measurements; return its result and the higher peak. A shared VM's
+def peak_around(work: Callable[[], T], dtype: torch.dtype = torch.float32) -> tuple[T, float]:
+    """Run `work` between two peak measurements in `dtype`; return its result and the higher peak. A shared VM's
     speed drifts by a third within minutes, so the ceiling is measured next to the work it is compared with."""
-    before = sgemm_peak()
+    before = sgemm_peak(dtype=dtype)
     result = work()
-    return result, max(before, sgemm_peak())
+    return result, max(before, sgemm_peak(dtype=dtype))
 
 
 def machine() -> dict:

@@ -1,9 +1,11 @@
 """Training throughput and MFU on this machine, and the val loss of nanoGPT's CPU recipe after 2000 steps.
 
-MFU = (6 N + 12 L H Q T) x tokens/s / (fp32 sgemm peak measured in this same run), nanoGPT's formula, with N the
-parameters without position embeddings; L, H, Q, T the layers, heads, head size and block size. The peak is
-measured just before and just after each configuration's run and the higher of the two is used: a shared VM's
-speed drifts by a third within minutes, and a peak taken minutes away would measure another machine.
+Each configuration trains twice, with its products in fp32 and in bf16 (`dtype=fp32|bf16`; autocast, fp32
+master weights). MFU = (6 N + 12 L H Q T) x tokens/s / (the matmul peak of the dtype used, measured in this same
+run), nanoGPT's formula, with N the parameters without position embeddings; L, H, Q, T the layers, heads, head
+size and block size. The peak is measured just before and just after each run and the higher of the two is
+used: a shared VM's speed drifts by a third within minutes, and a peak taken minutes away would measure
+another machine.
 
     python benchmarks/train_speed.py            (about 4 minutes on 2 cores)
 """
@@ -15,6 +17,7 @@ import shutil
 import time
 from functools import partial
 
+import torch
 from common import WORK, machine, peak_around, tiny_shakespeare_data, write_results
 
 from lucidlm.config import resolve_config
@@ -67,26 +70,32 @@ def main() -> None:
     ]
     rows = []
     for name, overrides, steps in configs:
-        row, peak = peak_around(partial(measure, name, data, "nanogpt-baby", overrides, steps))
-        row["sgemm_peak_gflops"] = round(peak / 1e9, 1)
-        row["mfu"] = round(row["flops_per_token"] * row["tokens_per_s"] / peak, 4)
-        rows.append(row)
+        for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            work = partial(measure, name, data, "nanogpt-baby", [*overrides, f"dtype={dtype}"], steps)
+            row, peak = peak_around(work, torch_dtype)
+            row["dtype"], row["peak_gflops"] = dtype, round(peak / 1e9, 1)
+            row["mfu"] = round(row["flops_per_token"] * row["tokens_per_s"] / peak, 4)
+            rows.append(row)
     results = {"machine": machine(), "runs": rows}
     lines = [
         "## Training speed on the CPU (`benchmarks/train_speed.py`)",
         "",
-        f"Machine: {machine()['threads']} threads, torch {machine()['torch']}; the fp32 sgemm peak is measured just "
-        "before and after each run. Data: Tiny Shakespeare, char tokens, nanoGPT's 90/10 split.",
+        f"Machine: {machine()['threads']} threads, torch {machine()['torch']}; the matmul peak of the run's dtype is "
+        "measured just before and after each run, and MFU is against it. Data: Tiny Shakespeare, char tokens, "
+        "nanoGPT's 90/10 split.",
         "",
-        "| config | params | steps | tokens/s | sgemm peak | MFU | val loss (20 batches) | val loss (whole split) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| config | dtype | params | steps | tokens/s | peak | MFU | val loss (20 batches) | val loss (whole split) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['name']} | {row['params'] / 1e6:.2f}M | {row['steps']} | {row['tokens_per_s']:,} | "
-            f"{row['sgemm_peak_gflops']:.0f} GFLOP/s | {row['mfu']:.0%} | {row['val_loss_estimate']:.4f} | "
-            f"{row['val_loss_full']:.4f} |"
+            f"| {row['name']} | {row['dtype']} | {row['params'] / 1e6:.2f}M | {row['steps']} | "
+            f"{row['tokens_per_s']:,} | {row['peak_gflops']:.0f} GFLOP/s | {row['mfu']:.0%} | "
+            f"{row['val_loss_estimate']:.4f} | {row['val_loss_full']:.4f} |"
         )
+    speedup = {n: rows[2 * i + 1]["tokens_per_s"] / rows[2 * i]["tokens_per_s"] for i, (n, _, _) in enumerate(configs)}
+    lines += ["", "bf16 over fp32 tokens/s, in the same run: " + ", ".join(f"{n} {x:.2f}x" for n, x in speedup.items())]
+    results["bf16_speedup"] = {n: round(x, 2) for n, x in speedup.items()}
     lines += [
         "",
         "nanoGPT on the same kind of machine (issue anchors): baby recipe about 15.4k tokens/s, 52% MFU, "
