@@ -66,3 +66,24 @@ def test_bf16_training_resumes_exactly(tmp_path, data_dir):
     x = torch.tensor([[1, 2, 3, 4]])
     m1, m2 = load_model(tmp_path / "straight", "latest")[0], load_model(tmp_path / "resumed", "latest")[0]
     torch.testing.assert_close(m1(x)[0], m2(x)[0], rtol=0, atol=0)
+
+
+def test_bf16_attention_on_the_cpu_written_out_equals_flash_attention(monkeypatch):
+    """Up to EXPLICIT_BF16_KEYS keys, bf16 attention on the CPU runs as two products and a float32 softmax
+    (faster there than PyTorch's flash kernel); its output and gradients match the flash kernel's."""
+    import lucidlm.model.gpt as gpt
+
+    torch.manual_seed(0)
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=64))
+    ids = torch.randint(0, 40, (3, 32))
+    results = {}
+    for keys in (0, 512):  # 0: every length goes to flash attention
+        monkeypatch.setattr(gpt, "EXPLICIT_BF16_KEYS", keys)
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, loss = model(ids, ids)
+        loss.backward()
+        results[keys] = (logits.float(), model.transformer.h[0].attn.c_attn.weight.grad.clone())
+    torch.testing.assert_close(results[512][0], results[0][0], atol=2e-2, rtol=0)
+    torch.testing.assert_close(results[512][1], results[0][1], atol=2e-3, rtol=5e-2)
+    assert not torch.equal(results[512][0], results[0][0])  # two paths, not one
