@@ -68,6 +68,11 @@ def markdown_to_html(text: str, heading_shift: int = 0) -> str:
     return parser(heading_shift).render(text)
 
 
+def inline_html(text: str) -> str:
+    """One line of markdown (a title) as HTML without the paragraph around it: `code`, $maths$, emphasis."""
+    return markdown_to_html(text).strip().removeprefix("<p>").removesuffix("</p>")
+
+
 def formulas(text: str) -> list[tuple[str, bool]]:
     """Every formula in `text`, as (LaTeX, display), in the order they appear."""
     found = []

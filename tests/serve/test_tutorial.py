@@ -67,7 +67,10 @@ def test_static_files_cannot_escape_their_folder(tutorial):
 def test_lessons_are_listed_and_split_into_cells(tutorial):
     headers = {"X-Tutorial-Token": TOKEN}
     lessons = httpx.get(f"{tutorial}/api/lessons", headers=headers).json()
-    assert lessons[0] == {"number": 1, "title": "the dot product", "file": "01_dot_product.py"}
+    assert lessons[0] == {
+        "number": 1, "title": "the dot product", "title_html": "the dot product", "file": "01_dot_product.py",
+    }  # fmt: skip
+    assert lessons[2]["title_html"] == "why AI code writes <code>x @ W</code>"  # the lesson's markdown, rendered
     lesson = httpx.get(f"{tutorial}/api/lessons/6", headers=headers).json()
     assert (
         lesson["cells"][0]["kind"] == "markdown"

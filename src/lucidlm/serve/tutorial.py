@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from lucidlm.errors import LucidError
 from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_sources, lesson_title
-from lucidlm.markdown import markdown_to_html
+from lucidlm.markdown import inline_html, markdown_to_html
 from lucidlm.serve.api import STATIC, APIError, BodyLimit, add_error_handlers, error_response, parse_body
 
 COOKIE = "lucidlm_tutorial_token"
@@ -479,7 +479,15 @@ def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = Non
 
     @app.get("/api/lessons")
     async def lessons():
-        return [{"number": lesson_number(p), "title": lesson_title(p), "file": p.name} for p in lesson_files()]
+        return [
+            {
+                "number": lesson_number(p),
+                "title": lesson_title(p),
+                "title_html": inline_html(lesson_title(p)),
+                "file": p.name,
+            }
+            for p in lesson_files()
+        ]
 
     def lesson_path(number: int) -> Path:
         try:
@@ -490,7 +498,14 @@ def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = Non
     @app.get("/api/lessons/{number}")
     async def lesson(number: int):
         path = lesson_path(number)
-        return {"number": number, "title": lesson_title(path), "file": path.name, "cells": lesson_cells(path)}
+        title = lesson_title(path)
+        return {
+            "number": number,
+            "title": title,
+            "title_html": inline_html(title),
+            "file": path.name,
+            "cells": lesson_cells(path),
+        }
 
     @app.post("/api/run")
     async def run(request: Request):

@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from lucidlm.errors import ConfigError
 from lucidlm.lessons import lesson_files, lesson_number, lesson_sources, lesson_title
-from lucidlm.markdown import markdown_to_html
+from lucidlm.markdown import inline_html, markdown_to_html
 from lucidlm.paths import TUTORIAL_SITE, written_directory
 
 HERE = Path(__file__).parent
@@ -89,8 +89,7 @@ def run_lesson_cells(path: Path, images_to: Path, prefix: str, seconds: float) -
 
 def title_html(path: Path) -> Markup:
     """A lesson's title with its inline marks (`code`, $maths$) rendered."""
-    html = markdown_to_html(lesson_title(path)).strip()
-    return Markup(html.removeprefix("<p>").removesuffix("</p>"))
+    return Markup(inline_html(lesson_title(path)))
 
 
 def build_tutorial_site(

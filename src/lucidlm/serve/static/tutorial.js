@@ -16,7 +16,7 @@ async function listLessons() {
   for (const lesson of lessons) {
     const link = document.createElement("a");
     link.href = `#${lesson.number}`;
-    link.textContent = `${lesson.number}. ${lesson.title}`;
+    link.innerHTML = `${lesson.number}. ${lesson.title_html}`; // rendered from the lesson's markdown, escaped
     link.addEventListener("click", () => openLesson(lesson.number));
     $("lessons").appendChild(link);
   }
@@ -27,7 +27,7 @@ async function listLessons() {
 async function openLesson(number) {
   const lesson = await getJSON(`/api/lessons/${number}`);
   const article = $("lesson");
-  article.innerHTML = `<h2>Lesson ${lesson.number}: ${lesson.title}</h2>`;
+  article.innerHTML = `<h2>Lesson ${lesson.number}: ${lesson.title_html}</h2>`;
   let explanation = null;
   for (const cell of lesson.cells) {
     if (cell.kind === "markdown") {
