@@ -87,3 +87,17 @@ def test_bf16_attention_on_the_cpu_written_out_equals_flash_attention(monkeypatc
     torch.testing.assert_close(results[512][0], results[0][0], atol=2e-2, rtol=0)
     torch.testing.assert_close(results[512][1], results[0][1], atol=2e-3, rtol=5e-2)
     assert not torch.equal(results[512][0], results[0][0])  # two paths, not one
+
+
+def test_qk_norm_under_bf16_autocast_evaluates_without_a_dtype_warning():
+    """Evaluation (no gradients) sends bf16 queries to QK-norm's fp32 gain: PyTorch warns and falls back to a slow
+    path for mixed dtypes, so RMSNorm gives its kernel one dtype."""
+    import warnings
+
+    from lucidlm.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16, norm="rmsnorm", qk_norm=True))
+    with warnings.catch_warnings(), torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("error")
+        _, loss = model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))
+    assert torch.isfinite(loss)

@@ -52,7 +52,9 @@ class RMSNorm(nn.RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or not torch.is_grad_enabled():
-            return super().forward(x)
+            # bf16 queries and keys under autocast meet an fp32 gain in QK-norm: PyTorch's kernel wants one dtype
+            # (it warns and falls back otherwise), and the training path below gives fp32 too
+            return super().forward(x if x.dtype == self.weight.dtype else x.to(self.weight.dtype))
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
         return RMSNormFunction.apply(x, self.weight, eps)
 

@@ -173,7 +173,7 @@ def train(
         disable=not group.is_main or (None if progress is None else not progress),
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
     )
-    if group.is_main and not bar.disable:
+    if group.is_main and progress is not False:
         bar.write(f"products in {engine.precision} on {device.type}: {engine.precision_reason}")
     rate_tokens, rate_time = 0, 0.0
     last_evaluated = step if resume else -1
