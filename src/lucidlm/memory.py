@@ -10,6 +10,12 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
 @functools.cache
+def c_library() -> ctypes.CDLL:
+    """The C library this process already runs on (opened once: LazyWeights trims before every tensor)."""
+    return ctypes.CDLL(None)
+
+
+@functools.cache
 def keep_freed_memory() -> bool:
     """Ask the C library's malloc to keep freed memory for reuse instead of handing it back to the kernel.
 
@@ -22,7 +28,7 @@ def keep_freed_memory() -> bool:
     its peak heap); the trainer and the NumPy GPT call it. Returns False where the C library has no mallopt
     (macOS, musl), which changes nothing else.
     """
-    libc = ctypes.CDLL(None)  # the C library this process already runs on
+    libc = c_library()
     if not hasattr(libc, "mallopt"):
         return False
     # 32 MiB is the largest mmap threshold glibc accepts on 64-bit machines; bigger blocks are still mapped.
@@ -36,6 +42,6 @@ def return_freed_memory() -> None:
     is freed inside the heap stays in the process. Converting a model's tensors one at a time (export/hf.py's
     LazyWeights) leaves such gaps behind each: a 500 MB GPT-2 grew the process by 1.35x its weights at load,
     or by 1.17x with a trim before each tensor."""
-    libc = ctypes.CDLL(None)
+    libc = c_library()
     if hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)

@@ -576,10 +576,11 @@ def create_app(
 
     @app.get("/explain/{name}")
     async def explainer_file(name: str):
-        path = STATIC / name if name == "style.css" else WEB_STATIC / name
-        if name not in ("style.css", "explain.js", "gpt.js", "tokenizer.js"):
+        if name == "style.css":
+            return FileResponse(STATIC / name, media_type="text/css")
+        if name not in ("explain.js", "gpt.js", "tokenizer.js"):
             raise APIError(404, f"no such file: /explain/{name}")
-        return FileResponse(path, media_type="text/css" if name == "style.css" else "text/javascript")
+        return FileResponse(WEB_STATIC / name, media_type="text/javascript")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -59,6 +59,12 @@ class RunnerLimits:
 # --- lessons as cells ---------------------------------------------------------------------------------------
 
 
+def lesson_entry(path: Path) -> dict:
+    """A lesson's number, title (as text and rendered from its markdown) and file name."""
+    title = lesson_title(path)
+    return {"number": lesson_number(path), "title": title, "title_html": inline_html(title), "file": path.name}
+
+
 def lesson_cells(path: Path) -> list[dict]:
     """A lesson's cells for the page: {"kind": "markdown", "html": ...} or {"kind": "code", "source": ...}."""
     return [
@@ -479,15 +485,7 @@ def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = Non
 
     @app.get("/api/lessons")
     async def lessons():
-        return [
-            {
-                "number": lesson_number(p),
-                "title": lesson_title(p),
-                "title_html": inline_html(lesson_title(p)),
-                "file": p.name,
-            }
-            for p in lesson_files()
-        ]
+        return [lesson_entry(path) for path in lesson_files()]
 
     def lesson_path(number: int) -> Path:
         try:
@@ -498,14 +496,7 @@ def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = Non
     @app.get("/api/lessons/{number}")
     async def lesson(number: int):
         path = lesson_path(number)
-        title = lesson_title(path)
-        return {
-            "number": number,
-            "title": title,
-            "title_html": inline_html(title),
-            "file": path.name,
-            "cells": lesson_cells(path),
-        }
+        return {**lesson_entry(path), "cells": lesson_cells(path)}
 
     @app.post("/api/run")
     async def run(request: Request):

@@ -101,16 +101,23 @@ def page_tensors(model: GPT) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def check_web_exportable(model: GPT, tokenizer: Tokenizer) -> None:
-    """Raise ConfigError, naming the reason, for a model or tokenizer that a page cannot run."""
-    tokenizer_for_page(tokenizer)
-    size = sum(t.numel() for t in page_tensors(model).values()) * 4
+def page_contents(model: GPT, tokenizer: Tokenizer) -> tuple[dict, dict[str, torch.Tensor]]:
+    """model.json's tokenizer and the tensors of weights.bin; ConfigError, naming the reason, for a model or
+    tokenizer that a page cannot run."""
+    described, tensors = tokenizer_for_page(tokenizer), page_tensors(model)
+    size = sum(t.numel() for t in tensors.values()) * 4
     if size > MAX_WEIGHT_BYTES:
         raise ConfigError(
             f"the model's weights are {size / 2**20:.0f} MB in float32; a web page takes at most "
             f"{MAX_WEIGHT_BYTES // 2**20} MB (about 12M parameters), since it downloads them all and runs them in "
             "JavaScript; export a smaller model, or use --format hf or gguf"
         )
+    return described, tensors
+
+
+def check_web_exportable(model: GPT, tokenizer: Tokenizer) -> None:
+    """Raise ConfigError, naming the reason, for a model or tokenizer that a page cannot run."""
+    page_contents(model, tokenizer)
 
 
 def export_web(
@@ -118,8 +125,7 @@ def export_web(
 ) -> Path:
     """Write the model's static page into the directory `out` (see the module's docstring). `lessons` is where
     the lesson pages are, relative to it, when the page is part of a built tutorial: the explainer links them."""
-    check_web_exportable(model, tokenizer)
-    described, tensors = tokenizer_for_page(tokenizer), page_tensors(model)
+    described, tensors = page_contents(model, tokenizer)
     config = {name: getattr(model.config, name) for name in model.config.__dataclass_fields__}
     with written_directory(out, WEB_EXPORT, force) as site:
         index, offset = {}, 0

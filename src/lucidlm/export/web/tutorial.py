@@ -23,14 +23,15 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup
 
+from lucidlm import __version__
 from lucidlm.errors import ConfigError
+from lucidlm.export.web.model import STYLE
 from lucidlm.lessons import lesson_files, lesson_number, lesson_sources, lesson_title
 from lucidlm.markdown import inline_html, markdown_to_html
 from lucidlm.paths import TUTORIAL_SITE, written_directory
 
 HERE = Path(__file__).parent
 FAQ = Path(__file__).resolve().parents[4] / "docs" / "FAQ.md"
-STYLE = Path(__file__).resolve().parents[2] / "serve" / "static" / "style.css"
 LESSON_SECONDS = 600.0
 
 
@@ -145,16 +146,10 @@ def build_tutorial_site(
         (site / "faq.html").write_text(page, encoding="utf-8")
         built = datetime.date.today().isoformat()
         index_page = templates.get_template("index.html").render(
-            title="the lessons", root="", lessons=entries, built=built, version=version(), model=model_page
+            title="the lessons", root="", lessons=entries, built=built, version=__version__, model=model_page
         )
         (site / "index.html").write_text(index_page, encoding="utf-8")
         failed = [e["number"] for e in entries if e["status"] != "ok"]
         manifest = {"lessons": [e["number"] for e in entries], "failed": failed, "built": built}
         (site / "lucidlm-site.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return Path(out)
-
-
-def version() -> str:
-    from lucidlm import __version__
-
-    return __version__
