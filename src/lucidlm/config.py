@@ -36,6 +36,12 @@ class TrainConfig:
     dtype: str = "auto"  # the products' precision: auto (bf16 where the device does it fast), fp32 or bf16
     compile: bool = False
     engine: str = "torch"  # or "numpy": lucidlm.scratch, the hand-written backward pass
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on a frozen --init-from model (model/lora.py)
+    lora_alpha: float = 16.0  # the adapters' scale is lora_alpha / lora_rank
+    lora_targets: str = "attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj"  # the layers of each block that get adapters
+    # with LoRA, also train the token embedding and the output layer: set by `train` when the data added tokens
+    # (a chat template's), whose rows the frozen model could not learn otherwise
+    lora_embeddings: bool = False
 
     def __post_init__(self) -> None:
         """Every training setting's type and range, checked here and nowhere else, so that a bad value from
@@ -56,6 +62,8 @@ class TrainConfig:
             ("muon_momentum", 0 <= self.muon_momentum < 1, "must lie in [0, 1)"),
             ("seed", 0 <= self.seed < 2**64, "must lie in [0, 2**64)"),
             ("time_budget", self.time_budget is None or self.time_budget > 0, "must be a positive number of seconds"),
+            ("lora_rank", self.lora_rank >= 0, "must be 0 (full fine-tuning) or a positive rank such as 8"),
+            ("lora_alpha", self.lora_alpha > 0, "must be positive"),
         ]
         for name, ok, rule in ranges:
             if not ok:
@@ -68,6 +76,12 @@ class TrainConfig:
             raise ConfigError(f"dtype {self.dtype!r} is not one of: auto, fp32, bf16")
         if self.dtype == "bf16" and self.engine == "numpy":
             raise ConfigError("the numpy engine computes in float32; drop dtype=bf16 or use engine=torch")
+        if self.lora_rank:
+            from lucidlm.model.lora import parse_targets
+
+            parse_targets(self.lora_targets)
+            if self.engine == "numpy":
+                raise ConfigError("LoRA adapters are for the torch engine; drop lora_rank or use engine=torch")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device {self.device!r} is not one of: auto, cpu, cuda, mps")
 
@@ -76,13 +90,17 @@ class TrainConfig:
 class RunConfig:
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    init_from: str | None = None  # the model a fine-tune started from (a LoRA run's frozen base), as an absolute path
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "train": asdict(self.train)}
+        return {"model": self.model.to_dict(), "train": asdict(self.train), "init_from": self.init_from}
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        return cls(GPTConfig.from_dict(data.get("model", {})), _build(TrainConfig, data.get("train", {})))
+        init_from = data.get("init_from")
+        if init_from is not None and not isinstance(init_from, str):
+            raise ConfigError(f"init_from={init_from!r} is not a path")
+        return cls(GPTConfig.from_dict(data.get("model", {})), _build(TrainConfig, data.get("train", {})), init_from)
 
 
 PRESETS: dict[str, dict[str, dict]] = {
@@ -259,4 +277,4 @@ def resolve_config(
     for layer in layers:
         for section in merged:
             merged[section].update(layer.get(section, {}))
-    return RunConfig.from_dict(merged)
+    return RunConfig.from_dict({**merged, "init_from": (base or {}).get("init_from")})

@@ -1,18 +1,31 @@
-"""The loss over a whole split: every token scored exactly once, each with up to `block_size` tokens of context.
+"""What a model is worth: its loss over a whole split, and its replies on tasks with known answers.
 
-The split is cut into consecutive windows of `block_size` tokens; the last window is moved back so that it ends
-at the last token, and only its targets that no earlier window scored are counted. This is the number to
-compare between models; the trainer's periodic estimate uses a few random batches instead.
+The loss: every token scored exactly once, each with up to `block_size` tokens of context. The split is cut
+into consecutive windows of `block_size` tokens; the last window is moved back so that it ends at the last
+token, and only its targets that no earlier window scored are counted. This is the number to compare between
+models; the trainer's periodic estimate uses a few random batches instead.
+
+Task evals (`lucidlm eval --tasks FILE.jsonl`): each record is a conversation and the one right reply. A free
+reply is generated greedily through the model's chat template and scored by exact and normalised match; a
+multiple-choice record is scored by which choice the model finds most likely, as lm-evaluation-harness
+scores ARC and MMLU.
 """
 
 from __future__ import annotations
 
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from lucidlm.device import autocast
+from lucidlm.errors import DataError
 from lucidlm.model import GPT
+from lucidlm.tokenizers import Tokenizer
 
 
 @torch.inference_mode()
@@ -44,3 +57,92 @@ def split_loss(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> tuple[fl
         total += losses.item()
         count += int((y >= 0).sum())
     return total / count, count
+
+
+# --- task evals: a model's replies scored against the right answers ------------------------------------------
+
+
+@dataclass
+class TaskRecord:
+    task: str
+    messages: list[dict[str, str]]
+    answer: str
+    choices: list[str] | None = None  # multiple choice: the answer is one of these
+
+
+def read_task_records(path: str | Path) -> list[TaskRecord]:
+    """`{"messages": [...], "answer": "..."}` lines, with an optional "task" (the table's row; default: the
+    file's name) and "choices" (multiple choice, the answer among them). A bad line is a DataError naming it."""
+    from lucidlm.chat.data import read_conversations
+
+    records = []
+    for number, record in read_conversations(path, extra_keys=("answer", "choices", "task")):
+        answer, choices, task = record.get("answer"), record.get("choices"), record.get("task", Path(path).stem)
+        where = f"{path} line {number}"
+        if not isinstance(answer, str):
+            raise DataError(f'{where}: "answer" must be the reply\'s text, a string')
+        if not isinstance(task, str):
+            raise DataError(f'{where}: "task" must be a string')
+        if choices is not None:
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise DataError(f'{where}: "choices" must be a list of at least two strings')
+            if answer not in choices:
+                raise DataError(f'{where}: the answer {answer!r} is not one of the choices')
+        if record["messages"][-1]["role"] == "assistant":
+            raise DataError(f"{where}: the conversation ends with the assistant's turn; end it where the reply goes")
+        records.append(TaskRecord(task, record["messages"], answer, choices))
+    if not records:
+        raise DataError(f"{path} holds no task records")
+    return records
+
+
+def normalise_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
+
+
+@torch.inference_mode()
+def reply_log_likelihood(model: GPT, prompt: list[int], reply: list[int]) -> float:
+    """log p(reply | prompt), summed over the reply's tokens (the context cut to the model's window from the left)."""
+    ids = (prompt + reply)[-(model.config.block_size + 1) :]
+    device = model.lm_head.weight.device
+    x = torch.tensor([ids[:-1]], device=device)
+    with autocast(device):
+        logits, _ = model(x)
+    logprobs = F.log_softmax(logits[0].float(), dim=-1)
+    targets = torch.tensor(ids[1:], device=device)
+    picked = logprobs[torch.arange(len(targets), device=device), targets]
+    return float(picked[-len(reply) :].sum())
+
+
+def score_tasks(
+    model: GPT, tokenizer: Tokenizer, records: list[TaskRecord], max_new_tokens: int = 64, progress: bool | None = None
+) -> dict:
+    """Per task: exact match (the greedy reply, stripped, equals the answer), normalised match, and for
+    multiple choice the accuracy of the choice with the highest log-likelihood (as ARC and MMLU are scored).
+    Returns {"tasks": {task: {...}}, "all": {...}, "replies": [...]}."""
+    from lucidlm.chat.template import chat_prompt
+    from lucidlm.generate import SamplingConfig, generate_text
+
+    greedy = SamplingConfig(temperature=0.0)
+    rows: dict[str, dict[str, float]] = {}
+    replies = []
+    for record in tqdm(records, desc="scoring", unit="record", disable=None if progress is None else not progress):
+        prompt, stop = chat_prompt(tokenizer, record.messages)
+        row = rows.setdefault(record.task, {"records": 0, "exact": 0, "normalised": 0})
+        row["records"] += 1
+        if record.choices is not None:
+            end = [tokenizer.eos_ids[0]] if tokenizer.eos_ids else []
+            scores = [reply_log_likelihood(model, prompt, tokenizer.encode(c) + end) for c in record.choices]
+            reply = record.choices[max(range(len(scores)), key=scores.__getitem__)]
+        else:
+            reply = "".join(generate_text(model, tokenizer, prompt, max_new_tokens, greedy, stop)).strip()
+        row["exact"] += reply == record.answer
+        row["normalised"] += normalise_answer(reply) == normalise_answer(record.answer)
+        replies.append({"task": record.task, "reply": reply, "answer": record.answer})
+    total = {key: sum(row[key] for row in rows.values()) for key in ("records", "exact", "normalised")}
+    for row in [*rows.values(), total]:
+        row["exact_match"] = row.pop("exact") / row["records"]
+        row["normalised_match"] = row.pop("normalised") / row["records"]
+    return {"tasks": rows, "all": total, "replies": replies}

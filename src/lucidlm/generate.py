@@ -206,7 +206,7 @@ class StopStreamer:
 def generate_text(
     model: GPT,
     tokenizer: Tokenizer,
-    prompt: str,
+    prompt: str | list[int],
     max_new_tokens: int = 200,
     config: SamplingConfig | None = None,
     stop: list[str] | None = None,
@@ -214,11 +214,11 @@ def generate_text(
     compiled: Callable | None = None,
     generated: list[int] | None = None,
 ) -> Iterator[str]:
-    """Stream the continuation of `prompt` as text pieces; it ends early at a stop string (not included) or at
-    one of the tokenizer's end-of-text tokens. `compiled`: see generate_ids. `generated`, when given, receives
-    every token id sampled."""
+    """Stream the continuation of `prompt` (a text, or its token ids: a chat prompt) as text pieces; it ends
+    early at a stop string (not included) or at one of the tokenizer's end-of-text tokens (a chat model's end
+    of turn). `compiled`: see generate_ids. `generated`, when given, receives every token id sampled."""
     streamer, ends = StopStreamer(tokenizer, stop), set(tokenizer.eos_ids)
-    ids = encode_prompt(tokenizer, prompt)
+    ids = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else prompt
     for token in generate_ids(model, ids, max_new_tokens, config or SamplingConfig(), generator, compiled):
         if generated is not None:
             generated.append(token)

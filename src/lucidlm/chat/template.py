@@ -1,6 +1,7 @@
 """Chat templates: a conversation written out as the text a model was trained to continue.
 
-A Hub model ships its template as Jinja2 (tokenizer_config.json's `chat_template`, or chat_template.jinja).
+lucidlm's own tokenizers get lucidlm's template when a base model is fine-tuned for chat (tokenizers/base.py:
+a special token opens each turn and one ends it). A Hub model ships its template as Jinja2 (tokenizer_config.json's `chat_template`, or chat_template.jinja).
 It is code from the internet, so it runs in Jinja2's sandbox (no attribute of Python's internals reachable),
 the way `transformers` renders it: blocks trimmed, `messages`, `add_generation_prompt`, the special tokens'
 texts (`bos_token`, `eos_token`), `raise_exception` and a `tojson` that leaves HTML alone. The reply ends at
@@ -68,6 +69,6 @@ def chat_prompt(tokenizer: Tokenizer, messages: Sequence[dict[str, str]]) -> tup
     template = tokenizer.chat_template
     if template:
         special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
-        return tokenizer.encode(render_template(template, messages, **special)), []
+        return tokenizer.encode_with_specials(render_template(template, messages, **special)), []
     text = "".join(PLAIN_TURN.format(role=m["role"].title(), content=m["content"]) for m in messages)
     return encode_prompt(tokenizer, text + "Assistant:"), [PLAIN_STOP]

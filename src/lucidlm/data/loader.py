@@ -5,6 +5,10 @@ between batches. That is what makes `--resume` exact (the step says where the da
 rank draw its own batches without talking to the others. Rank and micro-step combine into one global
 micro-batch index, rank * micro_steps + micro_step, so 2 processes with 1 micro-step each draw exactly the
 batches that 1 process with 2 micro-steps draws.
+
+Chat data (lucidlm.chat.data) adds a loss mask and the conversations' starts: a window then begins at a
+conversation, runs on into the ones after it (packing), and its targets outside the assistant's replies, or
+past the split's end, are -1, which the loss ignores.
 """
 
 from __future__ import annotations
@@ -34,17 +38,21 @@ def read_meta(data_dir: str | Path) -> dict:
     return meta
 
 
-def open_split(data_dir: str | Path, split: str) -> np.memmap:
+def open_split(data_dir: str | Path, split: str, part: str = "") -> np.memmap:
+    """A split's token file, or with `part` its "mask" (one byte a token) or "starts" (uint64 offsets) file."""
     meta = read_meta(data_dir)
-    path = Path(data_dir) / f"{split}.bin"
+    path = Path(data_dir) / (f"{split}.{part}.bin" if part else f"{split}.bin")
     if not path.exists():
         raise DataError(f"{path} is missing; prepare the data again with `lucidlm data prepare`")
-    dtype = np.dtype(meta["dtype"]).newbyteorder("<")
-    if path.stat().st_size % dtype.itemsize or path.stat().st_size // dtype.itemsize != meta[f"{split}_tokens"]:
-        raise DataError(
-            f"{path} does not hold the {meta[f'{split}_tokens']} tokens meta.json promises; prepare the data again"
-        )
+    dtype = {"": np.dtype(meta["dtype"]).newbyteorder("<"), "mask": np.dtype("u1"), "starts": np.dtype("<u8")}[part]
+    expected = meta["chat"][f"{split}_starts"] if part == "starts" else meta[f"{split}_tokens"]
+    if path.stat().st_size % dtype.itemsize or path.stat().st_size // dtype.itemsize != expected:
+        raise DataError(f"{path} does not hold the {expected} entries meta.json promises; prepare the data again")
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def is_chat_data(data_dir: str | Path) -> bool:
+    return "chat" in read_meta(data_dir)
 
 
 class BatchLoader:
@@ -64,8 +72,12 @@ class BatchLoader:
         self.rank, self.micro_steps = rank, micro_steps
         self.device = torch.device(device)
         self.splits = {split: open_split(data_dir, split) for split in SPLITS}
+        self.masks = self.starts = None
+        if is_chat_data(data_dir):
+            self.masks = {split: open_split(data_dir, split, "mask") for split in SPLITS}
+            self.starts = {split: open_split(data_dir, split, "starts") for split in SPLITS}
         for split, tokens in self.splits.items():
-            if len(tokens) < block_size + 1:
+            if self.starts is None and len(tokens) < block_size + 1:
                 raise DataError(
                     f"the {split} split of {data_dir} has {len(tokens)} tokens, fewer than block_size + 1 = "
                     f"{block_size + 1}; give more text or lower the context (--set block_size=N)"
@@ -75,11 +87,21 @@ class BatchLoader:
     def offsets(self, split: str, step: int, micro_step: int = 0) -> np.ndarray:
         index = self.rank * self.micro_steps + micro_step
         rng = np.random.default_rng([self.seed, SPLITS.index(split), step, index])
+        if self.starts is not None:
+            return self.starts[split][rng.integers(0, len(self.starts[split]), size=self.batch_size)].astype(np.int64)
         return rng.integers(0, len(self.splits[split]) - self.block_size, size=self.batch_size)
 
     def batch(self, split: str, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        windows = self.splits[split][self.offsets(split, step, micro_step)[:, None] + self.window]
-        tokens = torch.from_numpy(windows.astype(np.int64))  # (B, T + 1)
+        tokens = self.splits[split]
+        index = self.offsets(split, step, micro_step)[:, None] + self.window  # (B, T + 1)
+        inside = index < len(tokens)
+        index = np.minimum(index, len(tokens) - 1)
+        windows = tokens[index].astype(np.int64)
+        inputs, targets = windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
+        if self.masks is not None:  # a target is learned where the mask says so, and never past the split's end
+            learned = inside[:, 1:] & (self.masks[split][index[:, 1:]] == 1)
+            targets = np.where(learned, targets, -1)
+        pair = torch.from_numpy(np.stack([inputs, targets]))  # (2, B, T)
         if self.device.type == "cuda":
-            tokens = tokens.pin_memory().to(self.device, non_blocking=True)
-        return tokens[:, :-1], tokens[:, 1:]  # inputs (B, T), targets (B, T)
+            pair = pair.pin_memory().to(self.device, non_blocking=True)
+        return pair[0], pair[1]

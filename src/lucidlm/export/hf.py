@@ -27,6 +27,7 @@ from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.config import LLAMA3_ROPE_KEYS
 from lucidlm.paths import HF_EXPORT, written_directory
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
+from lucidlm.tokenizers.base import added_tokens_json
 from lucidlm.tokenizers.hf import HFTokenizer, load_hf_directory_tokenizer, read_tokenizer_file
 
 GPT2_ACTIVATIONS = {"gelu": "gelu_new", "relu": "relu", "relu2": "relu2"}  # ours -> transformers' name
@@ -271,7 +272,7 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> dict:
         "version": "1.0",
         "truncation": None,
         "padding": None,
-        "added_tokens": [],
+        "added_tokens": added_tokens_json(tokenizer.special_tokens),
         "normalizer": None,
         "pre_tokenizer": {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
         "post_processor": None,
@@ -316,10 +317,12 @@ def _write_hf_files(model: GPT, tokenizer: Tokenizer, tmp: Path) -> None:
             "clean_up_tokenization_spaces": False,
             "eos_token": eos_text,
             "bos_token": eos_text,
+            **({"chat_template": tokenizer.chat_template} if tokenizer.chat_template else {}),
         },
         "generation_config.json": {
             "bos_token_id": eos_id,
-            "eos_token_id": eos_id,
+            # every id that ends a text: a chat model's end of turn too, so that `generate` stops after a reply
+            "eos_token_id": tokenizer.eos_ids if len(tokenizer.eos_ids) > 1 else eos_id,
             "max_length": config.block_size,
             "do_sample": True,
             "temperature": 0.8,
@@ -395,17 +398,23 @@ def weight_files(directory: Path) -> list[Path]:
     raise CheckpointError(f"{directory} has no model.safetensors; give a Hugging Face model directory")
 
 
+def read_hf_config(directory: str | os.PathLike) -> dict:
+    """A Hugging Face directory's config.json."""
+    directory = Path(directory)
+    try:
+        return json.loads((directory / "config.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{directory} has no config.json; give a Hugging Face model directory") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{directory}/config.json is not valid JSON ({exc})") from None
+
+
 def load_hf(directory: str | os.PathLike, dtype: str | None = None) -> tuple[GPT, GPTConfig]:
     """A GPT-2, Llama or Qwen3 directory (config.json and model.safetensors, or its shards) as our GPT, in the
     weights' own dtype or in `dtype` ("float32", "float16", "bfloat16"). The model is made on PyTorch's meta
     device (no memory) and takes the converted tensors as its own, so the weights are in memory once."""
     directory = Path(directory)
-    try:
-        data = json.loads((directory / "config.json").read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory} has no config.json; give a Hugging Face model directory") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{directory}/config.json is not valid JSON ({exc})") from None
+    data = read_hf_config(directory)
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype} is not one of: {', '.join(DTYPES)}")
     config = config_from_hf(data)
@@ -443,11 +452,12 @@ def load_hf_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     model = data.get("model", {}) if isinstance(data, dict) else {}
     if model.get("type") == "WordLevel":
         vocab = [token for token, _ in sorted(model["vocab"].items(), key=lambda item: item[1])]
+        special = [token["content"] for token in sorted(data.get("added_tokens") or [], key=lambda t: t["id"])]
         pattern = (data.get("pre_tokenizer") or {}).get("pattern", {}).get("Regex")
         if pattern == r"[\s\S]":
-            return CharTokenizer(vocab)
+            return CharTokenizer(vocab, special)
         if pattern == r"\w+|\s+|[^\w\s]":
-            return WordTokenizer(vocab)
+            return WordTokenizer(vocab, special)
     if BPETokenizer.is_own_format(data):
         return load_tokenizer(path)
     return load_hf_directory_tokenizer(directory, hf_eos_ids(directory))

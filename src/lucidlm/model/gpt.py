@@ -389,9 +389,15 @@ class GPT(nn.Module):
             del state["lm_head.weight"]
         return state
 
-    def load_saved_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load a state written by `state_for_saving`; raises ValueError naming any mismatch."""
+    def load_saved_state(self, state: dict[str, torch.Tensor], partial: bool = False) -> None:
+        """Load a state written by `state_for_saving`; raises ValueError naming any mismatch. With `partial`,
+        `state` may hold some of the tensors (a LoRA run's base without its adapters, or its adapters alone)."""
         expected = self.state_for_saving()
+        if partial:
+            expected = {name: tensor for name, tensor in expected.items() if name in state}
+            unknown = sorted(set(state) - set(expected))
+            if unknown:
+                raise ValueError(f"unexpected tensors {', '.join(unknown[:5])}")
         check_shapes({n: t.shape for n, t in expected.items()}, {n: t.shape for n, t in state.items()})
         with torch.no_grad():
             for name, tensor in expected.items():

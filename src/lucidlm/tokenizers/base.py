@@ -9,17 +9,37 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 from lucidlm.errors import TokenizerError
 
+# The turns of lucidlm's own chat template: one special token opens each role's message, one ends every turn.
+# A tokenizer that holds them all speaks the template (`chat_template`), and its end-of-turn token ends a reply.
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+END_OF_TURN = "<|end|>"
+CHAT_TOKENS = (*ROLE_TOKENS.values(), END_OF_TURN)
+# The same template in Jinja2, the form `transformers`' `apply_chat_template` runs (written into HF exports).
+OWN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('a message role is system, user or assistant, not ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '" + END_OF_TURN + "' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '" + ROLE_TOKENS["assistant"] + "' }}{% endif %}"
+)
+
 
 class Tokenizer:
     kind: ClassVar[str] = ""
     unknown_token: ClassVar[str | None] = None  # the token that stands for what the vocabulary lacks, if any
     registry: ClassVar[dict[str, type[Tokenizer]]] = {}
+    # Special tokens (text -> id) take the ids after the ordinary vocabulary. `encode` reads their texts as
+    # plain text, so that text from outside cannot forge a turn; `encode_with_specials` reads them as tokens.
+    special_tokens: dict[str, int] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -46,15 +66,43 @@ class Tokenizer:
         """The pieces of `text` this vocabulary cannot represent, in order of first appearance."""
         raise NotImplementedError
 
+    def with_special_tokens(self, texts: Iterable[str]) -> Tokenizer:
+        """This tokenizer with `texts` added as special tokens after the ones it has (to fine-tune a base
+        model for chat); the ids it had stay as they were."""
+        raise TokenizerError(f"a {self.kind} tokenizer takes no new special tokens")
+
+    def extends(self, other: Tokenizer) -> bool:
+        """Whether this tokenizer is `other`, or `other` with special tokens added (a base model's tokenizer
+        after fine-tuning for chat): then it reads every text as `other` does, with the same ids."""
+        added = [text for text in self.special_tokens if text not in other.special_tokens]
+        try:
+            return (other.with_special_tokens(added) if added else other).to_dict() == self.to_dict()
+        except TokenizerError:
+            return False
+
     @property
     def eos_ids(self) -> list[int]:
-        """The tokens that end a text (generation stops at them); none by default."""
-        return []
+        """The tokens that end a text (generation stops at them): the end of a turn, where the tokenizer has it."""
+        return [self.special_tokens[END_OF_TURN]] if END_OF_TURN in self.special_tokens else []
 
     @property
     def chat_template(self) -> str | None:
-        """The Jinja2 chat template that comes with the tokenizer (an imported model's), if any."""
-        return None
+        """The Jinja2 chat template: lucidlm's own where the tokenizer holds its turn tokens (an imported model
+        has its own), else None."""
+        return OWN_CHAT_TEMPLATE if all(token in self.special_tokens for token in CHAT_TOKENS) else None
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Like `encode`, but the texts of special tokens become those tokens (what a rendered template needs)."""
+        if not self.special_tokens:
+            return self.encode(text)
+        alternatives = "|".join(re.escape(s) for s in sorted(self.special_tokens, key=len, reverse=True))
+        ids: list[int] = []
+        for part in re.split(f"({alternatives})", text):
+            if part in self.special_tokens:
+                ids.append(self.special_tokens[part])
+            elif part:
+                ids.extend(self.encode(part))
+        return ids
 
     def token_text(self, key: str) -> str | None:
         """The text of a named special token ("bos_token", "eos_token") that a chat template writes, if any."""
@@ -94,6 +142,30 @@ class Tokenizer:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
         os.replace(tmp, path)
+
+
+def numbered_special_tokens(first_id: int, texts: Iterable[str]) -> dict[str, int]:
+    """Special tokens numbered from `first_id` in order; a repeated text is an error."""
+    texts = list(texts)
+    if len(set(texts)) != len(texts) or not all(isinstance(t, str) and t for t in texts):
+        raise ValueError("special tokens are distinct, non-empty strings")
+    return {text: first_id + i for i, text in enumerate(texts)}
+
+
+def added_tokens_json(special_tokens: dict[str, int]) -> list[dict[str, Any]]:
+    """`added_tokens` of a Hugging Face tokenizer.json: each special token matched whole, never normalised."""
+    return [
+        {
+            "id": index,
+            "content": text,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for text, index in special_tokens.items()
+    ]
 
 
 def tokenizer_kind(data: Any) -> str | None:

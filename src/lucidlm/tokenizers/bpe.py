@@ -30,7 +30,7 @@ import regex
 from tqdm import tqdm
 
 from lucidlm.errors import ConfigError, TokenizerError
-from lucidlm.tokenizers.base import Tokenizer
+from lucidlm.tokenizers.base import Tokenizer, added_tokens_json, numbered_special_tokens
 
 # GPT-2's split (2019) and GPT-4's (cl100k_base, 2023): the latter keeps digits in groups of at most three and
 # attaches a trailing newline to punctuation.
@@ -291,18 +291,7 @@ class BPETokenizer(Tokenizer):
             "version": "1.0",
             "truncation": None,
             "padding": None,
-            "added_tokens": [
-                {
-                    "id": index,
-                    "content": text,
-                    "single_word": False,
-                    "lstrip": False,
-                    "rstrip": False,
-                    "normalized": False,
-                    "special": True,
-                }
-                for text, index in self.special_tokens.items()
-            ],
+            "added_tokens": added_tokens_json(self.special_tokens),
             "normalizer": None,
             "pre_tokenizer": {
                 "type": "Sequence",
@@ -334,7 +323,15 @@ class BPETokenizer(Tokenizer):
 
     @property
     def eos_ids(self) -> list[int]:
-        return [self.special_tokens[t] for t in DEFAULT_SPECIAL_TOKENS if t in self.special_tokens]
+        own = [self.special_tokens[t] for t in DEFAULT_SPECIAL_TOKENS if t in self.special_tokens]
+        return own + super().eos_ids
+
+    def with_special_tokens(self, texts: Iterable[str]) -> BPETokenizer:
+        texts = [*self.special_tokens, *texts]
+        return BPETokenizer(self.token_bytes, self.merges, self.pattern, numbered_special_tokens(len(self.token_bytes), texts))
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        return self.encode(text, allowed_special="all")
 
     @staticmethod
     def is_own_format(data: dict[str, Any]) -> bool:

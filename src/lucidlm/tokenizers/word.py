@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from lucidlm.errors import ConfigError
-from lucidlm.tokenizers.base import Tokenizer
+from lucidlm.tokenizers.base import Tokenizer, numbered_special_tokens
 
 WORD_PATTERN = re.compile(r"\w+|\s+|[^\w\s]")
 UNKNOWN = "<unk>"
@@ -22,11 +22,16 @@ class WordTokenizer(Tokenizer):
     kind = "word"
     unknown_token = UNKNOWN
 
-    def __init__(self, vocab: Iterable[str]):
+    def __init__(self, vocab: Iterable[str], special_tokens: Iterable[str] = ()):
         self.vocab = list(vocab)
         if not self.vocab or self.vocab[0] != UNKNOWN:
             raise ValueError(f"a word vocabulary starts with {UNKNOWN}")
         self.token_to_id = {t: i for i, t in enumerate(self.vocab)}
+        self.special_tokens = numbered_special_tokens(len(self.vocab), special_tokens)
+        self.tokens = self.vocab + list(self.special_tokens)  # id -> text, special tokens included
+
+    def with_special_tokens(self, texts: Iterable[str]) -> WordTokenizer:
+        return WordTokenizer(self.vocab, [*self.special_tokens, *texts])
 
     @staticmethod
     def split(text: str) -> list[str]:
@@ -49,11 +54,11 @@ class WordTokenizer(Tokenizer):
         return [self.token_to_id.get(t, 0) for t in self.split(text)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.vocab[i] for i in ids)
+        return "".join(self.tokens[i] for i in ids)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.vocab)
+        return len(self.tokens)
 
     def unknown_symbols(self, text: str) -> list[str]:
         return list(dict.fromkeys(t for t in self.split(text) if t not in self.token_to_id))
@@ -65,8 +70,9 @@ class WordTokenizer(Tokenizer):
         return match.start() if match else 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "version": 1, "unk_token": UNKNOWN, "vocab": self.vocab}
+        special = {"special_tokens": list(self.special_tokens)} if self.special_tokens else {}
+        return {"type": self.kind, "version": 1, "unk_token": UNKNOWN, "vocab": self.vocab, **special}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WordTokenizer:
-        return cls(data["vocab"])
+        return cls(data["vocab"], data.get("special_tokens", ()))

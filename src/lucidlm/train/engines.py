@@ -15,6 +15,7 @@ from lucidlm.config import RunConfig
 from lucidlm.device import autocast, training_precision
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
+from lucidlm.model.lora import add_lora
 from lucidlm.train.distributed import Distributed
 from lucidlm.train.optim import make_optimizer
 
@@ -29,7 +30,11 @@ class TorchEngine:
         self.device = device
         self.precision, self.precision_reason = training_precision(device, config.train.dtype)
         self.model = GPT(config.model).to(device)
-        self.optimizer = make_optimizer(self.model, config.train, device.type)
+        train = config.train
+        self.lora = bool(train.lora_rank)
+        if self.lora:  # the model is frozen but for its adapters (and, for new tokens, its embeddings)
+            self.trainable = add_lora(self.model, train.lora_rank, train.lora_alpha, train.lora_targets, train.lora_embeddings)
+        self.optimizer = make_optimizer(self.model, train, device.type)
         self.forward = torch.compile(self.model) if config.train.compile else self.model
         self.ddp = None
         if group.enabled:
@@ -77,6 +82,8 @@ class TorchEngine:
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
         weights = {name: t.detach().cpu().contiguous() for name, t in self.model.state_for_saving().items()}
+        if self.lora:  # a LoRA checkpoint holds what training changed; the base stays where init_from says
+            weights = {name: weights[name] for name in self.trainable}
         return weights, tensors, {"param_groups": optimizer["param_groups"]}
 
     def close(self) -> None:
@@ -85,14 +92,16 @@ class TorchEngine:
         self.forward = self.model
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """The weights training starts from: the whole model, or, for LoRA, the frozen base (the adapters keep
+        their initialisation)."""
         try:
-            self.model.load_saved_state(weights)
+            self.model.load_saved_state(weights, partial=self.lora)
         except ValueError as exc:
             raise CheckpointError(f"the initial weights do not fit the model ({exc})") from None
 
     def restore(self, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], extra: dict) -> None:
         try:
-            self.model.load_saved_state(weights)
+            self.model.load_saved_state(weights, partial=self.lora)
             moments: dict[int, dict[str, torch.Tensor]] = {}
             for name, value in tensors.items():
                 if name.startswith("state."):

@@ -151,7 +151,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
 def make_optimizer(model: nn.Module, config: TrainConfig, device_type: str) -> torch.optim.Optimizer:
     parameters = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "muon":
-        hidden = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2}
+        # The blocks' matrices; LoRA's thin factors (rank r) are left to AdamW, as LoRA is usually trained
+        hidden = {id(p) for n, p in model.transformer.h.named_parameters() if p.dim() == 2 and "lora_" not in n}
         groups = [
             {"params": [p for p in parameters if id(p) in hidden], "use_muon": True, "weight_decay": 0.0},
             {
@@ -162,7 +163,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device_type: str) -> t
             {"params": [p for p in parameters if p.dim() < 2], "use_muon": False, "weight_decay": 0.0},
         ]
         return MuonWithAdamW(
-            groups,
+            [group for group in groups if group["params"]],
             lr=config.lr,
             betas=(config.beta1, config.beta2),
             momentum=config.muon_momentum,

@@ -26,7 +26,7 @@ from lucidlm.errors import CheckpointError, ConfigError, DataError
 from lucidlm.model import GPT
 from lucidlm.paths import RUN_DIR, check_target, holds_run, run_directory
 from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
-from lucidlm.train.checkpoint import load_model, read_manifest, read_run_config
+from lucidlm.train.checkpoint import absolute_source, load_base, read_manifest, read_run_config
 from lucidlm.train.trainer import TrainResult, train
 
 DEFAULT_PRESET = "shakespeare-char"
@@ -84,6 +84,8 @@ def plan_run(
         else:
             vocab_size = _vocab_size(data)
             config = resolve_config(preset or DEFAULT_PRESET, config_file, _with_vocab(vocab_size, overrides))
+            if config.train.lora_rank:
+                raise ConfigError("LoRA adapts a trained model: add --init-from RUN_DIR or hf:DIR, or drop lora_rank")
             plan = RunPlan(data, out, config)
         plan.force = force
     check_fits_in_memory(plan.config)
@@ -136,6 +138,8 @@ def _plan_resume(
                 "drop them (change training settings with --set or --max-steps)"
             )
     plan = RunPlan(data, out, config, resume=True, tokenizer=tokenizer)
+    if config.train.lora_rank:  # the frozen base comes back from where the run started
+        plan.init_weights = load_base(config.init_from, tokenizer, what=str(out))[1]
     latest = read_manifest(out, "latest")
     state = json.loads((out / latest["checkpoint"] / "state.json").read_text())
     budget = config.train.time_budget
@@ -183,25 +187,13 @@ def _plan_init(
     if model_settings:
         raise ConfigError(f"the model's shape comes from --init-from; drop --set {', '.join(model_settings)}")
     config = resolve_config(preset or DEFAULT_PRESET, config_file, overrides)
-    source_model, tokenizer = load_init(init_from)
-    if data.is_dir() and not tokenizer.matches_file(data / "tokenizer.json"):
-        raise ConfigError(
-            f"{data} was prepared with another tokenizer than {init_from}; pass a text file "
-            "(it is prepared with the model's tokenizer) or data prepared with it"
-        )
-    config.model = dataclasses.replace(source_model.config, dropout=config.model.dropout)
-    return RunPlan(data, out, config, tokenizer=tokenizer, init_weights=source_model.state_for_saving())
-
-
-def load_init(source: str) -> tuple[GPT, Tokenizer]:
-    """The model and tokenizer that `--init-from` names: `hf:DIR` (a GPT-2, Llama or Qwen3 directory) or a RUN_DIR."""
-    if source.startswith("hf:"):
-        from lucidlm.export.hf import load_hf, load_hf_tokenizer
-
-        model, _ = load_hf(source[3:])
-        return model, load_hf_tokenizer(source[3:])
-    model, tokenizer, _ = load_model(source)
-    return model, tokenizer
+    data_tokenizer = load_tokenizer(data / "tokenizer.json") if data.is_dir() else None
+    model_config, weights, tokenizer = load_base(init_from, data_tokenizer, what=str(data))
+    config.model = dataclasses.replace(model_config, dropout=config.model.dropout)
+    config.init_from = absolute_source(init_from)
+    if config.train.lora_rank and data_tokenizer and data_tokenizer.vocab_size > tokenizer.vocab_size:
+        config.train.lora_embeddings = True
+    return RunPlan(data, out, config, tokenizer=tokenizer, init_weights=weights)
 
 
 # --- helpers ------------------------------------------------------------------------------------------------

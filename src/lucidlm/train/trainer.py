@@ -117,6 +117,8 @@ def train(
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     step, elapsed, best_val_loss, val_loss = 0, 0.0, math.inf, None
 
+    if init_weights is not None:  # a fine-tune's start, or a LoRA run's frozen base (on resume too)
+        engine.load_weights(init_weights)
     if resume:
         directory = find_checkpoint(run_dir, "latest")
         _check_same_tokenizer(data_dir, run_dir)
@@ -126,8 +128,6 @@ def train(
         best_val_loss, val_loss = state["best_val_loss"] or math.inf, state["val_loss"]
     elif (run_dir / "latest.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
-    elif init_weights is not None:
-        engine.load_weights(init_weights)
     if group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:

@@ -1,0 +1,221 @@
+"""Chat data: conversations in the OpenAI messages format to token files with a loss mask.
+
+A conversation is a JSON line `{"messages": [{"role": "system" | "user" | "assistant", "content": "..."}]}`.
+It is written out through the model's chat template, and each token gets a mask bit: 1 for the tokens of the
+assistant's replies and the end-of-turn token after each (what fine-tuning teaches the model to write), 0 for
+everything else (what it only reads). Beside `train.bin` and `val.bin` a chat data directory holds
+`{split}.mask.bin` (one byte a token) and `{split}.starts.bin` (where each conversation begins, uint64), so
+that the loader starts its windows at conversations, not in their middle.
+
+A line may also be `{"text": "..."}`: plain text, every token of it learned, cut into windows of the context.
+Mixed in with the conversations, it keeps the model reading and writing what it was pretrained on while it
+learns to reply (replay): fine-tuned on replies alone, a small base model soon forgets how text goes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lucidlm.chat.template import render_template
+from lucidlm.data.corpus import sha256_file
+from lucidlm.data.prepare import token_dtype
+from lucidlm.errors import ConfigError, DataError, TokenizerError
+from lucidlm.paths import DATA_DIR, check_target, written_directory
+from lucidlm.tokenizers import Tokenizer
+from lucidlm.tokenizers.base import CHAT_TOKENS
+
+ROLES = ("system", "user", "assistant")
+MASK_DTYPE = np.dtype("u1")
+STARTS_DTYPE = np.dtype("<u8")
+
+
+def read_conversations(
+    path: str | os.PathLike, extra_keys: Sequence[str] = (), text: bool = False
+) -> Iterator[tuple[int, dict]]:
+    """(line number, record) for each non-empty line of a messages JSONL file (and, with `text`, of plain
+    `{"text": ...}` records). A line that is not a valid record is a DataError naming the file, the line and
+    the problem."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file; give a JSONL file of conversations") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+        if text and isinstance(record, dict) and "text" in record:
+            problem = None if set(record) == {"text"} and isinstance(record["text"], str) else (
+                'a text line is {"text": "..."} and nothing else'
+            )
+        else:
+            problem = conversation_problem(record, extra_keys)
+        if problem:
+            raise DataError(f"{path} line {number}: {problem}")
+        yield number, record
+
+
+def conversation_problem(record: object, extra_keys: Sequence[str] = ()) -> str | None:
+    """What is wrong with a conversation record, or None."""
+    if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or not record["messages"]:
+        return 'expected {"messages": [{"role": ..., "content": ...}, ...]}'
+    unknown = sorted(set(record) - {"messages", *extra_keys})
+    if unknown:
+        return f"unknown key(s) {', '.join(map(repr, unknown))}; a line holds \"messages\""
+    for index, message in enumerate(record["messages"]):
+        if not isinstance(message, dict) or set(message) - {"role", "content", "name"}:
+            return f'message {index + 1} is not {{"role": ..., "content": ...}}'
+        if message.get("role") not in ROLES:
+            return f"message {index + 1} has role {message.get('role')!r}; use one of: {', '.join(ROLES)}"
+        if not isinstance(message.get("content"), str):
+            return f"message {index + 1} has no text content (\"content\" must be a string)"
+    return None
+
+
+def encode_conversation(tokenizer: Tokenizer, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int], list[int]]:
+    """(ids, mask, ends) of a conversation through the tokenizer's chat template: mask 1 on each assistant reply
+    and what the template writes after it up to the next message (its end of turn); `ends[i]` is the number of
+    ids up to the end of the i-th assistant reply, where a conversation may be cut.
+
+    The template is rendered up to each assistant message (with the generation prompt) and through it; the
+    pieces between are encoded one at a time, so every token belongs to one piece."""
+    template = tokenizer.chat_template
+    if not template:
+        raise ConfigError("the tokenizer has no chat template; prepare chat data with --tokenizer-from a run or hf:DIR")
+    special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
+    ids: list[int] = []
+    mask: list[int] = []
+    ends: list[int] = []
+    done = ""  # the text encoded so far
+
+    def add(text: str, learned: int) -> None:
+        nonlocal done
+        if not text.startswith(done):
+            raise ConfigError(
+                "the chat template writes a conversation's start differently once more messages follow; "
+                "it cannot mark the replies"
+            )
+        piece = tokenizer.encode_with_specials(text[len(done) :])
+        ids.extend(piece)
+        mask.extend([learned] * len(piece))
+        done = text
+
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        add(render_template(template, messages[:index], add_generation_prompt=True, **special), 0)
+        add(render_template(template, messages[: index + 1], add_generation_prompt=False, **special), 1)
+        ends.append(len(ids))
+    add(render_template(template, messages, add_generation_prompt=False, **special), 0)
+    return ids, mask, ends
+
+
+@dataclass
+class ChatSplit:
+    ids: list[int] = field(default_factory=list)
+    mask: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+
+    def add(self, ids: list[int], mask: list[int]) -> None:
+        self.starts.append(len(self.ids))
+        self.ids.extend(ids)
+        self.mask.extend(mask)
+
+
+def fit_to_context(ids: list[int], mask: list[int], ends: list[int], context: int) -> tuple[list[int], list[int]] | None:
+    """The conversation cut after its last assistant reply that fits in `context` tokens (None if none does)."""
+    if len(ids) <= context:
+        return ids, mask
+    fitting = [end for end in ends if end <= context]
+    if not fitting:
+        return None
+    return ids[: fitting[-1]], mask[: fitting[-1]]
+
+
+def prepare_chat(
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tokenizer: Tokenizer,
+    context: int,
+    val_fraction: float = 0.1,
+    force: bool = False,
+    progress: bool | None = None,
+) -> dict:
+    """Encode the conversations of `path` into a chat data directory; returns its meta.json. A conversation
+    longer than `context` + 1 tokens (one training window) is cut after its last reply that fits, or dropped
+    when not even its first reply fits. The validation split takes every conversation that brings the running
+    count of `val_fraction * i` past a whole number, so it is spread through the file."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
+    check_target(out_dir, DATA_DIR, force)
+    if tokenizer.chat_template is None:
+        tokenizer = tokenizer.with_special_tokens(CHAT_TOKENS)
+    splits = {"train": ChatSplit(), "val": ChatSplit()}
+    counts = {"conversations": 0, "texts": 0, "cut": 0, "dropped": 0}
+    records = list(read_conversations(path, text=True))
+    disable = None if progress is None else not progress
+    for index, (number, record) in enumerate(tqdm(records, desc="encoding", unit="line", disable=disable)):
+        split = splits["val" if int((index + 1) * val_fraction) > int(index * val_fraction) else "train"]
+        try:
+            if "text" in record:
+                ids = tokenizer.encode(record["text"])
+                for start in range(0, len(ids), context + 1):
+                    split.add(ids[start : start + context + 1], [1] * len(ids[start : start + context + 1]))
+                counts["texts"] += 1
+                continue
+            ids, mask, ends = encode_conversation(tokenizer, record["messages"])
+        except TokenizerError as exc:
+            raise DataError(f"{path} line {number}: {exc}") from None
+        if not ends:
+            raise DataError(f"{path} line {number}: the conversation has no assistant message to learn")
+        fitted = fit_to_context(ids, mask, ends, context + 1)
+        counts["conversations"] += 1
+        if fitted is None:
+            counts["dropped"] += 1
+            continue
+        counts["cut"] += len(fitted[0]) < len(ids)
+        split.add(*fitted)
+    for name, split in splits.items():
+        if not split.starts:
+            raise DataError(
+                f"{path}: the {name} split has no conversation ({counts['conversations']} read, "
+                f"{counts['dropped']} longer than the context of {context}); give more conversations"
+            )
+    dtype = token_dtype(tokenizer.vocab_size)
+    with written_directory(out_dir, DATA_DIR, force) as out:
+        for name, split in splits.items():
+            np.asarray(split.ids, dtype=dtype).tofile(out / f"{name}.bin")
+            np.asarray(split.mask, dtype=MASK_DTYPE).tofile(out / f"{name}.mask.bin")
+            np.asarray(split.starts, dtype=STARTS_DTYPE).tofile(out / f"{name}.starts.bin")
+        meta = {
+            "tokenizer": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": dtype.name,
+            "train_tokens": len(splits["train"].ids),
+            "val_tokens": len(splits["val"].ids),
+            "val_fraction": val_fraction,
+            "chat": {
+                "context": context,
+                **counts,
+                # where the loader may start a window: at each conversation, and at each context of a text
+                "train_starts": len(splits["train"].starts),
+                "val_starts": len(splits["val"].starts),
+                "learned_tokens": {name: sum(split.mask) for name, split in splits.items()},
+            },
+            "sources": [{"source": str(path), "sha256": sha256_file(Path(path))}],
+        }
+        tokenizer.save(out / "tokenizer.json")
+        (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta

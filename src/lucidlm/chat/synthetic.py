@@ -1,0 +1,153 @@
+"""A seeded instruction set that a small character-level model can learn in minutes (`make chat-demo`).
+
+Six kinds of task, each a one-turn conversation with one right answer, so that a reply is scored by exact
+match:
+- add, subtract: "What is 37 plus 48?" -> "85" (numbers below 100, never a negative result)
+- reverse, spell, length: a made-up word of 3 to 6 letters, reversed ("Reverse pilot." -> "tolip"), spelled
+  with spaces ("p i l o t") or counted ("How many letters are in pilot?" -> "5")
+- lookup: a system prompt with a small table of facts ("Ann is 7. Bob is 12. Cy is 30.") and a question about
+  one of them ("How old is Bob?" -> "12"): the answer is read from the context, not remembered.
+
+The words are random letters, so the held-out set asks about words the model has never seen. Every text uses
+only characters of the Shakespeare corpus (no "+" or "="), which the demo's char tokenizer was built from. The
+held-out set is disjoint from the training set: no user question (with its system prompt) is in both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+TASKS = ("add", "subtract", "reverse", "spell", "length", "lookup")
+NAMES = ("Ann", "Bob", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jo", "Kit", "Lu")
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def made_up_word(rng: random.Random) -> str:
+    return "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6)))
+
+
+def add(rng: random.Random) -> tuple[str | None, str, str]:
+    a, b = rng.randrange(100), rng.randrange(100)
+    return None, f"What is {a} plus {b}?", str(a + b)
+
+
+def subtract(rng: random.Random) -> tuple[str | None, str, str]:
+    a, b = sorted((rng.randrange(100), rng.randrange(100)), reverse=True)
+    return None, f"What is {a} minus {b}?", str(a - b)
+
+
+def reverse(rng: random.Random) -> tuple[str | None, str, str]:
+    word = made_up_word(rng)
+    return None, f"Reverse {word}.", word[::-1]
+
+
+def spell(rng: random.Random) -> tuple[str | None, str, str]:
+    word = made_up_word(rng)
+    return None, f"Spell {word}.", " ".join(word)
+
+
+def length(rng: random.Random) -> tuple[str | None, str, str]:
+    word = made_up_word(rng)
+    return None, f"How many letters are in {word}?", str(len(word))
+
+
+def lookup(rng: random.Random) -> tuple[str | None, str, str]:
+    names = rng.sample(NAMES, 3)
+    ages = [rng.randint(1, 99) for _ in names]
+    asked = rng.randrange(3)
+    facts = " ".join(f"{name} is {age}." for name, age in zip(names, ages, strict=True))
+    return facts, f"How old is {names[asked]}?", str(ages[asked])
+
+
+# How many training conversations each task gets, in units of `train_per_task`: the word tasks are learned in
+# a minute, carrying digits and reading a table take longer.
+TRAIN_WEIGHTS = {"add": 3, "subtract": 2, "reverse": 1, "spell": 1, "length": 1, "lookup": 2}
+
+MAKERS: dict[str, Callable[[random.Random], tuple[str | None, str, str]]] = {
+    "add": add,
+    "subtract": subtract,
+    "reverse": reverse,
+    "spell": spell,
+    "length": length,
+    "lookup": lookup,
+}
+
+
+def task_record(task: str, system: str | None, question: str, answer: str) -> dict:
+    """An eval record: the conversation up to the question, the one right answer, and its task."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    return {"task": task, "messages": messages, "answer": answer}
+
+
+def make_task_sets(train_per_task: int, held_out_per_task: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(training conversations, held-out eval records): the same tasks, no question in both."""
+    rng = random.Random(seed)
+    held_out: list[dict] = []
+    asked: set[tuple[str | None, str]] = set()
+    for task in TASKS:
+        count = 0
+        while count < held_out_per_task:
+            system, question, answer = MAKERS[task](rng)
+            if (system, question) not in asked:
+                asked.add((system, question))
+                held_out.append(task_record(task, system, question, answer))
+                count += 1
+    train: list[dict] = []
+    tasks = [task for task in TASKS for _ in range(TRAIN_WEIGHTS[task] * train_per_task)]
+    rng.shuffle(tasks)
+    for task in tasks:
+        system, question, answer = MAKERS[task](rng)
+        while (system, question) in asked:
+            system, question, answer = MAKERS[task](rng)
+        record = task_record(task, system, question, answer)
+        train.append({"messages": [*record["messages"], {"role": "assistant", "content": answer}]})
+    return train, held_out
+
+
+def replay_texts(path: str | os.PathLike, count: int, length: int, seed: int = 0, train_fraction: float = 0.9) -> list[dict]:
+    """`count` {"text": ...} records, each `length` characters from a random place in the first
+    `train_fraction` of the text file (its training split as `data prepare` cuts it, so that the validation
+    split stays unseen)."""
+    text = Path(path).read_text(encoding="utf-8")
+    end = int(len(text) * train_fraction) - length
+    rng = random.Random(seed)
+    return [{"text": text[start : start + length]} for start in (rng.randrange(end) for _ in range(count))]
+
+
+def write_jsonl(records: list[dict], path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m lucidlm.chat.synthetic --out DIR`: DIR/train.jsonl (conversations) and DIR/heldout.jsonl
+    (eval records)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--train-per-task", type=int, default=10_000, help="times TRAIN_WEIGHTS (default 10000)")
+    parser.add_argument("--held-out-per-task", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--replay", metavar="TEXT_FILE", help="mix in passages of the base model's training text")
+    parser.add_argument("--replay-texts", type=int, default=20_000, help="how many passages (default 20000)")
+    parser.add_argument("--replay-length", type=int, default=65, help="characters a passage (default 65)")
+    args = parser.parse_args(argv)
+    train, held_out = make_task_sets(args.train_per_task, args.held_out_per_task, args.seed)
+    if args.replay:
+        train += replay_texts(args.replay, args.replay_texts, args.replay_length, args.seed)
+        random.Random(args.seed).shuffle(train)
+    write_jsonl(train, Path(args.out) / "train.jsonl")
+    write_jsonl(held_out, Path(args.out) / "heldout.jsonl")
+    print(f"wrote {args.out}/train.jsonl ({len(train):,} conversations) and heldout.jsonl ({len(held_out):,} records)")
+
+
+if __name__ == "__main__":
+    main()
