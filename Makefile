@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA := data/shakespeare-char
 RUN := runs/demo
 
-.PHONY: setup demo test soak lint format bench clean notebooks
+.PHONY: setup demo chat-demo test soak lint format bench clean notebooks
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,24 @@ demo: setup
 	@echo "  $(BIN)/lucidlm generate --checkpoint $(RUN) --prompt 'JULIET:' --temperature 0.7 --num-samples 3"
 	@echo "  $(BIN)/lucidlm train --data my.txt --out runs/mine"
 	@echo "  (the loss curve is $(RUN)/loss.png)"
+
+# Fine-tunes the demo's model into a small assistant (README: Chat): a seeded task set, 5 minutes of training,
+# the held-out scores, a scripted chat, and the Shakespeare loss after it.
+CHAT_TASKS := data/chat-tasks
+CHAT_DATA := data/chat
+CHAT_RUN := runs/chat
+chat-demo: setup
+	@test -f $(RUN)/best.json || $(MAKE) demo
+	$(BIN)/python -m lucidlm.chat.synthetic --out $(CHAT_TASKS) --replay shakespeare
+	$(BIN)/lucidlm data prepare --chat $(CHAT_TASKS)/train.jsonl --tokenizer-from $(RUN) --out $(CHAT_DATA) --force
+	$(BIN)/lucidlm train --init-from $(RUN) --data $(CHAT_DATA) --out $(CHAT_RUN) --time-budget 300 --set eval_interval=1000 --force
+	$(BIN)/lucidlm eval --checkpoint $(CHAT_RUN) --tasks $(CHAT_TASKS)/heldout.jsonl
+	printf '%s\n' 'What is 27 plus 58?' 'Reverse lantern.' 'Spell quiet.' '/system Ann is 31. Bob is 8. Cy is 64.' 'How old is Cy?' \
+		| $(BIN)/lucidlm chat --checkpoint $(CHAT_RUN) --temperature 0
+	$(BIN)/lucidlm eval --checkpoint $(CHAT_RUN) --data $(DATA)
+	$(BIN)/lucidlm eval --checkpoint $(RUN) --data $(DATA)
+	@echo
+	@echo "Next: chat with it ($(BIN)/lucidlm chat --checkpoint $(CHAT_RUN)), or try LoRA: add --set lora_rank=8"
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

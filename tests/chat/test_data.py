@@ -56,7 +56,7 @@ def test_the_loss_is_the_mean_over_the_assistants_tokens_only(tmp_path, chat_tok
             if y[row, position] >= 0:
                 by_hand.append(F.cross_entropy(logits[row, position][None], y[row, position][None]))
     assert len(by_hand) >= 5  # at least one conversation's replies in each row
-    assert float(loss.detach()) == pytest.approx(float(torch.stack(by_hand).mean()), abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(torch.stack(by_hand).mean().detach()), abs=1e-6)
 
 
 def test_prepared_chat_data_records_counts_and_the_extended_tokenizer(tmp_path, chat_tokenizer):

@@ -78,7 +78,7 @@ def test_a_base_run_fine_tuned_on_chat_data_chats(tmp_path, text_file):
     trained = run_lucidlm("train", "--data", text_file, "--out", base, "--max-steps", "10", *tiny_model_args(),
                           "--no-progress", "--set", "block_size=48")
     assert trained.returncode == 0, trained.stderr
-    write_jsonl(tmp_path / "chat.jsonl", [conversation(f"Speak {c}", "Speak, speak.") for c in "abcdefghiklmnoprstu"])
+    write_jsonl(tmp_path / "chat.jsonl", [conversation(f"Speak {c}", "Speak, speak.") for c in "aeioustdnmklphcfrvwy"])
     write_jsonl(tmp_path / "digits.jsonl", [conversation("Speak 0", "Speak.")])
     refused = run_lucidlm("data", "prepare", "--chat", tmp_path / "digits.jsonl", "--tokenizer-from", base,
                           "--out", tmp_path / "data")
@@ -87,7 +87,7 @@ def test_a_base_run_fine_tuned_on_chat_data_chats(tmp_path, text_file):
     prepared = run_lucidlm("data", "prepare", "--chat", tmp_path / "chat.jsonl", "--tokenizer-from", base,
                            "--out", tmp_path / "data")
     assert prepared.returncode == 0, prepared.stderr
-    assert "19 conversations and 0 texts" in prepared.stdout
+    assert "20 conversations and 0 texts" in prepared.stdout
     tuned = run_lucidlm("train", "--init-from", base, "--data", tmp_path / "data", "--out", tmp_path / "sft",
                         "--max-steps", "6", "--device", "cpu", "--no-progress")
     assert tuned.returncode == 0, tuned.stderr
@@ -97,9 +97,10 @@ def test_a_base_run_fine_tuned_on_chat_data_chats(tmp_path, text_file):
     assert config.model.vocab_size == base_model.config.vocab_size + 4
     # the run speaks its template: a reply stops at the end of turn
     chatted = run_lucidlm("chat", "--checkpoint", tmp_path / "sft", "--temperature", "0", "--max-new-tokens", "5",
-                          input="Speak 3\n/reset\nSpeak 4\n")
+                          input="Speak a\n/reset\nSpeak 4\nSpeak e\n")
     assert chatted.returncode == 0, chatted.stderr
     assert len(chatted.stdout.splitlines()) == 3 and "note:" not in chatted.stderr
+    assert chatted.stderr.strip() == "error: characters not in the vocabulary: '4'; remove them"
     # the base model's own data is still scored, its tokenizer being the chat one's without the turns
     scored = run_lucidlm("eval", "--checkpoint", tmp_path / "sft", "--data", base / "data", "--which", "latest")
     assert scored.returncode == 0, scored.stderr

@@ -4,8 +4,9 @@ Each line you type is a user turn; the reply streams as it is sampled and ends a
 whole conversation goes back to the model every turn, through its chat template, with the oldest exchanges
 dropped (whole turns, never half of one) once it would not leave room for a reply in the model's context.
 Commands: /system TEXT (a system prompt; /system alone removes it), /reset (forget the conversation), /exit.
-Ctrl-C stops a reply and keeps the chat; Ctrl-D (end of input) ends it. Piped input works the same, one user
-turn a line, so a chat can be scripted.
+Ctrl-C stops a reply and keeps the chat; Ctrl-D (end of input) ends it; a turn the model cannot read is an
+error on stderr, and the chat goes on. Piped input works the same, one user turn a line, so a chat can be
+scripted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lucidlm.chat.template import chat_prompt
+from lucidlm.errors import LucidError
 from lucidlm.generate import SamplingConfig, generate_text
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer
@@ -51,7 +53,11 @@ class ChatSession:
     def reply(self, text: str, write: Callable[[str], None]) -> str:
         """Add the user's turn, stream the reply through `write`, and keep it (Ctrl-C keeps what came)."""
         self.turns.append({"role": "user", "content": text})
-        ids, stop = self.prompt()
+        try:
+            ids, stop = self.prompt()
+        except LucidError:  # a turn the model cannot read (characters outside its vocabulary) is not kept
+            self.turns.pop()
+            raise
         pieces: list[str] = []
         try:
             for piece in generate_text(
@@ -119,5 +125,9 @@ def run_chat(session: ChatSession, stdin=None, stdout=None) -> None:
                 return
             write(said + "\n")
             continue
-        session.reply(line, write)
+        try:
+            session.reply(line, write)
+        except LucidError as exc:  # one bad turn is said and skipped; the chat goes on
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            continue
         write("\n")

@@ -65,7 +65,7 @@ def lookup(rng: random.Random) -> tuple[str | None, str, str]:
 
 # How many training conversations each task gets, in units of `train_per_task`: the word tasks are learned in
 # a minute, carrying digits and reading a table take longer.
-TRAIN_WEIGHTS = {"add": 3, "subtract": 2, "reverse": 1, "spell": 1, "length": 1, "lookup": 2}
+TRAIN_WEIGHTS = {"add": 3, "subtract": 3, "reverse": 1, "spell": 1, "length": 1, "lookup": 3}
 
 MAKERS: dict[str, Callable[[random.Random], tuple[str | None, str, str]]] = {
     "add": add,
@@ -136,13 +136,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-per-task", type=int, default=10_000, help="times TRAIN_WEIGHTS (default 10000)")
     parser.add_argument("--held-out-per-task", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--replay", metavar="TEXT_FILE", help="mix in passages of the base model's training text")
+    parser.add_argument(
+        "--replay", metavar="TEXT_FILE|shakespeare", help="mix in passages of the base model's training text"
+    )
     parser.add_argument("--replay-texts", type=int, default=20_000, help="how many passages (default 20000)")
     parser.add_argument("--replay-length", type=int, default=65, help="characters a passage (default 65)")
     args = parser.parse_args(argv)
     train, held_out = make_task_sets(args.train_per_task, args.held_out_per_task, args.seed)
     if args.replay:
-        train += replay_texts(args.replay, args.replay_texts, args.replay_length, args.seed)
+        from lucidlm.data.corpus import CORPORA, corpus_path
+
+        text = corpus_path(args.replay) if args.replay in CORPORA else args.replay
+        train += replay_texts(text, args.replay_texts, args.replay_length, args.seed)
         random.Random(args.seed).shuffle(train)
     write_jsonl(train, Path(args.out) / "train.jsonl")
     write_jsonl(held_out, Path(args.out) / "heldout.jsonl")
