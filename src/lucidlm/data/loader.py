@@ -47,7 +47,8 @@ def open_split(data_dir: str | Path, split: str, part: str = "") -> np.memmap:
     dtype = {"": np.dtype(meta["dtype"]).newbyteorder("<"), "mask": np.dtype("u1"), "starts": np.dtype("<u8")}[part]
     expected = meta["chat"][f"{split}_starts"] if part == "starts" else meta[f"{split}_tokens"]
     if path.stat().st_size % dtype.itemsize or path.stat().st_size // dtype.itemsize != expected:
-        raise DataError(f"{path} does not hold the {expected} entries meta.json promises; prepare the data again")
+        what = "window starts" if part == "starts" else "tokens"
+        raise DataError(f"{path} does not hold the {expected} {what} meta.json promises; prepare the data again")
     return np.memmap(path, dtype=dtype, mode="r")
 
 
