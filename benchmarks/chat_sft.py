@@ -36,27 +36,55 @@ def main() -> None:
             lucidlm("data", "prepare", "--corpus", "shakespeare", "--tokenizer", "char", "--out", DEMO_DATA)
         lucidlm("train", "--data", DEMO_DATA, "--out", DEMO_RUN, "--preset", "shakespeare-char", "--no-progress")
     tasks, data = WORK / "chat-tasks", WORK / "chat-data"
-    subprocess.run([sys.executable, "-m", "lucidlm.chat.synthetic", "--out", tasks, "--replay", "shakespeare"], check=True)
-    prepared = lucidlm("data", "prepare", "--chat", tasks / "train.jsonl", "--tokenizer-from", DEMO_RUN,
-                       "--out", data, "--force")
+    subprocess.run(
+        [sys.executable, "-m", "lucidlm.chat.synthetic", "--out", tasks, "--replay", "shakespeare"], check=True
+    )
+    prepared = lucidlm(
+        "data", "prepare", "--chat", tasks / "train.jsonl", "--tokenizer-from", DEMO_RUN, "--out", data, "--force"
+    )
     base_loss = json.loads(lucidlm("eval", "--checkpoint", DEMO_RUN, "--data", DEMO_DATA, "--json"))["loss"]
     runs = {}
     for name, settings in VARIANTS.items():
         out = WORK / ("chat-" + name.split(",")[0].split()[0].lower())
         started = time.perf_counter()
-        trained = lucidlm("train", "--init-from", DEMO_RUN, "--data", data, "--out", out, "--time-budget", BUDGET,
-                          "--set", "eval_interval=1000", "--force", "--no-progress", *settings)
+        trained = lucidlm(
+            "train",
+            "--init-from",
+            DEMO_RUN,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--time-budget",
+            BUDGET,
+            "--set",
+            "eval_interval=1000",
+            "--force",
+            "--no-progress",
+            *settings,
+        )
         seconds = time.perf_counter() - started
         scores = json.loads(lucidlm("eval", "--checkpoint", out, "--tasks", tasks / "heldout.jsonl", "--json"))
         loss = json.loads(lucidlm("eval", "--checkpoint", out, "--data", DEMO_DATA, "--json"))["loss"]
-        runs[name] = {"train_output": trained.strip().splitlines()[0], "wall_s": round(seconds, 1),
-                      "tasks": scores["tasks"], "all": scores["all"], "shakespeare_val_loss": loss}
-    results = {"machine": machine(), "budget_s": BUDGET, "prepared": prepared.strip(), "base_val_loss": base_loss,
-               "runs": runs}
+        runs[name] = {
+            "train_output": trained.strip().splitlines()[0],
+            "wall_s": round(seconds, 1),
+            "tasks": scores["tasks"],
+            "all": scores["all"],
+            "shakespeare_val_loss": loss,
+        }
+    results = {
+        "machine": machine(),
+        "budget_s": BUDGET,
+        "prepared": prepared.strip(),
+        "base_val_loss": base_loss,
+        "runs": runs,
+    }
     task_names = list(next(iter(runs.values()))["tasks"])
     header = "| | " + " | ".join(task_names) + " | Shakespeare val loss (base " + f"{base_loss:.4f}) |"
     rows = [
-        f"| {name} | " + " | ".join(f"{run['tasks'][t]['exact_match']:.1%}" for t in task_names)
+        f"| {name} | "
+        + " | ".join(f"{run['tasks'][t]['exact_match']:.1%}" for t in task_names)
         + f" | {run['shakespeare_val_loss']:.4f} ({run['shakespeare_val_loss'] - base_loss:+.4f}) |"
         for name, run in runs.items()
     ]

@@ -616,9 +616,7 @@ def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> No
     width = max(len("task"), *(len(task) for task in result["tasks"]))
     print(f"{'task':<{width}}  records  exact match  normalised match")
     for task, row in [*result["tasks"].items(), ("all", result["all"])]:
-        print(
-            f"{task:<{width}}  {row['records']:7d}  {row['exact_match']:11.1%}  {row['normalised_match']:16.1%}"
-        )
+        print(f"{task:<{width}}  {row['records']:7d}  {row['exact_match']:11.1%}  {row['normalised_match']:16.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,7 +87,7 @@ def read_task_records(path: str | Path) -> list[TaskRecord]:
             if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
                 raise DataError(f'{where}: "choices" must be a list of at least two strings')
             if answer not in choices:
-                raise DataError(f'{where}: the answer {answer!r} is not one of the choices')
+                raise DataError(f"{where}: the answer {answer!r} is not one of the choices")
         if record["messages"][-1]["role"] == "assistant":
             raise DataError(f"{where}: the conversation ends with the assistant's turn; end it where the reply goes")
         records.append(TaskRecord(task, record["messages"], answer, choices))

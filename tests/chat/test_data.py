@@ -26,7 +26,9 @@ TWO_TURNS = [
 
 def test_the_mask_covers_each_reply_and_its_end_of_turn(chat_tokenizer):
     ids, mask, ends = encode_conversation(chat_tokenizer, TWO_TURNS)
-    text = "<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>Yo<|end|><|user|>2 plus 2?<|end|><|assistant|>4<|end|>"
+    text = (
+        "<|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>Yo<|end|><|user|>2 plus 2?<|end|><|assistant|>4<|end|>"
+    )
     assert ids == chat_tokenizer.encode_with_specials(text)
     learned = chat_tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
     assert learned == "Yo<|end|>4<|end|>"
@@ -62,8 +64,13 @@ def test_the_loss_is_the_mean_over_the_assistants_tokens_only(tmp_path, chat_tok
 def test_prepared_chat_data_records_counts_and_the_extended_tokenizer(tmp_path, chat_tokenizer):
     plain = CharTokenizer(chat_tokenizer.chars)  # a base model's tokenizer: prepare_chat adds the turn tokens
     records = [conversation(f"q{i}", f"a{i}") for i in range(9)] + [{"text": "plain text " * 10}]
-    long = {"messages": [*conversation("hi", "yo")["messages"], {"role": "user", "content": "x" * 80},
-                         {"role": "assistant", "content": "no"}]}
+    long = {
+        "messages": [
+            *conversation("hi", "yo")["messages"],
+            {"role": "user", "content": "x" * 80},
+            {"role": "assistant", "content": "no"},
+        ]
+    }
     too_long = conversation("y" * 80, "no")
     write_jsonl(tmp_path / "c.jsonl", [*records, long, too_long])
     meta = prepare_chat(tmp_path / "c.jsonl", tmp_path / "data", plain, context=40, progress=False)

@@ -34,8 +34,17 @@ def write_run(run_dir, tokenizer, model: GPT) -> None:
 def endless_model(tokenizer) -> GPT:
     """A model whose every next token is "a": its replies never reach the end of turn by themselves."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16,
-                          bias=True, tie_embeddings=False)).eval()
+    model = GPT(
+        GPTConfig(
+            vocab_size=tokenizer.vocab_size,
+            block_size=BLOCK,
+            n_layer=1,
+            n_head=2,
+            n_embd=16,
+            bias=True,
+            tie_embeddings=False,
+        )
+    ).eval()
     with torch.no_grad():
         model.transformer.ln_f.weight.zero_()
         model.transformer.ln_f.bias.fill_(1.0)
@@ -67,8 +76,13 @@ class Terminal:
 
     def __init__(self, *args):
         self.fd_parent, fd_child = pty.openpty()
-        self.process = subprocess.Popen([sys.executable, "-m", "lucidlm", "chat", *map(str, args)], stdin=fd_child,
-                                        stdout=fd_child, stderr=fd_child, start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "lucidlm", "chat", *map(str, args)],
+            stdin=fd_child,
+            stdout=fd_child,
+            stderr=fd_child,
+            start_new_session=True,
+        )
         os.close(fd_child)
         self.seen = ""
 
@@ -102,8 +116,9 @@ def test_a_chat_in_a_terminal(chat_run, chat_tokenizer):
     terminal.type("/reset\n")
     terminal.read_until("(the conversation is forgotten)")
     terminal.type("Hi there\n")  # after /reset: the system prompt and this turn alone
-    expected = reply(model, chat_tokenizer, [{"role": "system", "content": "Be brief."},
-                                             {"role": "user", "content": "Hi there"}])
+    expected = reply(
+        model, chat_tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    )
     terminal.read_until(expected + "\r\n> ")
     terminal.type("\x04")  # Ctrl-D
     assert terminal.close() == 0
@@ -125,9 +140,24 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path, chat_tokenizer):
 def test_piped_turns_and_history_cropped_at_turn_boundaries(chat_run, chat_tokenizer):
     run, model = chat_run
     lines = ["one", "two", "/nonsense", "three"]
-    result = subprocess.run([sys.executable, "-m", "lucidlm", "chat", "--checkpoint", str(run), "--temperature", "0",
-                             "--max-new-tokens", "8"], input="\n".join(lines) + "\n", capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lucidlm",
+            "chat",
+            "--checkpoint",
+            str(run),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+        ],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()
     assert out[2].startswith("unknown command /nonsense; commands:")
@@ -135,8 +165,11 @@ def test_piped_turns_and_history_cropped_at_turn_boundaries(chat_run, chat_token
     assert out[0] == reply(model, chat_tokenizer, history)
     # a session whose context holds one exchange at most drops the oldest whole turns
     session = ChatSession(model, chat_tokenizer, SamplingConfig(temperature=0.0), max_new_tokens=8)
-    session.turns = [{"role": "user", "content": "x" * 60}, {"role": "assistant", "content": "y" * 30},
-                     {"role": "user", "content": "short"}]
+    session.turns = [
+        {"role": "user", "content": "x" * 60},
+        {"role": "assistant", "content": "y" * 30},
+        {"role": "user", "content": "short"},
+    ]
     ids, _ = session.prompt()
     assert session.turns == [{"role": "user", "content": "short"}]
     assert len(ids) + 8 <= BLOCK

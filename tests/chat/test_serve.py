@@ -12,8 +12,17 @@ from tests.chat.test_repl import reply
 
 def one_token_model(tokenizer, token: int) -> GPT:
     """A model whose every next token is `token`."""
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16,
-                          bias=True, tie_embeddings=False)).eval()
+    model = GPT(
+        GPTConfig(
+            vocab_size=tokenizer.vocab_size,
+            block_size=64,
+            n_layer=1,
+            n_head=2,
+            n_embd=16,
+            bias=True,
+            tie_embeddings=False,
+        )
+    ).eval()
     with torch.no_grad():
         model.transformer.ln_f.weight.zero_()
         model.transformer.ln_f.bias.fill_(1.0)

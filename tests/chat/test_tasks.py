@@ -70,20 +70,25 @@ def test_exact_normalised_and_multiple_choice_scores(model, chat_tokenizer):
 def test_lucidlm_eval_tasks_prints_a_table_and_json(tmp_path, model, chat_tokenizer):
     write_run(tmp_path / "run", chat_tokenizer, model)
     said = greedy(model, chat_tokenizer, "Hi")
-    write_jsonl(tmp_path / "tasks.jsonl", [
-        {"task": "greet", "messages": [{"role": "user", "content": "Hi"}], "answer": said},
-        {"task": "greet", "messages": [{"role": "user", "content": "Hi"}], "answer": "nope"},
-        {"messages": [{"role": "user", "content": "Hi"}], "answer": "a", "choices": ["a", "b"]},
-    ])
-    table = run_lucidlm("eval", "--checkpoint", tmp_path / "run", "--tasks", tmp_path / "tasks.jsonl",
-                        "--max-new-tokens", "6")
+    write_jsonl(
+        tmp_path / "tasks.jsonl",
+        [
+            {"task": "greet", "messages": [{"role": "user", "content": "Hi"}], "answer": said},
+            {"task": "greet", "messages": [{"role": "user", "content": "Hi"}], "answer": "nope"},
+            {"messages": [{"role": "user", "content": "Hi"}], "answer": "a", "choices": ["a", "b"]},
+        ],
+    )
+    table = run_lucidlm(
+        "eval", "--checkpoint", tmp_path / "run", "--tasks", tmp_path / "tasks.jsonl", "--max-new-tokens", "6"
+    )
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].split() == ["task", "records", "exact", "match", "normalised", "match"]
     assert lines[1].split()[:3] == ["greet", "2", "50.0%"]
     assert lines[2].split()[:2] == ["tasks", "1"]  # a record without "task" is named by the file
-    as_json = run_lucidlm("eval", "--checkpoint", tmp_path / "run", "--tasks", tmp_path / "tasks.jsonl", "--json",
-                          "--max-new-tokens", "6")
+    as_json = run_lucidlm(
+        "eval", "--checkpoint", tmp_path / "run", "--tasks", tmp_path / "tasks.jsonl", "--json", "--max-new-tokens", "6"
+    )
     scores = json.loads(as_json.stdout)
     assert scores["tasks"]["greet"]["exact_match"] == 0.5 and scores["all"]["records"] == 3
 
@@ -92,10 +97,15 @@ def test_lucidlm_eval_tasks_prints_a_table_and_json(tmp_path, model, chat_tokeni
     ("record", "problem"),
     [
         ({"messages": [{"role": "user", "content": "q"}]}, '"answer" must be'),
-        ({"messages": [{"role": "user", "content": "q"}], "answer": "c", "choices": ["a", "b"]}, "not one of the choices"),
+        (
+            {"messages": [{"role": "user", "content": "q"}], "answer": "c", "choices": ["a", "b"]},
+            "not one of the choices",
+        ),
         ({"messages": [{"role": "user", "content": "q"}], "answer": "a", "choices": ["a"]}, "at least two strings"),
-        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "a"},
-         "ends with the assistant's turn"),
+        (
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "answer": "a"},
+            "ends with the assistant's turn",
+        ),
     ],
 )
 def test_a_bad_task_record_is_named_by_its_line(tmp_path, record, problem):

@@ -335,3 +335,59 @@ def test_a_gpt2_124m_shaped_model_loads_with_its_weights_in_memory_once(tmp_path
         timeout=600,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
+
+
+def test_a_hub_model_fine_tunes_on_chat_data_through_its_own_template(hub_dir, tmp_path):
+    """Chat data for a Hub model is written by the model's template, and only a model without one (GPT-2)
+    gets lucidlm's turn tokens; the fine-tuned run chats through the same template."""
+    family, directory = hub_dir
+    conversations = [
+        {"messages": [CONVERSATION[1], {"role": "assistant", "content": f"A citizen {n}."}]} for n in range(12)
+    ]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    prepared = run_lucidlm(
+        "data",
+        "prepare",
+        "--chat",
+        tmp_path / "chat.jsonl",
+        "--tokenizer-from",
+        f"hf:{directory}",
+        "--out",
+        tmp_path / "data",
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    base = load_tokenizer(directory / "tokenizer.json")
+    data_tokenizer = load_tokenizer(tmp_path / "data" / "tokenizer.json")
+    added = data_tokenizer.vocab_size - base.vocab_size
+    assert added == (4 if family == "gpt2" else 0)
+    theirs = transformers.AutoTokenizer.from_pretrained(directory)
+    if family != "gpt2":  # the model's own template writes the conversation, and the mask marks the reply
+        from lucidlm.chat.data import encode_conversation
+
+        messages = conversations[0]["messages"]
+        ids, mask, _ = encode_conversation(data_tokenizer, messages)
+        assert ids == theirs.apply_chat_template(messages, tokenize=True)["input_ids"]
+        prompt = theirs.apply_chat_template(messages[:1], tokenize=True, add_generation_prompt=True)["input_ids"]
+        assert ids[: len(prompt)] == prompt and mask == [0] * len(prompt) + [1] * (len(ids) - len(prompt))
+    tuned = run_lucidlm(
+        "train",
+        "--init-from",
+        f"hf:{directory}",
+        "--data",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "sft",
+        "--max-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
+    assert tuned.returncode == 0, tuned.stderr
+    model, tokenizer, _ = load_model(tmp_path / "sft", "latest")
+    assert model.config.vocab_size >= base.vocab_size + added
+    assert tokenizer.chat_template is not None and tokenizer.to_dict() == data_tokenizer.to_dict()
+    chatted = run_lucidlm(
+        "chat", "--checkpoint", tmp_path / "sft", "--temperature", "0", "--max-new-tokens", "4", input="Speak, speak.\n"
+    )
+    assert chatted.returncode == 0 and "note:" not in chatted.stderr, chatted.stderr

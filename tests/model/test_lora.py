@@ -67,15 +67,34 @@ def test_merging_gives_the_base_weight_plus_scaled_b_a_and_the_same_outputs():
 @pytest.fixture
 def base_run(tmp_path, text_file):
     out = tmp_path / "base"
-    result = run_lucidlm("train", "--data", text_file, "--out", out, "--max-steps", "20", *tiny_model_args(),
-                         "--no-progress", "--set", "eval_interval=10")
+    result = run_lucidlm(
+        "train",
+        "--data",
+        text_file,
+        "--out",
+        out,
+        "--max-steps",
+        "20",
+        *tiny_model_args(),
+        "--no-progress",
+        "--set",
+        "eval_interval=10",
+    )
     assert result.returncode == 0, result.stderr
     return out
 
 
 def test_lora_training_leaves_the_base_unchanged_and_resumes_exactly(tmp_path, text_file, base_run):
     base, _, _ = load_model(base_run)
-    settings = ["lora_rank=4", "lora_alpha=8", "eval_interval=5", "device=cpu", "warmup_steps=2", "decay_steps=10", "time_budget=none"]
+    settings = [
+        "lora_rank=4",
+        "lora_alpha=8",
+        "eval_interval=5",
+        "device=cpu",
+        "warmup_steps=2",
+        "decay_steps=10",
+        "time_budget=none",
+    ]
     whole = plan_run(text_file, tmp_path / "whole", init_from=str(base_run), overrides=[*settings, "max_steps=10"])
     carry_out(whole, progress=False)
     half = plan_run(text_file, tmp_path / "half", init_from=str(base_run), overrides=[*settings, "max_steps=5"])
@@ -96,14 +115,31 @@ def test_lora_training_leaves_the_base_unchanged_and_resumes_exactly(tmp_path, t
         torch.testing.assert_close(reloaded_base.state_dict()[name], tensor, rtol=0, atol=0)
     layer = "transformer.h.1.attn.c_attn"
     scale = 8 / 4
-    merged = base.state_dict()[f"{layer}.weight"] + scale * tensors["whole"][f"{layer}.lora_B"] @ tensors["whole"][f"{layer}.lora_A"]
+    merged = (
+        base.state_dict()[f"{layer}.weight"]
+        + scale * tensors["whole"][f"{layer}.lora_B"] @ tensors["whole"][f"{layer}.lora_A"]
+    )
     torch.testing.assert_close(tuned.state_dict()[f"{layer}.weight"], merged)
     assert not torch.equal(tuned.state_dict()[f"{layer}.weight"], base.state_dict()[f"{layer}.weight"])
 
 
 def test_lora_exports_merged_and_needs_its_base(tmp_path, text_file, base_run):
-    result = run_lucidlm("train", "--init-from", base_run, "--data", text_file, "--out", tmp_path / "lora",
-                         "--max-steps", "4", "--set", "lora_rank=2", "--device", "cpu", "--no-progress")
+    result = run_lucidlm(
+        "train",
+        "--init-from",
+        base_run,
+        "--data",
+        text_file,
+        "--out",
+        tmp_path / "lora",
+        "--max-steps",
+        "4",
+        "--set",
+        "lora_rank=2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     tuned, _, _ = load_model(tmp_path / "lora", "latest")
     exported = run_lucidlm("export", "--checkpoint", tmp_path / "lora", "--which", "latest", "--out", tmp_path / "hf")

@@ -57,8 +57,10 @@ def read_conversations(
         except json.JSONDecodeError as exc:
             raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
         if text and isinstance(record, dict) and "text" in record:
-            problem = None if set(record) == {"text"} and isinstance(record["text"], str) else (
-                'a text line is {"text": "..."} and nothing else'
+            problem = (
+                None
+                if set(record) == {"text"} and isinstance(record["text"], str)
+                else ('a text line is {"text": "..."} and nothing else')
             )
         else:
             problem = conversation_problem(record, extra_keys)
@@ -73,18 +75,20 @@ def conversation_problem(record: object, extra_keys: Sequence[str] = ()) -> str 
         return 'expected {"messages": [{"role": ..., "content": ...}, ...]}'
     unknown = sorted(set(record) - {"messages", *extra_keys})
     if unknown:
-        return f"unknown key(s) {', '.join(map(repr, unknown))}; a line holds \"messages\""
+        return f'unknown key(s) {", ".join(map(repr, unknown))}; a line holds "messages"'
     for index, message in enumerate(record["messages"]):
         if not isinstance(message, dict) or set(message) - {"role", "content", "name"}:
             return f'message {index + 1} is not {{"role": ..., "content": ...}}'
         if message.get("role") not in ROLES:
             return f"message {index + 1} has role {message.get('role')!r}; use one of: {', '.join(ROLES)}"
         if not isinstance(message.get("content"), str):
-            return f"message {index + 1} has no text content (\"content\" must be a string)"
+            return f'message {index + 1} has no text content ("content" must be a string)'
     return None
 
 
-def encode_conversation(tokenizer: Tokenizer, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[int], list[int]]:
+def encode_conversation(
+    tokenizer: Tokenizer, messages: Sequence[dict[str, str]]
+) -> tuple[list[int], list[int], list[int]]:
     """(ids, mask, ends) of a conversation through the tokenizer's chat template: mask 1 on each assistant reply
     and what the template writes after it up to the next message (its end of turn); `ends[i]` is the number of
     ids up to the end of the i-th assistant reply, where a conversation may be cut.
@@ -134,7 +138,9 @@ class ChatSplit:
         self.mask.extend(mask)
 
 
-def fit_to_context(ids: list[int], mask: list[int], ends: list[int], context: int) -> tuple[list[int], list[int]] | None:
+def fit_to_context(
+    ids: list[int], mask: list[int], ends: list[int], context: int
+) -> tuple[list[int], list[int]] | None:
     """The conversation cut after its last assistant reply that fits in `context` tokens (None if none does)."""
     if len(ids) <= context:
         return ids, mask

@@ -108,7 +108,9 @@ def make_task_sets(train_per_task: int, held_out_per_task: int, seed: int = 0) -
     return train, held_out
 
 
-def replay_texts(path: str | os.PathLike, count: int, length: int, seed: int = 0, train_fraction: float = 0.9) -> list[dict]:
+def replay_texts(
+    path: str | os.PathLike, count: int, length: int, seed: int = 0, train_fraction: float = 0.9
+) -> list[dict]:
     """`count` {"text": ...} records, each `length` characters from a random place in the first
     `train_fraction` of the text file (its training split as `data prepare` cuts it, so that the validation
     split stays unseen)."""

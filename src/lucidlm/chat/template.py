@@ -1,11 +1,12 @@
 """Chat templates: a conversation written out as the text a model was trained to continue.
 
 lucidlm's own tokenizers get lucidlm's template when a base model is fine-tuned for chat (tokenizers/base.py:
-a special token opens each turn and one ends it). A Hub model ships its template as Jinja2 (tokenizer_config.json's `chat_template`, or chat_template.jinja).
-It is code from the internet, so it runs in Jinja2's sandbox (no attribute of Python's internals reachable),
-the way `transformers` renders it: blocks trimmed, `messages`, `add_generation_prompt`, the special tokens'
-texts (`bos_token`, `eos_token`), `raise_exception` and a `tojson` that leaves HTML alone. The reply ends at
-the model's end-of-turn tokens, which the generation stops at (its eos ids).
+a special token opens each turn and one ends it). A Hub model ships its template as Jinja2
+(tokenizer_config.json's `chat_template`, or chat_template.jinja). It is code from the internet, so it runs
+in Jinja2's sandbox (no attribute of Python's internals reachable), the way `transformers` renders it: blocks
+trimmed, `messages`, `add_generation_prompt`, the special tokens' texts (`bos_token`, `eos_token`),
+`raise_exception` and a `tojson` that leaves HTML alone. The reply ends at the model's end-of-turn tokens,
+which the generation stops at (its eos ids).
 
 A model without a template (lucidlm's own base models) gets the conversation as plain lines,
 "User: ...", "Assistant: ...", ending in "Assistant:", and the reply stops where the model starts a "User:" line.

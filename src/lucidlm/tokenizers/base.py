@@ -37,9 +37,10 @@ class Tokenizer:
     kind: ClassVar[str] = ""
     unknown_token: ClassVar[str | None] = None  # the token that stands for what the vocabulary lacks, if any
     registry: ClassVar[dict[str, type[Tokenizer]]] = {}
-    # Special tokens (text -> id) take the ids after the ordinary vocabulary. `encode` reads their texts as
-    # plain text, so that text from outside cannot forge a turn; `encode_with_specials` reads them as tokens.
-    special_tokens: dict[str, int] = {}
+    # Special tokens (text -> id), numbered after the ordinary vocabulary; every tokenizer sets its own.
+    # `encode_with_specials` reads their texts as those tokens (what a rendered template needs); lucidlm's own
+    # tokenizers' `encode` never does, so that text from outside cannot forge a turn.
+    special_tokens: dict[str, int]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -328,7 +328,9 @@ class BPETokenizer(Tokenizer):
 
     def with_special_tokens(self, texts: Iterable[str]) -> BPETokenizer:
         texts = [*self.special_tokens, *texts]
-        return BPETokenizer(self.token_bytes, self.merges, self.pattern, numbered_special_tokens(len(self.token_bytes), texts))
+        return BPETokenizer(
+            self.token_bytes, self.merges, self.pattern, numbered_special_tokens(len(self.token_bytes), texts)
+        )
 
     def encode_with_specials(self, text: str) -> list[int]:
         return self.encode(text, allowed_special="all")

@@ -20,7 +20,7 @@ from typing import Any
 import tokenizers
 
 from lucidlm.errors import TokenizerError
-from lucidlm.tokenizers.base import Tokenizer
+from lucidlm.tokenizers.base import END_OF_TURN, Tokenizer, added_tokens_json
 
 # the keys of tokenizer_config.json that lucidlm uses, kept with the tokenizer in a run
 CONFIG_KEYS = ("bos_token", "eos_token", "add_bos_token", "chat_template")
@@ -35,6 +35,7 @@ class HFTokenizer(Tokenizer):
         except Exception as exc:  # tokenizers raises its own Exception type for a file it cannot read
             raise TokenizerError(f"Hugging Face tokenizers cannot read this tokenizer.json ({exc})") from None
         self.data, self.config = data, {k: v for k, v in (config or {}).items() if k in CONFIG_KEYS}
+        self.special_tokens = {t["content"]: t["id"] for t in data.get("added_tokens") or [] if t.get("special")}
         self.eos = list(eos_ids)
         if not self.eos and isinstance(self.token_text("eos_token"), str):
             eos = self.tokenizer.token_to_id(self.token_text("eos_token"))
@@ -47,10 +48,22 @@ class HFTokenizer(Tokenizer):
 
     @property
     def chat_template(self) -> str | None:
+        """The model's own template; a base model without one (GPT-2) that was given lucidlm's turn tokens
+        speaks lucidlm's."""
         template = self.config.get("chat_template")
         if isinstance(template, list):  # several named templates: the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        return template
+        return template or super().chat_template
+
+    def with_special_tokens(self, texts: Iterable[str]) -> HFTokenizer:
+        """The same tokenizer.json with `texts` as added special tokens, numbered after the whole vocabulary."""
+        texts = list(texts)
+        new = {text: self.vocab_size + i for i, text in enumerate(texts)}
+        data = {**self.data, "added_tokens": [*(self.data.get("added_tokens") or []), *added_tokens_json(new)]}
+        return HFTokenizer(data, self.config, self.eos)
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        return self.encode(text)  # `tokenizers` reads added tokens as tokens in any text
 
     # --- the Tokenizer interface ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -71,7 +84,8 @@ class HFTokenizer(Tokenizer):
 
     @property
     def eos_ids(self) -> list[int]:
-        return self.eos
+        end = self.special_tokens.get(END_OF_TURN)
+        return self.eos + ([end] if end is not None and end not in self.eos else [])
 
     def unknown_symbols(self, text: str) -> list[str]:
         """Pieces read as the unknown token, where the model has one (byte-level vocabularies have none)."""

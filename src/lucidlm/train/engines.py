@@ -33,7 +33,9 @@ class TorchEngine:
         train = config.train
         self.lora = bool(train.lora_rank)
         if self.lora:  # the model is frozen but for its adapters (and, for new tokens, its embeddings)
-            self.trainable = add_lora(self.model, train.lora_rank, train.lora_alpha, train.lora_targets, train.lora_embeddings)
+            self.trainable = add_lora(
+                self.model, train.lora_rank, train.lora_alpha, train.lora_targets, train.lora_embeddings
+            )
         self.optimizer = make_optimizer(self.model, train, device.type)
         self.forward = torch.compile(self.model) if config.train.compile else self.model
         self.ddp = None
