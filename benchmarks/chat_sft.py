@@ -18,6 +18,7 @@ import time
 from common import ROOT, WORK, machine, write_results
 
 BUDGET = 300
+SFT_SETTINGS = ["--set", "batch_size=32", "--set", "eval_interval=500"]  # as make chat-demo trains
 DEMO_RUN, DEMO_DATA = ROOT / "runs" / "demo", ROOT / "data" / "shakespeare-char"
 VARIANTS = {"full fine-tuning": [], "LoRA, rank 16": ["--set", "lora_rank=16"]}
 
@@ -92,7 +93,7 @@ def main() -> None:
     table = f"""## A chat model on a laptop (`benchmarks/chat_sft.py`, `make chat-demo`)
 
 `make demo`'s model (4 layers, width 128, block 64, char tokens, {base_loss:.4f} nats on the Shakespeare
-validation split) fine-tuned for {BUDGET} s on this machine's CPU with the seeded task set of
+validation split) fine-tuned for {BUDGET} s (batch 32) on this machine's CPU with the seeded task set of
 `lucidlm/chat/synthetic.py` (Shakespeare passages mixed in as replay), then asked {held_out} held-out questions a
 task, greedily: exact match of the reply. Targets: at least 90% on each arithmetic and word task, and the
 Shakespeare loss within 0.1 of the base model's.

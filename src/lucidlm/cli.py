@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     scored.add_argument("--data", help="a prepared DATA_DIR, or a plain text file (all scored)")
     scored.add_argument("--tasks", metavar="FILE.jsonl", help="conversations with their answers: exact-match scores")
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="--tasks: the longest reply (default 64)")
+    evaluate.add_argument("--temperature", type=float, default=0.0, help="--tasks: 0 (default) is greedy")
+    evaluate.add_argument("--top-k", type=int, help="--tasks: sample from the k likeliest tokens")
+    evaluate.add_argument("--top-p", type=float, help="--tasks: sample from the nucleus of mass p")
+    evaluate.add_argument("--seed", type=int, default=0, help="--tasks: the sampling seed (default 0)")
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -604,12 +608,18 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> None:
+    import torch
+
     from lucidlm.errors import ConfigError
     from lucidlm.evaluate import score_tasks
+    from lucidlm.generate import SamplingConfig, seed_generator
 
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be at least 1")
-    result = score_tasks(model, tokenizer, records, args.max_new_tokens, progress=False if args.json else None)
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
+    generator = seed_generator(torch.Generator(device=model.lm_head.weight.device), args.seed)
+    progress = False if args.json else None
+    result = score_tasks(model, tokenizer, records, args.max_new_tokens, progress, sampling, generator)
     if args.json:
         print(json.dumps({"tasks": result["tasks"], "all": result["all"], "checkpoint": args.checkpoint}))
         return

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from lucidlm.device import autocast
 from lucidlm.errors import DataError
+from lucidlm.generate import SamplingConfig, generate_text
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer
 
@@ -117,15 +118,20 @@ def reply_log_likelihood(model: GPT, prompt: list[int], reply: list[int]) -> flo
 
 
 def score_tasks(
-    model: GPT, tokenizer: Tokenizer, records: list[TaskRecord], max_new_tokens: int = 64, progress: bool | None = None
+    model: GPT,
+    tokenizer: Tokenizer,
+    records: list[TaskRecord],
+    max_new_tokens: int = 64,
+    progress: bool | None = None,
+    sampling: SamplingConfig | None = None,
+    generator: torch.Generator | None = None,
 ) -> dict:
-    """Per task: exact match (the greedy reply, stripped, equals the answer), normalised match, and for
-    multiple choice the accuracy of the choice with the highest log-likelihood (as ARC and MMLU are scored).
-    Returns {"tasks": {task: {...}}, "all": {...}, "replies": [...]}."""
+    """Per task: exact match (the reply, stripped, equals the answer; greedy unless `sampling` says otherwise),
+    normalised match, and for multiple choice the accuracy of the choice with the highest log-likelihood (as
+    ARC and MMLU are scored). Returns {"tasks": {task: {...}}, "all": {...}, "replies": [...]}."""
     from lucidlm.chat.template import chat_prompt
-    from lucidlm.generate import SamplingConfig, generate_text
 
-    greedy = SamplingConfig(temperature=0.0)
+    sampling = sampling or SamplingConfig(temperature=0.0)
     rows: dict[str, dict[str, float]] = {}
     replies = []
     for record in tqdm(records, desc="scoring", unit="record", disable=None if progress is None else not progress):
@@ -137,7 +143,8 @@ def score_tasks(
             scores = [reply_log_likelihood(model, prompt, tokenizer.encode(c) + end) for c in record.choices]
             reply = record.choices[max(range(len(scores)), key=scores.__getitem__)]
         else:
-            reply = "".join(generate_text(model, tokenizer, prompt, max_new_tokens, greedy, stop)).strip()
+            pieces = generate_text(model, tokenizer, prompt, max_new_tokens, sampling, stop, generator)
+            reply = "".join(pieces).strip()
         row["exact"] += reply == record.answer
         row["normalised"] += normalise_answer(reply) == normalise_answer(record.answer)
         replies.append({"task": record.task, "reply": reply, "answer": record.answer})

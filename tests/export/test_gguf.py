@@ -282,3 +282,26 @@ def test_quantize_is_refused_for_a_hugging_face_export(tmp_path, capsys):
 
     assert main(["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x"), "--quantize", "f16"]) == 2
     assert "--quantize is for --format gguf" in capsys.readouterr().err
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("kind", ["char", "gpt4"])
+def test_a_chat_model_carries_its_template_and_turn_tokens_into_llama_cpp(tmp_path, kind):
+    from lucidlm.chat import chat_prompt
+    from lucidlm.tokenizers.base import CHAT_TOKENS, END_OF_TURN
+
+    tokenizer = make_tokenizer(kind).with_special_tokens(CHAT_TOKENS)
+    model = make_model(tokenizer.vocab_size, **LLAMA)
+    path = export_gguf(model, tokenizer, tmp_path / "chat.gguf")
+    reader = gguf.GGUFReader(path)
+    assert field(reader, "tokenizer.chat_template") == tokenizer.chat_template
+    assert field(reader, "tokenizer.ggml.eot_token_id") == tokenizer.special_tokens[END_OF_TURN]
+    messages = [{"role": "system", "content": "To be"}, {"role": "user", "content": "or not to be?"}]
+    prompt, _ = chat_prompt(tokenizer, messages)
+    text = "<|system|>To be<|end|><|user|>or not to be?<|end|><|assistant|>"
+    llm = llama_cpp(path)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt
+    llm.eval(prompt)
+    with torch.no_grad():
+        ours = model(torch.tensor([prompt]))[0][0].numpy()
+    assert np.abs(np.array(llm.scores[: len(prompt)]) - ours).max() <= TOLERANCES["f32"]

@@ -65,7 +65,7 @@ def lookup(rng: random.Random) -> tuple[str | None, str, str]:
 
 # How many training conversations each task gets, in units of `train_per_task`: the word tasks are learned in
 # a minute, carrying digits and reading a table take longer.
-TRAIN_WEIGHTS = {"add": 3, "subtract": 3, "reverse": 1, "spell": 1, "length": 1, "lookup": 3}
+TRAIN_WEIGHTS = {"add": 4, "subtract": 4, "reverse": 1, "spell": 1, "length": 1, "lookup": 2}
 
 MAKERS: dict[str, Callable[[random.Random], tuple[str | None, str, str]]] = {
     "add": add,

@@ -32,6 +32,7 @@ from lucidlm.export.hf import family, to_hf_state
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.paths import GGUF_FILE, written_file
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
+from lucidlm.tokenizers.base import END_OF_TURN
 from lucidlm.tokenizers.bpe import bytes_to_unicode
 
 QUANTIZATIONS = ("f32", "f16", "q8_0")
@@ -121,7 +122,8 @@ def gguf_vocabulary(tokenizer: Tokenizer, vocab_size: int) -> Vocabulary:
                     merges.append(merge)
         if not merges:  # llama.cpp refuses a BPE vocabulary without merges; 0xFE 0xFF never occur in UTF-8
             merges.append(printable(bytes([0xFE])) + " " + printable(bytes([0xFF])))
-        vocabulary = Vocabulary(tokens, [normal] * len(tokens), merges, PRE_TOKENIZERS["gpt2"], None)
+        types = [normal] * len(tokens) + [control] * len(tokenizer.special_tokens)  # a chat model's turn tokens
+        vocabulary = Vocabulary(tokens + list(tokenizer.special_tokens), types, merges, PRE_TOKENIZERS["gpt2"], None)
     else:
         why = {
             "word": "its byte-level BPE reaches a word only through merges of smaller pieces, which a word "
@@ -190,6 +192,9 @@ def export_gguf(
         if vocabulary.eos_id is not None:
             writer.add_bos_token_id(vocabulary.eos_id)
             writer.add_eos_token_id(vocabulary.eos_id)
+        if tokenizer.chat_template is not None:  # lucidlm's own template: llama.cpp's chat ends a reply at <|end|>
+            writer.add_chat_template(tokenizer.chat_template)
+            writer.add_eot_token_id(tokenizer.special_tokens[END_OF_TURN])
         for name, tensor in tensors.items():
             data, raw_dtype = _stored(tensor, quantize)
             writer.add_tensor(name, data, raw_dtype=raw_dtype)

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lucidlm.config import RunConfig
-from lucidlm.data.loader import BatchLoader, read_meta
+from lucidlm.data.loader import BatchLoader, is_chat_data, read_meta
 from lucidlm.device import pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError
 from lucidlm.memory import keep_freed_memory
@@ -77,7 +77,9 @@ class StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def check_vocab(config: RunConfig, data_dir: Path) -> None:
+def check_data_fits(config: RunConfig, data_dir: Path) -> None:
+    if config.train.engine == "numpy" and is_chat_data(data_dir):
+        raise ConfigError("the NumPy engine has no loss mask for chat data; train it with --engine torch")
     data_vocab = read_meta(data_dir)["vocab_size"]
     if config.model.vocab_size < data_vocab:
         raise ConfigError(
@@ -99,7 +101,7 @@ def train(
     process calls this; rank 0 alone writes."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     train_config = config.train
-    check_vocab(config, data_dir)
+    check_data_fits(config, data_dir)
     group = distributed.start(train_config.device)
     device = pick_device(train_config.device)
     keep_freed_memory()
