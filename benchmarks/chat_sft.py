@@ -58,8 +58,7 @@ def main() -> None:
             out,
             "--time-budget",
             BUDGET,
-            "--set",
-            "eval_interval=1000",
+            *SFT_SETTINGS,
             "--force",
             "--no-progress",
             *settings,
@@ -67,8 +66,9 @@ def main() -> None:
         seconds = time.perf_counter() - started
         scores = json.loads(lucidlm("eval", "--checkpoint", out, "--tasks", tasks / "heldout.jsonl", "--json"))
         loss = json.loads(lucidlm("eval", "--checkpoint", out, "--data", DEMO_DATA, "--json"))["loss"]
+        summary = next(line for line in trained.splitlines() if line.startswith("trained"))
         runs[name] = {
-            "train_output": trained.strip().splitlines()[0],
+            "trained": summary,
             "wall_s": round(seconds, 1),
             "tasks": scores["tasks"],
             "all": scores["all"],
@@ -84,7 +84,7 @@ def main() -> None:
     task_names = list(next(iter(runs.values()))["tasks"])
     header = "| | " + " | ".join(task_names) + " | Shakespeare val loss (base " + f"{base_loss:.4f}) |"
     rows = [
-        f"| {name} | "
+        f"| {name} ({run['trained'].split(' (')[0].removeprefix('trained ')}) | "
         + " | ".join(f"{run['tasks'][t]['exact_match']:.1%}" for t in task_names)
         + f" | {run['shakespeare_val_loss']:.4f} ({run['shakespeare_val_loss'] - base_loss:+.4f}) |"
         for name, run in runs.items()

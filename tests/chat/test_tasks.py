@@ -112,3 +112,22 @@ def test_a_bad_task_record_is_named_by_its_line(tmp_path, record, problem):
     write_jsonl(tmp_path / "t.jsonl", [{"messages": [{"role": "user", "content": "q"}], "answer": "a"}, record])
     with pytest.raises(DataError, match=f"t.jsonl line 2: .*{problem}"):
         read_task_records(tmp_path / "t.jsonl")
+
+
+def test_sampled_replies_repeat_with_the_seed(tmp_path, model, chat_tokenizer):
+    write_run(tmp_path / "run", chat_tokenizer, model)
+    write_jsonl(tmp_path / "t.jsonl", [{"messages": [{"role": "user", "content": f"Hi {c}"}], "answer": "x"}
+                                        for c in "abcdef"])  # fmt: skip
+    args = ["eval", "--checkpoint", tmp_path / "run", "--tasks", tmp_path / "t.jsonl", "--json", "--max-new-tokens", 5]
+    from lucidlm.evaluate import read_task_records
+    from lucidlm.generate import seed_generator
+
+    records = read_task_records(tmp_path / "t.jsonl")
+    hot = SamplingConfig(temperature=1.5)
+
+    def replies(seed):
+        generator = seed_generator(torch.Generator(), seed)
+        return [r["reply"] for r in score_tasks(model, chat_tokenizer, records, 5, False, hot, generator)["replies"]]
+
+    assert replies(1) == replies(1) != replies(2)
+    assert run_lucidlm(*args, "--temperature", 1.5, "--seed", 7).returncode == 0
