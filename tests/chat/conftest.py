@@ -1,7 +1,9 @@
 import json
 
 import pytest
+import torch
 
+from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import CharTokenizer
 from lucidlm.tokenizers.base import CHAT_TOKENS
 
@@ -20,3 +22,15 @@ def write_jsonl(path, records) -> None:
 def conversation(question: str, answer: str, system: str | None = None) -> dict:
     messages = [{"role": "system", "content": system}] if system else []
     return {"messages": [*messages, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def one_token_model(tokenizer, token: int, block_size: int = 64) -> GPT:
+    """A model whose every next token is `token` (its final norm outputs a constant that only that row reads)."""
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=block_size, n_layer=1, n_head=2, n_embd=16,
+                          bias=True, tie_embeddings=False))  # fmt: skip
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[token] = 1.0
+    return model.eval()

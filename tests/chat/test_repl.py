@@ -18,7 +18,7 @@ from lucidlm.config import RunConfig, TrainConfig
 from lucidlm.generate import SamplingConfig, generate_ids
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.train.checkpoint import save_checkpoint, write_json_atomic
-from tests.chat.conftest import ALPHABET
+from tests.chat.conftest import ALPHABET, one_token_model
 
 BLOCK = 96
 
@@ -29,28 +29,6 @@ def write_run(run_dir, tokenizer, model: GPT) -> None:
     tokenizer.save(run_dir / "tokenizer.json")
     write_json_atomic(run_dir / "config.json", RunConfig(model.config, TrainConfig(device="cpu")).to_dict())
     save_checkpoint(run_dir, 1, model.state_for_saving(), {}, {"val_loss": 1.0}, is_best=True)
-
-
-def endless_model(tokenizer) -> GPT:
-    """A model whose every next token is "a": its replies never reach the end of turn by themselves."""
-    torch.manual_seed(0)
-    model = GPT(
-        GPTConfig(
-            vocab_size=tokenizer.vocab_size,
-            block_size=BLOCK,
-            n_layer=1,
-            n_head=2,
-            n_embd=16,
-            bias=True,
-            tie_embeddings=False,
-        )
-    ).eval()
-    with torch.no_grad():
-        model.transformer.ln_f.weight.zero_()
-        model.transformer.ln_f.bias.fill_(1.0)
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[tokenizer.encode("a")[0]] = 1.0
-    return model
 
 
 @pytest.fixture
@@ -125,7 +103,9 @@ def test_a_chat_in_a_terminal(chat_run, chat_tokenizer):
 
 
 def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path, chat_tokenizer):
-    write_run(tmp_path / "endless", chat_tokenizer, endless_model(chat_tokenizer))
+    # a model whose every next token is "a": its replies never reach the end of turn by themselves
+    endless = one_token_model(chat_tokenizer, chat_tokenizer.encode("a")[0], BLOCK)
+    write_run(tmp_path / "endless", chat_tokenizer, endless)
     terminal = Terminal("--checkpoint", tmp_path / "endless", "--max-new-tokens", "100000", "--temperature", "0")
     terminal.read_until("> ")
     terminal.type("Go\n")

@@ -7,28 +7,8 @@ import torch
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
 from lucidlm.tokenizers.base import END_OF_TURN
+from tests.chat.conftest import one_token_model
 from tests.chat.test_repl import reply
-
-
-def one_token_model(tokenizer, token: int) -> GPT:
-    """A model whose every next token is `token`."""
-    model = GPT(
-        GPTConfig(
-            vocab_size=tokenizer.vocab_size,
-            block_size=64,
-            n_layer=1,
-            n_head=2,
-            n_embd=16,
-            bias=True,
-            tie_embeddings=False,
-        )
-    ).eval()
-    with torch.no_grad():
-        model.transformer.ln_f.weight.zero_()
-        model.transformer.ln_f.bias.fill_(1.0)
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[token] = 1.0
-    return model
 
 
 def chat(model, tokenizer, messages, max_tokens=10):

@@ -75,19 +75,8 @@ def test_new_token_rows_start_at_the_mean_of_the_known_rows():
 
 def test_a_base_run_fine_tuned_on_chat_data_chats(tmp_path, text_file):
     base = tmp_path / "base"
-    trained = run_lucidlm(
-        "train",
-        "--data",
-        text_file,
-        "--out",
-        base,
-        "--max-steps",
-        "10",
-        *tiny_model_args(),
-        "--no-progress",
-        "--set",
-        "block_size=48",
-    )
+    trained = run_lucidlm("train", "--data", text_file, "--out", base, "--max-steps", "10",
+                          *tiny_model_args(), "--no-progress", "--set", "block_size=48")  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     write_jsonl(tmp_path / "chat.jsonl", [conversation(f"Speak {c}", "Speak, speak.") for c in "aeioustdnmklphcfrvwy"])
     write_jsonl(tmp_path / "digits.jsonl", [conversation("Speak 0", "Speak.")])
@@ -101,54 +90,23 @@ def test_a_base_run_fine_tuned_on_chat_data_chats(tmp_path, text_file):
     )
     assert prepared.returncode == 0, prepared.stderr
     assert "20 conversations and 0 texts" in prepared.stdout
-    tuned = run_lucidlm(
-        "train",
-        "--init-from",
-        base,
-        "--data",
-        tmp_path / "data",
-        "--out",
-        tmp_path / "sft",
-        "--max-steps",
-        "6",
-        "--device",
-        "cpu",
-        "--no-progress",
-    )
+    tuned = run_lucidlm("train", "--init-from", base, "--data", tmp_path / "data", "--out",
+                        tmp_path / "sft", "--max-steps", "6", "--device", "cpu", "--no-progress")  # fmt: skip
     assert tuned.returncode == 0, tuned.stderr
     base_model, base_tokenizer, _ = load_model(base)
     _, tokenizer, config = load_model(tmp_path / "sft", "latest")
     assert tokenizer.chat_template == OWN_CHAT_TEMPLATE and tokenizer.extends(base_tokenizer)
     assert config.model.vocab_size == base_model.config.vocab_size + 4
     # the run speaks its template: a reply stops at the end of turn
-    chatted = run_lucidlm(
-        "chat",
-        "--checkpoint",
-        tmp_path / "sft",
-        "--temperature",
-        "0",
-        "--max-new-tokens",
-        "5",
-        input="Speak a\n/reset\nSpeak 4\nSpeak e\n",
-    )
+    chatted = run_lucidlm("chat", "--checkpoint", tmp_path / "sft", "--temperature", "0",
+                          "--max-new-tokens", "5", input="Speak a\n/reset\nSpeak 4\nSpeak e\n")  # fmt: skip
     assert chatted.returncode == 0, chatted.stderr
     assert len(chatted.stdout.splitlines()) == 3 and "note:" not in chatted.stderr
     assert chatted.stderr.strip() == "error: characters not in the vocabulary: '4'; remove them"
     # the base model's own data is still scored, its tokenizer being the chat one's without the turns
     scored = run_lucidlm("eval", "--checkpoint", tmp_path / "sft", "--data", base / "data", "--which", "latest")
     assert scored.returncode == 0, scored.stderr
-    mismatched = run_lucidlm(
-        "train",
-        "--init-from",
-        base,
-        "--data",
-        tmp_path / "data",
-        "--out",
-        tmp_path / "x",
-        "--set",
-        "lora_rank=2",
-        "--max-steps",
-        "1",
-    )
+    mismatched = run_lucidlm("train", "--init-from", base, "--data", tmp_path / "data", "--out",
+                             tmp_path / "x", "--set", "lora_rank=2", "--max-steps", "1")  # fmt: skip
     assert mismatched.returncode == 0, mismatched.stderr
     assert load_model(tmp_path / "x", "latest")[2].train.lora_embeddings

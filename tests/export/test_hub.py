@@ -345,16 +345,8 @@ def test_a_hub_model_fine_tunes_on_chat_data_through_its_own_template(hub_dir, t
         {"messages": [CONVERSATION[1], {"role": "assistant", "content": f"A citizen {n}."}]} for n in range(12)
     ]
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations))
-    prepared = run_lucidlm(
-        "data",
-        "prepare",
-        "--chat",
-        tmp_path / "chat.jsonl",
-        "--tokenizer-from",
-        f"hf:{directory}",
-        "--out",
-        tmp_path / "data",
-    )
+    prepared = run_lucidlm("data", "prepare", "--chat", tmp_path / "chat.jsonl", "--tokenizer-from",
+                           f"hf:{directory}", "--out", tmp_path / "data")  # fmt: skip
     assert prepared.returncode == 0, prepared.stderr
     base = load_tokenizer(directory / "tokenizer.json")
     data_tokenizer = load_tokenizer(tmp_path / "data" / "tokenizer.json")
@@ -369,20 +361,8 @@ def test_a_hub_model_fine_tunes_on_chat_data_through_its_own_template(hub_dir, t
         assert ids == theirs.apply_chat_template(messages, tokenize=True)["input_ids"]
         prompt = theirs.apply_chat_template(messages[:1], tokenize=True, add_generation_prompt=True)["input_ids"]
         assert ids[: len(prompt)] == prompt and mask == [0] * len(prompt) + [1] * (len(ids) - len(prompt))
-    tuned = run_lucidlm(
-        "train",
-        "--init-from",
-        f"hf:{directory}",
-        "--data",
-        tmp_path / "data",
-        "--out",
-        tmp_path / "sft",
-        "--max-steps",
-        "2",
-        "--device",
-        "cpu",
-        "--no-progress",
-    )
+    tuned = run_lucidlm("train", "--init-from", f"hf:{directory}", "--data", tmp_path / "data", "--out",
+                        tmp_path / "sft", "--max-steps", "2", "--device", "cpu", "--no-progress")  # fmt: skip
     assert tuned.returncode == 0, tuned.stderr
     model, tokenizer, _ = load_model(tmp_path / "sft", "latest")
     assert model.config.vocab_size >= base.vocab_size + added

@@ -67,19 +67,8 @@ def test_merging_gives_the_base_weight_plus_scaled_b_a_and_the_same_outputs():
 @pytest.fixture
 def base_run(tmp_path, text_file):
     out = tmp_path / "base"
-    result = run_lucidlm(
-        "train",
-        "--data",
-        text_file,
-        "--out",
-        out,
-        "--max-steps",
-        "20",
-        *tiny_model_args(),
-        "--no-progress",
-        "--set",
-        "eval_interval=10",
-    )
+    result = run_lucidlm("train", "--data", text_file, "--out", out, "--max-steps", "20",
+                         *tiny_model_args(), "--no-progress", "--set", "eval_interval=10")  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
 
@@ -124,22 +113,9 @@ def test_lora_training_leaves_the_base_unchanged_and_resumes_exactly(tmp_path, t
 
 
 def test_lora_exports_merged_and_needs_its_base(tmp_path, text_file, base_run):
-    result = run_lucidlm(
-        "train",
-        "--init-from",
-        base_run,
-        "--data",
-        text_file,
-        "--out",
-        tmp_path / "lora",
-        "--max-steps",
-        "4",
-        "--set",
-        "lora_rank=2",
-        "--device",
-        "cpu",
-        "--no-progress",
-    )
+    result = run_lucidlm("train", "--init-from", base_run, "--data", text_file, "--out",
+                         tmp_path / "lora", "--max-steps", "4", "--set", "lora_rank=2", "--device", "cpu",
+                         "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stderr
     tuned, _, _ = load_model(tmp_path / "lora", "latest")
     exported = run_lucidlm("export", "--checkpoint", tmp_path / "lora", "--which", "latest", "--out", tmp_path / "hf")
