@@ -129,10 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     generate.add_argument("--prompt", default="", help="text to continue (default: start from a newline)")
     generate.add_argument("--max-new-tokens", type=int, default=300)
-    generate.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; default 0.8")
-    generate.add_argument("--top-k", type=int)
-    generate.add_argument("--top-p", type=float)
-    generate.add_argument("--seed", type=int, help="same seed, same text")
+    add_sampling_arguments(generate)
     generate.add_argument("--num-samples", type=int, default=1)
     generate.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample at TEXT")
     generate.add_argument("--no-stream", action="store_true", help="print each sample once it is complete")
@@ -145,10 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     chat.add_argument("--system", help="a system prompt to start with")
     chat.add_argument("--max-new-tokens", type=int, default=256, help="the longest reply (default 256)")
-    chat.add_argument("--temperature", type=float, default=0.8, help="0 is greedy; default 0.8")
-    chat.add_argument("--top-k", type=int)
-    chat.add_argument("--top-p", type=float)
-    chat.add_argument("--seed", type=int, help="same seed, same replies")
+    add_sampling_arguments(chat)
     chat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
 
     evaluate = command(
@@ -159,10 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     scored.add_argument("--data", help="a prepared DATA_DIR, or a plain text file (all scored)")
     scored.add_argument("--tasks", metavar="FILE.jsonl", help="conversations with their answers: exact-match scores")
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="--tasks: the longest reply (default 64)")
-    evaluate.add_argument("--temperature", type=float, default=0.0, help="--tasks: 0 (default) is greedy")
-    evaluate.add_argument("--top-k", type=int, help="--tasks: sample from the k likeliest tokens")
-    evaluate.add_argument("--top-p", type=float, help="--tasks: sample from the nucleus of mass p")
-    evaluate.add_argument("--seed", type=int, default=0, help="--tasks: the sampling seed (default 0)")
+    add_sampling_arguments(evaluate, temperature=0.0, seed=0, only="--tasks: ")
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -242,6 +233,32 @@ def build_parser() -> argparse.ArgumentParser:
             help="hf:DIR only: load the weights in this dtype (default: as stored)",
         )
     return parser
+
+
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser, temperature: float = 0.8, seed: int | None = None, only: str = ""
+) -> None:
+    """--temperature, --top-k, --top-p and --seed, as generate, chat and eval --tasks take them."""
+    parser.add_argument(
+        "--temperature", type=float, default=temperature, help=f"{only}0 is greedy; default {temperature:g}"
+    )
+    parser.add_argument("--top-k", type=int, help=f"{only}sample from the k likeliest tokens")
+    parser.add_argument("--top-p", type=float, help=f"{only}sample from the smallest set of tokens of probability p")
+    seeded = "same seed, same text" if seed is None else f"the sampling seed (default {seed})"
+    parser.add_argument("--seed", type=int, default=seed, help=only + seeded)
+
+
+def sampling_generator(device, seed: int | None):
+    """The random generator sampling draws from: seeded when asked (same seed, same text), else fresh."""
+    import torch
+
+    from lucidlm.generate import seed_generator
+
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+        return generator
+    return seed_generator(generator, seed)
 
 
 def run_lessons(args: argparse.Namespace) -> None:
@@ -473,11 +490,10 @@ def prompt_from_data(run_dir: Path, data_dir: Path) -> str:
 
 
 def run_generate(args: argparse.Namespace) -> None:
-    import torch
 
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError
-    from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text, seed_generator
+    from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text
     from lucidlm.model.onednn import decode_with_onednn
     from lucidlm.train import load_model
 
@@ -500,11 +516,7 @@ def run_generate(args: argparse.Namespace) -> None:
         print("note: the first token waits while the decoding step compiles", file=sys.stderr)
     else:
         decode_with_onednn(model)
-    generator = torch.Generator(device=device)
-    if args.seed is not None:
-        seed_generator(generator, args.seed)
-    else:
-        generator.seed()
+    generator = sampling_generator(device, args.seed)
     for sample in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- sample {sample + 1} ---")
@@ -524,12 +536,11 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> None:
-    import torch
 
     from lucidlm.chat.repl import ChatSession, run_chat
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError
-    from lucidlm.generate import SamplingConfig, seed_generator
+    from lucidlm.generate import SamplingConfig
     from lucidlm.model.onednn import decode_with_onednn
     from lucidlm.train import load_model
 
@@ -545,11 +556,7 @@ def run_chat(args: argparse.Namespace) -> None:
             "lines. Fine-tune it on conversations for real replies (README: Chat)",
             file=sys.stderr,
         )
-    generator = torch.Generator(device=device)
-    if args.seed is not None:
-        seed_generator(generator, args.seed)
-    else:
-        generator.seed()
+    generator = sampling_generator(device, args.seed)
     run_chat(ChatSession(model, tokenizer, sampling, args.max_new_tokens, generator, args.system))
 
 
@@ -571,9 +578,9 @@ def run_eval(args: argparse.Namespace) -> None:
 
         records = read_task_records(args.tasks)  # before the model loads: a bad line fails fast
     model, tokenizer, _ = load_model(run_dir, which, device=pick_device(args.device), dtype=args.dtype)
-    step = None if str(run_dir).startswith("hf:") else checkpoint_step(find_checkpoint(run_dir, which))
     if args.tasks:
         return print_task_scores(model, tokenizer, records, args)
+    step = None if str(run_dir).startswith("hf:") else checkpoint_step(find_checkpoint(run_dir, which))
     data = Path(args.data)
     if data.is_file():
         text = "".join(iter_text(data))
@@ -608,16 +615,15 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> None:
-    import torch
 
     from lucidlm.errors import ConfigError
     from lucidlm.evaluate import score_tasks
-    from lucidlm.generate import SamplingConfig, seed_generator
+    from lucidlm.generate import SamplingConfig
 
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be at least 1")
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
-    generator = seed_generator(torch.Generator(device=model.lm_head.weight.device), args.seed)
+    generator = sampling_generator(model.lm_head.weight.device, args.seed)
     progress = False if args.json else None
     result = score_tasks(model, tokenizer, records, args.max_new_tokens, progress, sampling, generator)
     if args.json:

@@ -178,7 +178,8 @@ def prepare_chat(
             if "text" in record:
                 ids = tokenizer.encode(record["text"])
                 for start in range(0, len(ids), context + 1):
-                    split.add(ids[start : start + context + 1], [1] * len(ids[start : start + context + 1]))
+                    window = ids[start : start + context + 1]
+                    split.add(window, [1] * len(window))
                 counts["texts"] += 1
                 continue
             ids, mask, ends = encode_conversation(tokenizer, record["messages"])

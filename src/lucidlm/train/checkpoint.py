@@ -239,8 +239,7 @@ def load_lora_model(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, dire
         raise CheckpointError(
             f"the LoRA run {run_dir} needs its base model {config.init_from}, which cannot be loaded ({exc})"
         ) from None
-    model = GPT(config.model)
-    model.load_saved_state(weights)
+    model = GPT.from_state(config.model, weights)  # the base's tensors themselves, not a copy of them
     train = config.train
     add_lora(model, train.lora_rank, train.lora_alpha, train.lora_targets, train.lora_embeddings)
     try:

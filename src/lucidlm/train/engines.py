@@ -83,9 +83,10 @@ class TorchEngine:
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        weights = {name: t.detach().cpu().contiguous() for name, t in self.model.state_for_saving().items()}
+        weights = self.model.state_for_saving()
         if self.lora:  # a LoRA checkpoint holds what training changed; the base stays where init_from says
             weights = {name: weights[name] for name in self.trainable}
+        weights = {name: t.detach().cpu().contiguous() for name, t in weights.items()}
         return weights, tensors, {"param_groups": optimizer["param_groups"]}
 
     def close(self) -> None:
