@@ -75,7 +75,7 @@ def test_compiled_decoding_gives_the_eager_tokens_past_the_window_and_compiles_o
 
 
 def test_compiled_decoding_without_a_compiler_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr("lucidlm.generate.shutil.which", lambda name: None)
+    monkeypatch.setattr("lucidlm.device.shutil.which", lambda name: None)
     with pytest.raises(ConfigError, match=r"needs a C\+\+ compiler"):
         compile_decoding(tiny_model())
 

@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument(FORCE, action="store_true", help=FORCE_HELP + ": start RUN_DIR's run afresh")
     train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
-    train.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
+    train.add_argument(
+        "--compile", action="store_true", help="compile the blocks with torch.compile (compile=auto does for long runs)"
+    )
     train.add_argument(
         "--engine",
         choices=["torch", "numpy"],

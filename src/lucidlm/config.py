@@ -34,7 +34,9 @@ class TrainConfig:
     time_budget: float | None = None  # seconds of training; the schedule then runs to this time
     device: str = "auto"
     dtype: str = "auto"  # the products' precision: auto (bf16 where the device does it fast), fp32 or bf16
-    compile: bool = False
+    # torch.compile for the blocks: auto (where a compiler is there and the run is long: device.training_compile),
+    # true or false
+    compile: str = "auto"
     engine: str = "torch"  # or "numpy": lucidlm.scratch, the hand-written backward pass
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on a frozen --init-from model (model/lora.py)
     lora_alpha: float = 16.0  # the adapters' scale is lora_alpha / lora_rank
@@ -46,6 +48,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Every training setting's type and range, checked here and nowhere else, so that a bad value from
         a preset, a TOML file, `--set` or a damaged config.json is one clear error before anything runs."""
+        if isinstance(self.compile, bool):  # runs and TOML files from before compile=auto
+            self.compile = str(self.compile).lower()
         check_types(self)
         for name in ("batch_size", "grad_accum", "max_steps", "newton_schulz_steps", "eval_interval", "eval_batches"):
             if getattr(self, name) < 1:
@@ -72,6 +76,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
         if self.engine not in ("torch", "numpy"):
             raise ConfigError(f"engine {self.engine!r} is not one of: torch, numpy")
+        if self.compile not in ("auto", "true", "false"):
+            raise ConfigError(f"compile {self.compile!r} is not one of: auto, true, false")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"dtype {self.dtype!r} is not one of: auto, fp32, bf16")
         if self.dtype == "bf16" and self.engine == "numpy":

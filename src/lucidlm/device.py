@@ -1,9 +1,11 @@
-"""Which device to run on, and the numeric precision that goes with it."""
+"""Which device to run on, the numeric precision that goes with it, and whether training compiles."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -70,3 +72,50 @@ def autocast(device: torch.device, precision: str | None = None) -> contextlib.A
     if precision == "bf16" or (precision is None and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+COMPILE_CHOICES = ("auto", "true", "false")
+# `compile=auto` compiles runs at least this long: a shorter one does not win back the compile (about 25 s for
+# the shakespeare-char preset on 2 CPU cores from an empty cache, 4 s from a warm one; docs/benchmarks.md)
+COMPILE_MIN_STEPS = 500
+COMPILE_MIN_SECONDS = 60.0
+
+
+def missing_compiler(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on `device` here, or None when it can: Inductor writes C++ for the CPU
+    and Triton for CUDA."""
+    if device.type == "cpu":
+        if not any(shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "clang++", "c++")):
+            return "compiling for the CPU needs a C++ compiler (g++ or clang++)"
+        return None
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "compiling for CUDA needs Triton (pip install triton)"
+    return f"torch.compile is not used on {device.type}"
+
+
+def use_compile_cache() -> Path:
+    """Inductor's on-disk cache under lucidlm's cache directory (unless TORCHINDUCTOR_CACHE_DIR says where):
+    the compiled kernels of a shape outlive the run, and its next run starts in seconds instead of tens."""
+    from lucidlm.data.corpus import cache_dir
+
+    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor")))
+
+
+def training_compile(device: torch.device, asked: str, max_steps: int, time_budget: float | None) -> tuple[bool, str]:
+    """Whether training compiles the model's blocks, and why. `auto` compiles where a compiler is there and the
+    run is long enough to win the compile back; `true` insists (an error where no compiler is)."""
+    if asked == "false":
+        return False, "compile=false was asked for"
+    missing = missing_compiler(device)
+    if asked == "true":
+        if missing is not None:
+            raise ConfigError(f"{missing}; install it or set compile=false")
+        return True, "compile=true was asked for"
+    if missing is not None:
+        return False, missing
+    budget = f" or {time_budget:g} s" if time_budget is not None else ""
+    if max_steps < COMPILE_MIN_STEPS or (time_budget is not None and time_budget < COMPILE_MIN_SECONDS):
+        return False, f"a run of {max_steps} steps{budget} does not win back a compile"
+    return True, f"a run of up to {max_steps} steps{budget} wins back the compile"

@@ -9,14 +9,12 @@ stay fast while every token still sees at least half a window of context.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from lucidlm.device import autocast
+from lucidlm.device import autocast, missing_compiler, use_compile_cache
 from lucidlm.errors import ConfigError, TokenizerError
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer
@@ -95,12 +93,10 @@ def compile_decoding(model: GPT) -> Callable:
     one call; Inductor's C++ wrapper (`cpp_wrapper`) also drops its own Python per kernel. The first step
     compiles (tens of seconds on a laptop's CPU; Inductor keeps the result on disk for later runs).
     """
-    if model.lm_head.weight.device.type == "cpu" and not any(
-        shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "clang++", "c++")
-    ):
-        raise ConfigError(
-            "compiled decoding on the CPU needs a C++ compiler (g++ or clang++); install one or leave out --compile"
-        )
+    missing = missing_compiler(model.lm_head.weight.device)
+    if missing is not None:
+        raise ConfigError(f"{missing}; install it or leave out --compile")
+    use_compile_cache()
     return torch.compile(model, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
 
 

@@ -117,6 +117,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
+def runs_in_bf16_on_cpu(x: torch.Tensor) -> bool:
+    """Whether a product with x runs in bf16 on the CPU: x is bf16, or autocast will make it so (QK-norm's fp32
+    gain hands fp32 queries and keys to attention even under bf16 autocast)."""
+    if x.device.type != "cpu":
+        return False
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    return x.dtype == torch.bfloat16 or autocast_bf16
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -176,7 +185,7 @@ class CausalSelfAttention(nn.Module):
     def fast_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[2] <= EXPLICIT_BF16_KEYS:
+        if runs_in_bf16_on_cpu(q) and k.shape[2] <= EXPLICIT_BF16_KEYS:
             # PyTorch's flash attention for the CPU is slower in bf16 than in fp32 (its backward most of all),
             # while the two matrix products written out run on the bf16 units: 52 -> 33 ms a layer for a
             # (16, 6, 256, 64) forward and backward. The (T, T) weights it holds are small at such lengths.
@@ -271,6 +280,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        self.compiled_blocks: list[nn.Module] | None = None  # compile_blocks(): the same blocks, compiled
         self.apply(self._init_weights)
         # GPT-2: scale the projections into the residual stream by 1/sqrt(2 * n_layer), one per residual add,
         # so the stream's variance does not grow with depth.
@@ -316,6 +326,14 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def compile_blocks(self) -> None:
+        """Compile the blocks for training steps. The blocks run the same code on weights of the same shapes, so
+        torch.compile makes one graph that all of them call, and compiles a deep model as fast as a shallow one.
+        Inside it, Inductor fuses the element-wise work (norms, RoPE, SwiGLU, the bf16 casts) and its backward
+        into a few loops. Forward passes without gradients (evaluation, decoding) keep the eager blocks: their
+        shapes differ, and compiling again would cost more than they take."""
+        self.compiled_blocks = [torch.compile(block) for block in self.transformer.h]
+
     def num_params(self, include_position_embeddings: bool = False) -> int:
         """Parameters, each tied tensor counted once; position embeddings left out unless asked for."""
         total = sum(p.numel() for p in self.parameters())
@@ -352,7 +370,8 @@ class GPT(nn.Module):
         else:
             rope = (self.rope_cos[positions], self.rope_sin[positions])
         x = self.transformer.drop(x)
-        for layer, block in enumerate(self.transformer.h):
+        blocks = self.compiled_blocks if self.compiled_blocks and torch.is_grad_enabled() else self.transformer.h
+        for layer, block in enumerate(blocks):
             x = block(x, rope, cache, layer, mask, attention_out)
         if cache is not None:
             cache.advance(T)

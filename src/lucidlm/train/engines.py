@@ -12,7 +12,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lucidlm.config import RunConfig
-from lucidlm.device import autocast, training_precision
+from lucidlm.device import autocast, training_compile, training_precision, use_compile_cache
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
 from lucidlm.model.lora import add_lora
@@ -24,7 +24,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 class TorchEngine:
     """The PyTorch GPT with AdamW or Muon, on any device, with bf16 autocast where the device does bf16 products
-    fast (device.training_precision) and optional torch.compile."""
+    fast (device.training_precision) and its blocks compiled where that pays (device.training_compile)."""
 
     def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
         self.device = device
@@ -37,7 +37,11 @@ class TorchEngine:
                 self.model, train.lora_rank, train.lora_alpha, train.lora_targets, train.lora_embeddings
             )
         self.optimizer = make_optimizer(self.model, train, device.type)
-        self.forward = torch.compile(self.model) if config.train.compile else self.model
+        self.compiled, self.compile_reason = training_compile(device, train.compile, train.max_steps, train.time_budget)
+        if self.compiled:
+            self.compile_cache = use_compile_cache()
+            self.model.compile_blocks()
+        self.forward = self.model
         self.ddp = None
         if group.enabled:
             device_ids = (
@@ -90,9 +94,11 @@ class TorchEngine:
         return weights, tensors, {"param_groups": optimizer["param_groups"]}
 
     def close(self) -> None:
-        """Drop the DDP wrapper before the process group goes: its reducer must not outlive the group."""
+        """Drop the DDP wrapper before the process group goes (its reducer must not outlive the group), and the
+        compiled blocks: the model handed back is the plain one."""
         self.ddp = None
         self.forward = self.model
+        self.model.compiled_blocks = None
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """The weights training starts from: the whole model, or, for LoRA, the frozen base (the adapters keep
@@ -134,6 +140,7 @@ class NumpyEngine:
             raise ConfigError("the NumPy engine has AdamW only; set optimizer=adamw or use --engine torch")
         train = config.train
         self.precision, self.precision_reason = "fp32", "the NumPy engine computes in float32"
+        self.compiled, self.compile_reason = False, "the NumPy engine runs NumPy, which torch.compile does not"
         self.model = NumpyGPT(config.model, seed=train.seed)
         self.optimizer = AdamW(self.model.params, train.lr, (train.beta1, train.beta2), weight_decay=train.weight_decay)
 

@@ -139,10 +139,18 @@ def train(
             load_tokenizer(data_dir / "tokenizer.json").save(run_dir / "tokenizer.json")
         # the data's sources and their sha256, so that --resume can tell the same data from other data
         sources = read_meta(data_dir)["sources"]
-        precision = {"dtype": engine.precision, "why": engine.precision_reason}  # what dtype=auto became, and why
+        # what dtype=auto and compile=auto became, and why
+        precision = {"dtype": engine.precision, "why": engine.precision_reason}
+        compiled = {"blocks": engine.compiled, "why": engine.compile_reason}
         write_json_atomic(
             run_dir / "config.json",
-            {**config.to_dict(), "data": str(data_dir), "data_sources": sources, "precision": precision},
+            {
+                **config.to_dict(),
+                "data": str(data_dir),
+                "data_sources": sources,
+                "precision": precision,
+                "compiled": compiled,
+            },
         )
 
     tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size * group.world_size
@@ -177,6 +185,11 @@ def train(
     )
     if group.is_main and progress is not False:
         bar.write(f"products in {engine.precision} on {device.type}: {engine.precision_reason}")
+        if engine.compiled:
+            bar.write(
+                f"blocks compiled ({engine.compile_reason}): the first step waits while torch.compile works; "
+                f"its cache in {engine.compile_cache} starts later runs of this shape faster"
+            )
     rate_tokens, rate_time = 0, 0.0
     last_evaluated = step if resume else -1
     with StopRequest() as stop:
