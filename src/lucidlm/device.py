@@ -95,12 +95,18 @@ def missing_compiler(device: torch.device) -> str | None:
     return f"torch.compile is not used on {device.type}"
 
 
+# The user's own choice, read at import: PyTorch writes its default (/tmp/torchinductor_USER) into the environment
+# the first time anything asks, which making an optimizer does.
+USERS_COMPILE_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
 def use_compile_cache() -> Path:
     """Inductor's on-disk cache under lucidlm's cache directory (unless TORCHINDUCTOR_CACHE_DIR says where):
     the compiled kernels of a shape outlive the run, and its next run starts in seconds instead of tens."""
     from lucidlm.data.corpus import cache_dir
 
-    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor")))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = USERS_COMPILE_CACHE or str(cache_dir() / "inductor")
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 def training_compile(device: torch.device, asked: str, max_steps: int, time_budget: float | None) -> tuple[bool, str]:

@@ -61,3 +61,17 @@ def test_compiled_blocks_train_as_eager_ones_with_one_graph_for_all_blocks(tmp_p
     gaps = [abs(runs["true"][step] - runs["false"][step]) for step in range(1, 13)]
     assert max(gaps) < 1e-3, gaps
     assert runs["true"][12] < runs["true"][1] - 0.3
+
+
+def test_the_compile_cache_lives_in_lucidlms_cache_unless_the_user_says_where(monkeypatch, tmp_path):
+    from lucidlm.device import use_compile_cache
+    from lucidlm.train.optim import make_optimizer
+
+    monkeypatch.setenv("LUCIDLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("lucidlm.device.USERS_COMPILE_CACHE", None)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    config = tiny_config(34)
+    make_optimizer(torch.nn.Linear(2, 2), config.train, "cpu")  # PyTorch writes its default into the environment
+    assert use_compile_cache() == tmp_path / "cache" / "inductor"
+    monkeypatch.setattr("lucidlm.device.USERS_COMPILE_CACHE", str(tmp_path / "mine"))
+    assert use_compile_cache() == tmp_path / "mine"
