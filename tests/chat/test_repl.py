@@ -60,6 +60,9 @@ class Terminal:
             stdout=fd_child,
             stderr=fd_child,
             start_new_session=True,
+            # as a person's shell starts it: a test runner that is itself a background job of a script has
+            # SIGINT ignored, which its children inherit, and Python then never raises KeyboardInterrupt
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         os.close(fd_child)
         self.seen = ""
