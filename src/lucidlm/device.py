@@ -28,7 +28,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
 # /proc/cpuinfo flags of CPUs with bf16 matrix products in hardware: Intel's AMX and AVX512-BF16 (AMD's Zen 4
 # and later have the latter), Arm's BF16 extension (Graviton 3, Apple M2 and later under Linux)
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
@@ -74,7 +73,6 @@ def autocast(device: torch.device, precision: str | None = None) -> contextlib.A
     return contextlib.nullcontext()
 
 
-COMPILE_CHOICES = ("auto", "true", "false")
 # `compile=auto` compiles runs at least this long: a shorter one does not win back the compile (about 25 s for
 # the shakespeare-char preset on 2 CPU cores from an empty cache, 4 s from a warm one; docs/benchmarks.md)
 COMPILE_MIN_STEPS = 500
