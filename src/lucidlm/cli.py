@@ -492,7 +492,6 @@ def prompt_from_data(run_dir: Path, data_dir: Path) -> str:
 
 
 def run_generate(args: argparse.Namespace) -> None:
-
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError
     from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text
@@ -538,7 +537,6 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> None:
-
     from lucidlm.chat.repl import ChatSession, run_chat
     from lucidlm.device import pick_device
     from lucidlm.errors import ConfigError
@@ -617,7 +615,6 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> None:
-
     from lucidlm.errors import ConfigError
     from lucidlm.evaluate import score_tasks
     from lucidlm.generate import SamplingConfig
