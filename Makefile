@@ -41,7 +41,7 @@ chat-demo: setup
 	@test -f $(RUN)/best.json || $(MAKE) demo
 	$(BIN)/python -m lucidlm.chat.synthetic --out $(CHAT_TASKS) --replay shakespeare
 	$(BIN)/lucidlm data prepare --chat $(CHAT_TASKS)/train.jsonl --tokenizer-from $(RUN) --out $(CHAT_DATA) --force
-	$(BIN)/lucidlm train --init-from $(RUN) --data $(CHAT_DATA) --out $(CHAT_RUN) --time-budget $(CHAT_BUDGET) --set batch_size=32 --set eval_interval=500 --force
+	$(BIN)/lucidlm train --init-from $(RUN) --data $(CHAT_DATA) --out $(CHAT_RUN) --time-budget $(CHAT_BUDGET) --set batch_size=8 --set eval_interval=500 --force
 	$(BIN)/lucidlm eval --checkpoint $(CHAT_RUN) --tasks $(CHAT_TASKS)/heldout.jsonl
 	printf '%s\n' 'What is 27 plus 58?' 'Reverse lantern.' 'Spell quiet.' '/system Ann is 31. Bob is 8. Cy is 64.' 'How old is Cy?' \
 		| $(BIN)/lucidlm chat --checkpoint $(CHAT_RUN) --temperature 0

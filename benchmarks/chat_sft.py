@@ -18,7 +18,8 @@ import time
 from common import ROOT, WORK, machine, write_results
 
 BUDGET = 300
-SFT_SETTINGS = ["--set", "batch_size=32", "--set", "eval_interval=500"]  # as make chat-demo trains
+BATCH = 8  # windows of the base model's block (256): 2,048 tokens a step
+SFT_SETTINGS = ["--set", f"batch_size={BATCH}", "--set", "eval_interval=500"]  # as make chat-demo trains
 DEMO_RUN, DEMO_DATA = ROOT / "runs" / "demo", ROOT / "data" / "shakespeare-char"
 VARIANTS = {"full fine-tuning": [], "LoRA, rank 16": ["--set", "lora_rank=16"]}
 
@@ -44,6 +45,7 @@ def main() -> None:
         "data", "prepare", "--chat", tasks / "train.jsonl", "--tokenizer-from", DEMO_RUN, "--out", data, "--force"
     )
     base_loss = json.loads(lucidlm("eval", "--checkpoint", DEMO_RUN, "--data", DEMO_DATA, "--json"))["loss"]
+    base = json.loads((DEMO_RUN / "config.json").read_text())["model"]
     runs = {}
     for name, settings in VARIANTS.items():
         out = WORK / ("chat-" + name.split(",")[0].split()[0].lower())
@@ -92,11 +94,11 @@ def main() -> None:
     held_out = next(iter(runs.values()))["tasks"][task_names[0]]["records"]
     table = f"""## A chat model on a laptop (`benchmarks/chat_sft.py`, `make chat-demo`)
 
-`make demo`'s model (4 layers, width 128, block 64, char tokens, {base_loss:.4f} nats on the Shakespeare
-validation split) fine-tuned for {BUDGET} s (batch 32) on this machine's CPU with the seeded task set of
-`lucidlm/chat/synthetic.py` (Shakespeare passages mixed in as replay), then asked {held_out} held-out questions a
-task, greedily: exact match of the reply. Targets: at least 90% on each arithmetic and word task, and the
-Shakespeare loss within 0.1 of the base model's.
+`make demo`'s model ({base["n_layer"]} layers, width {base["n_embd"]}, block {base["block_size"]}, char tokens,
+{base_loss:.4f} nats on the Shakespeare validation split) fine-tuned for {BUDGET} s (batch {BATCH}) on this machine's
+CPU with the seeded task set of `lucidlm/chat/synthetic.py` (Shakespeare passages mixed in as replay), then asked
+{held_out} held-out questions a task, greedily: exact match of the reply. Targets: at least 90% on each arithmetic
+and word task, and the Shakespeare loss within 0.1 of the base model's.
 
 {header}
 |---|{"---:|" * (len(task_names) + 1)}

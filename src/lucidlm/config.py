@@ -124,16 +124,17 @@ PRESETS: dict[str, dict[str, dict]] = {
             eval_batches=20,
         ),
     },
-    # The recipe `make demo` trains: nanoGPT's baby shape in the Llama layout (rotary positions, RMSNorm, SwiGLU)
-    # with QK-norm and an untied head, Muon (3 Newton-Schulz steps) for the blocks' matrices, spending a time
-    # budget. On Tiny Shakespeare, 120 s on 2 cores reach a whole-split val loss of about 1.53 where the
-    # nanogpt-baby recipe reaches 1.76-1.81 (docs/benchmarks.md says how each part was chosen).
+    # The recipe `make demo` trains: nanoGPT's baby width and depth with two heads of 64 and block 256, in the
+    # Llama layout (rotary positions, RMSNorm, SwiGLU) with QK-norm and an untied head, Muon (3 Newton-Schulz
+    # steps) for the blocks' matrices, spending a time budget. On Tiny Shakespeare, 120 s on 2 cores reach a
+    # whole-split val loss of about 1.49-1.50 where the nanogpt-baby recipe reaches 1.76-1.81 (docs/benchmarks.md
+    # says how each part was chosen).
     "shakespeare-char": {
         "model": dict(
             n_layer=4,
-            n_head=4,
+            n_head=2,
             n_embd=128,
-            block_size=64,
+            block_size=256,
             dropout=0.0,
             bias=False,
             positions="rope",
@@ -143,7 +144,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             tie_embeddings=False,
         ),
         "train": dict(
-            batch_size=24,
+            batch_size=12,
             max_steps=100_000,
             optimizer="muon",
             newton_schulz_steps=3,
