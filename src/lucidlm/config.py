@@ -127,7 +127,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     # The recipe `make demo` trains: nanoGPT's baby width and depth with two heads of 64 and block 256, in the
     # Llama layout (rotary positions, RMSNorm, SwiGLU) with QK-norm and an untied head, Muon (3 Newton-Schulz
     # steps) for the blocks' matrices, spending a time budget. On Tiny Shakespeare, 120 s on 2 cores reach a
-    # whole-split val loss of about 1.49-1.50 where the nanogpt-baby recipe reaches 1.76-1.81 (docs/benchmarks.md
+    # whole-split val loss of about 1.49-1.51 where the nanogpt-baby recipe reaches 1.76-1.81 (docs/benchmarks.md
     # says how each part was chosen).
     "shakespeare-char": {
         "model": dict(
