@@ -7,7 +7,7 @@ import torch
 from lucidlm.errors import ConfigError
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.config import MLPS, NORMS, POSITIONS
-from lucidlm.model.gpt import RMSNorm, RMSNormFunction
+from lucidlm.model.gpt import RMSNorm, RMSNormFunction, gelu_tanh_by_sigmoid
 
 
 def tiny(**overrides) -> GPTConfig:
@@ -61,6 +61,36 @@ def test_fast_attention_equals_the_explicit_path(switches):
     assert len(weights) == 2 and weights[0].shape == (3, 4, 12, 12)
     torch.testing.assert_close(weights[0].sum(-1), torch.ones(3, 4, 12))
     assert torch.all(weights[0].triu(diagonal=1) == 0)  # nothing attends to the future
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_causal_attention_in_halves_equals_one_pass(dtype):
+    attention = model_for(n_kv_head=2).transformer.h[0].attn
+    generator = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 16, 8, generator=generator).to(dtype).requires_grad_()
+    k, v = (torch.randn(2, 2, 16, 8, generator=generator).to(dtype).requires_grad_() for _ in range(2))
+    out_grad = torch.randn(2, 4, 16, 8, generator=generator).to(dtype)
+    halves = attention.causal_attention_in_halves(q, k, v)
+    halves_grads = torch.autograd.grad(halves, (q, k, v), out_grad)
+    one_pass = attention.explicit_attention(q, k, v, None)[0]
+    one_pass_grads = torch.autograd.grad(one_pass, (q, k, v), out_grad)
+    torch.testing.assert_close(halves, one_pass, rtol=0, atol=1e-6)
+    for got, expected in zip(halves_grads, one_pass_grads):
+        # the first half's keys and values get their gradient in two parts, summed: in bf16 that rounds once
+        # more, by up to a bf16 step (1/128) of the largest of them
+        atol = 1e-6 if dtype == torch.float32 else expected.abs().max().item() / 128
+        torch.testing.assert_close(got, expected, rtol=0, atol=atol)
+
+
+def test_gelu_through_sigmoid_is_gpt2s_tanh_gelu():
+    h = torch.linspace(-8, 8, 2001, dtype=torch.float64, requires_grad=True)
+    by_sigmoid = gelu_tanh_by_sigmoid(h)
+    by_tanh = torch.nn.functional.gelu(h, approximate="tanh")
+    torch.testing.assert_close(by_sigmoid, by_tanh, rtol=0, atol=1e-12)
+    (sigmoid_grad,) = torch.autograd.grad(by_sigmoid.sum(), h)
+    (tanh_grad,) = torch.autograd.grad(by_tanh.sum(), h)
+    torch.testing.assert_close(sigmoid_grad, tanh_grad, rtol=0, atol=1e-12)
+    assert gelu_tanh_by_sigmoid(h.detach().to(torch.bfloat16)).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("switches", [{}, dict(positions="rope", n_kv_head=2), dict(positions="sinusoidal")], ids=str)
