@@ -75,7 +75,7 @@ def test_causal_attention_in_halves_equals_one_pass(dtype):
     one_pass = attention.explicit_attention(q, k, v, None)[0]
     one_pass_grads = torch.autograd.grad(one_pass, (q, k, v), out_grad)
     torch.testing.assert_close(halves, one_pass, rtol=0, atol=1e-6)
-    for got, expected in zip(halves_grads, one_pass_grads):
+    for got, expected in zip(halves_grads, one_pass_grads, strict=True):
         # the first half's keys and values get their gradient in two parts, summed: in bf16 that rounds once
         # more, by up to a bf16 step (1/128) of the largest of them
         atol = 1e-6 if dtype == torch.float32 else expected.abs().max().item() / 128
