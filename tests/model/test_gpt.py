@@ -6,9 +6,8 @@ import torch
 
 from lucidlm.errors import ConfigError
 from lucidlm.model import GPT, GPTConfig
-from lucidlm.model import gpt as gpt_module
 from lucidlm.model.config import MLPS, NORMS, POSITIONS
-from lucidlm.model.gpt import RMSNorm, RMSNormFunction, gelu_tanh_by_sigmoid
+from lucidlm.model.gpt import CAUSAL_HALVES_AT, RMSNorm, RMSNormFunction, gelu_tanh_by_sigmoid
 
 
 def tiny(**overrides) -> GPTConfig:
@@ -83,9 +82,9 @@ def test_causal_attention_in_halves_equals_one_pass(dtype):
         torch.testing.assert_close(got, expected, rtol=0, atol=atol)
 
 
-def test_bf16_training_forward_takes_the_halves_and_matches_the_explicit_path():
-    model = model_for(block_size=gpt_module.CAUSAL_HALVES_AT, n_kv_head=2).eval()
-    x = torch.randint(0, 23, (2, gpt_module.CAUSAL_HALVES_AT), generator=torch.Generator().manual_seed(4))
+def test_bf16_forward_through_the_halves_matches_the_explicit_path():
+    model = model_for(block_size=CAUSAL_HALVES_AT, n_kv_head=2).eval()
+    x = torch.randint(0, 23, (2, CAUSAL_HALVES_AT), generator=torch.Generator().manual_seed(4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fast, _ = model(x)
         explicit, _ = model(x, attention_out=[])

@@ -210,7 +210,7 @@ class CausalSelfAttention(nn.Module):
         """Plain causal attention, the first half of the queries against the first half of the keys only.
 
         Those queries cannot see the later keys, so their scores would all be masked: leaving them out skips a
-        quarter of the (T, T) products and softmax, and gives the same numbers (a masked key adds exp(-inf) = 0).
+        quarter of the (T, T) products and softmax, and gives the same outputs (a masked key adds exp(-inf) = 0).
         """
         half = q.shape[2] // 2
         first = self.explicit_attention(q[:, :, :half], k[:, :, :half], v[:, :, :half], None)[0]
