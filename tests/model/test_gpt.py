@@ -7,7 +7,7 @@ import torch
 from lucidlm.errors import ConfigError
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.config import MLPS, NORMS, POSITIONS
-from lucidlm.model.gpt import CAUSAL_HALVES_AT, RMSNorm, RMSNormFunction, gelu_tanh_by_sigmoid
+from lucidlm.model.gpt import CAUSAL_BLOCK_QUERIES, RMSNorm, RMSNormFunction, gelu_tanh_by_sigmoid
 
 
 def tiny(**overrides) -> GPTConfig:
@@ -63,28 +63,30 @@ def test_fast_attention_equals_the_explicit_path(switches):
     assert torch.all(weights[0].triu(diagonal=1) == 0)  # nothing attends to the future
 
 
+@pytest.mark.parametrize("n_blocks", [2, 3, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_causal_attention_in_halves_equals_one_pass(dtype):
+def test_causal_attention_in_blocks_equals_one_pass(dtype, n_blocks):
     attention = model_for(n_kv_head=2).transformer.h[0].attn
     generator = torch.Generator().manual_seed(3)
     q = torch.randn(2, 4, 16, 8, generator=generator).to(dtype).requires_grad_()
     k, v = (torch.randn(2, 2, 16, 8, generator=generator).to(dtype).requires_grad_() for _ in range(2))
     out_grad = torch.randn(2, 4, 16, 8, generator=generator).to(dtype)
-    halves = attention.causal_attention_in_halves(q, k, v)
-    halves_grads = torch.autograd.grad(halves, (q, k, v), out_grad)
+    in_blocks = attention.causal_attention_in_blocks(q, k, v, n_blocks)  # 3 blocks of 16: 5, 5 and 6 queries
+    in_blocks_grads = torch.autograd.grad(in_blocks, (q, k, v), out_grad)
     one_pass = attention.explicit_attention(q, k, v, None)[0]
     one_pass_grads = torch.autograd.grad(one_pass, (q, k, v), out_grad)
-    torch.testing.assert_close(halves, one_pass, rtol=0, atol=1e-6)
-    for got, expected in zip(halves_grads, one_pass_grads, strict=True):
-        # the first half's keys and values get their gradient in two parts, summed: in bf16 that rounds once
-        # more, by up to a bf16 step (1/128) of the largest of them
-        atol = 1e-6 if dtype == torch.float32 else expected.abs().max().item() / 128
+    torch.testing.assert_close(in_blocks, one_pass, rtol=0, atol=1e-6)
+    for got, expected in zip(in_blocks_grads, one_pass_grads, strict=True):
+        # the early keys and values get their gradient in up to n_blocks parts, summed: in bf16 each addition
+        # rounds once more, by up to a bf16 step (1/128) of the largest of them
+        atol = 1e-6 if dtype == torch.float32 else (n_blocks - 1) * expected.abs().max().item() / 128
         torch.testing.assert_close(got, expected, rtol=0, atol=atol)
 
 
-def test_bf16_forward_through_the_halves_matches_the_explicit_path():
-    model = model_for(block_size=CAUSAL_HALVES_AT, n_kv_head=2).eval()
-    x = torch.randint(0, 23, (2, CAUSAL_HALVES_AT), generator=torch.Generator().manual_seed(4))
+@pytest.mark.parametrize("length", [2 * CAUSAL_BLOCK_QUERIES, 4 * CAUSAL_BLOCK_QUERIES + 3])  # 2 and 4 blocks
+def test_bf16_forward_through_the_blocks_matches_the_explicit_path(length):
+    model = model_for(block_size=length, n_kv_head=2).eval()
+    x = torch.randint(0, 23, (2, length), generator=torch.Generator().manual_seed(4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fast, _ = model(x)
         explicit, _ = model(x, attention_out=[])

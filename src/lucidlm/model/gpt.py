@@ -16,7 +16,7 @@ from lucidlm.model.kv_cache import KVCache, SlotKVCache, StaticKVCache, causal_m
 
 Cache = KVCache | SlotKVCache | StaticKVCache
 EXPLICIT_BF16_KEYS = 512  # bf16 attention on the CPU is written out up to this many keys (see fast_attention)
-CAUSAL_HALVES_AT = 128  # from this many tokens, written-out causal attention skips its masked quarter
+CAUSAL_BLOCK_QUERIES = 64  # written-out causal attention takes queries in blocks this long, from two blocks on
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -190,8 +190,8 @@ class CausalSelfAttention(nn.Module):
             # PyTorch's flash attention for the CPU is slower in bf16 than in fp32 (its backward most of all),
             # while the two matrix products written out run on the bf16 units: 52 -> 33 ms a layer for a
             # (16, 6, 256, 64) forward and backward. The (T, T) weights it holds are small at such lengths.
-            if mask is None and q.shape[2] == k.shape[2] >= CAUSAL_HALVES_AT:
-                return self.causal_attention_in_halves(q, k, v)
+            if mask is None and q.shape[2] == k.shape[2] >= 2 * CAUSAL_BLOCK_QUERIES:
+                return self.causal_attention_in_blocks(q, k, v, q.shape[2] // CAUSAL_BLOCK_QUERIES)
             return self.explicit_attention(q, k, v, mask)[0]
         # Without a mask, queries and keys either start together (plain causal attention) or there is one
         # query, which may see every key.
@@ -206,16 +206,24 @@ class CausalSelfAttention(nn.Module):
             enable_gqa=self.n_kv_head != self.n_head,
         )
 
-    def causal_attention_in_halves(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Plain causal attention, the first half of the queries against the first half of the keys only.
+    def causal_attention_in_blocks(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_blocks: int
+    ) -> torch.Tensor:
+        """Plain causal attention with the queries cut into n_blocks, each against the keys up to its own end.
 
-        Those queries cannot see the later keys, so their scores would all be masked: leaving them out skips a
-        quarter of the (T, T) products and softmax, and gives the same outputs (a masked key adds exp(-inf) = 0).
+        A block's queries cannot see the later keys, so their scores would all be masked: leaving them out skips
+        (n - 1) / 2n of the (T, T) products and softmax (a quarter in halves, 3/8 in quarters) and gives the same
+        outputs (a masked key adds exp(-inf) = 0). Smaller blocks skip more but run smaller, slower products:
+        blocks of 64 queries did best at 128 to 512 tokens (docs/benchmarks.md).
         """
-        half = q.shape[2] // 2
-        first = self.explicit_attention(q[:, :, :half], k[:, :, :half], v[:, :, :half], None)[0]
-        second = self.explicit_attention(q[:, :, half:], k, v, None)[0]
-        return torch.cat([first, second], dim=2)  # (B, H, T, D)
+        T = q.shape[2]
+        ends = [T * (i + 1) // n_blocks for i in range(n_blocks)]
+        starts = [0, *ends[:-1]]
+        blocks = [
+            self.explicit_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], None)[0]
+            for start, end in zip(starts, ends, strict=True)
+        ]
+        return torch.cat(blocks, dim=2)  # (B, H, T, D)
 
     def explicit_attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
