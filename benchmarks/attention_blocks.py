@@ -14,10 +14,9 @@ for one with them, where the products are fast beside the softmax.
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
-from common import machine, write_results
+from common import machine, seconds, write_results
 
 from lucidlm.device import cpu_bf16_flag
 from lucidlm.model import GPT, GPTConfig
@@ -30,14 +29,12 @@ SHAPES = [  # (name, batch, heads, tokens); head size 64
     ("batch 8, 6 heads, 512 tokens", 8, 6, 512),
 ]
 BLOCKS = (1, 2, 4, 8)
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 ROUNDS, REPEATS = 5, 10
 
 
 def forward_backward_ms(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> float:
-    started = time.perf_counter()
-    for _ in range(REPEATS):
-        attend(q, k, v).sum().backward()
-    return (time.perf_counter() - started) / REPEATS * 1e3
+    return seconds(lambda: attend(q, k, v).sum().backward(), REPEATS) * 1e3
 
 
 def time_blocks(attention: torch.nn.Module, batch: int, heads: int, tokens: int, dtype: torch.dtype) -> dict:
@@ -57,10 +54,10 @@ def main() -> None:
     attention = GPT(GPTConfig(vocab_size=65, n_layer=1, n_head=6, n_embd=384, dropout=0.0)).transformer.h[0].attn
     rows = []
     for name, batch, heads, tokens in SHAPES:
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype_name, dtype in DTYPES.items():
             ms = time_blocks(attention, batch, heads, tokens, dtype)
             chosen = tokens // CAUSAL_BLOCK_QUERIES
-            rows.append({"shape": name, "tokens": tokens, "dtype": str(dtype)[6:], "ms": ms, "chosen": chosen})
+            rows.append({"shape": name, "tokens": tokens, "dtype": dtype_name, "ms": ms, "chosen": chosen})
     bf16_units = cpu_bf16_flag() or "none"
     lines = [
         "## Causal attention in query blocks (`benchmarks/attention_blocks.py`)",

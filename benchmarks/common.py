@@ -34,6 +34,14 @@ def tiny_shakespeare_data() -> Path:
     return out
 
 
+def seconds(work: Callable[[], object], repeats: int) -> float:
+    """The mean wall time of one call of `work` over `repeats` calls."""
+    started = time.perf_counter()
+    for _ in range(repeats):
+        work()
+    return (time.perf_counter() - started) / repeats
+
+
 def sgemm_peak(size: int = 2048, repeats: int = 20, dtype: torch.dtype = torch.float32) -> float:
     """The best matmul rate this process reaches in `dtype` (fp32 by default), in FLOP/s: the ceiling MFU is
     measured against, for training in that dtype."""

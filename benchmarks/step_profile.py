@@ -13,10 +13,9 @@ a step (benchmarks/gemm_ceiling.py times them alone).
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
-from common import machine, peak_around, write_results
+from common import machine, peak_around, seconds, write_results
 from torch.profiler import profile
 
 from lucidlm.config import resolve_config
@@ -26,13 +25,6 @@ from lucidlm.train.optim import make_optimizer
 
 CONFIGS = [("nanogpt-baby", "nanogpt-baby"), ("shakespeare-char (the preset)", "shakespeare-char")]
 PRODUCTS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
-
-
-def seconds(work, repeats: int) -> float:
-    started = time.perf_counter()
-    for _ in range(repeats):
-        work()
-    return (time.perf_counter() - started) / repeats
 
 
 def profile_step(name: str, preset: str, blocks: int = 7, steps_per_block: int = 10) -> dict:
