@@ -8,12 +8,15 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-from lucidlm.errors import LucidError
+from lucidlm.errors import LucidError, Terminated, raise_terminated
 from lucidlm.paths import FORCE, FORCE_HELP
 
 EXAMPLES = {
@@ -166,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = command("serve", "serve a model: an OpenAI-compatible API and the model inspector", EXAMPLES["serve"])
     serve.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument("--model-name", help="the model id clients ask for (default: the run directory's name)")
     serve.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
     serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond those (default 64)")
@@ -182,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     tutorial = command("tutorial", "the lessons in the browser, with code you can edit and run", EXAMPLES["tutorial"])
-    tutorial.add_argument("--port", type=int, default=8890)
+    tutorial.add_argument("--port", type=port_number, default=8890)
     tutorial.add_argument("--time-limit", type=float, default=30.0, help="seconds a cell may run (default 30)")
     tutorial.add_argument("--memory-limit", type=int, default=4096, help="MiB a cell may use (default 4096)")
     tutorial.add_argument(
@@ -235,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="hf:DIR only: load the weights in this dtype (default: as stored)",
         )
     return parser
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free one), checked when the arguments are read."""
+    if not (text.isdigit() and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text} is not a port; give one from 1 to 65535 (0: any free port)")
+    return int(text)
 
 
 def add_sampling_arguments(
@@ -347,7 +357,7 @@ def run_serve(args: argparse.Namespace) -> None:
 def run_tutorial(args: argparse.Namespace) -> None:
     from lucidlm.errors import ConfigError
     from lucidlm.serve.server import bind, run_forever
-    from lucidlm.serve.tutorial import CellCap, RunnerLimits, create_tutorial_app, new_token
+    from lucidlm.serve.tutorial import CellCap, RunnerLimits, containment, create_tutorial_app, new_token
 
     if args.build is not None:
         from lucidlm.export.web import build_tutorial_site, check_web_exportable, export_web
@@ -364,10 +374,10 @@ def run_tutorial(args: argparse.Namespace) -> None:
         return
     if args.lessons is not None or args.checkpoint is not None:
         raise ConfigError("--lessons and --checkpoint are for --build")
-    if args.time_limit <= 0 or args.memory_limit < 256 or args.process_limit < 16:
-        raise ConfigError(
-            "--time-limit must be positive, --memory-limit at least 256 MiB and --process-limit at least 16"
-        )
+    if not (math.isfinite(args.time_limit) and args.time_limit > 0):
+        raise ConfigError(f"--time-limit must be a finite number of seconds above 0 (got {args.time_limit:g})")
+    if args.memory_limit < 256 or args.process_limit < 16:
+        raise ConfigError("--memory-limit must be at least 256 MiB and --process-limit at least 16")
     sock = bind("127.0.0.1", args.port)
     port, token = sock.getsockname()[1], new_token()
     url = f"http://127.0.0.1:{port}/?token={token}"
@@ -379,7 +389,7 @@ def run_tutorial(args: argparse.Namespace) -> None:
     limits = RunnerLimits(seconds=args.time_limit, memory_mib=args.memory_limit, processes=args.process_limit)
     print(
         f"each cell: {limits.seconds:g} s, {limits.memory_mib} MiB, {limits.processes} processes "
-        f"(the process cap: {CellCap.probe()})"
+        f"(the process cap: {CellCap.probe()}; containment: {containment()})"
     )
     run_forever(create_tutorial_app(token, port, limits), sock)
 
@@ -448,7 +458,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     result = carry_out(plan, progress=False if args.no_progress else None)
     if not result.is_main:
-        return 130 if result.interrupted else 0
+        return 128 + result.interrupted if result.interrupted else 0
     rate = f"{result.tokens_per_second:,.0f} tokens/s"
     print(
         f"trained {result.step} steps in {result.elapsed:.0f}s ({rate}); "
@@ -462,7 +472,7 @@ def run_train(args: argparse.Namespace) -> int:
             f"interrupted: checkpoint saved at step {result.step}. Resume with:\n"
             f"  lucidlm train --data {data} --out {out} --resume"
         )
-        return 130
+        return 128 + result.interrupted
     prompt = shlex.quote(prompt_from_data(Path(args.out), result.data_dir))
     print(
         f"checkpoints, metrics.jsonl and loss.png are in {args.out}. Next:\n"
@@ -648,14 +658,17 @@ def main(argv: list[str] | None = None) -> int:
         "serve": run_serve,
         "tutorial": run_tutorial,
     }
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         status = handlers[args.command](args)
     except LucidError as exc:
         print(f"lucidlm {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"lucidlm {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"lucidlm {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # e.g. `lucidlm generate ... | head`
         return 0
     except OSError as exc:  # the file system said no: a path that is a file, a full disk, no permission

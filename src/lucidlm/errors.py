@@ -24,3 +24,12 @@ class CheckpointError(LucidError):
 
 class TokenizerError(LucidError):
     """Text the tokenizer cannot encode, or a tokenizer file it cannot read."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `kill`, systemd, Docker and CI send), raised where Ctrl-C raises KeyboardInterrupt, so that
+    it gets what Ctrl-C gets: a run saves or rolls back, a half-written output is removed. Exit status 143."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated

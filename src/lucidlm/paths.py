@@ -9,15 +9,23 @@ nothing behind. What the target already holds decides what happens:
   and its marker file reads as the command writes it): replaced with `--force`, refused without;
 - anything else (a user's files, a run where a data directory is asked for, `.`, the parent directory):
   refused, with `--force` too. lucidlm never deletes what it did not write.
+
+A symbolic link at the target, or above it, is followed: the rules apply to the directory or file it points
+to, the output is written there, and the link itself is left as it was (a user who links `runs` to a bigger
+disk means the disk). Temporaries carry the writing process's id in their name, so the next command that
+writes beside them knows one left by a killed command from one still being written, and removes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import math
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +117,14 @@ class FileKind:
 GGUF_FILE = FileKind("GGUF file", b"GGUF")
 
 
+def real_path(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """The absolute path with every symbolic link in it followed, which is where the output will go."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as exc:  # a loop of links (RuntimeError before Python 3.13)
+        raise ConfigError(f"{flag} {path} is a loop of symbolic links; choose another {flag}") from exc
+
+
 def _check_ancestors(path: Path, flag: str = "--out") -> None:
     for ancestor in path.parents:
         if ancestor.exists() and not ancestor.is_dir():
@@ -124,7 +140,7 @@ def _replacing(path: Path, what: str, force: bool, flag: str = "--out") -> bool:
 
 def check_file_target(path: str | os.PathLike, kind: FileKind, force: bool) -> bool:
     """As `check_target`, for a one-file output: True when `path` is an earlier file of `kind` to replace."""
-    path = Path(path)
+    path = real_path(path)
     _check_ancestors(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory; give --out a file name, e.g. {path / 'model.gguf'}")
@@ -143,8 +159,9 @@ def written_file(path: str | os.PathLike, kind: FileKind, force: bool = False) -
     """A temporary file name beside `path` to write the output to; renamed to `path` (replacing an earlier
     file of `kind`) when the block ends without an error, removed with the directories this made otherwise."""
     check_file_target(path, kind, force)
-    path = Path(path).absolute()
+    path = real_path(path)
     made = make_parents(path)
+    remove_stale_temporaries(path)
     tmp = _beside(path, "tmp")
     try:
         yield tmp
@@ -158,14 +175,13 @@ def written_file(path: str | os.PathLike, kind: FileKind, force: bool = False) -
 def check_target(path: str | os.PathLike, kind: OutputKind, force: bool) -> bool:
     """Refuse (ConfigError, one line) unless `path` may receive `kind`; True when it holds an earlier output of
     that kind, which `force` allows to be replaced."""
-    path = Path(path)
+    path = real_path(path, kind.flag)
     _check_ancestors(path, kind.flag)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} is a file, not a directory; choose a directory for {kind.flag}")
     if not path.exists():
         return False
-    resolved = path.resolve()
-    if resolved == Path.cwd() or resolved in Path.cwd().parents:
+    if path == Path.cwd().resolve() or path in Path.cwd().resolve().parents:
         raise ConfigError(
             f"{kind.flag} {path} is the current directory or above it; name a new directory for the output"
         )
@@ -195,8 +211,71 @@ def remove_made(directories: list[Path]) -> None:
             directory.rmdir()
 
 
+NAME_MAX = 255  # bytes in one file name, on Linux, macOS and Windows file systems alike
+
+
+def _temporary_prefix(path: Path, role: str) -> str:
+    """`.NAME.lucidlm-ROLE-`, with NAME shortened so that the whole temporary name fits in NAME_MAX bytes."""
+    room = NAME_MAX - len(f"..lucidlm-{role}-{2**22}-{'0' * 8}")
+    name = path.name.encode()[:room].decode(errors="ignore")
+    return f".{name}.lucidlm-{role}-"
+
+
 def _beside(path: Path, role: str) -> Path:
-    return path.parent / f".{path.name}.lucidlm-{role}-{secrets.token_hex(4)}"
+    """A name beside `path` for a temporary ("tmp") or the earlier output being replaced ("old"), carrying this
+    process's id, so that a later command can tell one left by a killed command."""
+    return path.parent / f"{_temporary_prefix(path, role)}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _writer_is_gone(leftover: Path, prefix: str) -> bool:
+    """Whether the process named in a temporary's name has ended (or its pid now belongs to a process that
+    started after the temporary was last written)."""
+    pid, _, tail = leftover.name[len(prefix) :].partition("-")
+    if not (pid.isdigit() and len(tail) == 8 and all(c in "0123456789abcdef" for c in tail)):
+        return False  # not a name lucidlm writes: someone else's file
+    try:
+        started = _process_start(int(pid))
+        return started is None or started > leftover.lstat().st_mtime
+    except OSError:
+        return False
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), None if there is none; -inf where /proc is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line[:5] == "btime")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return -math.inf
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries a killed lucidlm command left beside `path` (kill -9 gives it no time to), saying
+    so; an earlier output that a killed command had moved aside to replace is left where it is, and named."""
+    for role in ("tmp", "old"):
+        prefix = _temporary_prefix(path, role)
+        for leftover in sorted(path.parent.glob(glob.escape(prefix) + "*")):
+            if not _writer_is_gone(leftover, prefix):
+                continue
+            if role == "old":
+                print(
+                    f"note: {leftover} holds an earlier output that a killed lucidlm command was replacing; "
+                    "move it back or remove it",
+                    file=sys.stderr,
+                )
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            print(f"note: removed {leftover}, left half-written by a lucidlm command that was killed", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -205,8 +284,9 @@ def written_directory(path: str | os.PathLike, kind: OutputKind, force: bool = F
     is renamed to `path` (an earlier output there is removed after the rename); on any error or Ctrl-C it is
     removed, with the parent directories this made."""
     replacing = check_target(path, kind, force)
-    path = Path(path).absolute()
+    path = real_path(path, kind.flag)
     made = make_parents(path)
+    remove_stale_temporaries(path)
     tmp = _beside(path, "tmp")
     try:
         tmp.mkdir()
@@ -233,8 +313,9 @@ def run_directory(path: str | os.PathLike, force: bool = False) -> Iterator[Path
     renamed into place. If the block fails before the run's first checkpoint, what it wrote is removed (and
     an earlier run that `force` replaced is put back); after it, the checkpoints stay, to resume from."""
     replacing = check_target(path, RUN_DIR, force)
-    path = Path(path).absolute()
+    path = real_path(path)
     made = make_parents(path)
+    remove_stale_temporaries(path)
     earlier = None
     if replacing:
         earlier = _beside(path, "old")

@@ -19,10 +19,12 @@ import asyncio
 import base64
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,7 +120,7 @@ class CellCap:
     def _make_group(self, controller: str, limit_files: tuple[str, ...], limit: int) -> Path | None:
         for parent in cgroup_parents(controller):
             shared = next((g for g in self.groups.values() if g.parent == parent), None)  # v2: one for both
-            group = shared or parent / f"lucidlm-cell-{secrets.token_hex(6)}"
+            group = shared or parent / f"{cell_group_prefix()}{secrets.token_hex(6)}"
             try:
                 group.mkdir(exist_ok=shared is not None)
             except OSError:
@@ -178,6 +180,11 @@ class CellCap:
         self.groups = {}
 
 
+def cell_group_prefix(server: int | None = None) -> str:
+    """The start of the names of the control groups that the runner in process `server` (this one) makes."""
+    return f"lucidlm-cell-{server or os.getpid()}-"
+
+
 def cgroup_parents(controller: str) -> list[Path]:
     """Where this process's own control group for `controller` lives: its v1 hierarchy, then the v2 one."""
     v1, v2 = [], []
@@ -206,9 +213,42 @@ PR_SET_CHILD_SUBREAPER = 36
 RUNNING_CELLS: set[int] = set()  # the pids of the cells running now, whichever request started them
 
 
+@functools.cache
+def pid_namespace_command() -> tuple[str, ...]:
+    """The command that starts a cell in a PID namespace of its own, or () where this machine cannot make one.
+
+    A namespace is what a cell cannot leave, whatever it does (`setsid`, leaving its control groups as root,
+    double forks): its processes are the namespace's, and when the namespace's first process (the cell's
+    Python) ends or is killed, the kernel kills every other process in it. util-linux's `unshare` makes it
+    (`--kill-child`: the namespace dies with the `unshare` process too; `--mount-proc`: the cell's /proc
+    shows its own processes); a user other than root makes it inside a user namespace of their own."""
+    unshare = shutil.which("unshare")
+    if unshare is None or not sys.platform.startswith("linux"):
+        return ()
+    command = (unshare, "--pid", "--fork", "--kill-child", "--mount-proc")
+    for candidate in (command,) if os.getuid() == 0 else ((unshare, "--user", "--map-root-user", *command[1:]),):
+        try:
+            if subprocess.run([*candidate, "true"], capture_output=True, timeout=10).returncode == 0:
+                return candidate
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return ()
+
+
+def containment() -> str:
+    """How a cell's processes are kept together, for the line `lucidlm tutorial` prints at start."""
+    if pid_namespace_command():
+        return "a PID namespace per cell (nothing it starts outlives it)"
+    return (
+        "no PID namespace on this machine (util-linux `unshare` is missing or not allowed): the runner finds a "
+        "cell's processes by their family tree, which a cell that asks another service to start a process leaves"
+    )
+
+
 def become_subreaper(on: bool = True) -> bool:
     """Make this process adopt the orphans of its descendants (Linux), instead of init: a cell's process that
-    left its session and outlived its parent stays where the runner can find and kill it."""
+    left its session and outlived its parent stays where the runner can find and kill it (without a PID
+    namespace)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
@@ -216,70 +256,97 @@ def become_subreaper(on: bool = True) -> bool:
         return False
 
 
-class CellProcesses:
-    """Every process a cell started, found by their parents in /proc, not by their session or control group
-    (a cell can leave both: `setsid`, or as root by writing its pid to another group). The cell's process is
-    a subreaper (its orphans stay its children) and so is the tutorial server (orphans of a cell that ended
-    are adopted by it), so the family tree holds them all. Each process is known with its start time, so a
-    reused pid is never mistaken for one of them."""
+def _pid_namespace(pid: int | str, which: str = "pid") -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{which}")
+    except OSError:
+        return None
 
-    def __init__(self, root: int):
-        self.root = root
+
+class CellProcesses:
+    """Every process a cell started. In a PID namespace (`pid_namespace_command`) they are the processes of
+    the namespace, which none can leave. Without one they are found by their parents in /proc, not by their
+    session or control group (a cell can leave both: `setsid`, or as root by writing its pid to another
+    group): the cell's process is a subreaper (its orphans stay its children) and so is the tutorial server
+    (orphans of a cell that ended are adopted by it), so the family tree holds them all. Each process is known
+    with its start time, so a reused pid is never mistaken for one of them."""
+
+    def __init__(self, root: int, namespaced: bool):
+        self.root, self.namespace = root, None
+        self.namespaced = namespaced  # the root is `unshare`, whose children make up the cell's namespace
         self.known: dict[int, int] = {}  # pid -> start time (clock ticks since boot)
         table = self._table()
         self.born = table[root][1] if root in table else math.inf  # adopt nothing if it is gone already
         self.scan()
 
     @staticmethod
-    def _table() -> dict[int, tuple[int, int, int]]:
-        """pid -> (parent pid, start time, resident pages) of every process."""
+    def _table() -> dict[int, tuple[int, int, int, int]]:
+        """pid -> (parent pid, start time, resident pages, threads) of every process."""
         table = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 fields = stat.read_text().rsplit(")", 1)[1].split()
-                table[int(stat.parent.name)] = (int(fields[1]), int(fields[19]), int(fields[21]))
+                table[int(stat.parent.name)] = (int(fields[1]), int(fields[19]), int(fields[21]), int(fields[17]))
         return table
 
-    def scan(self) -> dict[int, tuple[int, int, int]]:
-        """Add every descendant alive now to `known`; returns the process table read."""
+    def scan(self) -> dict[int, tuple[int, int, int, int]]:
+        """Add every process of the cell alive now to `known`; returns the process table read."""
         table = self._table()
         if self.root in table:
             self.known.setdefault(self.root, table[self.root][1])
-        for pid, (parent, start, _) in table.items():  # orphans this server adopted since the cell started
+        if self.namespaced:
+            if self.namespace is None:  # `unshare` has made the namespace once its children's differs from ours
+                children = _pid_namespace(self.root, "pid_for_children")
+                self.namespace = children if children != _pid_namespace("self") else None
+            if self.namespace is not None:
+                for pid, (_, start, _, _) in table.items():
+                    if pid not in self.known and _pid_namespace(pid) == self.namespace:
+                        self.known[pid] = start
+            return table
+        for pid, (parent, start, _, _) in table.items():  # orphans this server adopted since the cell started
             if parent == os.getpid() and pid not in RUNNING_CELLS and start >= self.born:
                 self.known.setdefault(pid, start)
         grew = True
         while grew:
             grew = False
-            for pid, (parent, start, _) in table.items():
+            for pid, (parent, start, _, _) in table.items():
                 if parent in self.known and pid not in self.known:
                     self.known[pid], grew = start, True
         return table
 
-    def alive(self, table: dict[int, tuple[int, int, int]]) -> list[int]:
+    def alive(self, table: dict[int, tuple[int, int, int, int]]) -> list[int]:
         return [pid for pid, start in self.known.items() if pid in table and table[pid][1] == start]
 
-    def resident_bytes(self) -> int:
+    def usage(self) -> tuple[int, int]:
+        """(resident bytes, processes and threads) of the cell's processes together."""
         table = self.scan()
-        return sum(table[pid][2] for pid in self.alive(table)) * resource.getpagesize()
+        alive = self.alive(table)
+        return sum(table[pid][2] for pid in alive) * resource.getpagesize(), sum(table[pid][3] for pid in alive)
 
     def kill(self) -> None:
         """SIGKILL every one of them, again until none is left (they may fork meanwhile), and reap those this
-        server adopted."""
+        server adopted (without a namespace; in one, its first process reaps them as the kernel ends it)."""
         for _ in range(100):
             table = self.scan()
-            alive = [pid for pid in self.alive(table) if Path(f"/proc/{pid}/stat").exists()]
-            living = [pid for pid in alive if _state(pid) != "Z"]
+            living = [pid for pid in self.alive(table) if _state(pid) not in ("Z", "X")]
             if not living:
                 break
             for pid in living:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.005)
-        for pid in self.known:
-            if pid != self.root:
-                with contextlib.suppress(ChildProcessError, OSError):
-                    os.waitpid(pid, os.WNOHANG)
+        adopted = [pid for pid in self.known if pid != self.root]
+        deadline = time.monotonic() + 1.0
+        while adopted and time.monotonic() < deadline:
+            for pid in list(adopted):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                        continue
+                except ChildProcessError:  # not this server's child: its own parent reaps it
+                    pass
+                adopted.remove(pid)
+            if adopted:
+                time.sleep(0.005)
 
 
 def _state(pid: int) -> str:
@@ -342,19 +409,21 @@ def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
     memory = limits.memory_mib * 2**20
     cap = CellCap(limits.processes, memory)
     watch_memory = "memory" not in cap.groups  # without a memory group, the runner sums the processes' memory
+    namespace = pid_namespace_command()
 
-    def limit_child() -> None:  # runs in the child before it starts Python
+    def limit_child() -> None:  # runs in the child before it starts `unshare` or Python
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        become_subreaper()
+        if not namespace:
+            become_subreaper()
         cap.enter()
 
-    status, notes, started = "ok", [], time.perf_counter()
+    status, notes, started, capped_by_count = "ok", [], time.perf_counter(), False
     try:
         with tempfile.TemporaryDirectory(prefix="lucidlm-cell-") as workdir:
             Path(workdir, "cell.py").write_text(script, encoding="utf-8")
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
             process = subprocess.Popen(
-                [sys.executable, "cell.py"],
+                [*namespace, sys.executable, "cell.py"],
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -364,15 +433,18 @@ def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
                 start_new_session=True,  # its own process group, so a kill reaches anything it started
             )
             RUNNING_CELLS.add(process.pid)
-            family = CellProcesses(process.pid)
+            family = CellProcesses(process.pid, namespaced=bool(namespace))
             stdout = CappedOutput(process.stdout, marker=(marker + "\n").encode())
             stderr = CappedOutput(process.stderr)
             try:
                 deadline = time.monotonic() + limits.seconds
                 while process.poll() is None:
                     time.sleep(POLL_SECONDS)
-                    over = family.resident_bytes() > memory if watch_memory else cap.memory_exceeded()
-                    if over:
+                    resident, tasks = family.usage()
+                    if tasks > limits.processes:  # a cell that left its pids group (root may) still counts
+                        status, capped_by_count = "error", True
+                        break
+                    if resident > memory if watch_memory else cap.memory_exceeded():
                         status = "error"
                         notes.append(
                             f"the cell's processes together used more than its memory limit of {limits.memory_mib} MiB"
@@ -398,7 +470,7 @@ def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
                     notes.append(f"the cell needed more than its memory limit of {limits.memory_mib} MiB")
                 elif process.returncode < 0:
                     notes.append(f"the cell was killed by signal {-process.returncode}")
-            if capped:
+            if capped or capped_by_count:
                 notes.append(f"the cell reached its limit of {limits.processes} processes and threads")
             images = cell_images(Path(workdir), notes)
             err = err.replace(str(Path(workdir, "cell.py")), "cell")
@@ -442,9 +514,10 @@ def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = Non
     allowed_origins = {f"http://{host}" for host in allowed_hosts}
 
     async def lifespan(app: FastAPI):
-        become_subreaper()  # orphans of a cell that ended come to this server, which kills them
+        adopting = not pid_namespace_command() and become_subreaper()  # orphans of a cell come to this server
         yield
-        become_subreaper(False)
+        if adopting:
+            become_subreaper(False)
 
     app = FastAPI(title="lucidlm tutorial", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from lucidlm.config import RunConfig
 from lucidlm.data.loader import BatchLoader, is_chat_data, read_meta
 from lucidlm.device import pick_device
-from lucidlm.errors import CheckpointError, ConfigError, LucidError
+from lucidlm.errors import CheckpointError, ConfigError, LucidError, Terminated
 from lucidlm.memory import keep_freed_memory
 from lucidlm.tokenizers import load_tokenizer
 from lucidlm.train import distributed
@@ -44,7 +44,7 @@ class TrainResult:
     best_val_loss: float | None
     tokens_per_second: float
     elapsed: float
-    interrupted: bool
+    interrupted: int  # the signal that stopped the run early (SIGINT, SIGTERM), 0 if none
     model: object  # the trained model at the last step: a lucidlm GPT, or a lucidlm.scratch GPT (NumPy engine)
     data_dir: Path | None = None  # the prepared data it trained on
     is_main: bool = True  # False in the torchrun processes other than rank 0
@@ -56,25 +56,32 @@ def estimate_val_loss(engine: TorchEngine | NumpyEngine, loader: BatchLoader, ba
 
 
 class StopRequest:
-    """The first Ctrl-C asks the loop to stop after the current step and save; a second one stops at once."""
+    """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step and save; a second one stops
+    at once. `signal` is the one that asked (0 while none has)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self.previous = None
+        self.signal = 0
+        self.previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal != 0
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        self.signal = signum
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
 
 
 def check_data_fits(config: RunConfig, data_dir: Path) -> None:
@@ -232,7 +239,7 @@ def train(
         best_val_loss=None if math.isinf(best_val_loss) else best_val_loss,
         tokens_per_second=rate_tokens / rate_time if rate_time else 0.0,
         elapsed=elapsed,
-        interrupted=stop.requested,
+        interrupted=stop.signal,
         model=engine.model,
         data_dir=data_dir,
         is_main=group.is_main,
