@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -340,3 +341,76 @@ def test_prepare_skips_empty_and_binary_files_of_a_source_tree(tmp_path, capsys)
 def test_generate_refuses_an_infinite_temperature(made, capsys):
     status, _, err = lucidlm("generate", "--checkpoint", made["run"], "--temperature", "inf", capsys=capsys)
     assert status == 2 and "temperature inf must be 0 (greedy) or a positive number" in err
+
+
+# --- issue 37: symbolic links at --out, and what a killed command left -----------------------------------------
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("force", [False, True])
+def test_a_link_at_out_is_followed_and_stays_a_link(made, tmp_path, capsys, command, force):
+    """`--out link` wrote a real directory at `link`, moved the user's link to a hidden name and exited 2;
+    with --force over a link to an earlier output it said `Cannot call rmtree on a symbolic link`."""
+    target, link = tmp_path / "mine", tmp_path / "link"
+    if force:  # a link to this command's earlier output, to replace
+        assert lucidlm(*command_args(command, made, str(target), force=False)) == (0, "", "")
+    else:  # a link to an empty directory of the user's
+        target.mkdir()
+    link.symlink_to(target)
+    status, _, err = lucidlm(*command_args(command, made, str(link), force), capsys=capsys)
+    assert status == 0, err
+    assert link.is_symlink() and os.readlink(link) == str(target)  # the link, untouched
+    assert COMMANDS[command].holds(target)  # the output, where it points
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "mine"]  # nothing moved aside or left over
+
+
+def test_a_link_in_the_parents_of_out_is_followed(made, tmp_path, capsys):
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "runs").symlink_to(tmp_path / "disk")
+    assert lucidlm("export", "--checkpoint", made["run"], "--out", tmp_path / "runs" / "a", capsys=capsys)[0] == 0
+    assert (tmp_path / "runs").is_symlink() and HF_EXPORT.holds(tmp_path / "disk" / "a")
+
+
+def test_a_loop_of_links_at_out_is_one_line(made, tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    status, _, err = lucidlm("data", "prepare", "--input", made["text"], "--out", tmp_path / "a", capsys=capsys)
+    assert status == 2 and "is a loop of symbolic links; choose another --out" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("command", ["prepare", "export"])
+def test_a_killed_commands_temporaries_are_removed_by_the_next_one_and_nothing_else(made, tmp_path, capsys, command):
+    """kill -9 during `data prepare` or `export` left `.NAME.lucidlm-tmp-*` beside the output for good."""
+    out = tmp_path / "out"
+    dead = subprocess_pid_that_ended()
+    stale = tmp_path / f".out.lucidlm-tmp-{dead}-0123abcd"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "train.bin").write_bytes(b"half")
+    running = tmp_path / f".out.lucidlm-tmp-{os.getpid()}-0123abcd"  # a command still writing: left alone
+    running.mkdir()
+    users = [tmp_path / ".out.lucidlm-tmp-notes.txt", tmp_path / f".out.lucidlm-tmp-{dead}-mine"]
+    for path in users:
+        path.write_text("the user's")
+    aside = tmp_path / f".out.lucidlm-old-{dead}-0123abcd"  # an earlier output a killed --force had moved aside
+    aside.mkdir()
+    status, _, err = lucidlm(*command_args(command, made, str(out), force=False), capsys=capsys)
+    assert status == 0, err
+    assert f"removed {stale}, left half-written by a lucidlm command that was killed" in err
+    assert f"{aside} holds an earlier output that a killed lucidlm command was replacing" in err
+    assert not stale.exists() and running.is_dir() and aside.is_dir()
+    assert all(path.read_text() == "the user's" for path in users)
+
+
+def subprocess_pid_that_ended() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_255_byte_gguf_name_is_written(made, tmp_path, capsys):
+    """The temporary name beside it, `.NAME.lucidlm-tmp-...`, was over the file system's 255 bytes."""
+    out = tmp_path / ("m" * 250 + ".gguf")
+    status, _, err = lucidlm("export", "--checkpoint", made["run"], "--format", "gguf", "--out", out, capsys=capsys)
+    assert status == 0, err
+    assert out.read_bytes()[:4] == b"GGUF" and [p.name for p in tmp_path.iterdir()] == [out.name]

@@ -105,7 +105,9 @@ def test_damaged_or_missing_checkpoints_are_clear_errors(tmp_path, data_dir):
         train(data_dir, tmp_path / "run", tiny_config(34, max_steps=10), progress=False)
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, text_file):
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_that_resumes(tmp_path, text_file, signum, status):
+    """SIGTERM (kill, systemd, Docker, CI) gets what Ctrl-C gets, with its own exit status (issue 37)."""
     run = tmp_path / "run"
     command = [
         sys.executable,
@@ -137,9 +139,9 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, text_file):
     deadline = time.time() + 60
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 5):
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err  # as Ctrl-C anywhere: `train && generate` does not go on
+    assert process.returncode == status, err  # as Ctrl-C anywhere: `train && generate` does not go on
     assert "Resume with" in out and "--resume" in out
     step = json.loads((run / "latest.json").read_text())["step"]
     assert step >= 5
@@ -151,6 +153,30 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, text_file):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "latest.json").read_text())["step"] == step + 3
+
+
+def test_sigterm_before_the_first_checkpoint_of_a_forced_run_puts_the_earlier_run_back(tmp_path, text_file):
+    """Issue 37: SIGTERM during `train --force` exited 143 and left the earlier run under `.run.lucidlm-old-*`,
+    with `run` holding a run without a checkpoint."""
+    run = tmp_path / "run"
+    tiny = ["--set", "n_layer=1", "--set", "n_embd=16", "--set", "n_head=2", "--set", "block_size=8"]
+    train_args = [sys.executable, "-m", "lucidlm", "train", "--out", str(run), *tiny, "--device", "cpu"]
+    earlier = subprocess.run([*train_args, "--data", str(text_file), "--max-steps", "2", "--no-progress"], timeout=120)
+    assert earlier.returncode == 0
+    before = {path.name: path.read_bytes() for path in run.rglob("*") if path.is_file()}
+    big = tmp_path / "big.txt"  # preparing it inside the new run takes seconds: the signal lands then
+    big.write_text(text_file.read_text() * (20_000_000 // len(text_file.read_text())))
+    process = subprocess.Popen(
+        [*train_args, "--data", str(big), "--max-steps", "2", "--force"], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".run.lucidlm-old-*")):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "lucidlm train: terminated" in err, err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["big.txt", "run", text_file.name]
+    assert {path.name: path.read_bytes() for path in run.rglob("*") if path.is_file()} == before
 
 
 def test_learning_rate_schedule():
