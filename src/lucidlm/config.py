@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from lucidlm.errors import ConfigError
-from lucidlm.model.config import GPTConfig, check_types
+from lucidlm.files import MiB, read_text
+from lucidlm.model.config import MAX_DIMENSION, GPTConfig, check_types, shown_integer
 
 
 @dataclass
@@ -52,8 +53,11 @@ class TrainConfig:
             self.compile = str(self.compile).lower()
         check_types(self)
         for name in ("batch_size", "grad_accum", "max_steps", "newton_schulz_steps", "eval_interval", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+            largest = 2**63 - 1 if name in ("max_steps", "eval_interval") else MAX_DIMENSION
+            if not 1 <= getattr(self, name) <= largest:
+                raise ConfigError(
+                    f"{name}={shown_integer(getattr(self, name))} must be a positive integer of at most {largest:,}"
+                )
         ranges = [
             ("decay_steps", self.decay_steps is None or self.decay_steps >= 1, "must be a positive integer"),
             ("warmup_steps", self.warmup_steps >= 0, "must be 0 or more"),
@@ -225,7 +229,8 @@ def parse_value(name: str, annotation: str, raw: str) -> object:
             return float(raw)
     except ValueError:
         kind = annotation.split(" ")[0]
-        raise ConfigError(f"--set {name}={raw}: {name} takes a {kind} value") from None
+        shown = raw if len(raw) <= 40 else f"{raw[:37]}..."
+        raise ConfigError(f"--set {name}={shown}: {name} takes a {kind} value") from None
     return raw
 
 
@@ -248,13 +253,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict]:
 def read_toml(path: str | Path) -> dict[str, dict]:
     """A TOML file with [model] and [train] tables, or flat keys that are sorted into them by name."""
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (UnicodeDecodeError, IsADirectoryError):
-        raise ConfigError(f"config file {path} is not a text file; give a TOML file with [model] and [train]") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        data = tomllib.loads(read_text(path, MiB, ConfigError, "give a TOML file with [model] and [train]"))
+    except ValueError as exc:  # TOMLDecodeError, or an integer of more than 4,300 digits
+        raise ConfigError(f"config file {path} is not valid TOML: {str(exc).splitlines()[0][:200]}") from None
     types = _field_types()
     result: dict[str, dict] = {"model": {}, "train": {}}
     for key, value in data.items():

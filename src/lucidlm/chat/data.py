@@ -27,11 +27,13 @@ from lucidlm.chat.template import render_template
 from lucidlm.data.corpus import sha256_file
 from lucidlm.data.prepare import token_dtype
 from lucidlm.errors import ConfigError, DataError, TokenizerError
+from lucidlm.files import MiB, parse_json, read_text
 from lucidlm.paths import DATA_DIR, check_target, written_directory
 from lucidlm.tokenizers import Tokenizer
 from lucidlm.tokenizers.base import CHAT_TOKENS
 
 ROLES = ("system", "user", "assistant")
+JSONL_LIMIT = 1024 * MiB  # conversations are held in memory while they are tokenized
 MASK_DTYPE = np.dtype("u1")
 STARTS_DTYPE = np.dtype("<u8")
 
@@ -43,19 +45,14 @@ def read_conversations(
     `{"text": ...}` records). A line that is not a valid record is a DataError naming the file, the line and
     the problem."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file; give a JSONL file of conversations") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text ({exc})") from None
+    lines = read_text(path, JSONL_LIMIT, DataError, "give a JSONL file of conversations").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+            record = parse_json(line)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
+            raise DataError(f"{path} line {number}: {exc}") from None
         if text and isinstance(record, dict) and "text" in record:
             problem = (
                 None

@@ -13,28 +13,39 @@ past the split's end, are -1, which the loss ignores.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lucidlm.errors import DataError
+from lucidlm.files import COUNT, read_json
 
 SPLITS = ("train", "val")
 
 
+META = {
+    "tokenizer": str,
+    "vocab_size": COUNT,
+    "dtype": str,
+    "train_tokens": COUNT,
+    "val_tokens": COUNT,
+    "sources": [{"sha256": str}],
+    "chat?": {"train_starts": COUNT, "val_starts": COUNT},
+}
+TOKEN_DTYPES = ("uint16", "uint32")
+
+
 def read_meta(data_dir: str | Path) -> dict:
     path = Path(data_dir) / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists():
         raise DataError(
             f"{data_dir} is not a prepared data directory (no meta.json); create one with "
             "`lucidlm data prepare` or pass a text file to --data"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); prepare the data again") from None
+        )
+    meta = read_json(path, META, DataError, "prepare the data again")
+    if meta["dtype"] not in TOKEN_DTYPES:
+        raise DataError(f"{path} is damaged: dtype must be one of {', '.join(TOKEN_DTYPES)}; prepare the data again")
     return meta
 
 
@@ -49,7 +60,13 @@ def open_split(data_dir: str | Path, split: str, part: str = "") -> np.memmap:
     if path.stat().st_size % dtype.itemsize or path.stat().st_size // dtype.itemsize != expected:
         what = "window starts" if part == "starts" else "tokens"
         raise DataError(f"{path} does not hold the {expected} {what} meta.json promises; prepare the data again")
-    return np.memmap(path, dtype=dtype, mode="r")
+    data = np.memmap(path, dtype=dtype, mode="r")
+    if not part and len(data) and int(data.max()) >= meta["vocab_size"]:  # read once: a damaged or foreign file
+        raise DataError(
+            f"{path} holds token id {int(data.max())}, outside the vocabulary of {meta['vocab_size']} that "
+            "meta.json gives; prepare the data again"
+        )
+    return data
 
 
 def is_chat_data(data_dir: str | Path) -> bool:

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from lucidlm.errors import CheckpointError, ConfigError
+from lucidlm.files import COUNT, read_json
 from lucidlm.memory import return_freed_memory
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.config import LLAMA3_ROPE_KEYS
@@ -401,12 +402,9 @@ def weight_files(directory: Path) -> list[Path]:
 def read_hf_config(directory: str | os.PathLike) -> dict:
     """A Hugging Face directory's config.json."""
     directory = Path(directory)
-    try:
-        return json.loads((directory / "config.json").read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{directory} has no config.json; give a Hugging Face model directory") from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{directory}/config.json is not valid JSON ({exc})") from None
+    if not (directory / "config.json").exists():
+        raise CheckpointError(f"{directory} has no config.json; give a Hugging Face model directory")
+    return read_json(directory / "config.json", dict, CheckpointError, "give a Hugging Face model directory")
 
 
 def load_hf(directory: str | os.PathLike, dtype: str | None = None) -> tuple[GPT, GPTConfig]:
@@ -432,14 +430,31 @@ def load_hf(directory: str | os.PathLike, dtype: str | None = None) -> tuple[GPT
     return model.eval(), config
 
 
+def load_hf_model(directory: str | os.PathLike, dtype: str | None = None) -> tuple[GPT, Tokenizer, GPTConfig]:
+    """`load_hf` and `load_hf_tokenizer`, the tokenizer checked against the model once: every id it can give
+    must have a row in the embedding (a tokenizer of another model gave an IndexError mid-generation), and an
+    empty one gives nothing to run the model on."""
+    model, config = load_hf(directory, dtype)
+    tokenizer = load_hf_tokenizer(directory)
+    if tokenizer.vocab_size == 0:
+        raise CheckpointError(f"{directory}/tokenizer.json holds no tokens; give the model's own tokenizer.json")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{directory}/tokenizer.json has {tokenizer.vocab_size:,} tokens, more than the {config.vocab_size:,} "
+            "rows of the model's embedding (config.json vocab_size); the tokenizer is not this model's"
+        )
+    return model, tokenizer, config
+
+
 def hf_eos_ids(directory: str | os.PathLike) -> list[int]:
     """The end-of-text ids of a Hub directory: generation_config.json's, else config.json's (an id or a list)."""
     for name in ("generation_config.json", "config.json"):
         path = Path(directory) / name
         if path.exists():
-            value = json.loads(path.read_text()).get("eos_token_id")
+            shape = {"eos_token_id?": (COUNT, [COUNT], None)}
+            value = read_json(path, shape, CheckpointError, "give a Hugging Face model directory").get("eos_token_id")
             if value is not None:
-                return [value] if isinstance(value, int) else [int(v) for v in value]
+                return [value] if isinstance(value, int) else value
     return []
 
 

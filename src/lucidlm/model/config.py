@@ -16,6 +16,7 @@ POSITIONS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu", "swiglu", "relu2")
 MAX_BLOCK_SIZE = 131_072  # Llama 3's context; a larger one is a typo (or a tampered config.json), not a plan
+MAX_DIMENSION = 2**31 - 1  # any size above int32's range is a typo too (and overflows the file formats)
 
 
 def _is_int(value) -> bool:
@@ -76,9 +77,12 @@ class GPTConfig:
         for name, allowed in (("positions", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of: {', '.join(allowed)}")
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be a positive integer")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "n_kv_head", "head_dim", "mlp_hidden"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_DIMENSION:
+                raise ConfigError(
+                    f"{name}={shown_integer(value)} must be a positive integer of at most {MAX_DIMENSION:,}"
+                )
         if self.block_size > MAX_BLOCK_SIZE:
             raise ConfigError(f"block_size={self.block_size} is larger than {MAX_BLOCK_SIZE}; choose a smaller one")
         if self.head_dim is None:
@@ -127,6 +131,11 @@ class GPTConfig:
         if unknown:
             raise ConfigError(f"unknown model setting(s): {', '.join(unknown)}")
         return cls(**data)
+
+
+def shown_integer(value: int) -> str:
+    """An integer for a message: a huge one (a typo, a hostile file) by its first digits and its length."""
+    return str(value) if abs(value) < 10**30 else f"{str(value)[:12]}... ({len(str(abs(value)))} digits)"
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lucidlm.chat import chat_prompt
 from lucidlm.errors import LucidError
 from lucidlm.explain import explain
+from lucidlm.files import parse_json
 from lucidlm.generate import SamplingConfig, encode_prompt
 from lucidlm.model import GPT
 from lucidlm.serve.engine import Engine, QueueFull, TokenEvent
@@ -203,11 +204,11 @@ async def parse_body(request: Request, schema: type[BaseModel]) -> Any:
     """The JSON body as `schema`: 400 for what is not JSON, nests too deep or holds text that is not Unicode
     (a lone surrogate such as "\\ud800"), 422 for a field of the wrong type."""
     try:
-        data = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"the request body is not valid JSON ({exc})") from None
+        data = parse_json(await request.body())
     except RecursionError:
         raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise APIError(400, f"the request body is {exc}") from None
     if json_depth(data) > MAX_JSON_DEPTH:
         raise APIError(400, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lucidlm.errors import TokenizerError
+from lucidlm.files import JSON_LIMIT, parse_json, read_text
 
 # The turns of lucidlm's own chat template: one special token opens each role's message, one ends every turn.
 # A tokenizer that holds them all speaks the template (`chat_template`), and its end-of-turn token ends a reply.
@@ -186,12 +187,12 @@ def tokenizer_kind(data: Any) -> str | None:
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Read a `tokenizer.json` written by `Tokenizer.save`, whatever its kind."""
     path = Path(path)
+    if not path.exists():
+        raise TokenizerError(f"no tokenizer at {path}: prepare data with `lucidlm data prepare`")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(f"no tokenizer at {path}: prepare data with `lucidlm data prepare`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TokenizerError(f"{path} is not valid JSON ({exc}); prepare the data again") from None
+        data = parse_json(read_text(path, JSON_LIMIT, TokenizerError, "prepare the data again"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
+        raise TokenizerError(f"{path} is {exc}; prepare the data again") from None
     kind = tokenizer_kind(data)
     if kind not in Tokenizer.registry:
         known = ", ".join(sorted(Tokenizer.registry))

@@ -20,6 +20,7 @@ from typing import Any
 import tokenizers
 
 from lucidlm.errors import TokenizerError
+from lucidlm.files import JSON_LIMIT, parse_json, read_text
 from lucidlm.tokenizers.base import END_OF_TURN, Tokenizer, added_tokens_json
 
 # the keys of tokenizer_config.json that lucidlm uses, kept with the tokenizer in a run
@@ -121,12 +122,12 @@ class HFTokenizer(Tokenizer):
 
 def read_tokenizer_file(path: Path) -> Any:
     """A tokenizer's JSON file, or a TokenizerError that says what is wrong with it."""
+    if not path.exists():
+        raise TokenizerError(f"{path.parent} has no {path.name}; lucidlm reads the fast (tokenizers) format")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(f"{path.parent} has no {path.name}; lucidlm reads the fast (tokenizers) format") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TokenizerError(f"{path} is not valid JSON ({exc})") from None
+        return parse_json(read_text(path, JSON_LIMIT, TokenizerError, "give a tokenizer in the tokenizers format"))
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
+        raise TokenizerError(f"{path} is {exc}") from None
 
 
 def load_hf_directory_tokenizer(directory: str | os.PathLike, eos_ids: Iterable[int] = ()) -> HFTokenizer:

@@ -25,12 +25,20 @@ from safetensors.torch import load_file, save_file
 from lucidlm.config import RunConfig
 from lucidlm.data.corpus import sha256_file
 from lucidlm.errors import CheckpointError, ConfigError
+from lucidlm.files import COUNT, NUMBER, read_json
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.gpt import check_shapes
 from lucidlm.tokenizers import Tokenizer, load_tokenizer
 
 POINTERS = ("latest", "best")
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
+MANIFEST = {
+    "checkpoint": str,
+    "step": COUNT,
+    "val_loss?": (NUMBER, None),
+    "files": {"*": {"bytes": COUNT, "sha256": str}},
+}
+STATE = {"step": COUNT, "elapsed?": NUMBER}
 
 
 def _fsync(path: Path) -> None:
@@ -121,18 +129,17 @@ def _remove_unnamed(run_dir: Path) -> None:
 
 def read_manifest(run_dir: str | Path, which: str) -> dict:
     path = _pointer(Path(run_dir), which)
-    try:
-        manifest = json.loads(path.read_text())
-        if not isinstance(manifest["checkpoint"], str) or not isinstance(manifest["files"], dict):
-            raise TypeError
-        return manifest
-    except FileNotFoundError:
+    if not path.exists():
         raise CheckpointError(
             f"{run_dir} holds no {which} checkpoint ({path.name} is missing); "
             "give a run directory that `lucidlm train --out` wrote"
-        ) from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"{path} is damaged; delete it to fall back on the other checkpoint") from None
+        )
+    return read_json(path, MANIFEST, CheckpointError, "delete it to fall back on the other checkpoint")
+
+
+def read_state(directory: Path) -> dict:
+    """A checkpoint's state.json: its step, elapsed time and whatever else the engine saved."""
+    return read_json(directory / "state.json", STATE, CheckpointError, "the checkpoint is damaged, train again")
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
@@ -181,26 +188,40 @@ def _manifest_of_step(run_dir: Path, which: str) -> dict:
 def split_checkpoint_path(path: str | Path, which: str = "best") -> tuple[Path, str]:
     """(run directory, which) for `--checkpoint`: a run directory, or one of its `checkpoints/step-N` folders."""
     path = Path(path)
-    if path.parent.name == "checkpoints" and path.name.startswith("step-") and (path / "state.json").is_file():
-        return path.parent.parent, f"step-{int(path.name.removeprefix('step-'))}"
+    if path.parent.name == "checkpoints" and path.name.startswith("step-"):
+        step = path.name.removeprefix("step-")
+        if not step.isdigit():
+            raise CheckpointError(
+                f"{path} is not a complete checkpoint (one being written, or left by a killed run); give the run "
+                f"directory {path.parent.parent} or one of its checkpoints/step-N folders"
+            )
+        return path.parent.parent, f"step-{int(step)}"
     return path, which
 
 
 def checkpoint_step(directory: Path) -> int:
     """The step a checkpoint directory holds."""
-    return json.loads((directory / "state.json").read_text())["step"]
+    return read_state(directory)["step"]
+
+
+RUN_CONFIG = {"model": dict, "train": dict, "data_sources?": [{"sha256": str}]}
+
+
+def read_run_config_json(run_dir: str | Path) -> dict:
+    """A run's config.json as JSON, checked for the parts every reader needs."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(
+            f"{run_dir} is not a run directory (no config.json); pass the --out directory of `lucidlm train`"
+        )
+    return read_json(path, RUN_CONFIG, CheckpointError, "restore it from the run")
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.json"
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise CheckpointError(
-            f"{run_dir} is not a run directory (no config.json); pass the --out directory of `lucidlm train`"
-        ) from None
-    except (json.JSONDecodeError, ConfigError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{path} is damaged ({exc}); restore it from the run") from None
+        return RunConfig.from_dict(read_run_config_json(run_dir))
+    except (ConfigError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{Path(run_dir) / 'config.json'} is damaged ({exc}); restore it from the run") from None
 
 
 def load_model(
@@ -210,11 +231,10 @@ def load_model(
     the run's `checkpoints/step-N` folders (`which` as `find_checkpoint`), or `hf:DIR`, a Hugging Face model
     directory as the Hub serves it (loaded in its stored dtype, or in `dtype`)."""
     if str(run_dir).startswith("hf:"):
-        from lucidlm.export.hf import load_hf, load_hf_tokenizer
+        from lucidlm.export.hf import load_hf_model
 
-        directory = str(run_dir)[3:]
-        model, config = load_hf(directory, dtype)
-        return model.to(device).eval(), load_hf_tokenizer(directory), RunConfig(model=config)
+        model, tokenizer, config = load_hf_model(str(run_dir)[3:], dtype)
+        return model.to(device).eval(), tokenizer, RunConfig(model=config)
     run_dir, which = split_checkpoint_path(run_dir, which)
     config = read_run_config(run_dir)
     directory = find_checkpoint(run_dir, which)
@@ -252,10 +272,10 @@ def load_lora_model(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, dire
 def load_init(source: str) -> tuple[GPT, Tokenizer]:
     """The model and tokenizer that `--init-from` names: `hf:DIR` (a GPT-2, Llama or Qwen3 directory) or a RUN_DIR."""
     if source.startswith("hf:"):
-        from lucidlm.export.hf import load_hf, load_hf_tokenizer
+        from lucidlm.export.hf import load_hf_model
 
-        model, _ = load_hf(source[3:])
-        return model, load_hf_tokenizer(source[3:])
+        model, tokenizer, _ = load_hf_model(source[3:])
+        return model, tokenizer
     model, tokenizer, _ = load_model(source)
     return model, tokenizer
 
@@ -351,7 +371,7 @@ def load_training_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[
         return (
             load_file(directory / "model.safetensors"),
             load_file(directory / "optimizer.safetensors"),
-            json.loads((directory / "state.json").read_text()),
+            read_state(directory),
         )
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read the checkpoint in {directory} ({exc})") from None

@@ -11,7 +11,6 @@ file into RUN_DIR/data, and trains; a failure before the first checkpoint leaves
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,18 @@ from lucidlm.data.corpus import iter_text, text_sha256
 from lucidlm.data.loader import read_meta
 from lucidlm.data.prepare import Source, prepare
 from lucidlm.errors import CheckpointError, ConfigError, DataError
-from lucidlm.model import GPT
+from lucidlm.model import GPT, GPTConfig
 from lucidlm.paths import RUN_DIR, check_target, holds_run, run_directory
 from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
-from lucidlm.train.checkpoint import absolute_source, load_base, read_manifest, read_run_config
+from lucidlm.train.checkpoint import (
+    absolute_source,
+    find_checkpoint,
+    load_base,
+    read_manifest,
+    read_run_config,
+    read_run_config_json,
+    read_state,
+)
 from lucidlm.train.trainer import TrainResult, train
 
 DEFAULT_PRESET = "shakespeare-char"
@@ -141,7 +148,7 @@ def _plan_resume(
     if config.train.lora_rank:  # the frozen base comes back from where the run started
         plan.init_weights = load_base(config.init_from, tokenizer, what=str(out))[1]
     latest = read_manifest(out, "latest")
-    state = json.loads((out / latest["checkpoint"] / "state.json").read_text())
+    state = read_state(find_checkpoint(out, "latest"))
     budget = config.train.time_budget
     if latest["step"] >= config.train.max_steps:
         plan.nothing_to_do = (
@@ -158,7 +165,7 @@ def _plan_resume(
 def _check_same_data(data: Path, out: Path, tokenizer: Tokenizer) -> None:
     """The data of a resume must be the run's own: its sources' sha256 as config.json records them, or (for
     runs written before that record) at least the same tokenizer."""
-    recorded = json.loads((out / "config.json").read_text()).get("data_sources")
+    recorded = read_run_config_json(out).get("data_sources")
     if data.is_dir():
         if recorded is not None:
             same = [s["sha256"] for s in read_meta(data)["sources"]] == [s["sha256"] for s in recorded]
@@ -222,19 +229,49 @@ def changed_settings(before: RunConfig, after: RunConfig, section: str) -> list[
     return [f"{name} ({old[name]!r} -> {new[name]!r})" for name in old if old[name] != new[name]]
 
 
-def check_fits_in_memory(config: RunConfig) -> None:
-    """Refuse a model whose training state cannot fit in this machine's memory, before allocating any of it.
-    The parameters are counted on PyTorch's meta device (shapes only)."""
+def count_parameters(model: GPTConfig) -> int:
+    """The model's parameters, from models of one and two blocks built on PyTorch's meta device (shapes only,
+    no memory), so that n_layer=10**9 costs no more than n_layer=1."""
     with torch.device("meta"):
-        parameters = GPT(config.model).num_params(include_position_embeddings=True)
-    needed = parameters * TRAINING_BYTES_PER_PARAMETER
+        one, two = (
+            GPT(dataclasses.replace(model, n_layer=n)).num_params(include_position_embeddings=True) for n in (1, 2)
+        )
+    return one + (model.n_layer - 1) * (two - one)
+
+
+def activation_bytes(model: GPTConfig, batch_size: int) -> int:
+    """What a training step's forward pass keeps for the backward, for one micro-batch in fp32: Korthikanti et
+    al. (2022) count 34 C + 5 H T values of 2 bytes a token and layer (the second term is the attention
+    matrix), and the logits and their gradient add about 3 V of 4 bytes a token."""
+    tokens = batch_size * model.block_size
+    per_layer = (34 * model.n_embd + 5 * model.n_head * model.block_size) * 2 * 2
+    return tokens * (model.n_layer * per_layer + 12 * model.vocab_size)
+
+
+def check_fits_in_memory(config: RunConfig) -> None:
+    """Refuse a run whose training cannot fit in this machine's memory, before allocating any of it: the
+    model's weights, gradients and optimizer state, and (training on the CPU, where they share that memory)
+    one micro-batch's activations."""
+    parameters = count_parameters(config.model)
+    state = parameters * TRAINING_BYTES_PER_PARAMETER
     available = physical_memory()
-    if available and needed > available:
+    if available and state > available:
         raise ConfigError(
-            f"a model of {parameters:,} parameters needs about {needed / 2**30:,.1f} GiB to train (weights, "
-            f"gradients and optimizer state), more than this machine's {available / 2**30:,.1f} GiB; "
+            f"a model of {parameters:,} parameters needs about {gib(state)} GiB to train (weights, "
+            f"gradients and optimizer state), more than this machine's {gib(available)} GiB; "
             "choose smaller n_embd, n_layer or vocab_size"
         )
+    activations = activation_bytes(config.model, config.train.batch_size)
+    if available and config.train.device in ("auto", "cpu") and state + activations > available:
+        raise ConfigError(
+            f"batch_size={config.train.batch_size} of {config.model.block_size} tokens needs about "
+            f"{gib(activations)} GiB of activations beside the model's {gib(state)} GiB, more than this "
+            f"machine's {gib(available)} GiB; lower batch_size (raise grad_accum to keep the tokens per step)"
+        )
+
+
+def gib(size: int) -> str:
+    return f"{size / 2**30:,.1f}"
 
 
 def physical_memory() -> int | None:

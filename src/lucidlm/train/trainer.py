@@ -84,10 +84,22 @@ class StopRequest:
             signal.signal(signum, previous)
 
 
+EVAL_PASSES = 100  # an evaluation that reads the validation split more often than this is a typo
+
+
 def check_data_fits(config: RunConfig, data_dir: Path) -> None:
     if config.train.engine == "numpy" and is_chat_data(data_dir):
         raise ConfigError("the NumPy engine has no loss mask for chat data; train it with --engine torch")
-    data_vocab = read_meta(data_dir)["vocab_size"]
+    meta = read_meta(data_dir)
+    batch_tokens = config.train.batch_size * config.model.block_size
+    most = (EVAL_PASSES * meta["val_tokens"] + 10**6) // batch_tokens
+    if config.train.eval_batches > max(most, 1):
+        raise ConfigError(
+            f"eval_batches={config.train.eval_batches} would score {config.train.eval_batches * batch_tokens:,} "
+            f"tokens at each evaluation, the validation split's {meta['val_tokens']:,} more than {EVAL_PASSES} "
+            f"times over; choose eval_batches of at most {max(most, 1):,}"
+        )
+    data_vocab = meta["vocab_size"]
     if config.model.vocab_size < data_vocab:
         raise ConfigError(
             f"vocab_size={config.model.vocab_size} is smaller than the data's vocabulary of "
