@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from lucidlm.chat.template import render_template
 from lucidlm.data.corpus import sha256_file
-from lucidlm.data.prepare import token_dtype
+from lucidlm.data.prepare import token_dtype, write_array
 from lucidlm.errors import ConfigError, DataError, TokenizerError
 from lucidlm.files import MiB, parse_json, read_text
 from lucidlm.paths import DATA_DIR, check_target, written_directory
@@ -200,9 +200,13 @@ def prepare_chat(
     dtype = token_dtype(tokenizer.vocab_size)
     with written_directory(out_dir, DATA_DIR, force) as out:
         for name, split in splits.items():
-            np.asarray(split.ids, dtype=dtype).tofile(out / f"{name}.bin")
-            np.asarray(split.mask, dtype=MASK_DTYPE).tofile(out / f"{name}.mask.bin")
-            np.asarray(split.starts, dtype=STARTS_DTYPE).tofile(out / f"{name}.starts.bin")
+            for suffix, values, kind in (
+                ("", split.ids, dtype),
+                (".mask", split.mask, MASK_DTYPE),
+                (".starts", split.starts, STARTS_DTYPE),
+            ):
+                with open(out / f"{name}{suffix}.bin", "wb") as f:
+                    write_array(f, np.asarray(values, dtype=kind))
         meta = {
             "tokenizer": tokenizer.kind,
             "vocab_size": tokenizer.vocab_size,

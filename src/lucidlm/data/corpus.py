@@ -154,6 +154,8 @@ def resolve_inputs(patterns: list[str]) -> tuple[list[Path], list[Path]]:
             files.append(path)
         elif glob.has_magic(pattern) and (matches := sorted(glob.glob(pattern, recursive=True))):
             files.extend(found([Path(m) for m in matches if Path(m).is_file()]))
+        elif path.exists():
+            raise DataError(f"{pattern} is not a regular file (a device, a pipe or a socket); give text files")
         else:
             raise DataError(f"no such file or directory: {pattern}")
     return list(dict.fromkeys(files)), list(dict.fromkeys(skipped))

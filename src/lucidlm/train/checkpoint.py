@@ -102,10 +102,18 @@ def save_checkpoint(
     except (OSError, SafetensorError) as exc:  # a full disk, a read-only directory: the manifests still name
         shutil.rmtree(tmp, ignore_errors=True)  # the previous checkpoint, which is left as it was
         previous = read_manifest(run_dir, "latest")["step"] if _pointer(run_dir, "latest").exists() else None
-        kept = f"the checkpoint of step {previous} is intact" if previous is not None else "no checkpoint was kept"
+        if previous is not None:
+            then = (
+                f"the checkpoint of step {previous} is intact; free some space or make the directory writable, "
+                "then --resume"
+            )
+        else:  # a run without a checkpoint is removed as the error leaves it: there is nothing to resume
+            then = (
+                "the run had no checkpoint yet, so nothing is kept; free some space or make the directory "
+                "writable and train again"
+            )
         raise CheckpointError(
-            f"cannot write the checkpoint of step {step} in {root} ({getattr(exc, 'strerror', None) or exc}); "
-            f"{kept}; free some space or make the directory writable, then --resume"
+            f"cannot write the checkpoint of step {step} in {root} ({getattr(exc, 'strerror', None) or exc}); {then}"
         ) from None
     _remove_unnamed(run_dir)
     return final
