@@ -226,6 +226,8 @@ def test_the_command_line_generates_evaluates_and_fine_tunes_a_hub_model(hub_dir
         ("rope_scaling", "rope scaling 'yarn' is not supported"),
         ("pickled weights", "only pickled weights"),
         ("tokenizer.json", "Hugging Face tokenizers cannot read this tokenizer.json"),
+        ("another model's tokenizer", "tokenizer.json has 401 tokens, more than the 400 rows of the model's embedding"),
+        ("an empty tokenizer", "tokenizer.json holds no tokens"),
     ],
 )
 def test_what_lucidlm_cannot_run_is_one_line_exit_2(hub_dir, tmp_path, damage, message):
@@ -241,6 +243,14 @@ def test_what_lucidlm_cannot_run_is_one_line_exit_2(hub_dir, tmp_path, damage, m
         config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
     elif damage == "pickled weights":
         (bad / "model.safetensors").rename(bad / "pytorch_model.bin")
+    elif damage.endswith("tokenizer"):  # issue 37: an IndexError mid-generation, or a float tensor for a prompt
+        tokenizer = json.loads((bad / "tokenizer.json").read_text())
+        if damage == "an empty tokenizer":
+            tokenizer["model"]["vocab"], tokenizer["model"]["merges"], tokenizer["added_tokens"] = {}, [], []
+        else:
+            added = {"content": "<|extra|>", "single_word": False, "lstrip": False, "rstrip": False}
+            tokenizer["added_tokens"].append({"id": 400, **added, "normalized": False, "special": True})
+        (bad / "tokenizer.json").write_text(json.dumps(tokenizer))
     else:
         (bad / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 3}}')
     (bad / "config.json").write_text(json.dumps(config))

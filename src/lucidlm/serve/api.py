@@ -50,6 +50,7 @@ from lucidlm.explain import explain
 from lucidlm.files import parse_json
 from lucidlm.generate import SamplingConfig, encode_prompt
 from lucidlm.model import GPT
+from lucidlm.model.config import shown_integer
 from lucidlm.serve.engine import Engine, QueueFull, TokenEvent
 from lucidlm.serve.engine import Request as EngineRequest
 from lucidlm.serve.engine_process import EngineProcess, EngineStopped
@@ -258,7 +259,9 @@ def check_sampling(body: SamplingFields, settings: ServerSettings, default_max_t
     ]
     for param, ok, rule in checks:
         if not ok:
-            raise APIError(400, f"{param} {rule} (got {getattr(body, param)!r})", param)
+            value = getattr(body, param)
+            shown = shown_integer(value) if isinstance(value, int) and not isinstance(value, bool) else repr(value)
+            raise APIError(400, f"{param} {rule} (got {shown})", param)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise APIError(400, "stop takes at most 4 strings", "stop")
