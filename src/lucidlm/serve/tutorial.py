@@ -5,9 +5,10 @@ Run executes code on this machine, so the app is locked down the way Jupyter's i
 - every request must carry the random token printed at start (in the URL's `?token=`, after which the page
   keeps it in a same-site cookie, or in an `X-Tutorial-Token` header); without it: 403;
 - a request whose Origin or Host is not this server (another web page, a DNS-rebinding attack): 403;
-- a cell runs in a fresh Python subprocess, in its own process group and temporary directory, with a
-  wall-clock limit (the whole group is killed at it), an address-space limit and a cap on its processes
-  (`CellCap`), so a fork bomb stops at the cap.
+- a cell runs in a fresh Python subprocess, in a PID namespace of its own where the machine allows one
+  (nothing it starts outlives it), in its own temporary directory, with a wall-clock limit, a memory limit and
+  a cap on its processes (`CellCap`), so a fork bomb stops at the cap (docs/reliability.md says what is
+  contained and what is not).
 
 A cell is run together with the lesson's code cells above it (as edited on the page), because lessons build
 on earlier cells; only the output of the cell itself is shown, with any PNG it saved.
@@ -402,8 +403,9 @@ def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
     """Run the code cells in order in a fresh subprocess; report the last one's output and saved PNGs.
 
     Whatever the cell does, the call returns within its time limit and a second: at the limit, or when its
-    processes together use more than the memory limit, everything it started is killed (control groups,
-    process group, family tree), and its pipes are read only until a deadline."""
+    processes together use more than the memory limit or the process cap, everything it started is killed
+    (its PID namespace, control groups, process group, family tree), and its pipes are read only until a
+    deadline."""
     marker = f"<<lucidlm-cell-{secrets.token_hex(8)}>>"
     script = "\n".join(f"print({marker!r}, flush=True)\n{source}" for source in sources)
     memory = limits.memory_mib * 2**20
