@@ -94,7 +94,7 @@ BAD_INPUTS = {
     "not a checkpoint": (["generate", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/none", "--data", "{text}"], "not a run directory"),
     "serve, not a checkpoint": (["serve", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
-    "tutorial, no time": (["tutorial", "--time-limit", "0", "--no-browser"], "--time-limit must be positive"),
+    "tutorial, no time": (["tutorial", "--time-limit", "0", "--no-browser"], "--time-limit must be a finite number of seconds above 0"),
     "prepare nothing": (
         ["data", "prepare", "--input", "{tmp}/nope*.txt", "--out", "{tmp}/d"],
         "no such file or directory",

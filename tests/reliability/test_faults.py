@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from lucidlm.cli import main
 from lucidlm.data.corpus import sha256_file
 from lucidlm.errors import CheckpointError
 from lucidlm.train import checkpoint as checkpoint_module
@@ -67,6 +68,22 @@ def test_a_failing_write_keeps_the_previous_checkpoint(tmp_path, data_dir, monke
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000010"]
     monkeypatch.undo()
     assert train(data_dir, tmp_path / "run", tiny_config(34, max_steps=20), resume=True, progress=False).step == 20
+
+
+def test_a_failing_first_checkpoint_does_not_advise_resuming_a_run_that_is_removed(
+    tmp_path, text_file, monkeypatch, capsys
+):
+    """Issue 37: a full disk at the first save said "then --resume", for a run the same error then removed."""
+
+    def disk_full(tensors, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", disk_full)
+    args = ["train", "--data", str(text_file), "--out", str(tmp_path / "run"), *tiny_model_args(), "--max-steps", "2"]
+    assert main([*args, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "the run had no checkpoint yet, so nothing is kept" in err and "--resume" not in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_read_only_output_is_one_line_and_exit_2(tmp_path, text_file):
