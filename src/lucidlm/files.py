@@ -50,7 +50,7 @@ def read_text(path: str | os.PathLike, limit: int, error: type[LucidError], give
     try:
         return read_bytes(path, limit, error, give).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{path} is not UTF-8 text (byte {exc.start}); {give}") from None
+        raise error(f"{path} is not a text file (not UTF-8 at byte {exc.start}); {give}") from None
 
 
 def parse_json(text: str | bytes) -> object:
