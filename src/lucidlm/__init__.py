@@ -1,26 +1,33 @@
-"""lucidlm: a GPT you can read end to end, and a tool to train, sample and evaluate your own."""
+"""lucidlm: a GPT you can read end to end, and a tool to train, sample and evaluate your own.
 
-from lucidlm.config import PRESETS, RunConfig, TrainConfig
-from lucidlm.errors import LucidError
-from lucidlm.generate import SamplingConfig, generate_text
-from lucidlm.model import GPT, GPTConfig
-from lucidlm.tokenizers import CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
-from lucidlm.train import load_model, train
+The names below are imported when first used (PEP 562), so that `import lucidlm` and `lucidlm --help` do not
+wait for PyTorch."""
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "GPT",
-    "PRESETS",
-    "CharTokenizer",
-    "GPTConfig",
-    "LucidError",
-    "RunConfig",
-    "SamplingConfig",
-    "Tokenizer",
-    "TrainConfig",
-    "WordTokenizer",
-    "generate_text",
-    "load_model",
-    "load_tokenizer",
-    "train",
-]
+_HOMES = {
+    "GPT": "lucidlm.model",
+    "GPTConfig": "lucidlm.model",
+    "PRESETS": "lucidlm.config",
+    "RunConfig": "lucidlm.config",
+    "TrainConfig": "lucidlm.config",
+    "LucidError": "lucidlm.errors",
+    "SamplingConfig": "lucidlm.generate",
+    "generate_text": "lucidlm.generate",
+    "CharTokenizer": "lucidlm.tokenizers",
+    "Tokenizer": "lucidlm.tokenizers",
+    "WordTokenizer": "lucidlm.tokenizers",
+    "load_tokenizer": "lucidlm.tokenizers",
+    "load_model": "lucidlm.train",
+    "train": "lucidlm.train",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'lucidlm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value

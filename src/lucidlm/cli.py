@@ -16,7 +16,8 @@ import threading
 import time
 from pathlib import Path
 
-from lucidlm.errors import LucidError, Terminated, raise_terminated
+from lucidlm import __version__
+from lucidlm.errors import ConfigError, DataError, LucidError, Terminated, raise_terminated
 from lucidlm.paths import FORCE, FORCE_HELP
 
 EXAMPLES = {
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lucidlm", description="Train, sample and evaluate GPT language models you can read end to end."
     )
+    parser.add_argument("--version", action="version", version=f"lucidlm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, examples: str, parent=commands) -> argparse.ArgumentParser:
@@ -119,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument(FORCE, action="store_true", help=FORCE_HELP + ": start RUN_DIR's run afresh")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default auto")
+    add_device_argument(train, default=None)
     train.add_argument(
         "--compile", action="store_true", help="compile the blocks with torch.compile (compile=auto does for long runs)"
     )
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--num-samples", type=int, default=1)
     generate.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample at TEXT")
     generate.add_argument("--no-stream", action="store_true", help="print each sample once it is complete")
-    generate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_device_argument(generate)
     generate.add_argument(
         "--compile", action="store_true", help="compile the decoding step (faster tokens; the first run compiles)"
     )
@@ -148,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--system", help="a system prompt to start with")
     chat.add_argument("--max-new-tokens", type=int, default=256, help="the longest reply (default 256)")
     add_sampling_arguments(chat)
-    chat.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_device_argument(chat)
 
     evaluate = command(
         "eval", "a model's mean loss over a whole split, or its replies scored on tasks", EXAMPLES["eval"]
@@ -161,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(evaluate, temperature=0.0, seed=0, only="--tasks: ")
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
-    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_device_argument(evaluate)
     lessons = command("lessons", "list the lessons, or run one", EXAMPLES["lessons"])
     lessons.add_argument("action", nargs="?", choices=["list", "run"], default="list")
     lessons.add_argument("number", nargs="?", type=int, help="the lesson to run")
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
     serve.add_argument("--max-waiting", type=int, default=64, help="requests queued beyond those (default 64)")
     serve.add_argument("--max-tokens", type=int, default=2048, help="the most tokens a request may ask for")
-    serve.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    add_device_argument(serve)
     serve.add_argument("--threads", type=int, help="PyTorch threads on the CPU (default: all cores but one)")
     serve.add_argument(
         "--allow-origin",
@@ -240,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def add_device_argument(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """--device: auto picks cuda, then mps, then cpu (train: None, so that a preset or --config may choose)."""
+    parser.add_argument("--device", default=default, choices=DEVICES, help="default auto")
+
+
 def port_number(text: str) -> int:
     """A TCP port, 0 to 65535 (0: any free one), checked when the arguments are read."""
     if not (text.isdigit() and int(text) <= 65535):
@@ -274,7 +284,6 @@ def sampling_generator(device, seed: int | None):
 
 
 def run_lessons(args: argparse.Namespace) -> None:
-    from lucidlm.errors import ConfigError
     from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_title, run_lesson
 
     if args.action == "list":
@@ -290,7 +299,6 @@ def run_lessons(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from lucidlm.errors import ConfigError
     from lucidlm.export import ARCHITECTURES, export_hf, family
     from lucidlm.train import load_model
 
@@ -327,7 +335,6 @@ def run_serve(args: argparse.Namespace) -> None:
     import torch
 
     from lucidlm.device import pick_device
-    from lucidlm.errors import ConfigError
     from lucidlm.serve import EngineProcess, ServerSettings, create_app
     from lucidlm.serve.server import bind, decoding_threads, run_forever
     from lucidlm.train import load_model
@@ -355,7 +362,6 @@ def run_serve(args: argparse.Namespace) -> None:
 
 
 def run_tutorial(args: argparse.Namespace) -> None:
-    from lucidlm.errors import ConfigError
     from lucidlm.serve.server import bind, run_forever
     from lucidlm.serve.tutorial import CellCap, RunnerLimits, containment, create_tutorial_app, new_token
 
@@ -396,7 +402,6 @@ def run_tutorial(args: argparse.Namespace) -> None:
 
 def run_prepare(args: argparse.Namespace) -> None:
     from lucidlm.data import prepare, resolve_inputs, sources_for
-    from lucidlm.errors import ConfigError, DataError
 
     if args.chat:
         return run_prepare_chat(args)
@@ -420,7 +425,6 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 def run_prepare_chat(args: argparse.Namespace) -> None:
     from lucidlm.chat.data import prepare_chat
-    from lucidlm.errors import ConfigError
     from lucidlm.train.checkpoint import load_source_tokenizer
 
     if not args.tokenizer_from:
@@ -503,7 +507,6 @@ def prompt_from_data(run_dir: Path, data_dir: Path) -> str:
 
 def run_generate(args: argparse.Namespace) -> None:
     from lucidlm.device import pick_device
-    from lucidlm.errors import ConfigError
     from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text
     from lucidlm.model.onednn import decode_with_onednn
     from lucidlm.train import load_model
@@ -549,7 +552,6 @@ def run_generate(args: argparse.Namespace) -> None:
 def run_chat(args: argparse.Namespace) -> None:
     from lucidlm.chat.repl import ChatSession, run_chat
     from lucidlm.device import pick_device
-    from lucidlm.errors import ConfigError
     from lucidlm.generate import SamplingConfig
     from lucidlm.model.onednn import decode_with_onednn
     from lucidlm.train import load_model
@@ -576,7 +578,6 @@ def run_eval(args: argparse.Namespace) -> None:
     from lucidlm.data.loader import open_split
     from lucidlm.data.prepare import iter_text
     from lucidlm.device import pick_device
-    from lucidlm.errors import ConfigError, DataError
     from lucidlm.evaluate import split_loss
     from lucidlm.tokenizers import load_tokenizer
     from lucidlm.train import find_checkpoint, load_model
@@ -625,7 +626,6 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> None:
-    from lucidlm.errors import ConfigError
     from lucidlm.evaluate import score_tasks
     from lucidlm.generate import SamplingConfig
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from lucidlm import __version__
+
 from ..conftest import run_lucidlm, tiny_model_args
 
 lucidlm = run_lucidlm
@@ -94,7 +96,7 @@ BAD_INPUTS = {
     "not a checkpoint": (["generate", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/none", "--data", "{text}"], "not a run directory"),
     "serve, not a checkpoint": (["serve", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
-    "tutorial, no time": (["tutorial", "--time-limit", "0", "--no-browser"], "--time-limit must be a finite number of seconds above 0"),
+    "tutorial, no time": (["tutorial", "--time-limit", "0", "--no-browser"], "--time-limit must be a finite number"),
     "prepare nothing": (
         ["data", "prepare", "--input", "{tmp}/nope*.txt", "--out", "{tmp}/d"],
         "no such file or directory",
@@ -189,3 +191,12 @@ def ended_within(pid: int, seconds: float) -> bool:
 
 def children(pid: int) -> list[int]:
     return [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()]
+
+
+def test_the_command_line_starts_without_waiting_for_pytorch():
+    """Issue 33: `lucidlm --help` took 2.6-3.0 s (PyTorch was imported before the arguments were read), and
+    `lucidlm --version` was an error."""
+    code = "import sys\nfrom lucidlm.cli import build_parser\nbuild_parser()\nprint('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"
+    version = subprocess.run([sys.executable, "-m", "lucidlm", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout == f"lucidlm {__version__}\n"
