@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lucidlm import __version__
 from lucidlm.errors import ConfigError, DataError, LucidError, Terminated, raise_terminated
-from lucidlm.paths import FORCE, FORCE_HELP
+from lucidlm.outputs import FORCE, FORCE_HELP
 
 EXAMPLES = {
     "prepare": """examples:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lucidlm.cli import main
-from lucidlm.paths import DATA_DIR, HF_EXPORT, RUN_DIR
+from lucidlm.outputs import DATA_DIR, HF_EXPORT, RUN_DIR
 
 from ..conftest import SAMPLE_TEXT, tiny_model_args
 

@@ -28,7 +28,7 @@ from lucidlm.data.corpus import sha256_file
 from lucidlm.data.prepare import token_dtype, write_array
 from lucidlm.errors import ConfigError, DataError, TokenizerError
 from lucidlm.files import MiB, parse_json, read_text
-from lucidlm.paths import DATA_DIR, check_target, written_directory
+from lucidlm.outputs import DATA_DIR, check_target, written_directory
 from lucidlm.tokenizers import Tokenizer
 from lucidlm.tokenizers.base import CHAT_TOKENS
 

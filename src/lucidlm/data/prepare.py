@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from lucidlm.data.corpus import corpus_path, iter_text
 from lucidlm.errors import ConfigError, DataError
-from lucidlm.paths import DATA_DIR, check_target, written_directory
+from lucidlm.outputs import DATA_DIR, check_target, written_directory
 from lucidlm.tokenizers import Tokenizer
 
 TOKENIZER_KINDS = ("char", "word", "bpe")
@@ -116,7 +116,7 @@ def prepare(
 
     With `tokenizer`, that tokenizer is used as it is (to fine-tune a model on new text); otherwise one of
     kind `tokenizer_kind` is learned from the text. An existing `out_dir` is refused unless it is an earlier
-    data directory and `force` is given (lucidlm.paths)."""
+    data directory and `force` is given (lucidlm.outputs)."""
     if tokenizer is not None:
         tokenizer_kind = tokenizer.kind
     elif tokenizer_kind not in TOKENIZER_KINDS:

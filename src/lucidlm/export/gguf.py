@@ -30,7 +30,7 @@ import torch
 from lucidlm.errors import ConfigError
 from lucidlm.export.hf import family, to_hf_state
 from lucidlm.model import GPT, GPTConfig
-from lucidlm.paths import GGUF_FILE, written_file
+from lucidlm.outputs import GGUF_FILE, written_file
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer
 from lucidlm.tokenizers.base import END_OF_TURN
 from lucidlm.tokenizers.bpe import bytes_to_unicode
@@ -155,7 +155,7 @@ def export_gguf(
     model: GPT, tokenizer: Tokenizer, out_path: str | os.PathLike, quantize: str = "f32", force: bool = False
 ) -> Path:
     """Write `out_path`, a GGUF file llama.cpp loads and runs with lucidlm's tokens and logits. An existing
-    file is replaced only if it is a GGUF file and `force` is given (lucidlm.paths)."""
+    file is replaced only if it is a GGUF file and `force` is given (lucidlm.outputs)."""
     if quantize not in QUANTIZATIONS:
         raise ConfigError(f"--quantize {quantize} is not one of: {', '.join(QUANTIZATIONS)}")
     config = model.config

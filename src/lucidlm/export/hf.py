@@ -26,7 +26,7 @@ from lucidlm.files import COUNT, read_json
 from lucidlm.memory import return_freed_memory
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.config import LLAMA3_ROPE_KEYS
-from lucidlm.paths import HF_EXPORT, written_directory
+from lucidlm.outputs import HF_EXPORT, written_directory
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
 from lucidlm.tokenizers.base import added_tokens_json
 from lucidlm.tokenizers.hf import HFTokenizer, load_hf_directory_tokenizer, read_tokenizer_file
@@ -295,7 +295,7 @@ def _eos(tokenizer: Tokenizer) -> tuple[str | None, int | None]:
 # --- directories --------------------------------------------------------------------------------------------
 def export_hf(model: GPT, tokenizer: Tokenizer, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write a directory that `transformers.AutoModelForCausalLM.from_pretrained` and `AutoTokenizer` load.
-    An existing `out_dir` is refused unless it is an earlier export and `force` is given (lucidlm.paths)."""
+    An existing `out_dir` is refused unless it is an earlier export and `force` is given (lucidlm.outputs)."""
     config = model.config
     family(config)  # refuse early, before anything is written
     with written_directory(out_dir, HF_EXPORT, force) as tmp:
@@ -309,7 +309,7 @@ def _write_hf_files(model: GPT, tokenizer: Tokenizer, tmp: Path) -> None:
     state = {name: t.detach().cpu().float().contiguous() for name, t in model.state_for_saving().items()}
     save_file(to_hf_state(config, state), tmp / "model.safetensors", metadata={"format": "pt"})
     files = {
-        # "exported_by" marks the directory as lucidlm's own, which `--force` may replace (lucidlm.paths)
+        # "exported_by" marks the directory as lucidlm's own, which `--force` may replace (lucidlm.outputs)
         "config.json": {**hf_config(config, eos_id), "exported_by": "lucidlm"},
         "tokenizer.json": hf_tokenizer_json(tokenizer),
         "tokenizer_config.json": {

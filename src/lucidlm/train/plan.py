@@ -2,7 +2,7 @@
 
 A run is new, a resume, or a fine-tune of another model (`--init-from`). `plan_run` settles which, with its
 data, settings and starting weights, and checks everything that can be checked first: every setting's range,
-that the output directory may be written (lucidlm.paths), that a resumed run gets the very data it was
+that the output directory may be written (lucidlm.outputs), that a resumed run gets the very data it was
 trained on (by the sha256 recorded in its config.json) and settings that change nothing but what the user
 asked to change, that the model fits in memory. `carry_out` then claims the run directory, prepares a text
 file into RUN_DIR/data, and trains; a failure before the first checkpoint leaves nothing behind.
@@ -23,7 +23,7 @@ from lucidlm.data.loader import read_meta
 from lucidlm.data.prepare import Source, prepare
 from lucidlm.errors import CheckpointError, ConfigError, DataError
 from lucidlm.model import GPT, GPTConfig
-from lucidlm.paths import RUN_DIR, check_target, holds_run, run_directory
+from lucidlm.outputs import RUN_DIR, check_target, holds_run, run_directory
 from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
 from lucidlm.train.checkpoint import (
     absolute_source,

@@ -25,7 +25,7 @@ import torch
 
 from lucidlm.errors import ConfigError
 from lucidlm.model import GPT
-from lucidlm.paths import WEB_EXPORT, written_directory
+from lucidlm.outputs import WEB_EXPORT, written_directory
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer
 from lucidlm.tokenizers.bpe import SPLIT_PATTERNS
 from lucidlm.tokenizers.word import WORD_PATTERN

@@ -28,7 +28,7 @@ from lucidlm.errors import ConfigError
 from lucidlm.export.web.model import STYLE
 from lucidlm.lessons import lesson_files, lesson_number, lesson_sources, lesson_title
 from lucidlm.markdown import inline_html, markdown_to_html
-from lucidlm.paths import TUTORIAL_SITE, written_directory
+from lucidlm.outputs import TUTORIAL_SITE, written_directory
 
 HERE = Path(__file__).parent
 FAQ = Path(__file__).resolve().parents[4] / "docs" / "FAQ.md"
