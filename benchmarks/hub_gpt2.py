@@ -24,8 +24,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lucidlm.evaluate import split_loss
 from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.load import load_model
 from lucidlm.model.onednn import decode_with_onednn
-from lucidlm.train import load_model
 from lucidlm.train.plan import carry_out, plan_run
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer\n" * 400

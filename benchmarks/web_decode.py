@@ -22,9 +22,9 @@ from common import ROOT, WORK, machine, tiny_shakespeare_data, write_results
 
 from lucidlm.config import PRESETS
 from lucidlm.export.web import export_web
+from lucidlm.load import load_model
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import load_tokenizer
-from lucidlm.train import load_model
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 NEW_TOKENS, ROUNDS = 500, 3

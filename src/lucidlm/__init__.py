@@ -19,7 +19,7 @@ _HOMES = {
     "Tokenizer": "lucidlm.tokenizers",
     "WordTokenizer": "lucidlm.tokenizers",
     "load_tokenizer": "lucidlm.tokenizers",
-    "load_model": "lucidlm.train",
+    "load_model": "lucidlm.load",
     "train": "lucidlm.train",
 }
 __all__ = sorted(_HOMES)

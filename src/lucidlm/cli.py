@@ -300,7 +300,7 @@ def run_lessons(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> None:
     from lucidlm.export import ARCHITECTURES, export_hf, family
-    from lucidlm.train import load_model
+    from lucidlm.load import load_model
 
     if args.quantize and args.format != "gguf":
         raise ConfigError("--quantize is for --format gguf; a Hugging Face export is stored in float32")
@@ -335,9 +335,9 @@ def run_serve(args: argparse.Namespace) -> None:
     import torch
 
     from lucidlm.device import pick_device
+    from lucidlm.load import ModelSource, load_model
     from lucidlm.serve import EngineProcess, ServerSettings, create_app
     from lucidlm.serve.server import bind, decoding_threads, run_forever
-    from lucidlm.train import load_model
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be at least 1")
@@ -346,8 +346,9 @@ def run_serve(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or decoding_threads())
-    model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device, dtype=args.dtype)
-    name = args.model_name or Path(args.checkpoint.removeprefix("hf:")).resolve().name
+    source = ModelSource.parse(args.checkpoint, args.which)
+    model, tokenizer, _ = load_model(source, device=device, dtype=args.dtype)
+    name = args.model_name or source.name
     settings = ServerSettings(model_id=name, max_tokens=args.max_tokens, allowed_origins=tuple(args.allow_origin))
     engine = EngineProcess(
         model, tokenizer, args.max_batch, args.max_waiting, threads=args.threads or decoding_threads()
@@ -370,7 +371,7 @@ def run_tutorial(args: argparse.Namespace) -> None:
 
         write_model = None
         if args.checkpoint is not None:
-            from lucidlm.train import load_model
+            from lucidlm.load import load_model
 
             model, tokenizer, _ = load_model(args.checkpoint)
             check_web_exportable(model, tokenizer)  # before the lessons run, not after
@@ -425,7 +426,7 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 def run_prepare_chat(args: argparse.Namespace) -> None:
     from lucidlm.chat.data import prepare_chat
-    from lucidlm.train.checkpoint import load_source_tokenizer
+    from lucidlm.load import load_source_tokenizer
 
     if not args.tokenizer_from:
         raise ConfigError("--chat needs --tokenizer-from RUN_DIR or hf:DIR: the model the conversations will train")
@@ -508,8 +509,8 @@ def prompt_from_data(run_dir: Path, data_dir: Path) -> str:
 def run_generate(args: argparse.Namespace) -> None:
     from lucidlm.device import pick_device
     from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text
+    from lucidlm.load import load_model
     from lucidlm.model.onednn import decode_with_onednn
-    from lucidlm.train import load_model
 
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise ConfigError("--max-new-tokens and --num-samples must be at least 1")
@@ -553,8 +554,8 @@ def run_chat(args: argparse.Namespace) -> None:
     from lucidlm.chat.repl import ChatSession, run_chat
     from lucidlm.device import pick_device
     from lucidlm.generate import SamplingConfig
+    from lucidlm.load import load_model
     from lucidlm.model.onednn import decode_with_onednn
-    from lucidlm.train import load_model
 
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be at least 1")
@@ -579,19 +580,20 @@ def run_eval(args: argparse.Namespace) -> None:
     from lucidlm.data.prepare import iter_text
     from lucidlm.device import pick_device
     from lucidlm.evaluate import split_loss
+    from lucidlm.load import ModelSource, load_model
     from lucidlm.tokenizers import load_tokenizer
-    from lucidlm.train import find_checkpoint, load_model
-    from lucidlm.train.checkpoint import checkpoint_step, split_checkpoint_path
+    from lucidlm.train import find_checkpoint
+    from lucidlm.train.checkpoint import checkpoint_step
 
-    run_dir, which = split_checkpoint_path(args.checkpoint, args.which)
+    source = ModelSource.parse(args.checkpoint, args.which)
     if args.tasks:
         from lucidlm.evaluate import read_task_records
 
         records = read_task_records(args.tasks)  # before the model loads: a bad line fails fast
-    model, tokenizer, _ = load_model(run_dir, which, device=pick_device(args.device), dtype=args.dtype)
+    model, tokenizer, _ = load_model(source, device=pick_device(args.device), dtype=args.dtype)
     if args.tasks:
         return print_task_scores(model, tokenizer, records, args)
-    step = None if str(run_dir).startswith("hf:") else checkpoint_step(find_checkpoint(run_dir, which))
+    step = None if source.hub else checkpoint_step(find_checkpoint(source.path, source.which))
     data = Path(args.data)
     if data.is_file():
         text = "".join(iter_text(data))

@@ -9,11 +9,10 @@ import transformers
 from lucidlm.chat import chat_prompt
 from lucidlm.export.hf import export_hf, load_hf_tokenizer
 from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.load import load_model, with_new_tokens
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 from lucidlm.tokenizers.base import CHAT_TOKENS, END_OF_TURN, OWN_CHAT_TEMPLATE
-from lucidlm.train import load_model
-from lucidlm.train.checkpoint import with_new_tokens
 from tests.chat.conftest import conversation, write_jsonl
 from tests.conftest import run_lucidlm, tiny_model_args
 

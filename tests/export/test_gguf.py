@@ -263,7 +263,7 @@ def test_llama_cpp_greedy_text_equals_lucidlm_generate(tmp_path, text_file):
         "generate", "--checkpoint", run, "--prompt", prompt, "--temperature", 0, "--max-new-tokens", 50, "--no-stream"
     )
     assert ours.returncode == 0, ours.stderr
-    from lucidlm.train import load_model
+    from lucidlm.load import load_model
 
     model, tokenizer, _ = load_model(run)
     llm = llama_cpp(tmp_path / "run.gguf")

@@ -17,9 +17,9 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from lucidlm.chat import chat_prompt, render_template
 from lucidlm.errors import LucidError
 from lucidlm.generate import SamplingConfig, generate_ids, generate_text
+from lucidlm.load import load_model
 from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
 from lucidlm.tokenizers import HFTokenizer, load_tokenizer
-from lucidlm.train import load_model
 
 from ..conftest import SAMPLE_TEXT, run_lucidlm
 
@@ -305,7 +305,7 @@ import json, sys
 from pathlib import Path
 from lucidlm.generate import SamplingConfig, generate_ids
 from lucidlm.model.onednn import decode_with_onednn
-from lucidlm.train import load_model
+from lucidlm.load import load_model
 
 def status(key):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key))

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from lucidlm.errors import LucidError
+from lucidlm.load import load_model
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
-from lucidlm.train import load_model, train
+from lucidlm.train import train
 
 from ..conftest import tiny_config
 

@@ -14,8 +14,9 @@ import pytest
 from lucidlm.cli import main
 from lucidlm.data.corpus import sha256_file
 from lucidlm.errors import CheckpointError
+from lucidlm.load import load_model
 from lucidlm.train import checkpoint as checkpoint_module
-from lucidlm.train import load_model, train
+from lucidlm.train import train
 
 from ..conftest import run_lucidlm, tiny_config, tiny_model_args
 

@@ -7,7 +7,8 @@ import torch
 
 from lucidlm.device import cpu_bf16_flag, training_precision
 from lucidlm.errors import ConfigError
-from lucidlm.train import load_model, train
+from lucidlm.load import load_model
+from lucidlm.train import train
 
 from ..conftest import tiny_config
 from .test_trainer import losses

@@ -14,8 +14,9 @@ from lucidlm.config import TrainConfig
 from lucidlm.data import Source, open_split, prepare
 from lucidlm.errors import CheckpointError
 from lucidlm.evaluate import split_loss
+from lucidlm.load import load_model
 from lucidlm.train import checkpoint as checkpoint_module
-from lucidlm.train import find_checkpoint, load_model, train
+from lucidlm.train import find_checkpoint, train
 from lucidlm.train.metrics import MetricsLog
 from lucidlm.train.schedule import learning_rate
 

@@ -12,23 +12,19 @@ pointing at a complete checkpoint. Directories no manifest names are removed aft
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lucidlm.config import RunConfig
 from lucidlm.data.corpus import sha256_file
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.files import COUNT, NUMBER, read_json
-from lucidlm.model import GPT, GPTConfig
-from lucidlm.model.gpt import check_shapes
-from lucidlm.tokenizers import Tokenizer, load_tokenizer
 
 POINTERS = ("latest", "best")
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
@@ -230,147 +226,6 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
         return RunConfig.from_dict(read_run_config_json(run_dir))
     except (ConfigError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{Path(run_dir) / 'config.json'} is damaged ({exc}); restore it from the run") from None
-
-
-def load_model(
-    run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu", dtype: str | None = None
-) -> tuple[GPT, Tokenizer, RunConfig]:
-    """A trained model ready for inference, with its tokenizer and configuration. `run_dir` may also be one of
-    the run's `checkpoints/step-N` folders (`which` as `find_checkpoint`), or `hf:DIR`, a Hugging Face model
-    directory as the Hub serves it (loaded in its stored dtype, or in `dtype`)."""
-    if str(run_dir).startswith("hf:"):
-        from lucidlm.export.hf import load_hf_model
-
-        model, tokenizer, config = load_hf_model(str(run_dir)[3:], dtype)
-        return model.to(device).eval(), tokenizer, RunConfig(model=config)
-    run_dir, which = split_checkpoint_path(run_dir, which)
-    config = read_run_config(run_dir)
-    directory = find_checkpoint(run_dir, which)
-    tokenizer = load_tokenizer(Path(run_dir) / "tokenizer.json")
-    if config.train.lora_rank:
-        return load_lora_model(run_dir, config, tokenizer, directory).to(device).eval(), tokenizer, config
-    check_fits(config.model, directory / "model.safetensors")
-    model = GPT(config.model)
-    load_weights(model, directory / "model.safetensors")
-    return model.to(device).eval(), tokenizer, config
-
-
-def load_lora_model(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, directory: Path) -> GPT:
-    """A LoRA run's model: its base (config.json's init_from) with the checkpoint's adapters merged in."""
-    from lucidlm.model.lora import add_lora, merge_lora
-
-    if not config.init_from:
-        raise CheckpointError(f"{run_dir}/config.json names no base model (init_from) for its LoRA adapters")
-    try:
-        _, weights, _ = load_base(config.init_from, tokenizer, what=str(run_dir))
-    except (CheckpointError, ConfigError) as exc:
-        raise CheckpointError(
-            f"the LoRA run {run_dir} needs its base model {config.init_from}, which cannot be loaded ({exc})"
-        ) from None
-    model = GPT.from_state(config.model, weights)  # the base's tensors themselves, not a copy of them
-    train = config.train
-    add_lora(model, train.lora_rank, train.lora_alpha, train.lora_targets, train.lora_embeddings)
-    try:
-        model.load_saved_state(load_file(directory / "model.safetensors"), partial=True)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{directory}/model.safetensors does not hold this run's adapters ({exc})") from None
-    return merge_lora(model)
-
-
-def load_init(source: str) -> tuple[GPT, Tokenizer]:
-    """The model and tokenizer that `--init-from` names: `hf:DIR` (a GPT-2, Llama or Qwen3 directory) or a RUN_DIR."""
-    if source.startswith("hf:"):
-        from lucidlm.export.hf import load_hf_model
-
-        model, tokenizer, _ = load_hf_model(source[3:])
-        return model, tokenizer
-    model, tokenizer, _ = load_model(source)
-    return model, tokenizer
-
-
-def absolute_source(source: str) -> str:
-    """`--init-from` as config.json records it: absolute, so that a LoRA run finds its base from anywhere."""
-    if source.startswith("hf:"):
-        return "hf:" + str(Path(source[3:]).resolve())
-    return str(Path(source).resolve())
-
-
-def load_base(
-    source: str, tokenizer: Tokenizer | None = None, what: str = "the data"
-) -> tuple[GPTConfig, dict[str, torch.Tensor], Tokenizer]:
-    """(config, weights, the source's own tokenizer) of the model a fine-tune starts from, made to fit
-    `tokenizer` (the data's, or a LoRA run's own): that must be the source's tokenizer, or the source's with
-    special tokens added, which then get rows of their own (with_new_tokens)."""
-    model, source_tokenizer = load_init(source)
-    config, weights = model.config, model.state_for_saving()
-    tokenizer = tokenizer or source_tokenizer
-    if not tokenizer.extends(source_tokenizer):
-        raise ConfigError(
-            f"{what} was prepared with another tokenizer than {source}; pass a text file "
-            "(it is prepared with the model's tokenizer) or data prepared with it (--tokenizer-from)"
-        )
-    if tokenizer.vocab_size > source_tokenizer.vocab_size:  # chat data brought the turns' special tokens
-        config, weights = with_new_tokens(config, weights, source_tokenizer.vocab_size, tokenizer.vocab_size)
-    return config, weights, source_tokenizer
-
-
-def with_new_tokens(
-    config: GPTConfig, weights: dict[str, torch.Tensor], known: int, total: int
-) -> tuple[GPTConfig, dict[str, torch.Tensor]]:
-    """The model with rows for the token ids `known` .. `total` - 1 (new special tokens): each new row of the
-    embedding and of the output layer starts as the mean of the known rows, so that a new token begins as an
-    average token rather than as noise that the first steps must undo (the usual choice, e.g. in `transformers`'
-    `resize_token_embeddings(mean_resizing=True)`)."""
-    vocab_size = max(config.vocab_size, total)
-    grown = dict(weights)
-    for name in ("transformer.wte.weight", "lm_head.weight"):
-        if name in weights:
-            old = weights[name].float()
-            rows = torch.cat([old, old.new_zeros(vocab_size - old.shape[0], old.shape[1])])
-            rows[known:total] = old[:known].mean(dim=0)
-            grown[name] = rows.to(weights[name].dtype)
-    return dataclasses.replace(config, vocab_size=vocab_size), grown
-
-
-def load_source_tokenizer(source: str | Path) -> tuple[Tokenizer, int]:
-    """(tokenizer, context length) of a run or `hf:DIR`, without loading its weights (to prepare data for it)."""
-    if str(source).startswith("hf:"):
-        from lucidlm.export.hf import config_from_hf, load_hf_tokenizer, read_hf_config
-
-        directory = str(source)[3:]
-        return load_hf_tokenizer(directory), config_from_hf(read_hf_config(directory)).block_size
-    run_dir, _ = split_checkpoint_path(source)
-    config = read_run_config(run_dir)
-    return load_tokenizer(Path(run_dir) / "tokenizer.json"), config.model.block_size
-
-
-def check_fits(model_config: GPTConfig, path: Path) -> None:
-    """Compare the model of config.json with the shapes in the weights file's header before building it, so
-    that a wrong size in config.json is an error rather than an allocation of whatever size it says. The
-    model is built on PyTorch's meta device (shapes only, no memory) once its layer count is known to match."""
-    try:
-        with safe_open(path, framework="pt") as weights:
-            shapes = {name: tuple(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
-    layers = len({name.split(".")[2] for name in shapes if name.startswith("transformer.h.")})
-    try:
-        if model_config.n_layer != layers:
-            raise ValueError(f"n_layer={model_config.n_layer}, but the weights have {layers} layers")
-        with torch.device("meta"):
-            expected = GPT(model_config).state_for_saving()
-        check_shapes({name: tensor.shape for name, tensor in expected.items()}, shapes)
-    except (ValueError, RuntimeError) as exc:  # RuntimeError: sizes too large even for shapes alone
-        raise CheckpointError(f"{path} does not fit the model in config.json ({exc})") from None
-
-
-def load_weights(model: GPT, path: Path) -> None:
-    try:
-        model.load_saved_state(load_file(path))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
-    except (ValueError, RuntimeError) as exc:  # RuntimeError: sizes too large even for shapes alone
-        raise CheckpointError(f"{path} does not fit the model in config.json ({exc})") from None
 
 
 def load_training_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:

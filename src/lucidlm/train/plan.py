@@ -22,13 +22,12 @@ from lucidlm.data.corpus import iter_text, text_sha256
 from lucidlm.data.loader import read_meta
 from lucidlm.data.prepare import Source, prepare
 from lucidlm.errors import CheckpointError, ConfigError, DataError
+from lucidlm.load import ModelSource, load_base
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.outputs import RUN_DIR, check_target, holds_run, run_directory
 from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
 from lucidlm.train.checkpoint import (
-    absolute_source,
     find_checkpoint,
-    load_base,
     read_manifest,
     read_run_config,
     read_run_config_json,
@@ -197,7 +196,7 @@ def _plan_init(
     data_tokenizer = load_tokenizer(data / "tokenizer.json") if data.is_dir() else None
     model_config, weights, tokenizer = load_base(init_from, data_tokenizer, what=str(data))
     config.model = dataclasses.replace(model_config, dropout=config.model.dropout)
-    config.init_from = absolute_source(init_from)
+    config.init_from = ModelSource.parse(init_from).absolute()
     if config.train.lora_rank and data_tokenizer and data_tokenizer.vocab_size > tokenizer.vocab_size:
         config.train.lora_embeddings = True
     return RunPlan(data, out, config, tokenizer=tokenizer, init_weights=weights)
