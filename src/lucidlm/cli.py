@@ -580,10 +580,8 @@ def run_eval(args: argparse.Namespace) -> None:
     from lucidlm.data.prepare import iter_text
     from lucidlm.device import pick_device
     from lucidlm.evaluate import split_loss
-    from lucidlm.load import ModelSource, load_model
+    from lucidlm.load import ModelSource, checkpoint_step, find_checkpoint, load_model
     from lucidlm.tokenizers import load_tokenizer
-    from lucidlm.train import find_checkpoint
-    from lucidlm.train.checkpoint import checkpoint_step
 
     source = ModelSource.parse(args.checkpoint, args.which)
     if args.tasks:

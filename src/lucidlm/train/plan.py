@@ -22,17 +22,18 @@ from lucidlm.data.corpus import iter_text, text_sha256
 from lucidlm.data.loader import read_meta
 from lucidlm.data.prepare import Source, prepare
 from lucidlm.errors import CheckpointError, ConfigError, DataError
-from lucidlm.load import ModelSource, load_base
-from lucidlm.model import GPT, GPTConfig
-from lucidlm.outputs import RUN_DIR, check_target, holds_run, run_directory
-from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
-from lucidlm.train.checkpoint import (
+from lucidlm.load import (
+    ModelSource,
     find_checkpoint,
+    load_base,
     read_manifest,
     read_run_config,
     read_run_config_json,
     read_state,
 )
+from lucidlm.model import GPT, GPTConfig
+from lucidlm.outputs import RUN_DIR, check_target, holds_run, run_directory
+from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
 from lucidlm.train.trainer import TrainResult, train
 
 DEFAULT_PRESET = "shakespeare-char"

@@ -21,16 +21,11 @@ from lucidlm.config import RunConfig
 from lucidlm.data.loader import BatchLoader, is_chat_data, read_meta
 from lucidlm.device import pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError, Terminated
+from lucidlm.load import find_checkpoint, read_manifest
 from lucidlm.memory import keep_freed_memory
 from lucidlm.tokenizers import load_tokenizer
 from lucidlm.train import distributed
-from lucidlm.train.checkpoint import (
-    find_checkpoint,
-    load_training_state,
-    read_manifest,
-    save_checkpoint,
-    write_json_atomic,
-)
+from lucidlm.train.checkpoint import load_training_state, save_checkpoint, write_json_atomic
 from lucidlm.train.engines import NumpyEngine, TorchEngine, make_engine
 from lucidlm.train.metrics import MetricsLog
 from lucidlm.train.schedule import learning_rate
