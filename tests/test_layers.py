@@ -1,0 +1,91 @@
+"""The layers of `src/lucidlm`, read from the code's imports (issue 33): every import points down, and no two
+modules import each other, directly or around a circle. docs/architecture.md draws the same layers.
+
+An import inside a function counts as much as one at the top: hiding an upward arrow in a function is how the
+circles this test replaced came about."""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "lucidlm"
+PICTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+# Lowest first. A unit is a top-level module or package of lucidlm; it may import only units of lower layers.
+LAYERS = [
+    ["lucidlm", "errors"],  # the package itself only names what it re-exports (imported when first used)
+    ["files", "outputs", "lessons", "markdown", "memory"],
+    ["tokenizers", "model"],
+    ["config", "data", "scratch"],
+    ["device"],
+    ["generate", "explain"],
+    ["chat"],
+    ["evaluate", "export"],
+    ["load"],
+    ["train", "serve"],
+    ["cli"],
+    ["__main__"],
+]
+LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        found[".".join(parts).removesuffix(".__init__")] = path
+    return found
+
+
+def imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """The lucidlm modules `path` imports, anywhere in it (`from a.b import c` imports a.b.c when that is a
+    module, else a.b)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                found.add(name if name in known else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name in known}
+
+
+def unit(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
+
+
+def test_every_import_points_down_a_layer():
+    known = modules()
+    upward = []
+    for module, path in known.items():
+        assert unit(module) in LAYER, f"{unit(module)} has no place in LAYERS; put it there and in the picture"
+        for target in imports(path, known):
+            if unit(target) != unit(module) and LAYER[unit(target)] >= LAYER[unit(module)]:
+                upward.append(f"{module} -> {target}")
+    assert not upward, "imports that do not point down a layer:\n" + "\n".join(sorted(upward))
+
+
+def test_no_modules_import_each_other_around_a_circle():
+    """Within a package too: tokenizers/base.py imported bpe.py and hf.py inside functions, while both import
+    base.py. (A package's __init__ re-exporting its own modules is not an arrow between them.)"""
+    known = modules()
+    graph = {
+        module: {t for t in imports(path, known) if not module.startswith(t + ".") and t != module}
+        for module, path in known.items()
+    }
+    for module in graph:
+        seen, stack = set(), list(graph[module])
+        while stack:
+            current = stack.pop()
+            if current == module:
+                raise AssertionError(f"{module} imports itself around a circle")
+            if current not in seen:
+                seen.add(current)
+                stack.extend(t for t in graph.get(current, ()) if not t.startswith(module + "."))
+
+
+def test_the_picture_in_the_docs_shows_these_layers():
+    text = PICTURE.read_text(encoding="utf-8")
+    block = text.split("<!-- layers: begin -->", 1)[1].split("<!-- layers: end -->", 1)[0]
+    drawn = {int(line.split()[0]): line.split()[1:] for line in block.splitlines() if line.strip()[:1].isdigit()}
+    assert [drawn[level] for level in sorted(drawn)] == LAYERS
