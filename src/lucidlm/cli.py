@@ -398,7 +398,7 @@ def run_tutorial(args: argparse.Namespace) -> None:
         f"each cell: {limits.seconds:g} s, {limits.memory_mib} MiB, {limits.processes} processes "
         f"(the process cap: {CellCap.probe()}; containment: {containment()})"
     )
-    run_forever(create_tutorial_app(token, port, limits), sock)
+    run_forever(create_tutorial_app(token, limits), sock)
 
 
 def run_prepare(args: argparse.Namespace) -> None:

@@ -41,7 +41,7 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     sock.close()
-    app = create_tutorial_app("browser-token", port, RunnerLimits(seconds=30))
+    app = create_tutorial_app("browser-token", RunnerLimits(seconds=30))
     with BackgroundServer(app, port=port) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/?token=browser-token")

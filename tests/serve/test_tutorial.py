@@ -33,7 +33,7 @@ def tutorial():
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     sock.close()
-    app = create_tutorial_app(TOKEN, port, RunnerLimits(seconds=5, memory_mib=1024))
+    app = create_tutorial_app(TOKEN, RunnerLimits(seconds=5, memory_mib=1024))
     with BackgroundServer(app, port=port) as url:
         yield url
 

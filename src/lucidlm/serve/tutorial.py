@@ -42,7 +42,15 @@ from pydantic import BaseModel
 from lucidlm.errors import LucidError
 from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_sources, lesson_title
 from lucidlm.markdown import inline_html, markdown_to_html
-from lucidlm.serve.api import STATIC, APIError, BodyLimit, add_error_handlers, error_response, parse_body
+from lucidlm.serve.api import (
+    STATIC,
+    APIError,
+    BodyLimit,
+    BrowserGuard,
+    add_error_handlers,
+    error_response,
+    parse_body,
+)
 
 COOKIE = "lucidlm_tutorial_token"
 MAX_BODY_BYTES = 2_000_000  # a lesson's code cells, as edited, with room to spare
@@ -510,10 +518,8 @@ class RunBody(BaseModel):
     cells: list[str]  # the code cells from the lesson's first down to the one to run, as edited
 
 
-def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = None) -> FastAPI:
+def create_tutorial_app(token: str, limits: RunnerLimits | None = None) -> FastAPI:
     limits = limits or RunnerLimits()
-    allowed_hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
-    allowed_origins = {f"http://{host}" for host in allowed_hosts}
 
     async def lifespan(app: FastAPI):
         adopting = not pid_namespace_command() and become_subreaper()  # orphans of a cell come to this server
@@ -525,12 +531,7 @@ def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = Non
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.headers.get("host") not in allowed_hosts:
-            return error_response(403, "this tutorial answers only at 127.0.0.1 or localhost", kind="forbidden")
-        origin = request.headers.get("origin")
-        if origin is not None and origin not in allowed_origins:
-            return error_response(403, f"requests from {origin} are refused", kind="forbidden")
+    async def token_guard(request: Request, call_next):
         given = (
             request.query_params.get("token")
             or request.headers.get("x-tutorial-token")
@@ -544,6 +545,7 @@ def create_tutorial_app(token: str, port: int, limits: RunnerLimits | None = Non
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
         return response
 
+    app.add_middleware(BrowserGuard)  # the outermost, as the API server's: another Host or Origin is refused first
     add_error_handlers(app)
 
     @app.get("/")
