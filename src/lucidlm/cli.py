@@ -487,9 +487,8 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def note_unknown_words(tokenizer, text: str) -> None:
-    """A word-level vocabulary reads words it lacks as <unk>: say so on stderr (the one rule for every command)."""
-    unknown = tokenizer.unknown_symbols(text) if tokenizer.unknown_token else []
+def note_unknown_words(unknown: list[str]) -> None:
+    """Words a word-level vocabulary reads as <unk>: said on stderr (the one rule for every command)."""
     if unknown:
         shown = " ".join(map(repr, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
         print(f"note: {len(unknown)} word(s) not in the vocabulary are read as <unk>: {shown}", file=sys.stderr)
@@ -518,7 +517,7 @@ def run_generate(args: argparse.Namespace) -> None:
     model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device, dtype=args.dtype)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     prompt_ids = encode_prompt(tokenizer, args.prompt)
-    note_unknown_words(tokenizer, args.prompt)
+    note_unknown_words(tokenizer.unknown_symbols(args.prompt) if tokenizer.unknown_token else [])
     if len(prompt_ids) > model.config.block_size:
         print(
             f"note: the prompt has {len(prompt_ids)} tokens; only its last {model.config.block_size} "
@@ -574,53 +573,25 @@ def run_chat(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from lucidlm.data.loader import open_split
-    from lucidlm.data.prepare import iter_text
     from lucidlm.device import pick_device
-    from lucidlm.evaluate import split_loss
+    from lucidlm.evaluate import data_to_score, read_task_records, score
     from lucidlm.load import ModelSource, checkpoint_step, find_checkpoint, load_model
-    from lucidlm.tokenizers import load_tokenizer
 
     source = ModelSource.parse(args.checkpoint, args.which)
-    if args.tasks:
-        from lucidlm.evaluate import read_task_records
-
-        records = read_task_records(args.tasks)  # before the model loads: a bad line fails fast
+    records = read_task_records(args.tasks) if args.tasks else None  # before the model loads: fails fast
     model, tokenizer, _ = load_model(source, device=pick_device(args.device), dtype=args.dtype)
-    if args.tasks:
+    if records is not None:
         return print_task_scores(model, tokenizer, records, args)
+    tokens, data, unknown = data_to_score(tokenizer, args.data, args.split)
+    note_unknown_words(unknown)
     step = None if source.hub else checkpoint_step(find_checkpoint(source.path, source.which))
-    data = Path(args.data)
-    if data.is_file():
-        text = "".join(iter_text(data))
-        unknown = tokenizer.unknown_symbols(text)
-        if unknown and tokenizer.unknown_token is None:
-            raise DataError(
-                f"{data} contains symbols the model's vocabulary lacks: {' '.join(map(repr, unknown[:20]))}"
-            )
-        note_unknown_words(tokenizer, text)
-        tokens, source = np.asarray(next(tokenizer.encode_stream([text]))), str(data)
-    else:
-        if not tokenizer.extends(load_tokenizer(data / "tokenizer.json")):
-            raise ConfigError(f"{data} was prepared with another tokenizer than {args.checkpoint}")
-        tokens, source = open_split(data, args.split), f"{data} ({args.split})"
-    if len(tokens) < 2:
-        raise DataError(f"{source} has fewer than 2 tokens; nothing to score")
-    loss, count = split_loss(model, tokens)
-    result = {
-        "loss": loss,
-        "perplexity": float(np.exp(loss)),
-        "tokens": count,
-        "data": source,
-        "checkpoint_step": step,
-    }
+    result = {**score(model, tokens), "data": data, "checkpoint_step": step}
     if args.json:
         print(json.dumps(result))
     else:
         print(
-            f"{source}: loss {loss:.4f} nats/token (perplexity {result['perplexity']:.2f}) over {count:,} "
+            f"{data}: loss {result['loss']:.4f} nats/token (perplexity {result['perplexity']:.2f}) over "
+            f"{result['tokens']:,} "
             + (f"tokens, checkpoint at step {step}" if step is not None else f"tokens, {args.checkpoint}")
         )
 

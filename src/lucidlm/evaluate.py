@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lucidlm.data.corpus import iter_text
+from lucidlm.data.loader import open_split
 from lucidlm.device import autocast
-from lucidlm.errors import DataError
+from lucidlm.errors import ConfigError, DataError
 from lucidlm.generate import SamplingConfig, generate_text
 from lucidlm.model import GPT
-from lucidlm.tokenizers import Tokenizer
+from lucidlm.tokenizers import Tokenizer, load_tokenizer
 
 
 @torch.inference_mode()
@@ -58,6 +60,34 @@ def split_loss(model: GPT, tokens: np.ndarray, batch_size: int = 32) -> tuple[fl
         total += losses.item()
         count += int((y >= 0).sum())
     return total / count, count
+
+
+def data_to_score(tokenizer: Tokenizer, data: str | Path, split: str = "val") -> tuple[np.ndarray, str, list[str]]:
+    """(tokens, their name, the words read as <unk>) for `lucidlm eval --data`: a text file encoded with the
+    model's tokenizer (symbols its vocabulary lacks refused, unless it reads them as <unk>), or a prepared data
+    directory's split, which must have been prepared with this tokenizer or one it extends."""
+    data, unknown = Path(data), []
+    if data.is_file():
+        text = "".join(iter_text(data))
+        unknown = tokenizer.unknown_symbols(text)
+        if unknown and tokenizer.unknown_token is None:
+            raise DataError(
+                f"{data} contains symbols the model's vocabulary lacks: {' '.join(map(repr, unknown[:20]))}"
+            )
+        tokens, name = np.asarray(next(tokenizer.encode_stream([text]))), str(data)
+    else:
+        if not tokenizer.extends(load_tokenizer(data / "tokenizer.json")):
+            raise ConfigError(f"{data} was prepared with another tokenizer than the model's")
+        tokens, name = open_split(data, split), f"{data} ({split})"
+    if len(tokens) < 2:
+        raise DataError(f"{name} has fewer than 2 tokens; nothing to score")
+    return tokens, name, unknown
+
+
+def score(model: GPT, tokens: np.ndarray) -> dict:
+    """The loss (nats a token), its perplexity and the number of tokens scored."""
+    loss, count = split_loss(model, tokens)
+    return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
 
 
 # --- task evals: a model's replies scored against the right answers ------------------------------------------
