@@ -120,6 +120,21 @@ def test_ctrl_c_stops_a_reply_and_the_chat_goes_on(tmp_path, chat_tokenizer):
     assert terminal.close() == 0
 
 
+@pytest.mark.parametrize("where", ["in a reply", "at the prompt"])
+def test_sigterm_ends_the_chat_where_ctrl_c_goes_on(tmp_path, chat_tokenizer, where):
+    """Issue 37: SIGTERM gets what Ctrl-C gets where Ctrl-C ends a command; in the chat Ctrl-C only stops a
+    reply, and a SIGTERM taken as that would leave `kill` unable to end the chat."""
+    endless = one_token_model(chat_tokenizer, chat_tokenizer.encode("a")[0], BLOCK)
+    write_run(tmp_path / "endless", chat_tokenizer, endless)
+    terminal = Terminal("--checkpoint", tmp_path / "endless", "--max-new-tokens", "100000", "--temperature", "0")
+    terminal.read_until("> ")
+    if where == "in a reply":
+        terminal.type("Go\n")
+        terminal.read_until("aaaa")
+    terminal.process.send_signal(signal.SIGTERM)
+    assert terminal.close() == 143
+
+
 def test_piped_turns_and_history_cropped_at_turn_boundaries(chat_run, chat_tokenizer):
     run, model = chat_run
     lines = ["one", "two", "/nonsense", "three"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lucidlm.chat.template import chat_prompt
-from lucidlm.errors import LucidError
+from lucidlm.errors import LucidError, Terminated
 from lucidlm.generate import SamplingConfig, generate_text
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer
@@ -65,6 +65,8 @@ class ChatSession:
             ):
                 pieces.append(piece)
                 write(piece)
+        except Terminated:  # SIGTERM ends the chat; only Ctrl-C stops just the reply
+            raise
         except KeyboardInterrupt:
             write(" [stopped]")
         answer = "".join(pieces).strip()
@@ -109,6 +111,8 @@ def run_chat(session: ChatSession, stdin=None, stdout=None) -> None:
     while True:
         try:
             line = read_line(stdin, interactive)
+        except Terminated:
+            raise
         except KeyboardInterrupt:  # at the prompt: a fresh line, the chat goes on
             write("\n")
             continue
