@@ -12,6 +12,7 @@ PICTURE = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
 # Lowest first. A unit is a top-level module or package of lucidlm; it may import only units of lower layers.
 LAYERS = [
+    ["lazy"],
     ["lucidlm", "errors"],  # the package itself only names what it re-exports (imported when first used)
     ["files", "outputs", "lessons", "markdown", "memory"],
     ["tokenizers", "model"],

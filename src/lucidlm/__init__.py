@@ -3,7 +3,7 @@
 The names below are imported when first used (PEP 562), so that `import lucidlm` and `lucidlm --help` do not
 wait for PyTorch."""
 
-import importlib
+from lucidlm.lazy import names_from
 
 __version__ = "0.1.0"
 _HOMES = {
@@ -24,10 +24,4 @@ _HOMES = {
 }
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> object:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'lucidlm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = names_from(__name__, _HOMES)

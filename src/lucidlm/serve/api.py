@@ -389,6 +389,20 @@ def create_app(
     def token_text(token: int) -> str:
         return tokenizer.decode([token])
 
+    def completion_logprobs(events: list[TokenEvent], offset: int = 0) -> dict:
+        """The legacy completions API's logprobs of some tokens, the first at character `offset`."""
+        pieces = [token_text(e.token) for e in events]
+        return {
+            "tokens": pieces,
+            "token_logprobs": [e.logprob for e in events],
+            "top_logprobs": [{token_text(t): lp for t, lp in e.top} for e in events],
+            "text_offset": [offset + start for start in running_offsets(pieces)],
+        }
+
+    def envelope(run: Generation, kind: str, choices: list[dict]) -> dict:
+        """What every response and every streamed chunk of `run` wraps its choices in."""
+        return {"id": run.id, "object": kind, "created": run.created, "model": settings.model_id, "choices": choices}
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         body: CompletionBody = await parse_body(request, CompletionBody)
@@ -414,45 +428,23 @@ def create_app(
         def choice_chunk(index: int, event: TokenEvent) -> dict:
             logprobs = None
             if body.logprobs is not None:
-                piece = token_text(event.token)
-                logprobs = {
-                    "tokens": [piece],
-                    "token_logprobs": [event.logprob],
-                    "top_logprobs": [{token_text(t): lp for t, lp in event.top}],
-                    "text_offset": [text_offset[index]],
-                }
-                text_offset[index] += len(piece)
-            return {"text": event.text, "index": index, "logprobs": logprobs, "finish_reason": event.finish_reason}
-
-        def envelope(choices: list[dict]) -> dict:
-            return {
-                "id": run.id,
-                "object": "text_completion",
-                "created": run.created,
-                "model": settings.model_id,
-                "choices": choices,
-            }
+                logprobs = completion_logprobs([event], text_offset[index])
+                text_offset[index] += len(logprobs["tokens"][0])
+            choice = {"text": event.text, "index": index, "logprobs": logprobs, "finish_reason": event.finish_reason}
+            return envelope(run, "text_completion", [choice])
 
         if body.stream:
-            return sse(run, lambda i, e: envelope([choice_chunk(i, e)]), envelope([]), body.stream_options)
+            return sse(run, choice_chunk, envelope(run, "text_completion", []), body.stream_options)
         events = await run.collect(request)
         if events is None:
             return Response(status_code=CLIENT_GONE)
         choices = []
         for index, choice_events in enumerate(events):
             text = "".join(e.text for e in choice_events)
-            logprobs = None
-            if body.logprobs is not None:
-                offsets = running_offsets([token_text(e.token) for e in choice_events])
-                logprobs = {
-                    "tokens": [token_text(e.token) for e in choice_events],
-                    "token_logprobs": [e.logprob for e in choice_events],
-                    "top_logprobs": [{token_text(t): lp for t, lp in e.top} for e in choice_events],
-                    "text_offset": offsets,
-                }
+            logprobs = completion_logprobs(choice_events) if body.logprobs is not None else None
             finish = choice_events[-1].finish_reason
             choices.append({"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish})
-        return {**envelope(choices), "usage": run.usage()}
+        return {**envelope(run, "text_completion", choices), "usage": run.usage()}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -490,15 +482,6 @@ def create_app(
                 "top_logprobs": [token_logprob(t, lp) for t, lp in event.top],
             }
 
-        def envelope(choices: list[dict], kind: str) -> dict:
-            return {
-                "id": run.id,
-                "object": kind,
-                "created": run.created,
-                "model": settings.model_id,
-                "choices": choices,
-            }
-
         if body.stream:
             first = [True] * len(run.requests)  # a choice's first chunk names the role
 
@@ -508,9 +491,9 @@ def create_app(
                     delta["role"], first[index] = "assistant", False
                 logprobs = {"content": [logprob_entry(event)]} if body.logprobs else None
                 choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": event.finish_reason}
-                return envelope([choice], "chat.completion.chunk")
+                return envelope(run, "chat.completion.chunk", [choice])
 
-            return sse(run, chunk, envelope([], "chat.completion.chunk"), body.stream_options)
+            return sse(run, chunk, envelope(run, "chat.completion.chunk", []), body.stream_options)
         events = await run.collect(request)
         if events is None:
             return Response(status_code=CLIENT_GONE)
@@ -523,7 +506,7 @@ def create_app(
             }
             for index, choice_events in enumerate(events)
         ]
-        return {**envelope(choices, "chat.completion"), "usage": run.usage()}
+        return {**envelope(run, "chat.completion", choices), "usage": run.usage()}
 
     @app.get("/api/model")
     async def describe_model():
