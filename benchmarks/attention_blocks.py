@@ -1,6 +1,6 @@
 """Written-out causal attention with its queries in 1, 2, 4 or 8 blocks: forward and backward, compiled.
 
-Under bf16 on the CPU, lucidlm writes attention out as two products and a softmax (`fast_attention`), and from
+Under bf16 on the CPU, lucidlm writes attention out as two products and a softmax (`model/kernels.py`), and from
 two blocks of `CAUSAL_BLOCK_QUERIES` queries on it takes the queries in blocks, each block against the keys up
 to its own end (`causal_attention_in_blocks`). More blocks skip more of the masked (T, T) work, (n - 1) / 2n of
 it, but run smaller products; this times where the balance lies. The four block counts alternate, round after
@@ -19,8 +19,7 @@ import torch
 from common import machine, seconds, write_results
 
 from lucidlm.device import cpu_bf16_flag
-from lucidlm.model import GPT, GPTConfig
-from lucidlm.model.gpt import CAUSAL_BLOCK_QUERIES
+from lucidlm.model.kernels import CAUSAL_BLOCK_QUERIES, causal_attention_in_blocks
 
 SHAPES = [  # (name, batch, heads, tokens); head size 64
     ("10.6M config (batch 16, 6 heads)", 16, 6, 256),
@@ -37,9 +36,9 @@ def forward_backward_ms(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return seconds(lambda: attend(q, k, v).sum().backward(), REPEATS) * 1e3
 
 
-def time_blocks(attention: torch.nn.Module, batch: int, heads: int, tokens: int, dtype: torch.dtype) -> dict:
+def time_blocks(batch: int, heads: int, tokens: int, dtype: torch.dtype) -> dict:
     torch._dynamo.reset()  # each shape and dtype compiles afresh, so no run falls back to eager on a full cache
-    attend = {n: torch.compile(lambda q, k, v, n=n: attention.causal_attention_in_blocks(q, k, v, n)) for n in BLOCKS}
+    attend = {n: torch.compile(lambda q, k, v, n=n: causal_attention_in_blocks(q, k, v, n)) for n in BLOCKS}
     q, k, v = (torch.randn(batch, heads, tokens, 64, dtype=dtype, requires_grad=True) for _ in range(3))
     for n in BLOCKS:
         forward_backward_ms(attend[n], q, k, v)  # the compile, then a warm run
@@ -51,11 +50,10 @@ def time_blocks(attention: torch.nn.Module, batch: int, heads: int, tokens: int,
 
 
 def main() -> None:
-    attention = GPT(GPTConfig(vocab_size=65, n_layer=1, n_head=6, n_embd=384, dropout=0.0)).transformer.h[0].attn
     rows = []
     for name, batch, heads, tokens in SHAPES:
         for dtype_name, dtype in DTYPES.items():
-            ms = time_blocks(attention, batch, heads, tokens, dtype)
+            ms = time_blocks(batch, heads, tokens, dtype)
             chosen = tokens // CAUSAL_BLOCK_QUERIES
             rows.append({"shape": name, "tokens": tokens, "dtype": dtype_name, "ms": ms, "chosen": chosen})
     bf16_units = cpu_bf16_flag() or "none"

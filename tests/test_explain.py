@@ -19,9 +19,10 @@ def test_the_explained_pass_is_the_models(switches):
     model = GPT(GPTConfig(vocab_size=30, block_size=16, n_layer=2, n_head=4, n_embd=32, **switches)).eval()
     ids = torch.randint(0, 30, (12,)).tolist()
     view = explain(model, ids, position=7, layer=1, head=2)
-    weights = []
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(2)]
     with torch.no_grad():
-        logits, _ = model(torch.tensor([ids]), attention_out=weights)
+        logits, cache = model.run_with_cache(torch.tensor([ids]), names)
+        weights = [cache[name] for name in names]
         torch.testing.assert_close(torch.tensor(view["logits"]), logits[0, 7], atol=1e-5, rtol=0)
         torch.testing.assert_close(torch.tensor(view["heatmap"]["weights"]), weights[1][0, 2], atol=1e-6, rtol=0)
         for layer in range(2):

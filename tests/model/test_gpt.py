@@ -7,7 +7,14 @@ import torch
 from lucidlm.errors import ConfigError
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.config import MLPS, NORMS, POSITIONS
-from lucidlm.model.gpt import CAUSAL_BLOCK_QUERIES, RMSNorm, RMSNormFunction, gelu_tanh_by_sigmoid
+from lucidlm.model.kernels import (
+    CAUSAL_BLOCK_QUERIES,
+    RMSNorm,
+    RMSNormFunction,
+    causal_attention_in_blocks,
+    gelu_tanh_by_sigmoid,
+    written_out_attention,
+)
 
 
 def tiny(**overrides) -> GPTConfig:
@@ -25,6 +32,13 @@ EVERY_SWITCH = [dict(positions=p, norm=n, mlp=m) for p, n, m in itertools.produc
     dict(mlp_hidden=40),
     dict(qk_norm=True, norm="rmsnorm", positions="rope", n_kv_head=2),
 ]
+
+
+def explicit_pass(model: GPT, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The logits through the written-out attention, and each layer's weights (B, H, T, T), by the hooks."""
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.config.n_layer)]
+    logits, cache = model.run_with_cache(x, names)
+    return logits, [cache[name] for name in names]
 
 
 def model_for(seed=0, **overrides) -> GPT:
@@ -55,8 +69,7 @@ def test_fast_attention_equals_the_explicit_path(switches):
     model = model_for(**switches).eval()
     x = torch.randint(0, 23, (3, 12), generator=torch.Generator().manual_seed(2))
     fast, _ = model(x)
-    weights: list[torch.Tensor] = []
-    explicit, _ = model(x, attention_out=weights)
+    explicit, weights = explicit_pass(model, x)
     torch.testing.assert_close(fast, explicit, rtol=0, atol=1e-5)
     assert len(weights) == 2 and weights[0].shape == (3, 4, 12, 12)
     torch.testing.assert_close(weights[0].sum(-1), torch.ones(3, 4, 12))
@@ -66,14 +79,13 @@ def test_fast_attention_equals_the_explicit_path(switches):
 @pytest.mark.parametrize("n_blocks", [2, 3, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_causal_attention_in_blocks_equals_one_pass(dtype, n_blocks):
-    attention = model_for(n_kv_head=2).transformer.h[0].attn
     generator = torch.Generator().manual_seed(3)
     q = torch.randn(2, 4, 16, 8, generator=generator).to(dtype).requires_grad_()
     k, v = (torch.randn(2, 2, 16, 8, generator=generator).to(dtype).requires_grad_() for _ in range(2))
     out_grad = torch.randn(2, 4, 16, 8, generator=generator).to(dtype)
-    in_blocks = attention.causal_attention_in_blocks(q, k, v, n_blocks)  # 3 blocks of 16: 5, 5 and 6 queries
+    in_blocks = causal_attention_in_blocks(q, k, v, n_blocks)  # 3 blocks of 16: 5, 5 and 6 queries
     in_blocks_grads = torch.autograd.grad(in_blocks, (q, k, v), out_grad)
-    one_pass = attention.explicit_attention(q, k, v, None)[0]
+    one_pass = written_out_attention(q, k, v, None)
     one_pass_grads = torch.autograd.grad(one_pass, (q, k, v), out_grad)
     torch.testing.assert_close(in_blocks, one_pass, rtol=0, atol=1e-6)
     for got, expected in zip(in_blocks_grads, one_pass_grads, strict=True):
@@ -89,7 +101,7 @@ def test_bf16_forward_through_the_blocks_matches_the_explicit_path(length):
     x = torch.randint(0, 23, (2, length), generator=torch.Generator().manual_seed(4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fast, _ = model(x)
-        explicit, _ = model(x, attention_out=[])
+        explicit, _ = explicit_pass(model, x)
     torch.testing.assert_close(fast, explicit, rtol=0, atol=1e-6)
 
 
@@ -110,9 +122,8 @@ def test_causality_future_tokens_do_not_change_the_past(switches):
     x = torch.randint(0, 23, (2, 12), generator=torch.Generator().manual_seed(3))
     changed = x.clone()
     changed[:, 7:] = (changed[:, 7:] + 5) % 23
-    for attention_out in (None, []):
-        before, _ = model(x, attention_out=attention_out)
-        after, _ = model(changed, attention_out=attention_out)
+    for forward in (lambda ids: model(ids)[0], lambda ids: explicit_pass(model, ids)[0]):
+        before, after = forward(x), forward(changed)
         torch.testing.assert_close(before[:, :7], after[:, :7], rtol=0, atol=0)
         assert not torch.allclose(before[:, 7:], after[:, 7:])
 

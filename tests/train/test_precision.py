@@ -72,14 +72,15 @@ def test_bf16_training_resumes_exactly(tmp_path, data_dir):
 def test_bf16_attention_on_the_cpu_written_out_equals_flash_attention(monkeypatch):
     """Up to EXPLICIT_BF16_KEYS keys, bf16 attention on the CPU runs as two products and a float32 softmax
     (faster there than PyTorch's flash kernel); its output and gradients match the flash kernel's."""
-    import lucidlm.model.gpt as gpt
+    import lucidlm.model.kernels as kernels
+    from lucidlm.model import GPT, GPTConfig
 
     torch.manual_seed(0)
-    model = gpt.GPT(gpt.GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=64))
+    model = GPT(GPTConfig(vocab_size=40, block_size=32, n_layer=2, n_head=4, n_kv_head=2, n_embd=64))
     ids = torch.randint(0, 40, (3, 32))
     results = {}
     for keys in (0, 512):  # 0: every length goes to flash attention
-        monkeypatch.setattr(gpt, "EXPLICIT_BF16_KEYS", keys)
+        monkeypatch.setattr(kernels, "EXPLICIT_BF16_KEYS", keys)
         model.zero_grad()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits, loss = model(ids, ids)

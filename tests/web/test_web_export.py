@@ -153,9 +153,10 @@ def test_the_explainers_numbers_are_the_models(exported):
         block.mlp.c_proj.register_forward_hook(lambda _m, inputs, _o: activations.append(inputs[0][0]))
         for block in model.transformer.h
     ]
-    weights = []
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.config.n_layer)]
     with torch.no_grad():
-        logits, _ = model(torch.tensor([ids]), attention_out=weights)
+        logits, cache = model.run_with_cache(torch.tensor([ids]), names)
+    weights = [cache[name] for name in names]
     for hook in hooks:
         hook.remove()
     T = len(ids)

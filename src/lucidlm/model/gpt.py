@@ -1,64 +1,25 @@
 """The GPT: a decoder-only transformer with switchable parts (see GPTConfig).
 
+This file says what the model computes. How the machine computes attention, RMSNorm and GELU fast is in
+kernels.py; the named points where a caller may look inside (`run_with_cache`, `run_with_hooks`) in hooks.py.
+
 Shapes in comments: B batch, T time (tokens), C channels (n_embd), H heads, K key/value heads, D head size.
 """
 
 from __future__ import annotations
 
 import math
-from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lucidlm.model.config import GPTConfig
-from lucidlm.model.kv_cache import KVCache, SlotKVCache, StaticKVCache, causal_mask
+from lucidlm.model.hooks import BLOCK_POINTS, ROTATED_POINTS, Hook, HookPoints, Hooks
+from lucidlm.model.kernels import RMSNorm, attention, gelu_tanh, written_out_attention
+from lucidlm.model.kv_cache import KVCache, SlotKVCache, StaticKVCache
 
 Cache = KVCache | SlotKVCache | StaticKVCache
-EXPLICIT_BF16_KEYS = 512  # bf16 attention on the CPU is written out up to this many keys (see fast_attention)
-CAUSAL_BLOCK_QUERIES = 64  # written-out causal attention takes queries in blocks this long, from two blocks on
-
-
-class RMSNormFunction(torch.autograd.Function):
-    """y = x / rms(x) * weight over the last dimension, with its gradient written out.
-
-    With n = x / rms(x) and g_n = dL/dy * weight, the input's gradient is (g_n - n * mean(g_n * n)) / rms(x):
-    the part of g_n along n is removed, because scaling x does not change n.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        inverse_rms = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))  # (..., 1)
-        normed = x * inverse_rms
-        ctx.save_for_backward(normed, inverse_rms, weight)
-        return normed * weight
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        normed, inverse_rms, weight = ctx.saved_tensors
-        grad_weight = (grad * normed).flatten(0, -2).sum(0)
-        grad_normed = grad * weight
-        along_normed = (grad_normed * normed).mean(-1, keepdim=True)  # (..., 1)
-        grad_x = torch.addcmul(grad_normed, normed, along_normed, value=-1).mul_(inverse_rms)
-        return grad_x, grad_weight, None
-
-
-class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm, with the hand-written backward above when training on the CPU.
-
-    PyTorch has no RMSNorm backward kernel for the CPU: autograd differentiates nn.RMSNorm's composite forward,
-    about a dozen passes over the activations, where RMSNormFunction.backward takes six (docs/benchmarks.md).
-    Elsewhere, and without gradients, nn.RMSNorm's own kernels run.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not torch.is_grad_enabled():
-            # bf16 queries and keys under autocast meet an fp32 gain in QK-norm: PyTorch's kernel wants one dtype
-            # (it warns and falls back otherwise), and the training path below gives fp32 too
-            return super().forward(x if x.dtype == self.weight.dtype else x.to(self.weight.dtype))
-        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-        return RMSNormFunction.apply(x, self.weight, eps)
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -119,18 +80,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
 
-def runs_in_bf16_on_cpu(x: torch.Tensor) -> bool:
-    """Whether a product with x runs in bf16 on the CPU: x is bf16, or autocast will make it so (QK-norm's fp32
-    gain hands fp32 queries and keys to attention even under bf16 autocast)."""
-    if x.device.type != "cpu":
-        return False
-    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    return x.dtype == torch.bfloat16 or autocast_bf16
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+class CausalSelfAttention(HookPoints, nn.Module):
+    def __init__(self, config: GPTConfig, hooks: Hooks, layer: int):
         super().__init__()
+        self.hooks, self.prefix, self.layer = hooks, f"blocks.{layer}.", layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         # Queries, keys and values come from one fused matrix: one matmul instead of three.
         self.c_attn = nn.Linear(
@@ -151,21 +104,19 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: Cache | None = None,
-        layer: int = 0,
         mask: torch.Tensor | None = None,
-        attention_out: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, C)
         q, k, v = self.queries_keys_values(x, rope)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, K, past + T, D)
-
-        if attention_out is None:
-            y = self.fast_attention(q, k, v, mask)
+            k, v = cache.update(self.layer, k, v)  # (B, K, past + T, D)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.hooked("attn.hook_attn_scores") or self.hooked("attn.hook_pattern"):
+            y = written_out_attention(q, k, v, mask, dropout_p, observe=self.hook)  # the weights, for the hooks
         else:
-            y, weights = self.explicit_attention(q, k, v, mask)
-            attention_out.append(weights)
-        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)  # heads side by side again
+            y = attention(q, k, v, mask, dropout_p)  # kernels.py picks the fastest way to the same numbers
+        y = self.hook("attn.hook_z", y.transpose(1, 2))  # (B, T, H, D)
+        y = y.contiguous().view(B, T, self.n_head * self.head_dim)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
     def queries_keys_values(
@@ -175,89 +126,23 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         H, K, D = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([H * D, K * D, K * D], dim=2)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
-        v = v.view(B, T, K, D).transpose(1, 2)  # (B, K, T, D)
+        q = self.hook("attn.hook_q", q.view(B, T, H, D)).transpose(1, 2)  # (B, H, T, D)
+        k = self.hook("attn.hook_k", k.view(B, T, K, D)).transpose(1, 2)  # (B, K, T, D)
+        v = self.hook("attn.hook_v", v.view(B, T, K, D)).transpose(1, 2)  # (B, K, T, D)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.hooks and (self.qk_norm or rope is not None):
+            q = self.hook("attn.hook_rot_q", q.transpose(1, 2)).transpose(1, 2)
+            k = self.hook("attn.hook_rot_k", k.transpose(1, 2)).transpose(1, 2)
         return q, k, v
 
-    def fast_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        if runs_in_bf16_on_cpu(q) and k.shape[2] <= EXPLICIT_BF16_KEYS:
-            # PyTorch's flash attention for the CPU is slower in bf16 than in fp32 (its backward most of all),
-            # while the two matrix products written out run on the bf16 units: 52 -> 33 ms a layer for a
-            # (16, 6, 256, 64) forward and backward. The (T, T) weights it holds are small at such lengths.
-            if mask is None and q.shape[2] == k.shape[2] >= 2 * CAUSAL_BLOCK_QUERIES:
-                return self.causal_attention_in_blocks(q, k, v, q.shape[2] // CAUSAL_BLOCK_QUERIES)
-            return self.explicit_attention(q, k, v, mask)[0]
-        # Without a mask, queries and keys either start together (plain causal attention) or there is one
-        # query, which may see every key.
-        plain_causal = mask is None and q.shape[2] > 1
-        return F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=plain_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )
 
-    def causal_attention_in_blocks(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_blocks: int
-    ) -> torch.Tensor:
-        """Plain causal attention with the queries cut into n_blocks, each against the keys up to its own end.
-
-        A block's queries cannot see the later keys, so their scores would all be masked: leaving them out skips
-        (n - 1) / 2n of the (T, T) products and softmax (a quarter in halves, 3/8 in quarters) and gives the same
-        outputs (a masked key adds exp(-inf) = 0). Smaller blocks skip more but run smaller, slower products:
-        blocks of 64 queries came within 3% of the best count from 128 to 512 tokens (docs/benchmarks.md).
-        """
-        bounds = [q.shape[2] * i // n_blocks for i in range(n_blocks + 1)]
-        blocks = [
-            self.explicit_attention(q[:, :, start:end], k[:, :, :end], v[:, :, :end], None)[0]
-            for start, end in pairwise(bounds)
-        ]
-        return torch.cat(blocks, dim=2)  # (B, H, T, D)
-
-    def explicit_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """softmax(Q K^T / sqrt(D) + mask) V, written out so the weights can be looked at."""
-        scores, v = self.masked_scores(q, k, mask), v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)  # the exponentials in fp32 always
-        dropped = F.dropout(weights, self.dropout, self.training)
-        return dropped @ v, weights  # (B, H, T, D), (B, H, T, past+T)
-
-    def masked_scores(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Q K^T / sqrt(D), with -inf where the mask (causal, without one) hides a key. (B, H, T, past+T)"""
-        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # grouped-query heads share theirs
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        if mask is None:
-            T, keys = q.shape[2], k.shape[2]
-            mask = causal_mask(keys - T, T, q.device)
-        return scores.masked_fill(~mask, float("-inf"))
-
-
-def gelu_tanh_by_sigmoid(h: torch.Tensor) -> torch.Tensor:
-    """GPT-2's GELU, 0.5 h (1 + tanh(u)) with u = sqrt(2 / pi) (h + 0.044715 h^3), written as h sigmoid(2u).
-
-    The two are one function (0.5 (1 + tanh u) = sigmoid(2u)), but Inductor's CPU code computes tanh far slower
-    than exp: for a (4096, 1536) bf16 activation, 6.9 ms forward and 14.5 ms with the backward against 2.8 and
-    7.1 ms this way. Eager PyTorch would run this as several passes over memory, so only compiled code takes it.
-    """
-    x = h.to(torch.promote_types(h.dtype, torch.float32))  # bf16 in, fp32 inside, as F.gelu computes it
-    u = math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)
-    return (x * torch.sigmoid(2 * u)).to(h.dtype)
-
-
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
+class MLP(HookPoints, nn.Module):
+    def __init__(self, config: GPTConfig, hooks: Hooks, layer: int):
         super().__init__()
+        self.hooks, self.prefix = hooks, f"blocks.{layer}."
         self.kind = config.mlp
         # SwiGLU needs two input projections (gate and value); they are fused into one matrix here.
         width = 2 * config.mlp_hidden if config.mlp == "swiglu" else config.mlp_hidden
@@ -266,14 +151,13 @@ class MLP(nn.Module):
         self.dropout = make_dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
+        h = self.hook("mlp.hook_pre", self.c_fc(x))
+        return self.dropout(self.c_proj(self.hook("mlp.hook_post", self.activation(h))))
 
     def activation(self, h: torch.Tensor) -> torch.Tensor:
         """(B, T, hidden) from c_fc's (B, T, hidden), or from its (B, T, 2 * hidden) for SwiGLU."""
         if self.kind == "gelu":
-            if torch.compiler.is_compiling():
-                return gelu_tanh_by_sigmoid(h)
-            return F.gelu(h, approximate="tanh")  # GPT-2's own formula (Hugging Face calls it gelu_new)
+            return gelu_tanh(h)  # GPT-2's own formula
         if self.kind == "relu":
             return F.relu(h)
         if self.kind == "relu2":
@@ -282,30 +166,35 @@ class MLP(nn.Module):
         return F.silu(gate) * value
 
 
-class Block(nn.Module):
+class Block(HookPoints, nn.Module):
     """Pre-norm residual block: x + attention(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, hooks: Hooks, layer: int):
         super().__init__()
+        self.hooks, self.prefix = hooks, f"blocks.{layer}."
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, hooks, layer)
         self.ln_2 = make_norm(config)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, hooks, layer)
 
-    def forward(self, x: torch.Tensor, rope=None, cache=None, layer=0, mask=None, attention_out=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, cache, layer, mask, attention_out)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, rope=None, cache=None, mask=None) -> torch.Tensor:
+        x = self.hook("hook_resid_pre", x)  # (B, T, C)
+        attended = self.attn(self.hook("ln1.hook_normalized", self.ln_1(x)), rope, cache, mask)
+        x = self.hook("hook_resid_mid", x + self.hook("hook_attn_out", attended))
+        out = self.mlp(self.hook("ln2.hook_normalized", self.ln_2(x)))
+        return self.hook("hook_resid_post", x + self.hook("hook_mlp_out", out))
 
 
-class GPT(nn.Module):
+class GPT(HookPoints, nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        self.hooks, self.prefix = Hooks(), ""  # shared by every module: see run_with_hooks
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 drop=make_dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                h=nn.ModuleList(Block(config, self.hooks, layer) for layer in range(config.n_layer)),
                 ln_f=make_norm(config),
             )
         )
@@ -377,17 +266,10 @@ class GPT(nn.Module):
         return total
 
     def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        cache: Cache | None = None,
-        attention_out: list[torch.Tensor] | None = None,
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: Cache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) for token ids `idx` (B, T); the mean cross-entropy too when `targets` is given.
-
-        With `cache`, `idx` continues the cached sequence. With `attention_out`, the explicit attention path
-        runs and appends each layer's weights (B, H, T, past + T) to that list.
-        """
+        With `cache`, `idx` continues the cached sequence."""
         T = idx.shape[1]
         length = T if cache is None else cache.end(T)  # None for a StaticKVCache, whose caller checks
         if length is not None and length > self.config.block_size:
@@ -396,27 +278,60 @@ class GPT(nn.Module):
             positions, mask = torch.arange(T, device=idx.device), None  # (T,)
         else:
             positions, mask = cache.positions(T), cache.attention_mask(T)  # (T,) or (B, T) per row
-        x = self.transformer.wte(idx)  # (B, T, C)
+        x = self.hook("hook_embed", self.transformer.wte(idx))  # (B, T, C)
         rope = None
         if self.config.positions == "learned":
-            x = x + self.transformer.wpe(positions)
+            x = x + self.hook("hook_pos_embed", self.transformer.wpe(positions).expand_as(x))
         elif self.config.positions == "sinusoidal":
-            x = x + self.sinusoid[positions]
+            x = x + self.hook("hook_pos_embed", self.sinusoid[positions].expand_as(x))
         else:
             rope = (self.rope_cos[positions], self.rope_sin[positions])
         x = self.transformer.drop(x)
         blocks = self.compiled_blocks if self.compiled_blocks and torch.is_grad_enabled() else self.transformer.h
-        for layer, block in enumerate(blocks):
-            x = block(x, rope, cache, layer, mask, attention_out)
+        for block in blocks:
+            x = block(x, rope, cache, mask)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        logits = self.lm_head(self.hook("ln_final.hook_normalized", self.transformer.ln_f(x)))  # (B, T, vocab)
         loss = None
         if targets is not None:
             # bf16 logits are scored in fp32; fp32 and fp64 as they are
             scored = logits.to(torch.promote_types(logits.dtype, torch.float32))
             loss = F.cross_entropy(scored.view(-1, scored.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def hook_names(self) -> list[str]:
+        """Every hook point of this model, in the order the forward pass reaches them (see model/hooks.py)."""
+        c = self.config
+        rotated = c.qk_norm or c.positions == "rope"
+        points = [p for p in BLOCK_POINTS if rotated or p not in ROTATED_POINTS]
+        embeddings = ["hook_embed"] if c.positions == "rope" else ["hook_embed", "hook_pos_embed"]
+        layers = [f"blocks.{layer}.{point}" for layer in range(c.n_layer) for point in points]
+        return [*embeddings, *layers, "ln_final.hook_normalized"]
+
+    def run_with_hooks(self, idx: torch.Tensor, hooks: dict[str, Hook]) -> torch.Tensor:
+        """Logits (B, T, vocab) for `idx`, with each hook called at its point, as `hook(activation, name)`: it
+        may look, or return a tensor of the same shape to go on in the activation's place."""
+        unknown = sorted(set(hooks) - set(self.hook_names()))
+        if unknown:
+            raise ValueError(f"this model has no hook point {unknown[0]} (GPT.hook_names() lists them)")
+        self.hooks.update(hooks)
+        try:
+            return self(idx)[0]
+        finally:
+            self.hooks.clear()
+
+    def run_with_cache(
+        self, idx: torch.Tensor, names: list[str] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (B, T, vocab) for `idx`, and the activations at the hook points `names` (all of them without)."""
+        cache: dict[str, torch.Tensor] = {}
+
+        def keep(activation: torch.Tensor, name: str) -> None:
+            cache[name] = activation
+
+        logits = self.run_with_hooks(idx, dict.fromkeys(self.hook_names() if names is None else names, keep))
+        return logits, cache
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, slots: bool = False, static: bool = False

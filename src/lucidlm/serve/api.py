@@ -575,11 +575,10 @@ def create_app(
 
 @torch.inference_mode()
 def attention_weights(model: GPT, tokens: list[int]) -> list:
-    """(layers, heads, T, T) attention weights for one sequence, from the model's explicit attention path."""
-    weights: list[torch.Tensor] = []
-    device = model.lm_head.weight.device
-    model(torch.tensor([tokens], device=device), attention_out=weights)
-    return torch.stack([w[0] for w in weights]).float().tolist()
+    """(layers, heads, T, T) attention weights for one sequence, from the hook points `attn.hook_pattern`."""
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.config.n_layer)]
+    _, cache = model.run_with_cache(torch.tensor([tokens], device=model.lm_head.weight.device), names)
+    return torch.stack([cache[name][0] for name in names]).float().tolist()
 
 
 def running_offsets(pieces: list[str]) -> list[int]:

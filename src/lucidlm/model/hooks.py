@@ -1,0 +1,71 @@
+"""Hook points: named places inside the GPT where a caller may read an activation or replace it.
+
+The names are TransformerLens's, so that people and notebooks carry over (`blocks.3.attn.hook_pattern`). A hook
+is a function `hook(activation, name)` that returns nothing (it looks) or a tensor of the same shape (which goes
+on in the activation's place). With no hook set, a point costs one test of an empty dictionary: the forward pass
+is the one it would be without them.
+
+The model's modules share one `Hooks` dictionary; `GPT.run_with_cache` and `GPT.run_with_hooks` fill it for one
+forward pass and empty it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Hook = Callable[[torch.Tensor, str], torch.Tensor | None]
+
+# Every layer's points, in the order the forward pass reaches them. Shapes: B batch, T positions, C channels,
+# H query heads, K key/value heads, D head size, S keys (past + T), F the MLP's hidden width.
+BLOCK_POINTS = (
+    "hook_resid_pre",  # (B, T, C) the residual stream entering the layer
+    "ln1.hook_normalized",  # (B, T, C) its normalised copy, the gain applied, that attention reads
+    "attn.hook_q",  # (B, T, H, D) queries, straight from the projection
+    "attn.hook_k",  # (B, T, K, D) keys of the new positions
+    "attn.hook_v",  # (B, T, K, D) values of the new positions
+    "attn.hook_rot_q",  # (B, T, H, D) queries as they meet the keys: after QK-norm and RoPE (models with either)
+    "attn.hook_rot_k",  # (B, T, K, D) keys likewise
+    "attn.hook_attn_scores",  # (B, H, T, S) Q K^T / sqrt(D), -inf where the mask hides a key
+    "attn.hook_pattern",  # (B, H, T, S) the attention weights, softmax of the scores
+    "attn.hook_z",  # (B, T, H, D) each head's output, the weighted sum of values
+    "hook_attn_out",  # (B, T, C) attention's contribution to the residual stream
+    "hook_resid_mid",  # (B, T, C) the stream after attention
+    "ln2.hook_normalized",  # (B, T, C) the normalised copy the MLP reads
+    "mlp.hook_pre",  # (B, T, F) the first projection (2F for SwiGLU: gate and value side by side)
+    "mlp.hook_post",  # (B, T, F) after the activation
+    "hook_mlp_out",  # (B, T, C) the MLP's contribution to the residual stream
+    "hook_resid_post",  # (B, T, C) the stream leaving the layer
+)
+# Around the layers: "hook_embed" (the token embeddings), "hook_pos_embed" (the learned or sinusoidal position
+# embeddings; none with RoPE) and "ln_final.hook_normalized" (what the unembedding reads), each (B, T, C).
+ROTATED_POINTS = ("attn.hook_rot_q", "attn.hook_rot_k")
+
+
+class Hooks(dict[str, Hook]):
+    """The hooks of one model by point name; empty while nobody is looking."""
+
+    def run(self, name: str, activation: torch.Tensor) -> torch.Tensor:
+        hook = self.get(name)
+        if hook is None:
+            return activation
+        replaced = hook(activation, name)
+        if replaced is None:
+            return activation
+        if replaced.shape != activation.shape:
+            raise ValueError(f"the hook at {name} returned shape {tuple(replaced.shape)}: {tuple(activation.shape)}")
+        return replaced
+
+
+class HookPoints:
+    """What a module with hook points needs: the model's shared `hooks`, and the prefix of its points' names."""
+
+    hooks: Hooks
+    prefix: str
+
+    def hook(self, point: str, activation: torch.Tensor) -> torch.Tensor:
+        return self.hooks.run(self.prefix + point, activation) if self.hooks else activation
+
+    def hooked(self, point: str) -> bool:
+        return bool(self.hooks) and self.prefix + point in self.hooks
