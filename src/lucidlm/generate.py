@@ -85,6 +85,17 @@ def sample_next(
     return token.squeeze(-1).clamp(max=logits.shape[-1] - 1)
 
 
+def prompt_window(prompt: list[int], block_size: int) -> list[int]:
+    """The part of a prompt that decoding starts from: a prompt longer than the window keeps its end."""
+    return prompt[-block_size:]
+
+
+def shifted_context(context: list[int], block_size: int) -> list[int]:
+    """What a sequence keeps when its window of `block_size` tokens is full: the newer half (llama.cpp's
+    context shift). The cache is refilled from it, so every later token still sees half a window or more."""
+    return context[-(block_size // 2) :]
+
+
 def compile_decoding(model: GPT) -> Callable:
     """The model compiled (torch.compile) for one-token steps over a StaticKVCache, for `generate_ids`.
 
@@ -115,7 +126,7 @@ def generate_ids(
     the prompt, of any length, still runs through the model itself (a compiled graph has fixed shapes)."""
     block_size = model.config.block_size
     device = model.lm_head.weight.device
-    context = list(prompt[-block_size:])
+    context = prompt_window(prompt, block_size)
     cache = model.new_cache(batch_size=1, static=compiled is not None)
     step = model if compiled is None else compiled
     with autocast(device):
@@ -124,14 +135,14 @@ def generate_ids(
     for _ in range(max_new_tokens):
         token = int(sample_next(logits[:, -1], config, generator)[0])
         yield token
-        context.append(token)
         with autocast(device):
             if length == block_size:  # the window is full: keep its newer half and refill the cache
-                context = context[-(block_size // 2 + 1) :]
+                context = [*shifted_context(context, block_size), token]
                 cache.reset()
                 logits, _ = model(torch.tensor([context], device=device), cache=cache)
                 length = len(context)
             else:
+                context.append(token)
                 logits, _ = step(torch.tensor([[token]], device=device), cache=cache)
                 length += 1
 

@@ -167,3 +167,17 @@ def test_a_training_step_reuses_freed_memory_instead_of_faulting_it_in_again():
         model.forward(x, y)
         model.backward()
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5 < 200
+
+
+def test_the_twins_share_rope_tables_and_rotation():
+    """The NumPy GPT's RoPE is the PyTorch GPT's: the same tables (the sign in sin's first half) and rotation."""
+    from lucidlm.model.gpt import apply_rope
+    from lucidlm.model.gpt import rope_tables as torch_rope_tables
+
+    cos, sin = rope_tables(7, 8, 500.0)
+    torch_cos, torch_sin = torch_rope_tables(7, 8, 500.0)
+    np.testing.assert_allclose(cos, torch_cos.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(sin, torch_sin.numpy(), rtol=0, atol=1e-6)
+    x = normal(2, 3, 7, 8)
+    rotated, _ = L.rope_forward(x, cos, sin)
+    np.testing.assert_allclose(rotated, apply_rope(torch.tensor(x), torch_cos.double(), torch_sin.double()), atol=1e-6)

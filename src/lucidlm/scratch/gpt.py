@@ -63,10 +63,12 @@ def check_supported(config: GPTConfig) -> None:
 
 
 def rope_tables(length: int, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    frequency = theta ** (-np.arange(0, head_dim, 2) / head_dim)
-    angle = np.outer(np.arange(length), frequency)
-    angle = np.concatenate([angle, angle], axis=-1)  # channel i pairs with channel i + D/2
-    return np.cos(angle), np.sin(angle)
+    """cos and signed sin of the rotation angle for every (position, pair of channels), as the PyTorch GPT's
+    `rope_tables`: channel i pairs with channel i + D/2, and the sin table's first half carries the minus sign of
+    the rotation's first row. Each (length, head_dim)."""
+    frequency = theta ** (-np.arange(0, head_dim, 2) / head_dim)  # (D/2,)
+    angle = np.outer(np.arange(length), frequency)  # (length, D/2)
+    return np.cos(np.concatenate([angle, angle], axis=-1)), np.concatenate([-np.sin(angle), np.sin(angle)], axis=-1)
 
 
 class GPT:

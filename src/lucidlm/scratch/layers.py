@@ -131,21 +131,16 @@ def relu_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
 
 
 def rope_forward(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """Rotate channel pairs (i, i + D/2) by a position-dependent angle. x (B, H, T, D); cos, sin (T, D)."""
-    return x * cos + rotate_half(x) * sin, (cos, sin)
+    """Rotate each pair (x_i, x_{i+D/2}) by its position's angle: rolling the channels by D/2 puts each pair's
+    partner in its place, and `sin` carries the minus sign (rope_tables), as in the PyTorch GPT's apply_rope.
+    x (B, H, T, D); cos, sin (T, D)."""
+    return x * cos + np.roll(x, x.shape[-1] // 2, axis=-1) * sin, (cos, sin)
 
 
 def rope_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
     cos, sin = cache
-    # The rotation is linear; its transpose rotates the other way: (g1, g2) -> (g2, -g1).
-    rotated_back = dout * sin
-    half = dout.shape[-1] // 2
-    return dout * cos + np.concatenate([rotated_back[..., half:], -rotated_back[..., :half]], axis=-1)
-
-
-def rotate_half(x: np.ndarray) -> np.ndarray:
-    half = x.shape[-1] // 2
-    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    # y = x cos + roll(x) sin is linear in x; its transpose rolls back, and rolling by D/2 is its own inverse.
+    return dout * cos + np.roll(dout * sin, dout.shape[-1] // 2, axis=-1)
 
 
 def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, tuple]:

@@ -5,7 +5,7 @@ the weights and to Python, not to arithmetic), so the engine keeps all requests 
 runs them through the model together. Requests join and leave between steps:
 
     step:  admit waiting requests (each reads its prompt into a free row of the cache: "prefill")
-           shift the context of rows whose window is full (keep the newer half, as `lucidlm generate` does)
+           shift the context of rows whose window is full (generate.shifted_context: keep the newer half)
            one forward pass over every busy row, each fed the token it sampled last  -> logits (B, vocab)
            each request samples its next token with its own random generator, and reports it
            requests that are finished (stop string, end-of-text, max_tokens) or cancelled leave
@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 import torch
 
 from lucidlm.device import autocast
-from lucidlm.generate import SamplingConfig, StopStreamer, sample_next, seed_generator
+from lucidlm.generate import (
+    SamplingConfig,
+    StopStreamer,
+    prompt_window,
+    sample_next,
+    seed_generator,
+    shifted_context,
+)
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer
 
@@ -152,9 +159,9 @@ class Engine:
         self._admit()
         block_size = self.model.config.block_size
         for row, request in enumerate(self.active):
-            if len(request.context) == block_size:  # the window is full: keep its newer half
+            if len(request.context) == block_size:
                 with self._failing_alone(request):
-                    self._prefill(row, request, request.context[-(block_size // 2) :])
+                    self._prefill(row, request, shifted_context(request.context, block_size))
         self._drop_failed()
         if not self.active:
             return
@@ -240,7 +247,7 @@ class Engine:
                 else:
                     seed_generator(request.generator, request.seed)
                 request.streamer = StopStreamer(self.tokenizer, request.stop)
-                prompt = request.prompt[-block_size:]  # a longer prompt keeps its end, as `lucidlm generate` does
+                prompt = prompt_window(request.prompt, block_size)
                 self._prefill(row, request, prompt[:-1])
                 request.pending = prompt[-1]
 
