@@ -551,6 +551,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
 def run_chat(args: argparse.Namespace) -> None:
     from lucidlm.chat.repl import ChatSession, run_chat
+    from lucidlm.chat.template import chat_template
     from lucidlm.device import pick_device
     from lucidlm.generate import SamplingConfig
     from lucidlm.load import load_model
@@ -562,7 +563,7 @@ def run_chat(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     model, tokenizer, _ = load_model(args.checkpoint, args.which, device=device, dtype=args.dtype)
     decode_with_onednn(model)
-    if tokenizer.chat_template is None:
+    if chat_template(tokenizer) is None:
         print(
             "note: this model has no chat template (a base model); the chat is written as 'User:'/'Assistant:' "
             "lines. Fine-tune it on conversations for real replies (README: Chat)",

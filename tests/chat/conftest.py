@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
+from lucidlm.chat.template import CHAT_TOKENS
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import CharTokenizer
-from lucidlm.tokenizers.base import CHAT_TOKENS
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:.,!?\n"
 

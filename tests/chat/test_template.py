@@ -7,12 +7,13 @@ import torch
 import transformers
 
 from lucidlm.chat import chat_prompt
+from lucidlm.chat.template import CHAT_TOKENS, OWN_CHAT_TEMPLATE, chat_template
 from lucidlm.export.hf import export_hf, load_hf_tokenizer
 from lucidlm.generate import SamplingConfig, generate_ids
 from lucidlm.load import load_model, with_new_tokens
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
-from lucidlm.tokenizers.base import CHAT_TOKENS, END_OF_TURN, OWN_CHAT_TEMPLATE
+from lucidlm.tokenizers.base import END_OF_TURN
 from tests.chat.conftest import conversation, write_jsonl
 from tests.conftest import run_lucidlm, tiny_model_args
 
@@ -36,7 +37,7 @@ def tokenizers():
 @pytest.mark.parametrize("kind", ["char", "word", "bpe"])
 def test_the_template_and_generation_match_transformers(tmp_path, kind):
     tokenizer = tokenizers()[kind].with_special_tokens(CHAT_TOKENS)
-    assert tokenizer.chat_template == OWN_CHAT_TEMPLATE
+    assert chat_template(tokenizer) == OWN_CHAT_TEMPLATE
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=128, n_layer=2, n_head=2, n_embd=32)).eval()
     export_hf(model, tokenizer, tmp_path / "hf")
@@ -94,7 +95,7 @@ def test_a_base_run_fine_tuned_on_chat_data_chats(tmp_path, text_file):
     assert tuned.returncode == 0, tuned.stderr
     base_model, base_tokenizer, _ = load_model(base)
     _, tokenizer, config = load_model(tmp_path / "sft", "latest")
-    assert tokenizer.chat_template == OWN_CHAT_TEMPLATE and tokenizer.extends(base_tokenizer)
+    assert chat_template(tokenizer) == OWN_CHAT_TEMPLATE and tokenizer.extends(base_tokenizer)
     assert config.model.vocab_size == base_model.config.vocab_size + 4
     # the run speaks its template: a reply stops at the end of turn
     chatted = run_lucidlm("chat", "--checkpoint", tmp_path / "sft", "--temperature", "0",

@@ -288,13 +288,14 @@ def test_quantize_is_refused_for_a_hugging_face_export(tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["char", "gpt4"])
 def test_a_chat_model_carries_its_template_and_turn_tokens_into_llama_cpp(tmp_path, kind):
     from lucidlm.chat import chat_prompt
-    from lucidlm.tokenizers.base import CHAT_TOKENS, END_OF_TURN
+    from lucidlm.chat.template import CHAT_TOKENS, chat_template
+    from lucidlm.tokenizers.base import END_OF_TURN
 
     tokenizer = make_tokenizer(kind).with_special_tokens(CHAT_TOKENS)
     model = make_model(tokenizer.vocab_size, **LLAMA)
     path = export_gguf(model, tokenizer, tmp_path / "chat.gguf")
     reader = gguf.GGUFReader(path)
-    assert field(reader, "tokenizer.chat_template") == tokenizer.chat_template
+    assert field(reader, "tokenizer.chat_template") == chat_template(tokenizer)
     assert field(reader, "tokenizer.ggml.eot_token_id") == tokenizer.special_tokens[END_OF_TURN]
     messages = [{"role": "system", "content": "To be"}, {"role": "user", "content": "or not to be?"}]
     prompt, _ = chat_prompt(tokenizer, messages)

@@ -15,6 +15,7 @@ import transformers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from lucidlm.chat import chat_prompt, render_template
+from lucidlm.chat.template import chat_template
 from lucidlm.errors import LucidError
 from lucidlm.generate import SamplingConfig, generate_ids, generate_text
 from lucidlm.load import load_model
@@ -173,7 +174,7 @@ def test_the_chat_template_renders_as_transformers_does(hub_dir):
         return
     expected = theirs.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
     special = {key: ours.token_text(key) for key in ("bos_token", "eos_token")}
-    assert render_template(ours.chat_template, CONVERSATION, **special) == expected
+    assert render_template(chat_template(ours), CONVERSATION, **special) == expected
     ids, stops = chat_prompt(ours, CONVERSATION)
     assert ids == theirs.apply_chat_template(CONVERSATION, tokenize=True, add_generation_prompt=True)["input_ids"]
     assert stops == []
@@ -376,7 +377,7 @@ def test_a_hub_model_fine_tunes_on_chat_data_through_its_own_template(hub_dir, t
     assert tuned.returncode == 0, tuned.stderr
     model, tokenizer, _ = load_model(tmp_path / "sft", "latest")
     assert model.config.vocab_size >= base.vocab_size + added
-    assert tokenizer.chat_template is not None and tokenizer.to_dict() == data_tokenizer.to_dict()
+    assert chat_template(tokenizer) is not None and tokenizer.to_dict() == data_tokenizer.to_dict()
     chatted = run_lucidlm(
         "chat", "--checkpoint", tmp_path / "sft", "--temperature", "0", "--max-new-tokens", "4", input="Speak, speak.\n"
     )

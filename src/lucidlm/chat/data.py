@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lucidlm.chat.template import render_template
+from lucidlm.chat.template import CHAT_TOKENS, chat_template, render_template
 from lucidlm.data.corpus import sha256_file
 from lucidlm.data.prepare import token_dtype, write_array
 from lucidlm.errors import ConfigError, DataError, TokenizerError
 from lucidlm.files import MiB, parse_json, read_text
 from lucidlm.outputs import DATA_DIR, check_target, written_directory
 from lucidlm.tokenizers import Tokenizer
-from lucidlm.tokenizers.base import CHAT_TOKENS
 
 ROLES = ("system", "user", "assistant")
 JSONL_LIMIT = 1024 * MiB  # conversations are held in memory while they are tokenized
@@ -92,7 +91,7 @@ def encode_conversation(
 
     The template is rendered up to each assistant message (with the generation prompt) and through it; the
     pieces between are encoded one at a time, so every token belongs to one piece."""
-    template = tokenizer.chat_template
+    template = chat_template(tokenizer)
     if not template:
         raise ConfigError("the tokenizer has no chat template; prepare chat data with --tokenizer-from a run or hf:DIR")
     special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
@@ -163,7 +162,7 @@ def prepare_chat(
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
     check_target(out_dir, DATA_DIR, force)
-    if tokenizer.chat_template is None:
+    if chat_template(tokenizer) is None:
         tokenizer = tokenizer.with_special_tokens(CHAT_TOKENS)
     splits = {"train": ChatSplit(), "val": ChatSplit()}
     counts = {"conversations": 0, "texts": 0, "cut": 0, "dropped": 0}

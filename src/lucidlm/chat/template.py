@@ -1,7 +1,7 @@
 """Chat templates: a conversation written out as the text a model was trained to continue.
 
-lucidlm's own tokenizers get lucidlm's template when a base model is fine-tuned for chat (tokenizers/base.py:
-a special token opens each turn and one ends it). A Hub model ships its template as Jinja2
+lucidlm's own tokenizers get lucidlm's template when a base model is fine-tuned for chat: a special token
+opens each turn and one ends it (ROLE_TOKENS, END_OF_TURN). A Hub model ships its template as Jinja2
 (tokenizer_config.json's `chat_template`, or chat_template.jinja). It is code from the internet, so it runs
 in Jinja2's sandbox (no attribute of Python's internals reachable), the way `transformers` renders it: blocks
 trimmed, `messages`, `add_generation_prompt`, the special tokens' texts (`bos_token`, `eos_token`),
@@ -26,7 +26,21 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from lucidlm.errors import ConfigError
 from lucidlm.generate import encode_prompt
 from lucidlm.tokenizers import Tokenizer
+from lucidlm.tokenizers.base import END_OF_TURN
 
+# The turns of lucidlm's own template: one special token opens each role's message, END_OF_TURN ends every turn.
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+CHAT_TOKENS = (*ROLE_TOKENS.values(), END_OF_TURN)
+# The same template in Jinja2, the form `transformers`' `apply_chat_template` runs (written into HF exports).
+OWN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('a message role is system, user or assistant, not ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '" + END_OF_TURN + "' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '" + ROLE_TOKENS["assistant"] + "' }}{% endif %}"
+)
 PLAIN_TURN = "{role}: {content}\n"
 PLAIN_STOP = "\nUser:"
 
@@ -64,10 +78,19 @@ def render_template(
         raise ConfigError(f"the model's chat template refused the conversation ({exc})") from None
 
 
+def chat_template(tokenizer: Tokenizer) -> str | None:
+    """The Jinja2 template a model speaks: the one its tokenizer came with (a Hub model's); else lucidlm's own
+    where the tokenizer holds its turn tokens (a model fine-tuned for chat, GPT-2 given them included); else None
+    (a base model, which gets plain lines)."""
+    if tokenizer.hub_chat_template:
+        return tokenizer.hub_chat_template
+    return OWN_CHAT_TEMPLATE if all(token in tokenizer.special_tokens for token in CHAT_TOKENS) else None
+
+
 def chat_prompt(tokenizer: Tokenizer, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[str]]:
     """(prompt ids, stop strings) for a reply to `messages`: through the model's template where it has one,
     else as plain "Role: text" lines ending in "Assistant:"."""
-    template = tokenizer.chat_template
+    template = chat_template(tokenizer)
     if template:
         special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
         return tokenizer.encode_with_specials(render_template(template, messages, **special)), []

@@ -27,6 +27,7 @@ import gguf
 import numpy as np
 import torch
 
+from lucidlm.chat.template import chat_template
 from lucidlm.errors import ConfigError
 from lucidlm.export.hf import family, to_hf_state
 from lucidlm.model import GPT, GPTConfig
@@ -192,8 +193,9 @@ def export_gguf(
         if vocabulary.eos_id is not None:
             writer.add_bos_token_id(vocabulary.eos_id)
             writer.add_eos_token_id(vocabulary.eos_id)
-        if tokenizer.chat_template is not None:  # lucidlm's own template: llama.cpp's chat ends a reply at <|end|>
-            writer.add_chat_template(tokenizer.chat_template)
+        template = chat_template(tokenizer)
+        if template is not None:  # lucidlm's own template: llama.cpp's chat ends a reply at <|end|>
+            writer.add_chat_template(template)
             writer.add_eot_token_id(tokenizer.special_tokens[END_OF_TURN])
         for name, tensor in tensors.items():
             data, raw_dtype = _stored(tensor, quantize)

@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from lucidlm.chat.template import chat_template
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.files import COUNT, read_json
 from lucidlm.memory import return_freed_memory
@@ -318,7 +319,7 @@ def _write_hf_files(model: GPT, tokenizer: Tokenizer, tmp: Path) -> None:
             "clean_up_tokenization_spaces": False,
             "eos_token": eos_text,
             "bos_token": eos_text,
-            **({"chat_template": tokenizer.chat_template} if tokenizer.chat_template else {}),
+            **({"chat_template": template} if (template := chat_template(tokenizer)) else {}),
         },
         "generation_config.json": {
             "bos_token_id": eos_id,

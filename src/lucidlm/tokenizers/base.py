@@ -16,21 +16,9 @@ from typing import Any, ClassVar
 
 from lucidlm.errors import TokenizerError
 
-# The turns of lucidlm's own chat template: one special token opens each role's message, one ends every turn.
-# A tokenizer that holds them all speaks the template (`chat_template`), and its end-of-turn token ends a reply.
-ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+# The special token that ends a turn of lucidlm's chat template (chat/template.py): a tokenizer that holds it
+# ends generated text there.
 END_OF_TURN = "<|end|>"
-CHAT_TOKENS = (*ROLE_TOKENS.values(), END_OF_TURN)
-# The same template in Jinja2, the form `transformers`' `apply_chat_template` runs (written into HF exports).
-OWN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('a message role is system, user or assistant, not ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '" + END_OF_TURN + "' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '" + ROLE_TOKENS["assistant"] + "' }}{% endif %}"
-)
 
 
 class Tokenizer:
@@ -87,10 +75,10 @@ class Tokenizer:
         return [self.special_tokens[END_OF_TURN]] if END_OF_TURN in self.special_tokens else []
 
     @property
-    def chat_template(self) -> str | None:
-        """The Jinja2 chat template: lucidlm's own where the tokenizer holds its turn tokens (an imported model
-        has its own), else None."""
-        return OWN_CHAT_TEMPLATE if all(token in self.special_tokens for token in CHAT_TOKENS) else None
+    def hub_chat_template(self) -> str | None:
+        """The Jinja2 chat template that came with the tokenizer's files (a Hub model's), if any. Which template
+        a model speaks is chat.template.chat_template's to say."""
+        return None
 
     def encode_with_specials(self, text: str) -> list[int]:
         """Like `encode`, but the texts of special tokens become those tokens (what a rendered template needs)."""

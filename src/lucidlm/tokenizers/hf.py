@@ -48,13 +48,11 @@ class HFTokenizer(Tokenizer):
         return value.get("content") if isinstance(value, dict) else value
 
     @property
-    def chat_template(self) -> str | None:
-        """The model's own template; a base model without one (GPT-2) that was given lucidlm's turn tokens
-        speaks lucidlm's."""
+    def hub_chat_template(self) -> str | None:
         template = self.config.get("chat_template")
         if isinstance(template, list):  # several named templates: the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        return template or super().chat_template
+        return template or None
 
     def with_special_tokens(self, texts: Iterable[str]) -> HFTokenizer:
         """The same tokenizer.json with `texts` as added special tokens, numbered after the whole vocabulary."""
