@@ -1,7 +1,7 @@
 """Forward + backward time of the NumPy GPT (lucidlm.scratch) beside PyTorch eager, on the CPU, same run.
 
 The nanogpt-baby shape (4 layers, 4 heads, 128 wide, block 64, batch 12, 65-token vocabulary), float32, the same
-weights and batches in both. Target: the NumPy engine within 1.5x of PyTorch's time.
+weights and batches in both. Target: the NumPy backend within 1.5x of PyTorch's time.
 
     python benchmarks/scratch_vs_torch.py
 """
@@ -62,17 +62,17 @@ def main() -> None:
         "numpy_ms": round(numpy_s * 1e3, 2),
         "ratio": round(numpy_s / torch_s, 3),
     }
-    table = f"""## NumPy engine beside PyTorch (`benchmarks/scratch_vs_torch.py`)
+    table = f"""## NumPy backend beside PyTorch (`benchmarks/scratch_vs_torch.py`)
 
 Forward + backward of one nanogpt-baby batch (12 x 64 tokens), float32, CPU, median of 60 steps
 each, in alternating blocks, same run.
 
-| engine | ms per step | ratio |
+| backend | ms per step | ratio |
 |---|---:|---:|
 | PyTorch eager | {torch_s * 1e3:.1f} | 1.00 |
 | lucidlm.scratch (NumPy, hand-written backward) | {numpy_s * 1e3:.1f} | {numpy_s / torch_s:.2f} |
 
-Target: at most 1.5x PyTorch's time. What got the NumPy engine there: (B*T, C) matmuls rather than batched
+Target: at most 1.5x PyTorch's time. What got the NumPy backend there: (B*T, C) matmuls rather than batched
 ones, GELU through one exp, in-place softmax and GELU backward, a sort + reduceat embedding backward, and
 `keep_freed_memory` (memory.py): glibc handed every freed activation back to the kernel and each step
 faulted ~11,000 pages in again, a third of its time (ratio 1.44-1.61 in earlier sessions' runs, 1.10-1.36 in

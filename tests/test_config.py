@@ -1,6 +1,6 @@
 import pytest
 
-from lucidlm.config import PRESETS, parse_overrides, resolve_config
+from lucidlm.config import PRESETS, RunConfig, parse_overrides, resolve_config
 from lucidlm.errors import ConfigError
 
 
@@ -60,3 +60,14 @@ def test_parse_overrides_types():
         "model": {"dropout": 0.2},
         "train": {"lr": 3e-4, "time_budget": 60.0},
     }
+
+
+def test_the_former_name_engine_still_reads_as_backend(tmp_path):
+    """Runs, TOML files and commands written when the training backend was called "engine" keep working."""
+    saved = RunConfig().to_dict()
+    del saved["train"]["backend"]
+    saved["train"]["engine"] = "numpy"
+    assert RunConfig.from_dict(saved).train.backend == "numpy"
+    (tmp_path / "old.toml").write_text('[train]\nengine = "numpy"\n')
+    assert resolve_config(config_file=tmp_path / "old.toml").train.backend == "numpy"
+    assert resolve_config(overrides=["train.engine=numpy"]).train.backend == "numpy"

@@ -32,7 +32,7 @@ EXAMPLES = {
   lucidlm train --data my.txt --out runs/b                 (a text file is prepared with the char tokenizer)
   lucidlm train --data data/shakespeare-char --out runs/a --resume --max-steps 4000
   lucidlm train --data data/mine --out runs/c --set n_layer=6 --set lr=3e-4
-  lucidlm train --data my.txt --out runs/d --engine numpy --preset nanogpt-baby   (the NumPy GPT)
+  lucidlm train --data my.txt --out runs/d --backend numpy --preset nanogpt-baby   (the NumPy GPT)
   lucidlm train --init-from hf:models/gpt2 --data my.txt --out runs/e --preset gpt2-small   (fine-tune GPT-2)""",
     "generate": """examples:
   lucidlm generate --checkpoint runs/a --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 \\
@@ -126,9 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="compile the blocks with torch.compile (compile=auto does for long runs)"
     )
     train.add_argument(
-        "--engine",
+        "--backend",
+        "--engine",  # its former name
+        dest="backend",
         choices=["torch", "numpy"],
-        help="torch (default) or numpy: lucidlm.scratch, the hand-written backward pass",
+        help="what computes a step: torch (default) or numpy, lucidlm.scratch's hand-written backward pass "
+        "(--engine is its former name)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -451,7 +454,7 @@ def run_train(args: argparse.Namespace) -> int:
         (args.max_steps, "max_steps"),
         (args.time_budget, "time_budget"),
         (args.device, "device"),
-        (args.engine, "engine"),
+        (args.backend, "backend"),
     ):
         if flag is not None:
             overrides.append(f"{key}={flag}")

@@ -38,7 +38,7 @@ class TrainConfig:
     # torch.compile for the blocks: auto (where a compiler is there and the run is long: device.training_compile),
     # true or false
     compile: str = "auto"
-    engine: str = "torch"  # or "numpy": lucidlm.scratch, the hand-written backward pass
+    backend: str = "torch"  # or "numpy": lucidlm.scratch, the hand-written backward pass (formerly "engine")
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on a frozen --init-from model (model/lora.py)
     lora_alpha: float = 16.0  # the adapters' scale is lora_alpha / lora_rank
     lora_targets: str = "attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj"  # the layers of each block that get adapters
@@ -78,20 +78,20 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} {rule}")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
-        if self.engine not in ("torch", "numpy"):
-            raise ConfigError(f"engine {self.engine!r} is not one of: torch, numpy")
+        if self.backend not in ("torch", "numpy"):
+            raise ConfigError(f"backend {self.backend!r} is not one of: torch, numpy")
         if self.compile not in ("auto", "true", "false"):
             raise ConfigError(f"compile {self.compile!r} is not one of: auto, true, false")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"dtype {self.dtype!r} is not one of: auto, fp32, bf16")
-        if self.dtype == "bf16" and self.engine == "numpy":
-            raise ConfigError("the numpy engine computes in float32; drop dtype=bf16 or use engine=torch")
+        if self.dtype == "bf16" and self.backend == "numpy":
+            raise ConfigError("the numpy backend computes in float32; drop dtype=bf16 or use backend=torch")
         if self.lora_rank:
             from lucidlm.model.lora import parse_targets
 
             parse_targets(self.lora_targets)
-            if self.engine == "numpy":
-                raise ConfigError("LoRA adapters are for the torch engine; drop lora_rank or use engine=torch")
+            if self.backend == "numpy":
+                raise ConfigError("LoRA adapters are for the torch backend; drop lora_rank or use backend=torch")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device {self.device!r} is not one of: auto, cpu, cuda, mps")
 
@@ -197,7 +197,17 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
+# Settings that were renamed, by their former name: runs, TOML files and commands written before still work.
+# ("engine" named the training backend, a word that now belongs to the serving engine alone.)
+FORMER_NAMES = {"engine": "backend"}
+
+
+def _current_names(values: dict) -> dict:
+    return {FORMER_NAMES.get(name, name): value for name, value in values.items()}
+
+
 def _build(cls, values: dict):
+    values = _current_names(values)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -243,6 +253,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict]:
             raise ConfigError(f"--set {pair!r} is not key=value; write e.g. --set n_layer=6")
         key, raw = pair.split("=", 1)
         name = key.strip().split(".")[-1]
+        name = FORMER_NAMES.get(name, name)
         if name not in types or ("." in key and key.split(".")[0] != types[name][0]):
             raise ConfigError(f"--set {key}: unknown setting; known: {', '.join(sorted(types))}")
         section, annotation = types[name]
@@ -258,9 +269,9 @@ def read_toml(path: str | Path) -> dict[str, dict]:
         raise ConfigError(f"config file {path} is not valid TOML: {str(exc).splitlines()[0][:200]}") from None
     types = _field_types()
     result: dict[str, dict] = {"model": {}, "train": {}}
-    for key, value in data.items():
+    for key, value in _current_names(data).items():
         if key in result and isinstance(value, dict):
-            result[key].update(value)
+            result[key].update(_current_names(value))
         elif key in types:
             result[types[key][0]][key] = value
         else:

@@ -51,7 +51,7 @@ def read_manifest(run_dir: str | Path, which: str) -> dict:
 
 
 def read_state(directory: Path) -> dict:
-    """A checkpoint's state.json: its step, elapsed time and whatever else the engine saved."""
+    """A checkpoint's state.json: its step, elapsed time and whatever else the backend saved."""
     return read_json(directory / "state.json", STATE, CheckpointError, "the checkpoint is damaged, train again")
 
 

@@ -108,12 +108,12 @@ def test_a_bad_line_is_an_error_that_names_it_and_writes_nothing(tmp_path, chat_
     assert not (tmp_path / "data").exists()
 
 
-def test_the_numpy_engine_refuses_chat_data(tmp_path, chat_tokenizer):
+def test_the_numpy_backend_refuses_chat_data(tmp_path, chat_tokenizer):
     from tests.conftest import run_lucidlm
 
     write_jsonl(tmp_path / "c.jsonl", [{"messages": TWO_TURNS}] * 4)
     prepare_chat(tmp_path / "c.jsonl", tmp_path / "data", chat_tokenizer, context=64, val_fraction=0.5, progress=False)
-    result = run_lucidlm("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--engine", "numpy",
+    result = run_lucidlm("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--backend", "numpy",
                          "--preset", "nanogpt-baby", "--max-steps", "1")  # fmt: skip
     assert result.returncode == 2 and not (tmp_path / "run").exists()
-    assert "the NumPy engine has no loss mask for chat data; train it with --engine torch" in result.stderr
+    assert "the NumPy backend has no loss mask for chat data; train it with --backend torch" in result.stderr

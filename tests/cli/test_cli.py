@@ -89,9 +89,9 @@ BAD_INPUTS = {
         ["train", "--data", "{text}", "--out", "{tmp}/r", "--set", "layers=2"],
         "--set layers: unknown setting",
     ),
-    "numpy engine, swiglu": (
+    "numpy backend (by its former flag, --engine), swiglu": (
         ["train", "--data", "{text}", "--out", "{tmp}/r", "--engine", "numpy", "--set", "mlp=swiglu"],
-        "the NumPy engine does not support .*mlp='swiglu'.*nanogpt-baby preset",
+        "the NumPy backend does not support .*mlp='swiglu'.*nanogpt-baby preset",
     ),
     "not a checkpoint": (["generate", "--checkpoint", "{tmp}"], "holds no latest checkpoint|not a run directory"),
     "missing checkpoint": (["eval", "--checkpoint", "{tmp}/none", "--data", "{text}"], "not a run directory"),

@@ -147,7 +147,7 @@ def test_numpy_training_learns_and_samples_the_same_text_in_pytorch():
 def test_unsupported_configurations_are_named():
     with pytest.raises(ConfigError, match="mlp='swiglu' \\(use gelu or relu\\); norm|norm='rmsnorm'"):
         GPT(GPTConfig(mlp="swiglu", norm="rmsnorm"))
-    with pytest.raises(ConfigError, match="n_kv_head=1 .* --engine torch"):
+    with pytest.raises(ConfigError, match="n_kv_head=1 .* --backend torch"):
         GPT(GPTConfig(n_kv_head=1))
 
 

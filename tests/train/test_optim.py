@@ -109,5 +109,5 @@ def test_muon_is_an_optimizer_choice_with_clear_errors(tmp_path, data_dir):
         tiny_config(34, optimizer="muon", newton_schulz_steps=0)
     with pytest.raises(ConfigError, match=r"muon_momentum=1.0 must lie in \[0, 1\)"):
         tiny_config(34, optimizer="muon", muon_momentum=1.0)
-    with pytest.raises(ConfigError, match="the NumPy engine has AdamW only"):
-        train(data_dir, tmp_path / "run", tiny_config(34, engine="numpy", optimizer="muon"), progress=False)
+    with pytest.raises(ConfigError, match="the NumPy backend has AdamW only"):
+        train(data_dir, tmp_path / "run", tiny_config(34, backend="numpy", optimizer="muon"), progress=False)

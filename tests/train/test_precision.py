@@ -36,8 +36,8 @@ def test_the_cpu_flags_decide_auto(tmp_path, monkeypatch):
 def test_bad_dtypes_are_one_line_errors():
     with pytest.raises(ConfigError, match="dtype 'fp16' is not one of: auto, fp32, bf16"):
         tiny_config(34, dtype="fp16")
-    with pytest.raises(ConfigError, match="the numpy engine computes in float32; drop dtype=bf16"):
-        tiny_config(34, dtype="bf16", engine="numpy")
+    with pytest.raises(ConfigError, match="the numpy backend computes in float32; drop dtype=bf16"):
+        tiny_config(34, dtype="bf16", backend="numpy")
 
 
 def test_bf16_training_follows_fp32_and_records_its_precision(tmp_path, data_dir):

@@ -209,15 +209,15 @@ def test_split_loss_scores_every_token_once_with_its_context(tmp_path, data_dir)
     assert not math.isnan(loss)
 
 
-def test_numpy_engine_trains_resumes_exactly_and_its_checkpoint_samples_in_pytorch(tmp_path, data_dir):
-    straight = tiny_config(34, max_steps=12, eval_interval=6, engine="numpy")
+def test_numpy_backend_trains_resumes_exactly_and_its_checkpoint_samples_in_pytorch(tmp_path, data_dir):
+    straight = tiny_config(34, max_steps=12, eval_interval=6, backend="numpy")
     result = train(data_dir, tmp_path / "straight", straight, progress=False)
     assert losses(tmp_path / "straight")[12] < losses(tmp_path / "straight")[1]
-    train(data_dir, tmp_path / "resumed", tiny_config(34, max_steps=6, decay_steps=12, engine="numpy"), progress=False)
+    train(data_dir, tmp_path / "resumed", tiny_config(34, max_steps=6, decay_steps=12, backend="numpy"), progress=False)
     train(
         data_dir,
         tmp_path / "resumed",
-        tiny_config(34, max_steps=12, decay_steps=12, engine="numpy"),
+        tiny_config(34, max_steps=12, decay_steps=12, backend="numpy"),
         resume=True,
         progress=False,
     )
@@ -229,10 +229,10 @@ def test_numpy_engine_trains_resumes_exactly_and_its_checkpoint_samples_in_pytor
     np.testing.assert_allclose(torch_logits, result.model.forward(x)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_numpy_engine_refuses_what_it_does_not_implement(tmp_path, data_dir):
+def test_numpy_backend_refuses_what_it_does_not_implement(tmp_path, data_dir):
     from lucidlm.errors import ConfigError
 
-    config = tiny_config(34, engine="numpy")
+    config = tiny_config(34, backend="numpy")
     config.model.mlp = "swiglu"
-    with pytest.raises(ConfigError, match="the NumPy engine does not support mlp='swiglu'"):
+    with pytest.raises(ConfigError, match="the NumPy backend does not support mlp='swiglu'"):
         train(data_dir, tmp_path / "run", config, progress=False)

@@ -1,7 +1,7 @@
 """The GPT in NumPy: the same model as lucidlm.model.GPT, with its backward pass written by hand.
 
 Parameters live in a dict whose names and shapes are those of the PyTorch model's state dict, so weights move
-between the two engines unchanged (see bridge.py). Supported: learned or rotary positions, LayerNorm, GELU or
+between the two backends unchanged (see bridge.py). Supported: learned or rotary positions, LayerNorm, GELU or
 ReLU, bias on or off, a head tied to the token embedding, no dropout.
 """
 
@@ -37,7 +37,7 @@ ACTIVATIONS = {"gelu": (gelu_forward, gelu_backward), "relu": (relu_forward, rel
 
 
 def check_supported(config: GPTConfig) -> None:
-    """The NumPy engine covers the GPT-2 family; anything else is a clear error naming the switch."""
+    """The NumPy backend covers the GPT-2 family; anything else is a clear error naming the switch."""
     problems = []
     if config.positions not in ("learned", "rope"):
         problems.append(f"positions={config.positions!r} (use learned or rope)")
@@ -57,8 +57,8 @@ def check_supported(config: GPTConfig) -> None:
         problems.append("rope_scaling (use none)")
     if problems:
         raise ConfigError(
-            f"the NumPy engine does not support {'; '.join(problems)}; change that setting (the nanogpt-baby "
-            "preset suits the NumPy engine) or train with --engine torch"
+            f"the NumPy backend does not support {'; '.join(problems)}; change that setting (the nanogpt-baby "
+            "preset suits the NumPy backend) or train with --backend torch"
         )
 
 

@@ -56,7 +56,7 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint for `step` and point `latest` (and `best` when `is_best`) at it.
 
-    `model_tensors` are the weights by state-dict name; `optimizer_tensors` whatever else the engine needs to
+    `model_tensors` are the weights by state-dict name; `optimizer_tensors` whatever else the backend needs to
     continue exactly (moments, RNG state); `progress` is JSON (step, elapsed time, losses, ...).
     """
     run_dir = Path(run_dir)
@@ -119,7 +119,7 @@ def _remove_unnamed(run_dir: Path) -> None:
 
 
 def load_training_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
-    """(model tensors, optimizer tensors, progress) of a checkpoint, for an engine to restore."""
+    """(model tensors, optimizer tensors, progress) of a checkpoint, for a backend to restore."""
     try:
         return (
             load_file(directory / "model.safetensors"),

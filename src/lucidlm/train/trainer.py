@@ -25,8 +25,8 @@ from lucidlm.load import find_checkpoint, read_manifest
 from lucidlm.memory import keep_freed_memory
 from lucidlm.tokenizers import load_tokenizer
 from lucidlm.train import distributed
+from lucidlm.train.backends import NumpyBackend, TorchBackend, make_backend
 from lucidlm.train.checkpoint import load_training_state, save_checkpoint, write_json_atomic
-from lucidlm.train.engines import NumpyEngine, TorchEngine, make_engine
 from lucidlm.train.metrics import MetricsLog
 from lucidlm.train.schedule import learning_rate
 
@@ -40,14 +40,14 @@ class TrainResult:
     tokens_per_second: float
     elapsed: float
     interrupted: int  # the signal that stopped the run early (SIGINT, SIGTERM), 0 if none
-    model: object  # the trained model at the last step: a lucidlm GPT, or a lucidlm.scratch GPT (NumPy engine)
+    model: object  # the trained model at the last step: a lucidlm GPT, or a lucidlm.scratch GPT (NumPy backend)
     data_dir: Path | None = None  # the prepared data it trained on
     is_main: bool = True  # False in the torchrun processes other than rank 0
 
 
-def estimate_val_loss(engine: TorchEngine | NumpyEngine, loader: BatchLoader, batches: int) -> float:
+def estimate_val_loss(backend: TorchBackend | NumpyBackend, loader: BatchLoader, batches: int) -> float:
     """Mean loss over the same `batches` validation batches every time, so evaluations compare."""
-    return sum(engine.eval_loss(*loader.batch("val", index)) for index in range(batches)) / batches
+    return sum(backend.eval_loss(*loader.batch("val", index)) for index in range(batches)) / batches
 
 
 class StopRequest:
@@ -83,8 +83,8 @@ EVAL_PASSES = 100  # an evaluation that reads the validation split more often th
 
 
 def check_data_fits(config: RunConfig, data_dir: Path) -> None:
-    if config.train.engine == "numpy" and is_chat_data(data_dir):
-        raise ConfigError("the NumPy engine has no loss mask for chat data; train it with --engine torch")
+    if config.train.backend == "numpy" and is_chat_data(data_dir):
+        raise ConfigError("the NumPy backend has no loss mask for chat data; train it with --backend torch")
     meta = read_meta(data_dir)
     batch_tokens = config.train.batch_size * config.model.block_size
     most = (EVAL_PASSES * meta["val_tokens"] + 10**6) // batch_tokens
@@ -129,17 +129,17 @@ def train(
         micro_steps=train_config.grad_accum,
         device=device,
     )
-    engine = make_engine(config, device, group)
+    backend = make_backend(config, device, group)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     step, elapsed, best_val_loss, val_loss = 0, 0.0, math.inf, None
 
     if init_weights is not None:  # a fine-tune's start, or a LoRA run's frozen base (on resume too)
-        engine.load_weights(init_weights)
+        backend.load_weights(init_weights)
     if resume:
         directory = find_checkpoint(run_dir, "latest")
         _check_same_tokenizer(data_dir, run_dir)
         weights, tensors, state = load_training_state(directory)
-        engine.restore(weights, tensors, state)
+        backend.restore(weights, tensors, state)
         step, elapsed = state["step"], state["elapsed"]
         best_val_loss, val_loss = state["best_val_loss"] or math.inf, state["val_loss"]
     elif (run_dir / "latest.json").exists():
@@ -154,8 +154,8 @@ def train(
         # the data's sources and their sha256, so that --resume can tell the same data from other data
         sources = read_meta(data_dir)["sources"]
         # what dtype=auto and compile=auto became, and why
-        precision = {"dtype": engine.precision, "why": engine.precision_reason}
-        compiled = {"blocks": engine.compiled, "why": engine.compile_reason}
+        precision = {"dtype": backend.precision, "why": backend.precision_reason}
+        compiled = {"blocks": backend.compiled, "why": backend.compile_reason}
         write_json_atomic(
             run_dir / "config.json",
             {
@@ -173,14 +173,14 @@ def train(
     def evaluate_and_save(interrupted: bool = False) -> None:
         nonlocal best_val_loss, val_loss
         if not interrupted:
-            val_loss = group.mean(estimate_val_loss(engine, loader, train_config.eval_batches), device)
+            val_loss = group.mean(estimate_val_loss(backend, loader, train_config.eval_batches), device)
         if not group.is_main:
             return
         if not interrupted:
             metrics.append({"step": step, "val_loss": val_loss, "elapsed": round(elapsed, 3)})
         is_best = not interrupted and val_loss < best_val_loss
         best_val_loss = min(best_val_loss, val_loss) if val_loss is not None else best_val_loss
-        weights, tensors, extra = engine.state()
+        weights, tensors, extra = backend.state()
         progress_state = {
             "elapsed": elapsed,
             "val_loss": val_loss,
@@ -198,11 +198,11 @@ def train(
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
     )
     if group.is_main and progress is not False:
-        bar.write(f"products in {engine.precision} on {device.type}: {engine.precision_reason}")
-        if engine.compiled:
+        bar.write(f"products in {backend.precision} on {device.type}: {backend.precision_reason}")
+        if backend.compiled:
             bar.write(
-                f"blocks compiled ({engine.compile_reason}): the first step waits while torch.compile works; "
-                f"its cache in {engine.compile_cache} starts later runs of this shape faster"
+                f"blocks compiled ({backend.compile_reason}): the first step waits while torch.compile works; "
+                f"its cache in {backend.compile_cache} starts later runs of this shape faster"
             )
     rate_tokens, rate_time = 0, 0.0
     last_evaluated = step if resume else -1
@@ -213,7 +213,7 @@ def train(
             started = time.perf_counter()
             lr = learning_rate(step, elapsed, train_config)
             batches = [loader.batch("train", step, micro) for micro in range(train_config.grad_accum)]
-            train_loss = group.mean(engine.train_step(batches, lr, train_config.grad_clip), device)
+            train_loss = group.mean(backend.train_step(batches, lr, train_config.grad_clip), device)
             step += 1
             seconds = time.perf_counter() - started
             elapsed += seconds
@@ -237,7 +237,7 @@ def train(
     bar.close()
     if group.is_main:
         metrics.plot(run_dir / "loss.png")
-    engine.close()
+    backend.close()
     distributed.stop()
     return TrainResult(
         run_dir=run_dir,
@@ -247,7 +247,7 @@ def train(
         tokens_per_second=rate_tokens / rate_time if rate_time else 0.0,
         elapsed=elapsed,
         interrupted=stop.signal,
-        model=engine.model,
+        model=backend.model,
         data_dir=data_dir,
         is_main=group.is_main,
     )

@@ -1,6 +1,6 @@
 """What the trainer drives: a model and its optimizer, in PyTorch or in NumPy.
 
-The training loop (trainer.py) is the same for both: it asks an engine to take a step on some batches at some
+The training loop (trainer.py) is the same for both: it asks an backend to take a step on some batches at some
 learning rate, to score validation batches, and to hand over or take back its state for checkpoints.
 """
 
@@ -22,7 +22,7 @@ from lucidlm.train.optim import make_optimizer
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class TorchEngine:
+class TorchBackend:
     """The PyTorch GPT with AdamW or Muon, on any device, with bf16 autocast where the device does bf16 products
     fast (device.training_precision) and its blocks compiled where that pays (device.training_compile)."""
 
@@ -124,7 +124,7 @@ class TorchEngine:
             torch.cuda.set_rng_state(tensors["rng.cuda"])
 
 
-class NumpyEngine:
+class NumpyBackend:
     """lucidlm.scratch: the GPT with hand-written backward passes and AdamW, in NumPy, on the CPU."""
 
     def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
@@ -132,20 +132,20 @@ class NumpyEngine:
         from lucidlm.scratch import AdamW, check_supported
 
         if device.type != "cpu":
-            raise ConfigError(f"the NumPy engine runs on the CPU only, not {device}; use --device cpu")
+            raise ConfigError(f"the NumPy backend runs on the CPU only, not {device}; use --device cpu")
         if group.enabled:
-            raise ConfigError("the NumPy engine runs in one process; launch it without torchrun")
-        check_supported(config.model)  # first: its message names the preset that suits the NumPy engine
+            raise ConfigError("the NumPy backend runs in one process; launch it without torchrun")
+        check_supported(config.model)  # first: its message names the preset that suits the NumPy backend
         if config.train.optimizer != "adamw":
-            raise ConfigError("the NumPy engine has AdamW only; set optimizer=adamw or use --engine torch")
+            raise ConfigError("the NumPy backend has AdamW only; set optimizer=adamw or use --backend torch")
         train = config.train
-        self.precision, self.precision_reason = "fp32", "the NumPy engine computes in float32"
-        self.compiled, self.compile_reason = False, "the NumPy engine runs NumPy, which torch.compile does not"
+        self.precision, self.precision_reason = "fp32", "the NumPy backend computes in float32"
+        self.compiled, self.compile_reason = False, "the NumPy backend runs NumPy, which torch.compile does not"
         self.model = NumpyGPT(config.model, seed=train.seed)
         self.optimizer = AdamW(self.model.params, train.lr, (train.beta1, train.beta2), weight_decay=train.weight_decay)
 
     def close(self) -> None:
-        """Nothing to release: the NumPy engine runs in one process."""
+        """Nothing to release: the NumPy backend runs in one process."""
 
     def train_step(self, batches: list[Batch], lr: float, grad_clip: float) -> float:
         from lucidlm.scratch import clip_grad_norm
@@ -195,11 +195,11 @@ class NumpyEngine:
                 self.optimizer.exp_avg_sq[name][...] = tensors[f"exp_avg_sq.{name}"].numpy()
             self.optimizer.step_count = extra["adam_step"]
         except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"the checkpoint does not fit the NumPy engine's model (missing {exc})") from None
+            raise CheckpointError(f"the checkpoint does not fit the NumPy backend's model (missing {exc})") from None
 
 
-ENGINES = {"torch": TorchEngine, "numpy": NumpyEngine}
+BACKENDS = {"torch": TorchBackend, "numpy": NumpyBackend}
 
 
-def make_engine(config: RunConfig, device: torch.device, group: Distributed) -> TorchEngine | NumpyEngine:
-    return ENGINES[config.train.engine](config, device, group)
+def make_backend(config: RunConfig, device: torch.device, group: Distributed) -> TorchBackend | NumpyBackend:
+    return BACKENDS[config.train.backend](config, device, group)
