@@ -42,7 +42,7 @@ from pydantic import BaseModel
 from lucidlm.errors import LucidError
 from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_sources, lesson_title
 from lucidlm.markdown import inline_html, markdown_to_html
-from lucidlm.serve.api import (
+from lucidlm.serve.http import (
     STATIC,
     APIError,
     BodyLimit,

@@ -1,0 +1,108 @@
+"""The model inspector of `lucidlm serve`: the model's card, every head's attention weights for a text, and the
+forward pass at one position (explain.py), with the pages that draw them (/ and /explain/)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from lucidlm.explain import explain
+from lucidlm.model import GPT
+from lucidlm.serve.http import STATIC, APIError, parse_body
+from lucidlm.serve.schemas import ServerSettings, encode_text
+from lucidlm.tokenizers import Tokenizer
+
+WEB_STATIC = Path(__file__).parents[1] / "export" / "web" / "static"  # the explainer page, shared with the export
+EXPLAIN_TOKENS = 256  # the explainer's answer holds a (T, T) heatmap: the text's last 256 tokens at most
+
+
+class AttentionBody(BaseModel):
+    text: str
+
+
+class ExplainBody(BaseModel):
+    text: str | None = None  # the text, or
+    ids: list[int] | None = None  # its token ids (as an earlier answer gave them)
+    position: int = -1  # counted from the end when negative, as in Python
+    layer: int = 0  # the head whose weights at every position the heatmap shows
+    head: int = 0
+
+
+def add_inspector_routes(app: FastAPI, model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> None:
+    @app.get("/api/model")
+    async def describe_model():
+        return {
+            "id": settings.model_id,
+            "config": asdict(model.config),
+            "parameters": model.num_params(include_position_embeddings=True),
+            "tokenizer": tokenizer.kind,
+            "vocab_size": tokenizer.vocab_size,
+        }
+
+    @app.post("/api/attention")
+    async def attention(request: Request):
+        body: AttentionBody = await parse_body(request, AttentionBody)
+        if not body.text:
+            raise APIError(400, "text must not be empty", "text")
+        tokens = encode_text(tokenizer, body.text, "text")[-model.config.block_size :]
+        weights = await asyncio.to_thread(attention_weights, model, tokens)
+        return {
+            "tokens": [tokenizer.decode([t]) for t in tokens],
+            "weights": [[[[round(w, 4) for w in row] for row in head] for head in layer] for layer in weights],
+        }
+
+    @app.post("/api/explain")
+    async def explain_position(request: Request):
+        body: ExplainBody = await parse_body(request, ExplainBody)
+        if (body.text is None) == (body.ids is None):
+            raise APIError(400, "give the text or its ids, one of the two", "text")
+        if body.ids is not None and not all(0 <= i < tokenizer.vocab_size for i in body.ids):
+            raise APIError(400, f"ids must lie in [0, {tokenizer.vocab_size})", "ids")
+        ids = (encode_text(tokenizer, body.text, "text") if body.ids is None else body.ids)[-EXPLAIN_TOKENS:]
+        position = body.position + len(ids) if body.position < 0 else body.position
+        if not ids or not 0 <= position < len(ids):
+            raise APIError(400, f"position {body.position} is outside the text's {len(ids)} tokens", "position")
+        try:
+            view = await asyncio.to_thread(explain, model, ids, position, body.layer, body.head)
+        except ValueError as exc:
+            raise APIError(400, str(exc), "layer") from None
+        return {**view, "texts": [tokenizer.decode([i]) for i in ids]}
+
+    @app.get("/")
+    async def inspector():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/explain/")
+    async def explainer():
+        return FileResponse(WEB_STATIC / "index.html")
+
+    @app.get("/explain/model.json")
+    async def explainer_model():
+        parameters = model.num_params(include_position_embeddings=True)
+        config = asdict(model.config)
+        return {"source": "api", "model_id": settings.model_id, "parameters": parameters, "config": config}
+
+    @app.get("/explain/{name}")
+    async def explainer_file(name: str):
+        if name == "style.css":
+            return FileResponse(STATIC / name, media_type="text/css")
+        if name not in ("explain.js", "gpt.js", "tokenizer.js"):
+            raise APIError(404, f"no such file: /explain/{name}")
+        return FileResponse(WEB_STATIC / name, media_type="text/javascript")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+@torch.inference_mode()
+def attention_weights(model: GPT, tokens: list[int]) -> list:
+    """(layers, heads, T, T) attention weights for one sequence, from the hook points `attn.hook_pattern`."""
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.config.n_layer)]
+    _, cache = model.run_with_cache(torch.tensor([tokens], device=model.lm_head.weight.device), names)
+    return torch.stack([cache[name][0] for name in names]).float().tolist()
