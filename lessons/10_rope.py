@@ -44,9 +44,9 @@ assert np.isclose(np.linalg.norm(rotate(q, 123)), np.linalg.norm(q))  # rotation
 
 # %% [markdown]
 # The product code does the same with whole tensors: `rope_forward(x, cos, sin)` in lucidlm/scratch/layers.py
-# (and `apply_rope` in lucidlm/model/gpt.py, with the same tables) computes $x \cos + \mathrm{roll}(x, D/2)\, s$,
-# where rolling the channels by $D/2$ puts each pair's partner in its place and the table $s$ holds
-# $-\sin m\theta_i$ in its first half and $\sin m\theta_i$ in its second: the minus sign of the rotation's first row.
+# (and `apply_rope` in lucidlm/model/gpt.py, with the same tables) computes $x \cos + \mathrm{roll}(x, D/2)\, s$:
+# rolling the channels by half their number puts each pair's partner in its place, and the sin table s carries
+# the rotation's minus sign in its first half.
 
 # %%
 cos, sin = rope_tables(16, D, 10000.0)
