@@ -468,6 +468,8 @@ def run_train(args: argparse.Namespace) -> int:
     if not result.is_main:
         return 128 + result.interrupted if result.interrupted else 0
     rate = f"{result.tokens_per_second:,.0f} tokens/s"
+    if result.compile_seconds:
+        rate += f", after {result.compile_seconds:.0f}s compiling"
     print(
         f"trained {result.step} steps in {result.elapsed:.0f}s ({rate}); "
         f"val loss {result.val_loss:.4f}, best {result.best_val_loss or float('nan'):.4f}"
@@ -589,12 +591,13 @@ def run_eval(args: argparse.Namespace) -> None:
     tokens, data, unknown = data_to_score(tokenizer, args.data, args.split)
     note_unknown_words(unknown)
     step = None if source.hub else checkpoint_step(find_checkpoint(source.path, source.which))
-    result = {**score(model, tokens), "data": data, "checkpoint_step": step}
+    result = {**score(model, tokens, tokenizer), "data": data, "checkpoint_step": step}
     if args.json:
         print(json.dumps(result))
     else:
+        bpb = "" if result["bits_per_byte"] is None else f", {result['bits_per_byte']:.4f} bits/byte"
         print(
-            f"{data}: loss {result['loss']:.4f} nats/token (perplexity {result['perplexity']:.2f}) over "
+            f"{data}: loss {result['loss']:.4f} nats/token (perplexity {result['perplexity']:.2f}{bpb}) over "
             f"{result['tokens']:,} "
             + (f"tokens, checkpoint at step {step}" if step is not None else f"tokens, {args.checkpoint}")
         )

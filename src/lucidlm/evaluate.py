@@ -3,7 +3,12 @@
 The loss: every token scored exactly once, each with up to `block_size` tokens of context. The split is cut
 into consecutive windows of `block_size` tokens; the last window is moved back so that it ends at the last
 token, and only its targets that no earlier window scored are counted. This is the number to compare between
-models; the trainer's periodic estimate uses a few random batches instead.
+models of one tokenizer; the trainer's periodic estimate uses a few random batches instead.
+
+Bits per byte compare models whose tokenizers differ (char, word, BPE, a Hub model's): the same loss spread
+over the bytes of the text the scored tokens stand for, in bits. A tokenizer whose tokens are longer has a
+higher loss per token and the same text to predict, so nats per token x tokens / bytes / ln 2 puts every
+tokenizer on one scale (nanochat reports its val bpb this way).
 
 Task evals (`lucidlm eval --tasks FILE.jsonl`): each record is a conversation and the one right reply. A free
 reply is generated greedily through the model's chat template and scored by exact and normalised match; a
@@ -13,6 +18,7 @@ scores ARC and MMLU.
 
 from __future__ import annotations
 
+import math
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +90,33 @@ def data_to_score(tokenizer: Tokenizer, data: str | Path, split: str = "val") ->
     return tokens, name, unknown
 
 
-def score(model: GPT, tokens: np.ndarray) -> dict:
-    """The loss (nats a token), its perplexity and the number of tokens scored."""
+def text_bytes(tokenizer: Tokenizer, tokens: np.ndarray) -> int:
+    """The UTF-8 bytes of the text that tokens[1:] (the scored targets) stand for: the whole text's bytes
+    less the first token's, decoded at once so that a character split across tokens counts once."""
+    ids = np.asarray(tokens).tolist()
+    return len(tokenizer.decode(ids).encode("utf-8")) - len(tokenizer.decode(ids[:1]).encode("utf-8"))
+
+
+def bits_per_byte(loss: float, tokens: int, n_bytes: int) -> float:
+    """A loss of `loss` nats per token over `tokens` tokens that stand for `n_bytes` bytes of text, in bits a byte."""
+    return loss * tokens / n_bytes / math.log(2)
+
+
+def tokens_per_byte(tokenizer: Tokenizer, tokens: np.ndarray, most: int = 2**20) -> float | None:
+    """Tokens per byte of text, read off the first `most` tokens of a split: what turns the trainer's
+    validation estimate into bits per byte. None for a text of no bytes."""
+    sample = np.asarray(tokens[: most + 1])
+    n_bytes = text_bytes(tokenizer, sample) if len(sample) > 1 else 0
+    return (len(sample) - 1) / n_bytes if n_bytes else None
+
+
+def score(model: GPT, tokens: np.ndarray, tokenizer: Tokenizer) -> dict:
+    """The loss (nats a token), its perplexity, the number of tokens scored, and the same loss in bits per
+    byte of the text they stand for (None for a text of no bytes: special tokens alone)."""
     loss, count = split_loss(model, tokens)
-    return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
+    n_bytes = text_bytes(tokenizer, tokens)
+    bpb = bits_per_byte(loss, count, n_bytes) if n_bytes else None
+    return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count, "bytes": n_bytes, "bits_per_byte": bpb}
 
 
 # --- task evals: a model's replies scored against the right answers ------------------------------------------

@@ -200,3 +200,15 @@ def test_the_command_line_starts_without_waiting_for_pytorch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "False\n"
     version = subprocess.run([sys.executable, "-m", "lucidlm", "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and version.stdout == f"lucidlm {__version__}\n"
+
+
+def test_the_gpu_check_without_a_gpu_stops_with_one_line():
+    """`make gpu-check` asked for on a machine without CUDA fails loudly (exit 2, one line), and never skips."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "gpu-check: this PyTorch sees no CUDA GPU; run it on a machine with an NVIDIA GPU"

@@ -1,11 +1,12 @@
 """What the trainer drives: a model and its optimizer, in PyTorch or in NumPy.
 
-The training loop (trainer.py) is the same for both: it asks an backend to take a step on some batches at some
+The training loop (trainer.py) is the same for both: it asks a backend to take a step on some batches at some
 learning rate, to score validation batches, and to hand over or take back its state for checkpoints.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 
 import torch
@@ -67,6 +68,19 @@ class TorchBackend:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum.item() / len(batches)
+
+    def compile_now(self, batch: Batch) -> float:
+        """Seconds spent compiling the blocks on one forward and backward pass over `batch`, whose gradients are
+        thrown away, before the training clock starts: a time budget then buys training steps alone, cold
+        compile cache or warm. The random state is put back, so the run is the one it would have been."""
+        started = time.perf_counter()
+        random_state = torch.get_rng_state()
+        x, y = batch
+        with autocast(self.device, self.precision), self.ddp.no_sync() if self.ddp else nullcontext():
+            self.forward(x, y)[1].backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(random_state)
+        return time.perf_counter() - started
 
     @torch.no_grad()
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:

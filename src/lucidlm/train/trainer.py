@@ -18,9 +18,10 @@ import torch
 from tqdm import tqdm
 
 from lucidlm.config import RunConfig
-from lucidlm.data.loader import BatchLoader, is_chat_data, read_meta
+from lucidlm.data.loader import BatchLoader, is_chat_data, open_split, read_meta
 from lucidlm.device import pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError, Terminated
+from lucidlm.evaluate import bits_per_byte, tokens_per_byte
 from lucidlm.load import find_checkpoint, read_manifest
 from lucidlm.memory import keep_freed_memory
 from lucidlm.tokenizers import load_tokenizer
@@ -38,11 +39,12 @@ class TrainResult:
     val_loss: float | None
     best_val_loss: float | None
     tokens_per_second: float
-    elapsed: float
+    elapsed: float  # seconds of training steps: what a time budget counts
     interrupted: int  # the signal that stopped the run early (SIGINT, SIGTERM), 0 if none
     model: object  # the trained model at the last step: a lucidlm GPT, or a lucidlm.scratch GPT (NumPy backend)
     data_dir: Path | None = None  # the prepared data it trained on
     is_main: bool = True  # False in the torchrun processes other than rank 0
+    compile_seconds: float = 0.0  # torch.compile's work on the blocks, before the clock started
 
 
 def estimate_val_loss(backend: TorchBackend | NumpyBackend, loader: BatchLoader, batches: int) -> float:
@@ -144,6 +146,16 @@ def train(
         best_val_loss, val_loss = state["best_val_loss"] or math.inf, state["val_loss"]
     elif (run_dir / "latest.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
+    compile_seconds = 0.0
+    if backend.compiled:
+        if group.is_main and progress is not False:
+            tqdm.write(f"compiling the blocks before the clock starts ({backend.compile_reason})")
+        compile_seconds = backend.compile_now(loader.batch("train", step, 0))
+        if group.is_main and progress is not False:
+            tqdm.write(
+                f"compiled in {compile_seconds:.1f}s, outside the training time; the cache in "
+                f"{backend.compile_cache} makes later runs of this shape start faster"
+            )
     if group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -155,7 +167,7 @@ def train(
         sources = read_meta(data_dir)["sources"]
         # what dtype=auto and compile=auto became, and why
         precision = {"dtype": backend.precision, "why": backend.precision_reason}
-        compiled = {"blocks": backend.compiled, "why": backend.compile_reason}
+        compiled = {"blocks": backend.compiled, "why": backend.compile_reason, "seconds": round(compile_seconds, 1)}
         write_json_atomic(
             run_dir / "config.json",
             {
@@ -167,6 +179,17 @@ def train(
             },
         )
 
+    # bits per byte beside the loss, so that runs of different tokenizers compare (chat data scores the replies
+    # alone, whose bytes are not the split's: no bpb there)
+    val_ratio = (
+        None
+        if is_chat_data(data_dir)
+        else tokens_per_byte(load_tokenizer(data_dir / "tokenizer.json"), open_split(data_dir, "val"))
+    )
+
+    def val_bpb() -> float | None:
+        return None if val_ratio is None or val_loss is None else bits_per_byte(val_loss, val_ratio, 1)
+
     tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size * group.world_size
     budget = train_config.time_budget
 
@@ -177,7 +200,8 @@ def train(
         if not group.is_main:
             return
         if not interrupted:
-            metrics.append({"step": step, "val_loss": val_loss, "elapsed": round(elapsed, 3)})
+            bpb = {} if val_bpb() is None else {"val_bpb": val_bpb()}
+            metrics.append({"step": step, "val_loss": val_loss, **bpb, "elapsed": round(elapsed, 3)})
         is_best = not interrupted and val_loss < best_val_loss
         best_val_loss = min(best_val_loss, val_loss) if val_loss is not None else best_val_loss
         weights, tensors, extra = backend.state()
@@ -199,11 +223,6 @@ def train(
     )
     if group.is_main and progress is not False:
         bar.write(f"products in {backend.precision} on {device.type}: {backend.precision_reason}")
-        if backend.compiled:
-            bar.write(
-                f"blocks compiled ({backend.compile_reason}): the first step waits while torch.compile works; "
-                f"its cache in {backend.compile_cache} starts later runs of this shape faster"
-            )
     rate_tokens, rate_time = 0, 0.0
     last_evaluated = step if resume else -1
     with StopRequest() as stop:
@@ -230,7 +249,8 @@ def train(
                 evaluate_and_save()
                 last_evaluated = step
                 if group.is_main:
-                    bar.write(f"step {step}: val loss {val_loss:.4f}, {elapsed:.0f}s")
+                    bpb = "" if val_bpb() is None else f" ({val_bpb():.4f} bits/byte)"
+                    bar.write(f"step {step}: val loss {val_loss:.4f}{bpb}, {elapsed:.0f}s")
             stopping = group.any(stop.requested or bool(budget and elapsed >= budget), device)
         if step != last_evaluated:
             evaluate_and_save(interrupted=stop.requested)
@@ -246,6 +266,7 @@ def train(
         best_val_loss=None if math.isinf(best_val_loss) else best_val_loss,
         tokens_per_second=rate_tokens / rate_time if rate_time else 0.0,
         elapsed=elapsed,
+        compile_seconds=compile_seconds,
         interrupted=stop.signal,
         model=backend.model,
         data_dir=data_dir,
