@@ -19,7 +19,7 @@ LAYERS = [
     ["lucidlm", "errors"],  # the package itself only names what it re-exports (imported when first used)
     ["files", "outputs", "lessons", "markdown", "memory"],
     ["tokenizers", "model"],
-    ["config", "data", "scratch"],
+    ["config", "data", "scratch", "scaling"],
     ["device"],
     ["generate", "explain"],
     ["chat"],

@@ -66,7 +66,13 @@ EXAMPLES = {
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char --split train --json
   lucidlm eval --checkpoint runs/sft --tasks heldout.jsonl
       (one {"messages": [...], "answer": "..."} a line, optionally "task" and "choices": exact-match table)""",
+    "scale": """examples:
+  lucidlm scale --data data/shakespeare-char --out runs/scale   (the default grid: about 15 minutes on 2 cores)
+  lucidlm scale --data data/mine --out runs/scale-mine --grid 2:300000,3:300000,4:300000,2:1e6,3:1e6,4:1e6 \
+      --check 3:2e6     (fit on six runs, and see how well the law predicts a seventh)""",
 }
+DEFAULT_GRID = "2:3e5,2:1.2e6,3:3e5,3:1.2e6,3:3e6,4:3e5,4:1.2e6,4:3e6,6:3e5,6:1.2e6"
+DEFAULT_CHECK = "5:2e6"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     add_device_argument(evaluate)
+    scale = command("scale", "fit a scaling law L(N, D) to a grid of short runs, and draw it", EXAMPLES["scale"])
+    scale.add_argument("--data", required=True, help="a prepared DATA_DIR")
+    scale.add_argument("--out", required=True, help="the study's directory: scale.json, scale.png, runs/")
+    scale.add_argument("--grid", default=DEFAULT_GRID, metavar="D:T,...", help="runs as DEPTH:TOKENS, comma-separated")
+    scale.add_argument("--check", default=DEFAULT_CHECK, metavar="D:T,...", help="runs left out of the fit")
+    scale.add_argument("--preset", choices=list(PRESETS), default="shakespeare-char", help="layout and optimizer")
+    scale.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every run")
+    scale.add_argument(FORCE, action="store_true", help=FORCE_HELP)
+    add_device_argument(scale, default=None)
     lessons = command("lessons", "list the lessons, or run one", EXAMPLES["lessons"])
     lessons.add_argument("action", nargs="?", choices=["list", "run"], default="list")
     lessons.add_argument("number", nargs="?", type=int, help="the lesson to run")
@@ -464,6 +479,8 @@ def run_train(args: argparse.Namespace) -> int:
     if plan.nothing_to_do:
         print(plan.nothing_to_do)
         return 0
+    if plan.recipe:
+        print(f"recipe=auto chose depth {plan.recipe['depth']}: {plan.recipe['why']}", file=sys.stderr)
     result = carry_out(plan, progress=False if args.no_progress else None)
     if not result.is_main:
         return 128 + result.interrupted if result.interrupted else 0
@@ -622,6 +639,23 @@ def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> No
         print(f"{task:<{width}}  {row['records']:7d}  {row['exact_match']:11.1%}  {row['normalised_match']:16.1%}")
 
 
+def run_scale(args: argparse.Namespace) -> None:
+    from lucidlm.train.scale import parse_runs, study
+
+    overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
+    grid, check = parse_runs(args.grid), parse_runs(args.check) if args.check else []
+    result = study(args.data, args.out, grid, check, args.preset, overrides, args.force)
+    law = result["law"]
+    print(f"L(N, D) = {law['E']:.3f} + {law['A']:.4g} / N^{law['alpha']:.3f} + {law['B']:.4g} / D^{law['beta']:.3f}")
+    for point in result["checks"]:
+        error = point["predicted"] - point["loss"]
+        print(
+            f"left out: depth {point['depth']} on {point['tokens']:,} tokens: predicted {point['predicted']:.4f}, "
+            f"measured {point['loss']:.4f} ({error:+.4f})"
+        )
+    print(f"the picture: {Path(args.out) / 'scale.png'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -630,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": run_train,
         "generate": run_generate,
         "eval": run_eval,
+        "scale": run_scale,
         "chat": run_chat,
         "export": run_export,
         "lessons": run_lessons,

@@ -45,6 +45,9 @@ class TrainConfig:
     # with LoRA, also train the token embedding and the output layer: set by `train` when the data added tokens
     # (a chat template's), whose rows the frozen model could not learn otherwise
     lora_embeddings: bool = False
+    # auto: a run with a time budget measures this machine and trains the depth that the scaling law predicts
+    # best for the budget (train/recipe.py); fixed: the model's size as the settings give it
+    recipe: str = "fixed"
 
     def __post_init__(self) -> None:
         """Every training setting's type and range, checked here and nowhere else, so that a bad value from
@@ -80,6 +83,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
         if self.backend not in ("torch", "numpy"):
             raise ConfigError(f"backend {self.backend!r} is not one of: torch, numpy")
+        if self.recipe not in ("fixed", "auto"):
+            raise ConfigError(f"recipe {self.recipe!r} is not one of: fixed, auto")
         if self.compile not in ("auto", "true", "false"):
             raise ConfigError(f"compile {self.compile!r} is not one of: auto, true, false")
         if self.dtype not in ("auto", "fp32", "bf16"):
@@ -161,6 +166,7 @@ PRESETS: dict[str, dict[str, dict]] = {
             eval_interval=500,
             eval_batches=20,
             time_budget=120.0,
+            recipe="auto",
         ),
     },
     # GPT-2 small (124M), for GPUs; vocab_size comes from the data.

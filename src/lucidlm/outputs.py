@@ -96,7 +96,10 @@ WEB_EXPORT = OutputKind(
     "model.json",
     ("exported_by", "config", "tensors"),
 )
-KINDS = (DATA_DIR, RUN_DIR, HF_EXPORT, TUTORIAL_SITE, WEB_EXPORT)
+SCALING_STUDY = OutputKind(
+    "scaling-law study", frozenset({"scale.json", "scale.png", "runs"}), "scale.json", ("law", "points")
+)
+KINDS = (DATA_DIR, RUN_DIR, HF_EXPORT, TUTORIAL_SITE, WEB_EXPORT, SCALING_STUDY)
 
 
 @dataclass(frozen=True)

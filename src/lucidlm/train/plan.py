@@ -51,6 +51,7 @@ class RunPlan:
     tokenizer: Tokenizer | None = None  # what a text file is prepared with (None: a char tokenizer learned from it)
     init_weights: dict[str, torch.Tensor] | None = None
     nothing_to_do: str | None = None  # set when a resumed run has already reached its end
+    recipe: dict | None = None  # what recipe=auto measured and chose (train/recipe.py), for config.json
 
     @property
     def text_input(self) -> bool:
@@ -94,6 +95,10 @@ def plan_run(
             if config.train.lora_rank:
                 raise ConfigError("LoRA adapts a trained model: add --init-from RUN_DIR or hf:DIR, or drop lora_rank")
             plan = RunPlan(data, out, config)
+            if _recipe_applies(config, config_file, overrides):
+                from lucidlm.train.recipe import fit_to_machine
+
+                plan.config, plan.recipe = fit_to_machine(config, _train_tokens(data))
         plan.force = force
     check_fits_in_memory(plan.config)
     return plan
@@ -113,7 +118,8 @@ def _train(plan: RunPlan, progress: bool | None) -> TrainResult:
         data_dir = plan.run_dir / "data"
         if not (plan.resume and data_dir.is_dir()):
             prepare([Source(plan.data, str(plan.data))], data_dir, "char", progress=progress, tokenizer=plan.tokenizer)
-    return train(data_dir, plan.run_dir, plan.config, plan.resume, progress, plan.init_weights)
+    notes = {"recipe": plan.recipe} if plan.recipe else None
+    return train(data_dir, plan.run_dir, plan.config, plan.resume, progress, plan.init_weights, notes)
 
 
 # --- the three kinds of run ---------------------------------------------------------------------------------
@@ -139,6 +145,10 @@ def _plan_resume(
         # the command that started the run, run again with --resume: fine as long as it changes nothing
         asked = resolve_config(preset or DEFAULT_PRESET, config_file, _with_vocab(tokenizer.vocab_size, overrides))
         changed = changed_settings(config, asked, "model") + changed_settings(config, asked, "train")
+        if config.train.recipe == "auto":  # the size is what the recipe chose for the machine, not the preset's
+            from lucidlm.train.recipe import SIZE_SETTINGS
+
+            changed = [change for change in changed if change.split(" ")[0] not in SIZE_SETTINGS]
         if changed:
             raise ConfigError(
                 f"--resume keeps the run's settings, and --preset/--config would change {', '.join(changed)}; "
@@ -214,6 +224,29 @@ def _vocab_size(data: Path) -> int:
     if vocab_size == 0:
         raise DataError(f"{data} is empty; give a file that contains text")
     return vocab_size
+
+
+def _recipe_applies(config: RunConfig, config_file: str | os.PathLike | None, overrides: list[str]) -> bool:
+    """recipe=auto sizes a new run with a time budget, in one process, unless a size was set explicitly."""
+    from lucidlm.config import read_toml
+    from lucidlm.train.recipe import SIZE_SETTINGS
+
+    explicit = set(parse_overrides(overrides)["model"])
+    if config_file:
+        explicit |= set(read_toml(config_file)["model"])
+    return (
+        config.train.recipe == "auto"
+        and config.train.time_budget is not None
+        and not explicit & set(SIZE_SETTINGS)
+        and int(os.environ.get("WORLD_SIZE", "1")) == 1  # every process would have to choose alike
+    )
+
+
+def _train_tokens(data: Path) -> int:
+    """The training split's tokens: the prepared data's, or (a text file, char tokens) nine tenths of its characters."""
+    if data.is_dir():
+        return read_meta(data)["train_tokens"]
+    return sum(len(chunk) for chunk in iter_text(data)) * 9 // 10
 
 
 def _with_vocab(vocab_size: int, overrides: list[str]) -> list[str]:

@@ -111,9 +111,11 @@ def train(
     resume: bool = False,
     progress: bool | None = None,
     init_weights: dict[str, torch.Tensor] | None = None,
+    notes: dict | None = None,
 ) -> TrainResult:
     """Train (or, with `resume`, continue) the run in `run_dir`. `init_weights` starts from given weights (a
-    state dict in our names, e.g. from `--init-from`) instead of a fresh initialisation. Under torchrun, every
+    state dict in our names, e.g. from `--init-from`) instead of a fresh initialisation. `notes` go into
+    config.json beside the settings (what recipe=auto measured and chose). Under torchrun, every
     process calls this; rank 0 alone writes."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     train_config = config.train
@@ -176,6 +178,7 @@ def train(
                 "data_sources": sources,
                 "precision": precision,
                 "compiled": compiled,
+                **(notes or {}),
             },
         )
 

@@ -1,0 +1,154 @@
+"""`lucidlm scale`: a grid of short runs, the scaling law fitted to them, and its picture.
+
+Each run trains one depth of the dial (scaling.depth_shape) on one number of tokens, with the preset's layout,
+optimizer and learning rates and a cosine over exactly those tokens, then scores the whole validation split.
+The law L(N, D) = E + A / N^alpha + B / D^beta is fitted to every run (scaling.ScalingLaw.fit), and scale.png
+draws the runs, the fit, and its isoFLOP curves: for each compute budget, the loss of every size that budget
+buys, with the best size marked. A run left out of the fit (`--check DEPTH:TOKENS`) says how well the law
+predicts what it has not seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from lucidlm.config import resolve_config
+from lucidlm.data.loader import open_split, read_meta
+from lucidlm.errors import ConfigError
+from lucidlm.evaluate import split_loss
+from lucidlm.outputs import SCALING_STUDY, written_directory
+from lucidlm.scaling import ScalingLaw, count_parameters, depth_shape, effective_tokens
+from lucidlm.train.trainer import train
+
+WARMUP_SHARE = 5  # a run warms up over at most a fifth of its steps (the preset's 50 when it has 250 or more)
+
+
+@dataclass(frozen=True)
+class GridRun:
+    depth: int
+    tokens: int
+
+
+def parse_runs(text: str) -> list[GridRun]:
+    """ "4:1000000,6:500000" -> runs of (depth, tokens); a clear error for anything else."""
+    runs = []
+    for item in text.split(","):
+        depth, _, tokens = item.strip().partition(":")
+        try:
+            runs.append(GridRun(int(depth), int(float(tokens))))
+        except ValueError:
+            raise ConfigError(f"{item.strip()!r} is not DEPTH:TOKENS (e.g. 4:1000000)") from None
+        if runs[-1].depth < 1 or runs[-1].tokens < 1:
+            raise ConfigError(f"{item.strip()!r}: depth and tokens must be positive")
+    return runs
+
+
+def train_one(data_dir: Path, out: Path, run: GridRun, preset: str, overrides: list[str], progress: bool) -> dict:
+    """Train one grid run into `out` and score the whole validation split."""
+    vocab = read_meta(data_dir)["vocab_size"]
+    config = resolve_config(preset, overrides=[f"vocab_size={vocab}", *overrides])
+    tokens_per_step = config.train.batch_size * config.train.grad_accum * config.model.block_size
+    steps = max(1, round(run.tokens / tokens_per_step))
+    shape = [f"{name}={value}" for name, value in depth_shape(run.depth).items()]
+    settings = [
+        *shape,
+        f"max_steps={steps}",
+        "time_budget=none",
+        "decay_steps=none",
+        f"warmup_steps={min(config.train.warmup_steps, steps // WARMUP_SHARE)}",
+        f"eval_interval={steps}",
+    ]
+    config = resolve_config(preset, overrides=[f"vocab_size={vocab}", *overrides, *settings])
+    result = train(data_dir, out, config, progress=progress)
+    loss, _ = split_loss(result.model.eval(), np.asarray(open_split(data_dir, "val")))
+    return {
+        "depth": run.depth,
+        "parameters": count_parameters(config.model),
+        "tokens": steps * tokens_per_step,
+        "loss": loss,
+        "seconds": round(result.elapsed, 1),
+        "compile_seconds": round(result.compile_seconds, 1),
+    }
+
+
+def study(
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    grid: list[GridRun],
+    check: list[GridRun] | None = None,
+    preset: str = "shakespeare-char",
+    overrides: list[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train `grid` and `check`, fit the law to the grid, and write scale.json and scale.png into `out`."""
+    data_dir, overrides = Path(data_dir), list(overrides or [])
+    read_meta(data_dir)
+    if len(grid) < 5:
+        raise ConfigError(f"a law of five numbers needs at least 5 runs in the grid, not {len(grid)}")
+    with written_directory(out, SCALING_STUDY, force) as tmp:
+        points, checks = [], []
+        for runs, kept in ((grid, points), (check or [], checks)):
+            for run in runs:
+                name = f"depth{run.depth}-{run.tokens}"
+                kept.append(train_one(data_dir, tmp / "runs" / name, run, preset, overrides, False))
+                if progress:
+                    done = kept[-1]
+                    tqdm.write(
+                        f"{name}: {done['parameters']:,} parameters, {done['tokens']:,} tokens, val loss "
+                        f"{done['loss']:.4f} in {done['seconds']:.0f}s"
+                        + (" (left out of the fit)" if runs is check else "")
+                    )
+        unique = read_meta(data_dir)["train_tokens"]  # repeated tokens count for what they are worth
+        for point in (*points, *checks):
+            point["effective_tokens"] = round(effective_tokens(point["tokens"], unique))
+        law = ScalingLaw.fit([(p["parameters"], p["effective_tokens"], p["loss"]) for p in points])
+        for point in (*points, *checks):
+            point["predicted"] = law.loss(point["parameters"], point["effective_tokens"])
+        result = {"law": law.to_dict(), "points": points, "checks": checks, "preset": preset, "data": str(data_dir)}
+        (tmp / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
+        draw(law, points, checks, tmp / "scale.png")
+    return result
+
+
+def draw(law: ScalingLaw, points: list[dict], checks: list[dict], out: Path) -> None:
+    """Two panels: the runs' loss against tokens with the law's curve for each size; and isoFLOP curves, the
+    loss against size at fixed compute (6 N D), each with its best size marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_tokens, iso) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    sizes = sorted({p["parameters"] for p in points})
+    seen = [p["effective_tokens"] for p in points]
+    tokens = np.geomspace(min(seen) / 2, max(seen) * 2, 60)
+    for index, size in enumerate(sizes):
+        color = plt.cm.viridis(index / max(1, len(sizes) - 1))
+        runs = [p for p in points if p["parameters"] == size]
+        by_tokens.plot([p["effective_tokens"] for p in runs], [p["loss"] for p in runs], "o", color=color)
+        by_tokens.plot(tokens, [law.loss(size, t) for t in tokens], "-", color=color, label=f"{size / 1e6:.2f}M")
+    for p in checks:
+        by_tokens.plot(p["effective_tokens"], p["loss"], "*", color="crimson", markersize=12, label="left out")
+    by_tokens.set(xscale="log", xlabel="training tokens D (repeats at their worth)", ylabel="val loss (nats a token)")
+    by_tokens.set_title(f"L = {law.E:.2f} + {law.A:.3g}/N^{law.alpha:.2f} + {law.B:.3g}/D^{law.beta:.2f}")
+    by_tokens.legend(title="parameters", fontsize=8)
+    parameters = np.geomspace(sizes[0] / 4, sizes[-1] * 4, 80)
+    budgets = np.geomspace(6 * sizes[0] * min(tokens), 6 * sizes[-1] * max(tokens), 5)
+    for index, compute in enumerate(budgets):
+        color = plt.cm.plasma(index / len(budgets))
+        losses = [law.loss(n, compute / (6 * n)) for n in parameters]
+        best = int(np.argmin(losses))
+        iso.plot(parameters, losses, "-", color=color, label=f"C = {compute:.1e} FLOPs")
+        iso.plot(parameters[best], losses[best], "o", color=color)
+    iso.set(xscale="log", xlabel="parameters N", ylabel="predicted val loss", title="isoFLOP curves: 6 N D = C")
+    iso.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out)
+    plt.close(figure)

@@ -1,0 +1,127 @@
+"""Scaling laws (scaling.py, train/scale.py) and the recipe that sizes a time-budgeted run (train/recipe.py)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lucidlm.config import PRESETS, resolve_config
+from lucidlm.model import GPT, GPTConfig
+from lucidlm.scaling import (
+    ScalingLaw,
+    choose_depth,
+    count_parameters,
+    depth_shape,
+    effective_tokens,
+    with_depth,
+)
+from lucidlm.train import recipe
+from lucidlm.train.plan import carry_out, plan_run
+
+from ..conftest import run_lucidlm
+
+LAW = ScalingLaw(E=1.2, A=40.0, alpha=0.35, B=900.0, beta=0.45)
+
+
+def test_the_fit_finds_the_law_that_made_the_points_and_predicts_beyond_them():
+    grid = [(n, d, LAW.loss(n, d)) for n in (1e5, 3e5, 1e6, 3e6) for d in (3e5, 1e6, 3e6)]
+    fitted = ScalingLaw.fit(grid)
+    for n, d in [(1e7, 1e7), (5e5, 2e6), (1e5, 3e7)]:  # a larger model, a point between, many more tokens
+        assert fitted.loss(n, d) == pytest.approx(LAW.loss(n, d), abs=1e-3)
+    with pytest.raises(ValueError, match="needs at least 5 runs, not 4"):
+        ScalingLaw.fit(grid[:4])
+
+
+def test_the_dial_passes_through_the_preset_and_derives_what_follows_from_the_width():
+    preset = PRESETS["shakespeare-char"]["model"]
+    assert depth_shape(4) == {"n_layer": 4, "n_embd": 128, "n_head": 2} == {k: preset[k] for k in depth_shape(4)}
+    assert depth_shape(2) == {"n_layer": 2, "n_embd": 64, "n_head": 1}
+    assert depth_shape(6) == {"n_layer": 6, "n_embd": 192, "n_head": 3}
+    model = resolve_config("shakespeare-char", overrides=["vocab_size=65"]).model
+    deeper = with_depth(model, 6)
+    assert (deeper.head_dim, deeper.n_kv_head, deeper.mlp_hidden) == (64, 3, 512)  # 8/3 x 192, rounded up to 32
+    assert count_parameters(deeper) == sum(p.numel() for p in GPT(deeper).parameters())
+
+
+def test_repeated_tokens_are_worth_less_than_fresh_ones():
+    assert effective_tokens(5e5, 1e6) == 5e5  # less than one epoch: every token is new
+    assert 1.9e6 < effective_tokens(2e6, 1e6) < 2e6  # a second epoch is worth almost as much
+    assert effective_tokens(1e9, 1e6) == pytest.approx(1e6 * (1 + 15.4))  # endless repeats: U (1 + R*)
+
+
+def test_the_depth_is_a_pure_function_of_speed_budget_and_data():
+    parameters = {depth: count_parameters(with_depth(GPTConfig(vocab_size=65), depth)) for depth in (2, 3, 4, 6)}
+    fast = {2: 80_000.0, 3: 55_000.0, 4: 30_000.0, 6: 15_000.0}
+    slow = {depth: speed / 5 for depth, speed in fast.items()}
+    on_fast = choose_depth(LAW, parameters, fast, 120, 10**6)
+    on_slow = choose_depth(LAW, parameters, slow, 120, 10**6)
+    expected = {d: LAW.loss(parameters[d], effective_tokens(fast[d] * 120, 10**6)) for d in fast}
+    assert on_fast.depth == min(expected, key=expected.get) and on_fast.predicted_loss == expected[on_fast.depth]
+    assert on_slow.depth < on_fast.depth  # a slower machine trains a smaller model
+    assert choose_depth(LAW, parameters, fast, 120, 10**6) == on_fast  # the same inputs, the same choice
+    # a corpus of a few thousand tokens teaches little however fast the machine: the larger model wins
+    assert choose_depth(LAW, parameters, fast, 120, 5_000).depth == 6
+    assert f"120 s at {fast[on_fast.depth]:,.0f} tokens/s buy depth {on_fast.depth}" in on_fast.why
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """Fixed speeds in place of this machine's (recipe.measure_tokens_per_second), a slow machine's."""
+    speeds = {2: 16_000.0, 3: 11_000.0, 4: 6_500.0, 5: 4_000.0, 6: 2_800.0, 8: 1_500.0, 10: 900.0, 12: 600.0}
+    asked = []
+
+    def fixed(config, depth, device):
+        asked.append(depth)
+        return speeds[depth]
+
+    monkeypatch.setattr(recipe, "measure_tokens_per_second", fixed)
+    monkeypatch.setattr(recipe, "SHAKESPEARE_LAW", LAW)
+    return asked
+
+
+def test_a_time_budgeted_preset_run_is_sized_for_the_machine_and_says_why(tmp_path, data_dir, measured):
+    plan = plan_run(data_dir, tmp_path / "run", "shakespeare-char", overrides=["time_budget=2", "device=cpu"])
+    choice = plan.recipe
+    assert plan.config.model.n_layer == choice["depth"] != 4 and measured[0] == 2
+    assert measured == sorted(measured) and measured[:3] == [2, 3, 4]  # from the smallest up
+    assert choice["measured_tokens_per_second"]["2"] == 16_000 and "the scaling law predicts" in choice["why"]
+    carry_out(plan, progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["recipe"] == choice and saved["model"]["n_layer"] == choice["depth"]
+
+
+def test_explicit_sizes_a_step_count_or_recipe_fixed_keep_the_model_as_set(tmp_path, data_dir, measured):
+    for overrides in (["time_budget=2", "n_layer=3"], ["time_budget=none", "max_steps=5"], ["recipe=fixed"]):
+        plan = plan_run(data_dir, tmp_path / "run", "shakespeare-char", overrides=[*overrides, "device=cpu"])
+        assert plan.recipe is None
+    assert measured == []
+    toml = tmp_path / "size.toml"
+    toml.write_text("[model]\nn_embd = 96\nn_head = 1\n")
+    assert plan_run(data_dir, tmp_path / "run", "shakespeare-char", toml, ["time_budget=2"]).recipe is None
+
+
+def test_the_speed_of_a_depth_is_measured_on_this_machine():
+    config = resolve_config("shakespeare-char", overrides=["vocab_size=65", "batch_size=2", "block_size=32"])
+    speed = recipe.measure_tokens_per_second(config, 2, torch.device("cpu"))
+    assert math.isfinite(speed) and speed > 0
+
+
+def test_lucidlm_scale_fits_a_grid_draws_it_and_predicts_a_run_it_left_out(tmp_path):
+    text = tmp_path / "t.txt"
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "the", "dog", "ran", "to", "the", "park"]
+    text.write_text(" ".join(words[(i * i + 3 * i) % len(words)] for i in range(40_000)))
+    prepared = run_lucidlm("data", "prepare", "--input", text, "--tokenizer", "char", "--out", tmp_path / "data")
+    assert prepared.returncode == 0, prepared.stderr
+    grid = "1:2e4,1:6e4,2:2e4,2:6e4,3:2e4,3:6e4"
+    result = run_lucidlm(
+        "scale", "--data", tmp_path / "data", "--out", tmp_path / "study", "--grid", grid, "--check", "2:1e5",
+        "--set", "block_size=32", "--device", "cpu", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    study = json.loads((tmp_path / "study" / "scale.json").read_text())
+    assert len(study["points"]) == 6 and len(study["checks"]) == 1
+    assert (tmp_path / "study" / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check = study["checks"][0]
+    assert f"predicted {check['predicted']:.4f}, measured {check['loss']:.4f}" in result.stdout
+    assert abs(check["predicted"] - check["loss"]) < 0.05
