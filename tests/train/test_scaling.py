@@ -124,4 +124,5 @@ def test_lucidlm_scale_fits_a_grid_draws_it_and_predicts_a_run_it_left_out(tmp_p
     assert (tmp_path / "study" / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     check = study["checks"][0]
     assert f"predicted {check['predicted']:.4f}, measured {check['loss']:.4f}" in result.stdout
-    assert abs(check["predicted"] - check["loss"]) < 0.05
+    # the target; this grid gives about 0.007 (and Tiny Shakespeare's, docs/benchmarks.md, 0.008)
+    assert abs(check["predicted"] - check["loss"]) < 0.03, check
