@@ -20,6 +20,8 @@ import torch
 
 from lucidlm.config import PRESETS, resolve_config
 from lucidlm.model import GPT, GPTConfig
+from lucidlm.scaling import ScalingLaw, effective_tokens
+from lucidlm.train.recipe import SHAKESPEARE_LAW
 
 gpt2 = GPT(resolve_config("gpt2-small", overrides=["vocab_size=50257"]).model)
 n = gpt2.num_params(include_position_embeddings=True)
@@ -79,4 +81,56 @@ per_token = 6 * 124e6
 rate = 0.4 * h100_bf16_peak / per_token
 print(f"gpt2-small on one H100 at 40% MFU: about {rate:,.0f} tokens/s")
 assert 4e5 < rate < 6e5 and "gpt2-small" in PRESETS
-print("lesson 21 ok: parameters, FLOPs per token, memory and MFU, counted")
+
+# %% [markdown]
+# ## Scaling laws: how much model for how much compute
+# Hoffmann et al. (2022) found that the loss of a model of $N$ parameters trained on $D$ tokens follows
+#
+# $$L(N, D) = E + \frac{A}{N^\alpha} + \frac{B}{D^\beta}:$$
+#
+# the text's own entropy $E$, what a finite model cannot represent, and what finite training has not taught yet.
+# A budget of $C \approx 6ND$ FLOPs buys a larger model on fewer tokens or a smaller one on more; the law says
+# which loses least. `lucidlm scale` trains a grid of short runs and fits the law to them. The runs below are
+# the ones it trained on Tiny Shakespeare (char tokens, the `shakespeare-char` layout; docs/benchmarks.md),
+# with one run left out of the fit to see how well the law predicts what it has not seen.
+
+# %%
+UNIQUE = 1_003_854  # Tiny Shakespeare's training tokens: a run past them reads them again
+runs = [  # (depth, parameters, training tokens, whole-split val loss), from `lucidlm scale`
+    (2, 115392, 301056, 2.2626),
+    (2, 115392, 1201152, 1.8097),
+    (3, 345504, 301056, 2.1134),
+    (3, 345504, 1201152, 1.6824),
+    (3, 345504, 3001344, 1.5566),
+    (4, 821120, 301056, 2.0986),
+    (4, 821120, 1201152, 1.6178),
+    (4, 821120, 3001344, 1.5041),
+    (6, 2682432, 301056, 2.0281),
+    (6, 2682432, 1201152, 1.5529),
+]
+left_out = (5, 1610560, 1999872, 1.5203)
+law = ScalingLaw.fit([(n, effective_tokens(d, UNIQUE), loss) for _, n, d, loss in runs])
+print(f"L(N, D) = {law.E:.3f} + {law.A:.1f} / N^{law.alpha:.3f} + {law.B:.0f} / D^{law.beta:.3f}")
+_, n, d, measured = left_out
+predicted = law.loss(n, effective_tokens(d, UNIQUE))
+print(f"left out: depth 5 on {d:,} tokens: predicted {predicted:.4f}, measured {measured:.4f}")
+assert abs(predicted - measured) < 0.03
+assert abs(law.loss(n, d) - SHAKESPEARE_LAW.loss(n, d)) < 0.005  # the law train/recipe.py sizes runs with
+
+# %% [markdown]
+# For one budget, the best size is the bottom of its isoFLOP curve: every $N$ with $D = C / 6N$. A run that
+# has twice the compute should grow both: Chinchilla's answer was about as much in $N$ as in $D$.
+
+# %%
+sizes = [10**5 * 1.1**i for i in range(60)]
+
+
+def best_size(compute: float) -> float:
+    return min(sizes, key=lambda size: law.loss(size, compute / (6 * size)))
+
+
+for compute in (1e13, 4e13, 1.6e14):
+    size = best_size(compute)
+    print(f"C = {compute:.1e} FLOPs: best N = {size:,.0f} parameters on D = {compute / (6 * size):,.0f} tokens")
+assert best_size(1e13) < best_size(4e13) < best_size(1.6e14)  # more compute: a larger model
+print("lesson 21 ok: parameters, FLOPs per token, memory and MFU, counted; a scaling law fitted and tested")
