@@ -105,16 +105,22 @@ def study(
                         f"{done['loss']:.4f} in {done['seconds']:.0f}s"
                         + (" (left out of the fit)" if runs is check else "")
                     )
-        unique = read_meta(data_dir)["train_tokens"]  # repeated tokens count for what they are worth
-        for point in (*points, *checks):
-            point["effective_tokens"] = round(effective_tokens(point["tokens"], unique))
-        law = ScalingLaw.fit([(p["parameters"], p["effective_tokens"], p["loss"]) for p in points])
-        for point in (*points, *checks):
-            point["predicted"] = law.loss(point["parameters"], point["effective_tokens"])
+        law = fit_points(points, checks, read_meta(data_dir)["train_tokens"])
         result = {"law": law.to_dict(), "points": points, "checks": checks, "preset": preset, "data": str(data_dir)}
         (tmp / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
         draw(law, points, checks, tmp / "scale.png")
     return result
+
+
+def fit_points(points: list[dict], checks: list[dict], unique: int) -> ScalingLaw:
+    """The law through `points` (runs of `train_one`); each run, `checks` too, gets its effective tokens (what
+    they are worth drawn from `unique` tokens) and the law's prediction."""
+    for point in (*points, *checks):
+        point["effective_tokens"] = round(effective_tokens(point["tokens"], unique))
+    law = ScalingLaw.fit([(p["parameters"], p["effective_tokens"], p["loss"]) for p in points])
+    for point in (*points, *checks):
+        point["predicted"] = law.loss(point["parameters"], point["effective_tokens"])
+    return law
 
 
 def draw(law: ScalingLaw, points: list[dict], checks: list[dict], out: Path) -> None:
