@@ -48,6 +48,7 @@ class TrainConfig:
     # auto: a run with a time budget measures this machine and trains the depth that the scaling law predicts
     # best for the budget (train/recipe.py); fixed: the model's size as the settings give it
     recipe: str = "fixed"
+    tracker: str = "none"  # or tensorboard, wandb, trackio: the series also streamed there (train/tracking.py)
 
     def __post_init__(self) -> None:
         """Every training setting's type and range, checked here and nowhere else, so that a bad value from
@@ -83,6 +84,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
         if self.backend not in ("torch", "numpy"):
             raise ConfigError(f"backend {self.backend!r} is not one of: torch, numpy")
+        if self.tracker not in ("none", "tensorboard", "wandb", "trackio"):
+            raise ConfigError(f"tracker {self.tracker!r} is not one of: none, tensorboard, wandb, trackio")
         if self.recipe not in ("fixed", "auto"):
             raise ConfigError(f"recipe {self.recipe!r} is not one of: fixed, auto")
         if self.compile not in ("auto", "true", "false"):

@@ -6,6 +6,7 @@ learning rate, to score validation batches, and to hand over or take back its st
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 
@@ -64,7 +65,10 @@ class TorchBackend:
                 (loss / len(batches)).backward()
             loss_sum += loss.detach()
         if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        else:  # the norm alone, for the logs: one pass over the gradients
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            self.grad_norm = torch.nn.utils.get_total_norm(grads)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_sum.item() / len(batches)
@@ -177,8 +181,7 @@ class NumpyBackend:
         if len(batches) > 1:
             for grad in grads.values():
                 grad /= len(batches)
-        if grad_clip > 0:
-            clip_grad_norm(grads, grad_clip)
+        self.grad_norm = clip_grad_norm(grads, grad_clip if grad_clip > 0 else math.inf)  # inf: the norm alone
         self.optimizer.lr = lr
         self.optimizer.step(grads)
         return total_loss / len(batches)

@@ -30,6 +30,7 @@ from lucidlm.train.backends import NumpyBackend, TorchBackend, make_backend
 from lucidlm.train.checkpoint import load_training_state, save_checkpoint, write_json_atomic
 from lucidlm.train.metrics import MetricsLog
 from lucidlm.train.schedule import learning_rate
+from lucidlm.train.tracking import open_tracker
 
 
 @dataclass
@@ -193,6 +194,7 @@ def train(
     def val_bpb() -> float | None:
         return None if val_ratio is None or val_loss is None else bits_per_byte(val_loss, val_ratio, 1)
 
+    tracker = open_tracker(train_config.tracker, run_dir, config.to_dict()) if group.is_main else None
     tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size * group.world_size
     budget = train_config.time_budget
 
@@ -205,6 +207,8 @@ def train(
         if not interrupted:
             bpb = {} if val_bpb() is None else {"val_bpb": val_bpb()}
             metrics.append({"step": step, "val_loss": val_loss, **bpb, "elapsed": round(elapsed, 3)})
+            if tracker is not None:
+                tracker.log({"val/loss": val_loss, **({"val/bpb": bpb["val_bpb"]} if bpb else {})}, step)
         is_best = not interrupted and val_loss < best_val_loss
         best_val_loss = min(best_val_loss, val_loss) if val_loss is not None else best_val_loss
         weights, tensors, extra = backend.state()
@@ -243,7 +247,15 @@ def train(
             if not math.isfinite(train_loss):
                 raise LucidError(f"the loss became {train_loss} at step {step}; {_after_divergence(run_dir)}")
             if group.is_main:
-                metrics.append({"step": step, "loss": train_loss, "lr": lr, "elapsed": round(elapsed, 3)})
+                grad_norm = float(backend.grad_norm)
+                record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm}
+                metrics.append({**record, "elapsed": round(elapsed, 3)})
+                if tracker is not None:
+                    tokens_per_second = tokens_per_step / seconds
+                    tracker.log(
+                        {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                         "train/tokens_per_second": tokens_per_second}, step
+                    )  # fmt: skip
             bar.update(round(elapsed) - bar.n if budget else 1)
             bar.set_postfix_str(
                 f"step {step} loss {train_loss:.4f} lr {lr:.2e} {rate_tokens / rate_time:,.0f} tok/s", refresh=False
@@ -258,6 +270,8 @@ def train(
         if step != last_evaluated:
             evaluate_and_save(interrupted=stop.requested)
     bar.close()
+    if tracker is not None:
+        tracker.close()
     if group.is_main:
         metrics.plot(run_dir / "loss.png")
     backend.close()
