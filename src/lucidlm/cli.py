@@ -479,8 +479,6 @@ def run_train(args: argparse.Namespace) -> int:
     if plan.nothing_to_do:
         print(plan.nothing_to_do)
         return 0
-    if plan.recipe:
-        print(f"recipe=auto chose depth {plan.recipe['depth']}: {plan.recipe['why']}", file=sys.stderr)
     result = carry_out(plan, progress=False if args.no_progress else None)
     if not result.is_main:
         return 128 + result.interrupted if result.interrupted else 0

@@ -77,6 +77,7 @@ def measured(monkeypatch):
 
     monkeypatch.setattr(recipe, "measure_tokens_per_second", fixed)
     monkeypatch.setattr(recipe, "SHAKESPEARE_LAW", LAW)
+    monkeypatch.setattr("lucidlm.train.plan.MIN_RECIPE_TOKENS", 0)  # the tests' corpus is a few hundred tokens
     return asked
 
 
@@ -92,13 +93,20 @@ def test_a_time_budgeted_preset_run_is_sized_for_the_machine_and_says_why(tmp_pa
 
 
 def test_explicit_sizes_a_step_count_or_recipe_fixed_keep_the_model_as_set(tmp_path, data_dir, measured):
-    for overrides in (["time_budget=2", "n_layer=3"], ["time_budget=none", "max_steps=5"], ["recipe=fixed"]):
+    unsized = (["time_budget=2", "n_layer=3"], ["time_budget=none", "max_steps=5"], ["recipe=fixed"], ["backend=numpy"])
+    for overrides in unsized:
         plan = plan_run(data_dir, tmp_path / "run", "shakespeare-char", overrides=[*overrides, "device=cpu"])
         assert plan.recipe is None
     assert measured == []
     toml = tmp_path / "size.toml"
     toml.write_text("[model]\nn_embd = 96\nn_head = 1\n")
     assert plan_run(data_dir, tmp_path / "run", "shakespeare-char", toml, ["time_budget=2"]).recipe is None
+
+
+def test_a_corpus_far_smaller_than_the_laws_keeps_the_presets_shape(tmp_path, data_dir, measured, monkeypatch):
+    monkeypatch.setattr("lucidlm.train.plan.MIN_RECIPE_TOKENS", 100_000)
+    plan = plan_run(data_dir, tmp_path / "run", "shakespeare-char", overrides=["time_budget=2"])
+    assert plan.recipe is None and plan.config.model.n_layer == 4 and measured == []
 
 
 def test_the_speed_of_a_depth_is_measured_on_this_machine():

@@ -37,6 +37,9 @@ from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
 from lucidlm.train.trainer import TrainResult, train
 
 DEFAULT_PRESET = "shakespeare-char"
+# recipe=auto's law was fitted on a corpus of a million tokens: on a much smaller one (a test's, a note's) it
+# says nothing worth a measurement, and the preset's shape trains
+MIN_RECIPE_TOKENS = 100_000
 # bytes per parameter while training: fp32 weights, gradients and AdamW's two moments
 TRAINING_BYTES_PER_PARAMETER = 16
 
@@ -95,7 +98,7 @@ def plan_run(
             if config.train.lora_rank:
                 raise ConfigError("LoRA adapts a trained model: add --init-from RUN_DIR or hf:DIR, or drop lora_rank")
             plan = RunPlan(data, out, config)
-            if _recipe_applies(config, config_file, overrides):
+            if _recipe_applies(config, config_file, overrides) and _train_tokens(data) >= MIN_RECIPE_TOKENS:
                 from lucidlm.train.recipe import fit_to_machine
 
                 plan.config, plan.recipe = fit_to_machine(config, _train_tokens(data))
@@ -227,7 +230,8 @@ def _vocab_size(data: Path) -> int:
 
 
 def _recipe_applies(config: RunConfig, config_file: str | os.PathLike | None, overrides: list[str]) -> bool:
-    """recipe=auto sizes a new run with a time budget, in one process, unless a size was set explicitly."""
+    """recipe=auto sizes a new run of the torch backend with a time budget, in one process, on a corpus of the
+    size the law was fitted on or more, unless a size was set explicitly."""
     from lucidlm.config import read_toml
     from lucidlm.train.recipe import SIZE_SETTINGS
 
@@ -238,6 +242,7 @@ def _recipe_applies(config: RunConfig, config_file: str | os.PathLike | None, ov
         config.train.recipe == "auto"
         and config.train.time_budget is not None
         and not explicit & set(SIZE_SETTINGS)
+        and config.train.backend == "torch"
         and int(os.environ.get("WORLD_SIZE", "1")) == 1  # every process would have to choose alike
     )
 

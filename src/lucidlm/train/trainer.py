@@ -149,6 +149,8 @@ def train(
         best_val_loss, val_loss = state["best_val_loss"] or math.inf, state["val_loss"]
     elif (run_dir / "latest.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
+    if group.is_main and progress is not False and notes and "recipe" in notes:
+        tqdm.write(f"recipe=auto chose depth {notes['recipe']['depth']}: {notes['recipe']['why']}")
     compile_seconds = 0.0
     if backend.compiled:
         if group.is_main and progress is not False:
