@@ -145,14 +145,18 @@ def draw(law: ScalingLaw, points: list[dict], checks: list[dict], out: Path) -> 
     by_tokens.set(xscale="log", xlabel="training tokens D (repeats at their worth)", ylabel="val loss (nats a token)")
     by_tokens.set_title(f"L = {law.E:.2f} + {law.A:.3g}/N^{law.alpha:.2f} + {law.B:.3g}/D^{law.beta:.2f}")
     by_tokens.legend(title="parameters", fontsize=8)
+    by_tokens.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     parameters = np.geomspace(sizes[0] / 4, sizes[-1] * 4, 80)
     budgets = np.geomspace(6 * sizes[0] * min(tokens), 6 * sizes[-1] * max(tokens), 5)
+    lowest = []
     for index, compute in enumerate(budgets):
         color = plt.cm.plasma(index / len(budgets))
         losses = [law.loss(n, compute / (6 * n)) for n in parameters]
         best = int(np.argmin(losses))
+        lowest.append(losses[best])
         iso.plot(parameters, losses, "-", color=color, label=f"C = {compute:.1e} FLOPs")
         iso.plot(parameters[best], losses[best], "o", color=color)
+    iso.set_ylim(min(lowest) - 0.1, max(lowest) + 0.6)  # the valleys, not the walls
     iso.set(xscale="log", xlabel="parameters N", ylabel="predicted val loss", title="isoFLOP curves: 6 N D = C")
     iso.legend(fontsize=8)
     figure.tight_layout()
