@@ -21,7 +21,7 @@ LAYERS = [
     ["tokenizers", "model"],
     ["config", "data", "scratch", "scaling"],
     ["device"],
-    ["generate", "explain"],
+    ["generate", "explain", "lens"],
     ["chat"],
     ["evaluate", "export"],
     ["load"],

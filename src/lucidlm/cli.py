@@ -71,6 +71,13 @@ EXAMPLES = {
   lucidlm scale --data data/mine --out runs/scale-mine --grid 2:300000,3:300000,4:300000,2:1e6,3:1e6,4:1e6 \
       --check 3:2e6     (fit on six runs, and see how well the law predicts a seventh)""",
 }
+EXAMPLES["lens"] = """examples:
+  lucidlm lens logit --checkpoint runs/a --prompt "ROMEO: I love"   (each layer's guess at every position)
+  lucidlm lens heads --checkpoint hf:models/gpt2 --png heads.png     (find the induction heads)
+  lucidlm lens ablate --checkpoint runs/a --prompt "$(head -c 200 notes.txt)" --kind mean --png ablate.png
+  lucidlm lens attribute --checkpoint runs/a --prompt "To be or not to" --token " b" --other " n"
+  lucidlm lens patch --checkpoint runs/a --clean "the cat sat" --corrupted "the dog sat" --answer " on" \
+      --wrong " in"      (add --json to any of them for the numbers)"""
 DEFAULT_GRID = "2:3e5,2:1.2e6,3:3e5,3:1.2e6,3:3e6,4:3e5,4:1.2e6,4:3e6,6:3e5,6:1.2e6"
 DEFAULT_CHECK = "5:2e6"
 
@@ -182,6 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every run")
     scale.add_argument(FORCE, action="store_true", help=FORCE_HELP)
     add_device_argument(scale, default=None)
+    lens = command(
+        "lens", "look inside a model: logit lens, head scores, ablation, attribution, patching", EXAMPLES["lens"]
+    )
+    lens.add_argument("analysis", choices=["logit", "heads", "ablate", "attribute", "patch"])
+    lens.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
+    lens.add_argument("--prompt", help="logit, ablate, attribute: the text")
+    lens.add_argument("--top", type=int, default=3, help="logit: the tokens shown per layer and position")
+    lens.add_argument("--length", type=int, help="heads: random tokens before their repetition (default 50)")
+    lens.add_argument("--kind", choices=["zero", "mean"], default="zero", help="ablate: what replaces an output")
+    lens.add_argument("--position", type=int, default=-1, help="attribute: the position (default: the last)")
+    lens.add_argument("--token", help="attribute: the token whose logit is split (a text that is one token)")
+    lens.add_argument("--other", help="attribute: split the logit difference token - other instead")
+    lens.add_argument("--clean", help="patch: the prompt whose answer is restored")
+    lens.add_argument("--corrupted", help="patch: the same length, with the answer's evidence changed")
+    lens.add_argument("--answer", help="patch: the clean run's answer (one token)")
+    lens.add_argument("--wrong", help="patch: the token the corrupted run prefers (one token)")
+    lens.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    lens.add_argument("--png", metavar="FILE", help="heads, ablate, patch, logit: draw the heatmap there too")
+    add_device_argument(lens)
     lessons = command("lessons", "list the lessons, or run one", EXAMPLES["lessons"])
     lessons.add_argument("action", nargs="?", choices=["list", "run"], default="list")
     lessons.add_argument("number", nargs="?", type=int, help="the lesson to run")
@@ -637,6 +663,48 @@ def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> No
         print(f"{task:<{width}}  {row['records']:7d}  {row['exact_match']:11.1%}  {row['normalised_match']:16.1%}")
 
 
+def run_lens(args: argparse.Namespace) -> None:
+    from lucidlm import lens
+    from lucidlm.device import pick_device
+    from lucidlm.generate import encode_prompt
+    from lucidlm.load import load_model
+
+    needs = {"logit": ["prompt"], "ablate": ["prompt"], "attribute": ["prompt", "token"], "heads": []}
+    needs["patch"] = ["clean", "corrupted", "answer", "wrong"]
+    missing = [f"--{name}" for name in needs[args.analysis] if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"lens {args.analysis} needs {' and '.join(missing)}")
+    model, tokenizer, _ = load_model(args.checkpoint, device=pick_device(args.device))
+    ids = encode_prompt(tokenizer, args.prompt) if args.prompt is not None else None
+    try:
+        if args.analysis == "logit":
+            result = lens.logit_lens(model, ids, args.top)
+        elif args.analysis == "heads":
+            result = lens.head_scores(model, args.length)
+        elif args.analysis == "ablate":
+            result = lens.ablation(model, ids, args.kind)
+        elif args.analysis == "attribute":
+            position = args.position + len(ids) if args.position < 0 else args.position
+            token, other = (
+                lens.one_token(tokenizer, text, flag)
+                for text, flag in ((args.token, "--token"), (args.other, "--other"))
+            )
+            result = lens.direct_logit_attribution(model, ids, position, token, other)
+        else:
+            clean, corrupted = (encode_prompt(tokenizer, text) for text in (args.clean, args.corrupted))
+            answer, wrong = (
+                lens.one_token(tokenizer, text, flag)
+                for text, flag in ((args.answer, "--answer"), (args.wrong, "--wrong"))
+            )
+            result = lens.patching(model, clean, corrupted, answer, wrong)
+    except ValueError as exc:  # an index, a length or a prompt the analysis cannot take
+        raise ConfigError(str(exc)) from None
+    texts = ids if ids is not None else (clean if args.analysis == "patch" else None)
+    print(json.dumps(result) if args.json else lens.table(args.analysis, result, tokenizer, texts))
+    if args.png:
+        lens.draw(args.analysis, result, tokenizer, texts, args.png)
+
+
 def run_scale(args: argparse.Namespace) -> None:
     from lucidlm.train.scale import parse_runs, study
 
@@ -663,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         "generate": run_generate,
         "eval": run_eval,
         "scale": run_scale,
+        "lens": run_lens,
         "chat": run_chat,
         "export": run_export,
         "lessons": run_lessons,

@@ -212,3 +212,27 @@ def test_the_gpu_check_without_a_gpu_stops_with_one_line():
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == "gpu-check: this PyTorch sees no CUDA GPU; run it on a machine with an NVIDIA GPU"
+
+
+def test_lens_reads_a_trained_run_and_refuses_bad_requests_in_one_line(tmp_path, text_file):
+    trained = lucidlm("train", "--data", text_file, "--out", tmp_path / "run", "--max-steps", 3, *TINY)
+    assert trained.returncode == 0, trained.stderr
+    run = ["lens", "--checkpoint", tmp_path / "run", "--device", "cpu"]
+    lens = lucidlm(*run[:1], "logit", *run[1:], "--prompt", "First Citizen", "--json")
+    assert lens.returncode == 0, lens.stderr
+    result = json.loads(lens.stdout)
+    assert result["layers"] == ["embeddings", "layer 0", "layer 1"] and result["prediction_rank"][-1] == [0] * 13
+    heads = lucidlm(*run[:1], "heads", *run[1:], "--length", 8, "--png", tmp_path / "heads.png")
+    assert heads.returncode == 0 and "the strongest induction heads (layer.head)" in heads.stdout
+    assert (tmp_path / "heads.png").read_bytes()[:4] == b"\x89PNG"
+    table = lucidlm(*run[:1], "attribute", *run[1:], "--prompt", "First Citizen", "--token", "n", "--other", "z")
+    assert table.returncode == 0 and "the logit difference: " in table.stdout
+    for extra, message in [
+        (["logit"], "lens logit needs --prompt"),
+        (["attribute", "--prompt", "First", "--token", "Fi"], "--token 'Fi' is 2 tokens; give a text that is one"),
+        (["patch", "--clean", "Fir", "--corrupted", "Fi", "--answer", "s", "--wrong", "t"], "must be of equal length"),
+        (["heads", "--length", "99"], r"length must lie in 2\.\.16"),
+    ]:
+        refused = lucidlm(*run[:1], extra[0], *run[1:], *extra[1:])
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert re.search(message, refused.stderr), refused.stderr
