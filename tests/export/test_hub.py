@@ -18,6 +18,7 @@ from lucidlm.chat import chat_prompt, render_template
 from lucidlm.chat.template import chat_template
 from lucidlm.errors import LucidError
 from lucidlm.generate import SamplingConfig, generate_ids, generate_text
+from lucidlm.lens import direct_logit_attribution, logit_lens
 from lucidlm.load import load_model
 from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
 from lucidlm.tokenizers import HFTokenizer, load_tokenizer
@@ -150,6 +151,24 @@ def test_logits_and_greedy_text_equal_transformers(hub_dir):
             torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0
         )[0, len(ids) :]
     assert list(generate_ids(ours, ids, 12, SamplingConfig(temperature=0))) == expected.tolist()
+
+
+def test_the_lens_reads_a_hub_model_and_its_attributions_add_up(hub_dir):
+    """Each family's layout (GPT-2's LayerNorm and biases; Llama's and Qwen3's RMSNorm, grouped-query heads and
+    head sizes other than hidden / heads) through the hook points; and `lucidlm lens` on `hf:DIR`."""
+    _, directory = hub_dir
+    model, tokenizer, _ = load_model(f"hf:{directory}")
+    ids = tokenizer.prompt_ids("First Citizen:\nBefore we proceed")
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0][0]
+    lens = logit_lens(model, ids)
+    assert lens["prediction"] == logits.argmax(-1).tolist() and lens["prediction_rank"][-1] == [0] * len(ids)
+    parts = direct_logit_attribution(model, ids, position=len(ids) - 1, token=5, other=9)
+    added = parts["embeddings"] + sum(map(sum, parts["heads"])) + sum(parts["mlps"]) + parts["biases"]
+    assert added == pytest.approx(float(logits[-1, 5] - logits[-1, 9]), abs=1e-4)
+    result = run_lucidlm("lens", "heads", "--checkpoint", f"hf:{directory}", "--length", "8", "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["induction"]) == 2
 
 
 def test_token_ids_equal_autotokenizer(hub_dir):
