@@ -150,7 +150,12 @@ def train(
     elif (run_dir / "latest.json").exists():
         raise CheckpointError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
     if group.is_main and progress is not False and notes and "recipe" in notes:
-        tqdm.write(f"recipe=auto chose depth {notes['recipe']['depth']}: {notes['recipe']['why']}")
+        recipe = notes["recipe"]
+        tqdm.write(f"recipe=auto chose depth {recipe['depth']}: {recipe['why']}")
+        tqdm.write(
+            f"aiming at a val loss near {recipe['predicted_val_loss']:.2f} (the law's prediction, fitted on "
+            "Tiny Shakespeare: text like it lands near it)"
+        )
     compile_seconds = 0.0
     if backend.compiled:
         if group.is_main and progress is not False:
