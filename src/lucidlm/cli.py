@@ -669,8 +669,13 @@ def run_lens(args: argparse.Namespace) -> None:
     from lucidlm.generate import encode_prompt
     from lucidlm.load import load_model
 
-    needs = {"logit": ["prompt"], "ablate": ["prompt"], "attribute": ["prompt", "token"], "heads": []}
-    needs["patch"] = ["clean", "corrupted", "answer", "wrong"]
+    needs = {
+        "logit": ["prompt"],
+        "heads": [],
+        "ablate": ["prompt"],
+        "attribute": ["prompt", "token"],
+        "patch": ["clean", "corrupted", "answer", "wrong"],
+    }
     missing = [f"--{name}" for name in needs[args.analysis] if getattr(args, name) is None]
     if missing:
         raise ConfigError(f"lens {args.analysis} needs {' and '.join(missing)}")

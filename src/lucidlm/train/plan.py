@@ -31,8 +31,9 @@ from lucidlm.load import (
     read_run_config_json,
     read_state,
 )
-from lucidlm.model import GPT, GPTConfig
+from lucidlm.model import GPTConfig
 from lucidlm.outputs import RUN_DIR, check_target, holds_run, run_directory
+from lucidlm.scaling import count_parameters
 from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
 from lucidlm.train.trainer import TrainResult, train
 
@@ -98,10 +99,12 @@ def plan_run(
             if config.train.lora_rank:
                 raise ConfigError("LoRA adapts a trained model: add --init-from RUN_DIR or hf:DIR, or drop lora_rank")
             plan = RunPlan(data, out, config)
-            if _recipe_applies(config, config_file, overrides) and _train_tokens(data) >= MIN_RECIPE_TOKENS:
-                from lucidlm.train.recipe import fit_to_machine
+            if _recipe_applies(config, config_file, overrides):
+                train_tokens = _train_tokens(data)
+                if train_tokens >= MIN_RECIPE_TOKENS:
+                    from lucidlm.train.recipe import fit_to_machine
 
-                plan.config, plan.recipe = fit_to_machine(config, _train_tokens(data))
+                    plan.config, plan.recipe = fit_to_machine(config, train_tokens)
         plan.force = force
     check_fits_in_memory(plan.config)
     return plan
@@ -265,16 +268,6 @@ def changed_settings(before: RunConfig, after: RunConfig, section: str) -> list[
     """`name (old -> new)` for each setting of `section` ("model" or "train") that differs."""
     old, new = before.to_dict()[section], after.to_dict()[section]
     return [f"{name} ({old[name]!r} -> {new[name]!r})" for name in old if old[name] != new[name]]
-
-
-def count_parameters(model: GPTConfig) -> int:
-    """The model's parameters, from models of one and two blocks built on PyTorch's meta device (shapes only,
-    no memory), so that n_layer=10**9 costs no more than n_layer=1."""
-    with torch.device("meta"):
-        one, two = (
-            GPT(dataclasses.replace(model, n_layer=n)).num_params(include_position_embeddings=True) for n in (1, 2)
-        )
-    return one + (model.n_layer - 1) * (two - one)
 
 
 def activation_bytes(model: GPTConfig, batch_size: int) -> int:

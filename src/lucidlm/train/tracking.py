@@ -21,7 +21,6 @@ from pathlib import Path
 
 from lucidlm.errors import ConfigError
 
-TRACKERS = ("none", "tensorboard", "wandb", "trackio")
 PROJECT = "lucidlm"
 
 

@@ -166,13 +166,14 @@ def train(
                 f"compiled in {compile_seconds:.1f}s, outside the training time; the cache in "
                 f"{backend.compile_cache} makes later runs of this shape start faster"
             )
+    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
     if group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             metrics.truncate_after(step)
         else:
             metrics.path.unlink(missing_ok=True)
-            load_tokenizer(data_dir / "tokenizer.json").save(run_dir / "tokenizer.json")
+            tokenizer.save(run_dir / "tokenizer.json")
         # the data's sources and their sha256, so that --resume can tell the same data from other data
         sources = read_meta(data_dir)["sources"]
         # what dtype=auto and compile=auto became, and why
@@ -191,12 +192,10 @@ def train(
         )
 
     # bits per byte beside the loss, so that runs of different tokenizers compare (chat data scores the replies
-    # alone, whose bytes are not the split's: no bpb there)
-    val_ratio = (
-        None
-        if is_chat_data(data_dir)
-        else tokens_per_byte(load_tokenizer(data_dir / "tokenizer.json"), open_split(data_dir, "val"))
-    )
+    # alone, whose bytes are not the split's: no bpb there); only the main process logs it
+    val_ratio = None
+    if group.is_main and not is_chat_data(data_dir):
+        val_ratio = tokens_per_byte(tokenizer, open_split(data_dir, "val"))
 
     def val_bpb() -> float | None:
         return None if val_ratio is None or val_loss is None else bits_per_byte(val_loss, val_ratio, 1)
