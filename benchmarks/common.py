@@ -64,9 +64,29 @@ def peak_around(work: Callable[[], T], dtype: torch.dtype = torch.float32) -> tu
     return result, max(before, sgemm_peak(dtype=dtype))
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as lscpu shows it (from /proc/cpuinfo)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+
+
+def machine_line() -> str:
+    """One sentence naming the CPU a table's figures come from: its model, AVX-512 or not, bf16 units or not."""
+    from lucidlm.device import cpu_bf16_flag
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    avx512 = "with AVX-512" if " avx512f" in flags else "without AVX-512"
+    bf16 = cpu_bf16_flag()
+    units = f"bf16 units ({bf16})" if bf16 else "no bf16 units"
+    return f"Machine: {cpu_model()}, {avx512}, {units}; {torch.get_num_threads()} threads."
+
+
 def machine() -> dict:
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),

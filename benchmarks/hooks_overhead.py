@@ -13,7 +13,7 @@ import statistics
 import time
 
 import torch
-from common import machine, write_results
+from common import machine, machine_line, write_results
 
 from lucidlm.lens import ablation, logit_lens
 from lucidlm.model import GPT, GPTConfig
@@ -62,7 +62,7 @@ def main() -> None:
     lines = [
         "## What looking inside costs (`benchmarks/hooks_overhead.py`)",
         "",
-        "One sequence, fp32, eager, 2 threads; medians of 7 passes. `run_with_cache` keeps every hook point.",
+        "One sequence, fp32, eager; medians of 7 passes. `run_with_cache` keeps every hook point. " + machine_line(),
         "",
         "| shape | plain forward | run_with_cache, every point | ratio |",
         "|---|---:|---:|---:|",
@@ -74,7 +74,7 @@ def main() -> None:
         f"On the GPT-2-124M shape over 256 tokens: the logit lens (13 readings) took {lens_seconds:.1f} s, and a "
         f"full zero-ablation sweep (144 heads and 12 MLPs, one pass each) {sweep_seconds:.1f} s. "
         "Target: run_with_cache at most 1.3x a plain pass: met at the GPT-2 shape; the baby shape's pass is "
-        "about 2 ms, and its extra 0.8 ms is the Python of 63 hook points and the written-out attention.",
+        "about 2 ms, and its extra millisecond is the Python of 63 hook points and the written-out attention.",
     ]
     results = {"machine": machine(), "rows": rows, "lens_seconds": lens_seconds, "ablation_seconds": sweep_seconds}
     write_results("hooks_overhead", results, "\n".join(lines))

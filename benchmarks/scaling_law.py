@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import ROOT, WORK, machine, tiny_shakespeare_data, write_results
+from common import ROOT, WORK, machine, machine_line, tiny_shakespeare_data, write_results
 
 from lucidlm.cli import DEFAULT_CHECK, DEFAULT_GRID
 
@@ -54,7 +54,8 @@ def main() -> None:
             "",
             "Tiny Shakespeare as char tokens; each run trains one depth of the dial (n_embd = 32 x depth, heads "
             "of 64) with the preset's layout, Muon and learning rates, a cosine over exactly its tokens, then "
-            "scores the whole val split. Repeated tokens count at their worth (Muennighoff et al., 2023).",
+            "scores the whole val split. Repeated tokens count at their worth (Muennighoff et al., 2023). "
+            + machine_line(),
             "",
             "| depth | parameters | tokens | val loss | the law | error |",
             "|---:|---:|---:|---:|---:|---:|",
