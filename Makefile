@@ -7,6 +7,11 @@ RUN := runs/demo
 # Seconds of training. Compiling the blocks (up to 45 s with an empty cache) and measuring the machine come
 # before the clock, so that a first `make demo` still ends within about 3 minutes after the install.
 DEMO_BUDGET ?= 90
+# The demo's promise, the val loss it reaches on any machine: a CPU too slow to reach it in DEMO_BUDGET seconds
+# trains for as long as the scaling law says it takes (recipe=auto, train/recipe.py), and says so.
+DEMO_TARGET ?= 1.60
+# More settings for the demos' training, e.g. TRAIN_FLAGS="--set dtype=fp32" or "--device cuda"
+TRAIN_FLAGS ?=
 
 .PHONY: setup demo chat-demo test soak lint format bench gpu-check clean notebooks
 
@@ -25,7 +30,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	@test -f $(DATA)/meta.json || $(BIN)/lucidlm data prepare --corpus shakespeare --tokenizer char --out $(DATA)
-	$(BIN)/lucidlm train --data $(DATA) --out $(RUN) --preset shakespeare-char --time-budget $(DEMO_BUDGET) --force
+	$(BIN)/lucidlm train --data $(DATA) --out $(RUN) --preset shakespeare-char --time-budget $(DEMO_BUDGET) --set target_loss=$(DEMO_TARGET) $(TRAIN_FLAGS) --force
 	$(BIN)/lucidlm generate --checkpoint $(RUN) --prompt "ROMEO:" --max-new-tokens 500 --temperature 0.8 --top-k 50 --seed 1
 	$(BIN)/lucidlm eval --checkpoint $(RUN) --data $(DATA)
 	@echo
@@ -34,17 +39,19 @@ demo: setup
 	@echo "  $(BIN)/lucidlm train --data my.txt --out runs/mine"
 	@echo "  (the loss curve is $(RUN)/loss.png)"
 
-# Fine-tunes the demo's model into a small assistant (README: Chat): a seeded task set, 5 minutes of training,
-# the held-out scores, a scripted chat, and the Shakespeare loss after it.
+# Fine-tunes the demo's model into a small assistant (README: Chat): a seeded task set, 5 minutes of training
+# and at least CHAT_STEPS steps of 8 conversations (the work its scores need: a slow CPU trains past the 5
+# minutes, with the ETA on the progress bar), the held-out scores, a scripted chat, and the Shakespeare loss.
 CHAT_TASKS := data/chat-tasks
 CHAT_DATA := data/chat
 CHAT_RUN := runs/chat
 CHAT_BUDGET ?= 300
+CHAT_STEPS ?= 4500
 chat-demo: setup
 	@test -f $(RUN)/best.json || $(MAKE) demo
 	$(BIN)/python -m lucidlm.chat.synthetic --out $(CHAT_TASKS) --replay shakespeare
 	$(BIN)/lucidlm data prepare --chat $(CHAT_TASKS)/train.jsonl --tokenizer-from $(RUN) --out $(CHAT_DATA) --force
-	$(BIN)/lucidlm train --init-from $(RUN) --data $(CHAT_DATA) --out $(CHAT_RUN) --time-budget $(CHAT_BUDGET) --set batch_size=8 --set eval_interval=500 --force
+	$(BIN)/lucidlm train --init-from $(RUN) --data $(CHAT_DATA) --out $(CHAT_RUN) --time-budget $(CHAT_BUDGET) --set min_steps=$(CHAT_STEPS) --set batch_size=8 --set eval_interval=1500 $(TRAIN_FLAGS) --force
 	$(BIN)/lucidlm eval --checkpoint $(CHAT_RUN) --tasks $(CHAT_TASKS)/heldout.jsonl
 	printf '%s\n' 'What is 27 plus 58?' 'Reverse lantern.' 'Spell quiet.' '/system Ann is 31. Bob is 8. Cy is 64.' 'How old is Cy?' \
 		| $(BIN)/lucidlm chat --checkpoint $(CHAT_RUN) --temperature 0

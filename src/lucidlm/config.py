@@ -33,6 +33,8 @@ class TrainConfig:
     eval_batches: int = 20
     seed: int = 1337
     time_budget: float | None = None  # seconds of training; the schedule then runs to this time
+    # with a time budget: train at least this many steps, past the budget on a machine too slow to take them in it
+    min_steps: int | None = None
     device: str = "auto"
     dtype: str = "auto"  # the products' precision: auto (bf16 where the device does it fast), fp32 or bf16
     # torch.compile for the blocks: auto (where a compiler is there and the run is long: device.training_compile),
@@ -48,6 +50,9 @@ class TrainConfig:
     # auto: a run with a time budget measures this machine and trains the depth that the scaling law predicts
     # best for the budget (train/recipe.py); fixed: the model's size as the settings give it
     recipe: str = "fixed"
+    # with recipe=auto: the val loss to reach; where the law says the time budget falls short of it on this
+    # machine, the budget stretches to what it takes (`make demo`'s promise on a slow CPU)
+    target_loss: float | None = None
     tracker: str = "none"  # or tensorboard, wandb, trackio: the series also streamed there (train/tracking.py)
 
     def __post_init__(self) -> None:
@@ -74,6 +79,8 @@ class TrainConfig:
             ("muon_momentum", 0 <= self.muon_momentum < 1, "must lie in [0, 1)"),
             ("seed", 0 <= self.seed < 2**64, "must lie in [0, 2**64)"),
             ("time_budget", self.time_budget is None or self.time_budget > 0, "must be a positive number of seconds"),
+            ("target_loss", self.target_loss is None or self.target_loss > 0, "must be a positive loss"),
+            ("min_steps", self.min_steps is None or self.min_steps >= 1, "must be a positive integer"),
             ("lora_rank", self.lora_rank >= 0, "must be 0 (full fine-tuning) or a positive rank such as 8"),
             ("lora_alpha", self.lora_alpha > 0, "must be positive"),
         ]
@@ -88,6 +95,16 @@ class TrainConfig:
             raise ConfigError(f"tracker {self.tracker!r} is not one of: none, tensorboard, wandb, trackio")
         if self.recipe not in ("fixed", "auto"):
             raise ConfigError(f"recipe {self.recipe!r} is not one of: fixed, auto")
+        if self.target_loss is not None and (self.recipe != "auto" or self.time_budget is None):
+            raise ConfigError(
+                "target_loss stretches a time budget that recipe=auto sizes: add --time-budget and "
+                "--set recipe=auto, or drop target_loss"
+            )
+        if self.min_steps is not None and self.time_budget is None:
+            raise ConfigError(
+                "min_steps makes a time budget train at least that many steps: add --time-budget, "
+                "or give the steps alone with --max-steps"
+            )
         if self.compile not in ("auto", "true", "false"):
             raise ConfigError(f"compile {self.compile!r} is not one of: auto, true, false")
         if self.dtype not in ("auto", "fp32", "bf16"):

@@ -9,7 +9,8 @@ represent, the third what a finite amount of training has not yet taught it. A t
 FLOPs a token (2 forward, 4 backward), so a compute budget C buys the pairs with 6 N D = C: a larger model
 sees fewer tokens. `ScalingLaw.fit` finds the five numbers from a grid of short runs (their approach 3: a
 Huber loss on the log of the loss, minimised with L-BFGS from several starts), and `choose_depth` uses them
-to decide which model a machine should train for a given number of seconds (train/recipe.py).
+to decide which model a machine should train for a given number of seconds, or how many seconds it needs to
+reach a given loss (train/recipe.py).
 
 Repeated data: a small corpus read several times teaches less than fresh text. Muennighoff et al. (2023) fit
 the worth of D tokens drawn from U unique ones as U + U R* (1 - exp(-(D/U - 1) / R*)) with R* = 15.4: a few
@@ -38,6 +39,16 @@ def effective_tokens(tokens: float, unique: float) -> float:
     return unique + unique * REPEAT_DECAY * (1 - math.exp(-(tokens / unique - 1) / REPEAT_DECAY))
 
 
+def tokens_worth(effective: float, unique: float) -> float:
+    """The tokens to draw from a corpus of `unique` tokens for them to be worth `effective` fresh ones: the
+    inverse of `effective_tokens`, infinite past what endless repeats are worth, U (1 + R*)."""
+    if effective <= unique:
+        return effective
+    if effective >= unique * (1 + REPEAT_DECAY):
+        return math.inf
+    return unique * (1 - REPEAT_DECAY * math.log(1 - (effective - unique) / (unique * REPEAT_DECAY)))
+
+
 @dataclass(frozen=True)
 class ScalingLaw:
     E: float
@@ -49,6 +60,12 @@ class ScalingLaw:
     def loss(self, parameters: float, tokens: float) -> float:
         """The predicted loss of a model of `parameters` trained on `tokens` tokens."""
         return self.E + self.A / parameters**self.alpha + self.B / tokens**self.beta
+
+    def tokens_for(self, loss: float, parameters: float) -> float:
+        """The tokens a model of `parameters` must train on for the law to predict `loss`; infinite where the
+        model is too small to get there however long it trains (E + A / N^alpha is its floor)."""
+        left = loss - self.E - self.A / parameters**self.alpha
+        return (self.B / left) ** (1 / self.beta) if left > 0 else math.inf
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -119,16 +136,24 @@ def count_parameters(config: GPTConfig) -> int:
 class DepthChoice:
     depth: int
     parameters: int
-    tokens: float  # what the budget buys at the measured speed
+    seconds: float  # the budget, or longer where the budget falls short of the target loss
+    tokens: float  # what the seconds buy at the measured speed
     predicted_loss: float
     why: str
 
 
 def choose_depth(
-    law: ScalingLaw, parameters: dict[int, int], tokens_per_second: dict[int, float], seconds: float, data_tokens: int
+    law: ScalingLaw,
+    parameters: dict[int, int],
+    tokens_per_second: dict[int, float],
+    seconds: float,
+    data_tokens: int,
+    target_loss: float | None = None,
 ) -> DepthChoice:
     """The depth whose model, trained for `seconds` at its measured `tokens_per_second`, the law predicts the
-    lowest loss for, its tokens counted as what they are worth from a corpus of `data_tokens`."""
+    lowest loss for, its tokens counted as what they are worth from a corpus of `data_tokens`. With a
+    `target_loss` that the budget falls short of, the seconds stretch: the depth that reaches the target soonest,
+    trained for as long as that takes (the budget as it is where no depth can reach it on this corpus)."""
     if not tokens_per_second:
         raise ValueError("no depth was measured")
     predicted = {
@@ -136,10 +161,26 @@ def choose_depth(
         for depth, speed in tokens_per_second.items()
     }
     depth = min(predicted, key=predicted.get)
-    tokens = tokens_per_second[depth] * seconds
     alternatives = ", ".join(f"depth {d}: {loss:.3f}" for d, loss in sorted(predicted.items()))
+    why = f"the scaling law predicts {alternatives}"
+    if target_loss is not None and predicted[depth] > target_loss:
+        needed = {
+            d: tokens_worth(law.tokens_for(target_loss, parameters[d]), data_tokens) / speed
+            for d, speed in tokens_per_second.items()
+        }
+        soonest = min(needed, key=needed.get)
+        if math.isfinite(needed[soonest]):
+            depth, stretched = soonest, needed[soonest]
+            why += (
+                f"; {seconds:g} s fall short of the target {target_loss:g}, which depth {depth} reaches soonest: "
+                f"the budget stretched to {stretched:.0f} s"
+            )
+            seconds, predicted[depth] = stretched, target_loss
+        else:
+            why += f"; no depth reaches the target {target_loss:g} on a corpus of {data_tokens:,} tokens"
+    tokens = tokens_per_second[depth] * seconds
     why = (
-        f"{seconds:g} s at {tokens_per_second[depth]:,.0f} tokens/s buy depth {depth} ({parameters[depth]:,} "
-        f"parameters) {tokens:,.0f} tokens; the scaling law predicts {alternatives}"
+        f"{seconds:.0f} s at {tokens_per_second[depth]:,.0f} tokens/s buy depth {depth} ({parameters[depth]:,} "
+        f"parameters) {tokens:,.0f} tokens; {why}"
     )
-    return DepthChoice(depth, parameters[depth], tokens, predicted[depth], why)
+    return DepthChoice(depth, parameters[depth], seconds, tokens, predicted[depth], why)

@@ -14,6 +14,7 @@ from lucidlm.scaling import (
     count_parameters,
     depth_shape,
     effective_tokens,
+    tokens_worth,
     with_depth,
 )
 from lucidlm.train import recipe
@@ -65,6 +66,32 @@ def test_the_depth_is_a_pure_function_of_speed_budget_and_data():
     assert f"120 s at {fast[on_fast.depth]:,.0f} tokens/s buy depth {on_fast.depth}" in on_fast.why
 
 
+def test_the_law_and_the_worth_of_repeats_invert():
+    for n, d in [(1e5, 3e5), (1e6, 5e7)]:
+        assert LAW.tokens_for(LAW.loss(n, d), n) == pytest.approx(d, rel=1e-9)
+    assert LAW.tokens_for(1.2 + 40.0 / 1e5**0.35, 1e5) == math.inf  # the model's floor: no data gets it lower
+    for tokens in (5e5, 2e6, 4e7):
+        assert tokens_worth(effective_tokens(tokens, 1e6), 1e6) == pytest.approx(tokens, rel=1e-9)
+    assert tokens_worth(1e6 * (1 + 15.4), 1e6) == math.inf  # more than endless repeats are worth
+
+
+def test_a_target_loss_stretches_the_budget_of_a_slow_machine_only():
+    parameters = {depth: count_parameters(with_depth(GPTConfig(vocab_size=65), depth)) for depth in (2, 3, 4, 6)}
+    fast = {2: 80_000.0, 3: 55_000.0, 4: 30_000.0, 6: 15_000.0}
+    slow = {depth: speed / 5 for depth, speed in fast.items()}
+    on_fast = choose_depth(LAW, parameters, fast, 120, 10**7)
+    assert choose_depth(LAW, parameters, fast, 120, 10**7, target_loss=on_fast.predicted_loss + 0.01) == on_fast
+    target = on_fast.predicted_loss
+    on_slow = choose_depth(LAW, parameters, slow, 120, 10**7, target_loss=target)
+    needed = {d: LAW.tokens_for(target, parameters[d]) / slow[d] for d in slow}
+    assert on_slow.depth == min(needed, key=needed.get) and on_slow.seconds == pytest.approx(min(needed.values()))
+    assert on_slow.seconds > 120 and on_slow.predicted_loss == target
+    assert LAW.loss(parameters[on_slow.depth], on_slow.tokens) == pytest.approx(target)
+    assert f"the budget stretched to {on_slow.seconds:.0f} s" in on_slow.why
+    unreachable = choose_depth(LAW, parameters, slow, 120, 10**7, target_loss=1.21)  # below every model's floor
+    assert unreachable.seconds == 120 and "no depth reaches the target 1.21" in unreachable.why
+
+
 @pytest.fixture
 def measured(monkeypatch):
     """Fixed speeds in place of this machine's (recipe.measure_tokens_per_second), a slow machine's."""
@@ -90,6 +117,21 @@ def test_a_time_budgeted_preset_run_is_sized_for_the_machine_and_says_why(tmp_pa
     carry_out(plan, progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["recipe"] == choice and saved["model"]["n_layer"] == choice["depth"]
+
+
+def test_a_target_loss_out_of_the_budgets_reach_trains_longer_and_says_so(tmp_path, data_dir, measured):
+    in_budget = plan_run(data_dir, tmp_path / "run", "shakespeare-char", overrides=["time_budget=2"]).recipe
+    target = round(in_budget["predicted_val_loss"] - 0.2, 4)
+    plan = plan_run(
+        data_dir, tmp_path / "run", "shakespeare-char", overrides=["time_budget=2", f"target_loss={target}"]
+    )
+    assert (
+        plan.config.train.time_budget == pytest.approx(plan.recipe["seconds"], abs=0.1) and plan.recipe["seconds"] > 2
+    )
+    assert plan.recipe["predicted_val_loss"] == target and "the budget stretched to" in plan.recipe["why"]
+    args = ["train", "--data", str(data_dir), "--out", str(tmp_path / "fixed"), "--max-steps", "2"]
+    result = run_lucidlm(*args, "--preset", "nanogpt-baby", "--set", "target_loss=1.5")
+    assert result.returncode == 2 and "target_loss stretches a time budget that recipe=auto sizes" in result.stderr
 
 
 def test_explicit_sizes_a_step_count_or_recipe_fixed_keep_the_model_as_set(tmp_path, data_dir, measured):

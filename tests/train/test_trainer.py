@@ -12,13 +12,13 @@ import torch
 
 from lucidlm.config import TrainConfig
 from lucidlm.data import Source, open_split, prepare
-from lucidlm.errors import CheckpointError
+from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.evaluate import split_loss
 from lucidlm.load import load_model
 from lucidlm.train import checkpoint as checkpoint_module
 from lucidlm.train import find_checkpoint, train
 from lucidlm.train.metrics import MetricsLog
-from lucidlm.train.schedule import learning_rate
+from lucidlm.train.schedule import learning_rate, time_progress
 
 from ..conftest import tiny_config
 
@@ -190,6 +190,21 @@ def test_learning_rate_schedule():
     timed = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=10**6, time_budget=100.0)
     assert learning_rate(10, 50.0, timed) == pytest.approx(0.5)  # the clock, not the step count, sets progress
     assert learning_rate(10, 150.0, timed) == pytest.approx(0.0)
+
+
+def test_min_steps_holds_a_slow_machines_run_to_its_steps_and_leaves_a_fast_one_to_the_clock(tmp_path, data_dir):
+    config = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=0, max_steps=10**6, time_budget=100.0, min_steps=1000)
+    assert time_progress(100, 50.0, config) == pytest.approx(0.1)  # slow: 100 of 1000 steps in half the budget
+    assert learning_rate(100, 50.0, config) == pytest.approx(0.5 * (1 + math.cos(0.1 * math.pi)))
+    assert time_progress(800, 150.0, config) == pytest.approx(0.8)  # past the budget, still short of the steps
+    assert time_progress(5000, 50.0, config) == pytest.approx(0.5)  # fast: the clock sets the pace
+    assert time_progress(10, 50.0, TrainConfig(time_budget=100.0)) == pytest.approx(0.5)
+    budgeted = tiny_config(34, max_steps=100, time_budget=1e-3, eval_interval=1000)
+    assert train(data_dir, tmp_path / "clock", budgeted, progress=False).step == 1  # one step spends the budget
+    held = tiny_config(34, max_steps=100, time_budget=1e-3, eval_interval=1000, min_steps=7)
+    assert train(data_dir, tmp_path / "held", held, progress=False).step == 7
+    with pytest.raises(ConfigError, match="min_steps makes a time budget train at least that many steps"):
+        TrainConfig(min_steps=5)
 
 
 def test_split_loss_scores_every_token_once_with_its_context(tmp_path, data_dir):

@@ -35,6 +35,7 @@ from lucidlm.model import GPTConfig
 from lucidlm.outputs import RUN_DIR, check_target, holds_run, run_directory
 from lucidlm.scaling import count_parameters
 from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
+from lucidlm.train.schedule import time_progress
 from lucidlm.train.trainer import TrainResult, train
 
 DEFAULT_PRESET = "shakespeare-char"
@@ -171,7 +172,7 @@ def _plan_resume(
             f"{out} is already at step {latest['step']} of max_steps={config.train.max_steps}: nothing to train; "
             "raise --max-steps to go on"
         )
-    elif budget is not None and state.get("elapsed", 0.0) >= budget:
+    elif budget is not None and time_progress(latest["step"], state.get("elapsed", 0.0), config.train) >= 1:
         plan.nothing_to_do = (
             f"{out} has already spent its time budget of {budget:g} s: nothing to train; raise --time-budget to go on"
         )

@@ -5,8 +5,10 @@ from its figure. So a run with a time budget and `recipe=auto` (the shakespeare-
 it runs on: a few training steps of each depth on the dial (scaling.depth_shape), in the dtype and on the
 device it will train with, before the clock starts. The tokens each depth would see in the budget go into the
 scaling law fitted to Tiny Shakespeare with `lucidlm scale` (SHAKESPEARE_LAW), and the depth with the lowest
-predicted loss is trained: a smaller model where the machine is slow, a larger one where it is fast. The
-choice is a pure function of (measured speeds, budget, data size): scaling.choose_depth.
+predicted loss is trained: a smaller model where the machine is slow, a larger one where it is fast. With a
+`target_loss` (`make demo`'s promise), a machine too slow to reach it in the budget trains for longer, as long
+as the law says the target takes, and says so. The choice is a pure function of (measured speeds, budget, data
+size, target): scaling.choose_depth.
 
 Explicit settings win: a run whose n_layer, n_embd or n_head is set in a TOML file or by --set keeps them.
 """
@@ -60,12 +62,14 @@ def fit_to_machine(config: RunConfig, data_tokens: int, law: ScalingLaw = SHAKES
     for depth in DEPTHS:
         parameters[depth] = count_parameters(with_depth(config.model, depth))
         speeds[depth] = measure_tokens_per_second(config, depth, device)
-        choice = choose_depth(law, parameters, speeds, config.train.time_budget, data_tokens)
+        choice = choose_depth(law, parameters, speeds, config.train.time_budget, data_tokens, config.train.target_loss)
         worse = worse + 1 if best is not None and choice.depth == best.depth else 0
         best = choice
         if worse == 2:
             break
-    chosen = replace(config, model=with_depth(config.model, best.depth))
+    chosen = replace(
+        config, model=with_depth(config.model, best.depth), train=replace(config.train, time_budget=best.seconds)
+    )
     return chosen, recipe_note(best, speeds, time.perf_counter() - started)
 
 
@@ -73,6 +77,7 @@ def recipe_note(choice: DepthChoice, speeds: dict[int, float], seconds: float) -
     return {
         "depth": choice.depth,
         "parameters": choice.parameters,
+        "seconds": round(choice.seconds, 1),
         "tokens": round(choice.tokens),
         "predicted_val_loss": round(choice.predicted_loss, 4),
         "measured_tokens_per_second": {str(depth): round(speed) for depth, speed in speeds.items()},

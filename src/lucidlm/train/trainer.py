@@ -29,7 +29,7 @@ from lucidlm.train import distributed
 from lucidlm.train.backends import NumpyBackend, TorchBackend, make_backend
 from lucidlm.train.checkpoint import load_training_state, save_checkpoint, write_json_atomic
 from lucidlm.train.metrics import MetricsLog
-from lucidlm.train.schedule import learning_rate
+from lucidlm.train.schedule import learning_rate, time_progress
 from lucidlm.train.tracking import open_tracker
 
 
@@ -204,6 +204,19 @@ def train(
     tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size * group.world_size
     budget = train_config.time_budget
 
+    def out_of_time() -> bool:
+        return budget is not None and time_progress(step, elapsed, train_config) >= 1
+
+    # seconds of the budget; with min_steps, the percent done (the seconds or the steps, whichever end later)
+    bar_unit = "step" if budget is None else "%" if train_config.min_steps else "s"
+
+    def bar_position() -> int:
+        if bar_unit == "step":
+            return step
+        if bar_unit == "%":
+            return min(100, round(100 * time_progress(step, elapsed, train_config)))
+        return round(elapsed)
+
     def evaluate_and_save(interrupted: bool = False) -> None:
         nonlocal best_val_loss, val_loss
         if not interrupted:
@@ -227,9 +240,9 @@ def train(
         save_checkpoint(run_dir, step, weights, tensors, progress_state, is_best)
 
     bar = tqdm(
-        total=round(budget) if budget else train_config.max_steps,
-        initial=0 if budget else step,
-        unit="s" if budget else "step",
+        total={"step": train_config.max_steps, "%": 100, "s": round(budget or 0)}[bar_unit],
+        initial=step if bar_unit == "step" else 0,
+        unit=bar_unit,
         dynamic_ncols=True,
         disable=not group.is_main or (None if progress is None else not progress),
         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
@@ -240,7 +253,7 @@ def train(
     last_evaluated = step if resume else -1
     with StopRequest() as stop:
         # Every process must take the same decision to stop, or the others would wait for it forever.
-        stopping = group.any(stop.requested or bool(budget and elapsed >= budget), device)
+        stopping = group.any(stop.requested or out_of_time(), device)
         while step < train_config.max_steps and not stopping:
             started = time.perf_counter()
             lr = learning_rate(step, elapsed, train_config)
@@ -262,7 +275,7 @@ def train(
                         {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": grad_norm,
                          "train/tokens_per_second": tokens_per_second}, step
                     )  # fmt: skip
-            bar.update(round(elapsed) - bar.n if budget else 1)
+            bar.update(bar_position() - bar.n)
             bar.set_postfix_str(
                 f"step {step} loss {train_loss:.4f} lr {lr:.2e} {rate_tokens / rate_time:,.0f} tok/s", refresh=False
             )
@@ -272,7 +285,7 @@ def train(
                 if group.is_main:
                     bpb = "" if val_bpb() is None else f" ({val_bpb():.4f} bits/byte)"
                     bar.write(f"step {step}: val loss {val_loss:.4f}{bpb}, {elapsed:.0f}s")
-            stopping = group.any(stop.requested or bool(budget and elapsed >= budget), device)
+            stopping = group.any(stop.requested or out_of_time(), device)
         if step != last_evaluated:
             evaluate_and_save(interrupted=stop.requested)
     bar.close()
