@@ -51,14 +51,14 @@ def explain(model: GPT, ids: list[int], position: int, layer: int = 0, head: int
             heatmap = {"layer": layer, "head": head, "weights": listed(weights[head])}
         layers.append(
             {
-                "ln_1": listed(block["ln1.hook_normalized"][position]),
+                "ln_1": listed(model.transformer.h[n].ln_1(block["hook_resid_pre"][position])),  # gain applied
                 "q": listed(block["attn.hook_rot_q" if rotated else "attn.hook_q"][position]),  # (H, D)
                 "scores": listed(block["attn.hook_attn_scores"][:, position]),  # (H, T): masked ones None
                 "weights": listed(weights[:, position]),  # (H, T)
                 "heads": listed(block["attn.hook_z"][position].flatten()),  # (H * D): side by side
                 "attention": listed(block["hook_attn_out"][position]),
                 "after_attention": listed(block["hook_resid_mid"][position]),
-                "ln_2": listed(block["ln2.hook_normalized"][position]),
+                "ln_2": listed(model.transformer.h[n].ln_2(block["hook_resid_mid"][position])),
                 "activations": listed(block["mlp.hook_post"][position]),
                 "mlp": listed(block["hook_mlp_out"][position]),
             }
@@ -73,6 +73,6 @@ def explain(model: GPT, ids: list[int], position: int, layer: int = 0, head: int
         "layers": layers,
         "heatmap": heatmap,
         "residual_norms": [float(r[position].float().norm()) for r in residual],
-        "ln_f": listed(at["ln_final.hook_normalized"][position]),
+        "ln_f": listed(model.transformer.ln_f(residual[-1][position])),
         "logits": listed(logits[0, position]),
     }

@@ -153,6 +153,37 @@ def test_logits_and_greedy_text_equal_transformers(hub_dir):
     assert list(generate_ids(ours, ids, 12, SamplingConfig(temperature=0))) == expected.tolist()
 
 
+def test_every_hook_point_holds_what_transformer_lens_caches_there(hub_dir):
+    """TransformerLens (its TransformerBridge on the same Hub directory, in compatibility mode with no weight
+    processing: nothing folded or centred) caches the same activations as run_with_cache at every name of ours,
+    and gives the same logits when the same head is zero-ablated through the same hook."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    _, directory = hub_dir
+    ours, tokenizer, _ = load_model(f"hf:{directory}")
+    bridge = TransformerBridge.boot_transformers(str(directory), device="cpu")
+    bridge.enable_compatibility_mode(no_processing=True)
+    ids = torch.tensor([tokenizer.prompt_ids("First Citizen:\nBefore we proceed")])
+    with torch.no_grad():
+        _, theirs = bridge.run_with_cache(ids)
+        shared = [name for name in ours.hook_names() if name in theirs]
+        _, cache = ours.run_with_cache(ids, shared)
+    assert shared == ours.hook_names()  # every point of ours is one of theirs
+    for name in shared:
+        torch.testing.assert_close(cache[name], theirs[name], rtol=0, atol=1e-4, msg=name)
+
+    def zero_head_1(z: torch.Tensor, *_) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, 1] = 0
+        return z
+
+    with torch.no_grad():
+        ablated = ours.run_with_hooks(ids, {"blocks.1.attn.hook_z": zero_head_1})
+        expected = bridge.run_with_hooks(ids, fwd_hooks=[("blocks.1.attn.hook_z", lambda z, hook: zero_head_1(z))])
+    torch.testing.assert_close(ablated, expected, rtol=0, atol=1e-4)
+    assert not torch.allclose(ablated, ours(ids)[0], atol=1e-3)
+
+
 def test_the_lens_reads_a_hub_model_and_its_attributions_add_up(hub_dir):
     """Each family's layout (GPT-2's LayerNorm and biases; Llama's and Qwen3's RMSNorm, grouped-query heads and
     head sizes other than hidden / heads) through the hook points; and `lucidlm lens` on `hf:DIR`."""

@@ -9,7 +9,12 @@ from lucidlm.model import GPT, GPTConfig
 def model_for(**switches) -> GPT:
     torch.manual_seed(0)
     settings = dict(vocab_size=29, block_size=10, n_layer=2, n_head=4, n_embd=32, bias=True) | switches
-    return GPT(GPTConfig(**settings)).eval()
+    model = GPT(GPTConfig(**settings)).eval()
+    with torch.no_grad():  # gains and biases other than ones and zeros, which would hide a point on the wrong side
+        for parameter in model.parameters():
+            if parameter.dim() == 1:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    return model
 
 
 IDS = torch.randint(0, 29, (2, 9), generator=torch.Generator().manual_seed(1))
@@ -22,6 +27,8 @@ def test_the_names_are_transformerlens_names_in_forward_order():
     assert len(names) == 3 + 2 * 15  # no rotated queries without RoPE or QK-norm
     rope = model_for(positions="rope", n_kv_head=2).hook_names()
     assert "hook_pos_embed" not in rope and "blocks.1.attn.hook_rot_k" in rope and len(rope) == 2 + 2 * 17
+    gated = model_for(mlp="swiglu").hook_names()  # SwiGLU's value side has a point of its own
+    assert "blocks.0.mlp.hook_pre_linear" in gated and len(gated) == 3 + 2 * 16
 
 
 @pytest.mark.parametrize("switches", [{}, dict(positions="rope", n_kv_head=2, norm="rmsnorm", mlp="swiglu")], ids=str)
@@ -38,11 +45,33 @@ def test_each_point_holds_what_its_name_says(switches):
             torch.testing.assert_close(at["hook_attn_out"], block.attn.c_proj(heads), rtol=0, atol=0)
             torch.testing.assert_close(at["hook_resid_mid"], at["hook_resid_pre"] + at["hook_attn_out"])
             torch.testing.assert_close(at["hook_resid_post"], at["hook_resid_mid"] + at["hook_mlp_out"])
-            torch.testing.assert_close(at["mlp.hook_post"], block.mlp.activation(at["mlp.hook_pre"]), rtol=0, atol=0)
+            if "mlp.hook_pre_linear" in at:  # SwiGLU: silu(gate) * value
+                gated = torch.nn.functional.silu(at["mlp.hook_pre"]) * at["mlp.hook_pre_linear"]
+                torch.testing.assert_close(at["mlp.hook_post"], gated, rtol=0, atol=0)
+                pre = torch.cat([at["mlp.hook_pre"], at["mlp.hook_pre_linear"]], -1)
+            else:
+                torch.testing.assert_close(
+                    at["mlp.hook_post"], block.mlp.activation(at["mlp.hook_pre"]), rtol=0, atol=0
+                )
+                pre = at["mlp.hook_pre"]
+            torch.testing.assert_close(pre, block.mlp.c_fc(block.ln_2(at["hook_resid_mid"])), rtol=0, atol=1e-5)
             torch.testing.assert_close(at["attn.hook_pattern"], at["attn.hook_attn_scores"].softmax(-1))
+            for norm, point, before in [(block.ln_1, "ln1", "hook_resid_pre"), (block.ln_2, "ln2", "hook_resid_mid")]:
+                assert_before_the_gain(norm, at[f"{point}.hook_normalized"], at[before])
         final = cache["ln_final.hook_normalized"]
-        torch.testing.assert_close(final, model.transformer.ln_f(cache["blocks.1.hook_resid_post"]), rtol=0, atol=0)
-        torch.testing.assert_close(logits, model.lm_head(final), rtol=0, atol=0)
+        assert_before_the_gain(model.transformer.ln_f, final, cache["blocks.1.hook_resid_post"])
+        residual = cache["blocks.1.hook_resid_post"]
+        torch.testing.assert_close(logits, model.lm_head(model.transformer.ln_f(residual)), rtol=0, atol=1e-5)
+
+
+def assert_before_the_gain(norm: torch.nn.Module, normalized: torch.Tensor, stream: torch.Tensor) -> None:
+    """A norm's point holds the normalised stream before the gain and bias, as TransformerLens's does: the
+    norm's output once the gain is applied, and not that output itself."""
+    if isinstance(norm, torch.nn.LayerNorm):
+        torch.testing.assert_close(normalized.mean(-1), torch.zeros(normalized.shape[:-1]), rtol=0, atol=1e-5)
+    gained = normalized * norm.weight + (norm.bias if getattr(norm, "bias", None) is not None else 0)
+    torch.testing.assert_close(gained, norm(stream), rtol=0, atol=1e-5)
+    assert not torch.allclose(normalized, norm(stream), atol=1e-2)
 
 
 def test_a_hook_that_looks_changes_nothing_and_one_that_replaces_does():

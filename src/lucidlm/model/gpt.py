@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lucidlm.model.config import GPTConfig
-from lucidlm.model.hooks import BLOCK_POINTS, ROTATED_POINTS, Hook, HookPoints, Hooks
+from lucidlm.model.hooks import BLOCK_POINTS, GATED_POINTS, ROTATED_POINTS, Hook, HookPoints, Hooks
 from lucidlm.model.kernels import RMSNorm, attention, gelu_tanh, written_out_attention
 from lucidlm.model.kv_cache import KVCache, SlotKVCache, StaticKVCache
 
@@ -151,19 +151,20 @@ class MLP(HookPoints, nn.Module):
         self.dropout = make_dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.hook("mlp.hook_pre", self.c_fc(x))
-        return self.dropout(self.c_proj(self.hook("mlp.hook_post", self.activation(h))))
+        h = self.c_fc(x)
+        if self.kind == "swiglu":
+            gate, value = h.chunk(2, dim=-1)  # (B, T, hidden) each
+            activated = F.silu(self.hook("mlp.hook_pre", gate)) * self.hook("mlp.hook_pre_linear", value)
+        else:
+            activated = self.activation(self.hook("mlp.hook_pre", h))
+        return self.dropout(self.c_proj(self.hook("mlp.hook_post", activated)))
 
     def activation(self, h: torch.Tensor) -> torch.Tensor:
-        """(B, T, hidden) from c_fc's (B, T, hidden), or from its (B, T, 2 * hidden) for SwiGLU."""
         if self.kind == "gelu":
             return gelu_tanh(h)  # GPT-2's own formula
         if self.kind == "relu":
             return F.relu(h)
-        if self.kind == "relu2":
-            return F.relu(h).square()
-        gate, value = h.chunk(2, dim=-1)
-        return F.silu(gate) * value
+        return F.relu(h).square()  # relu2
 
 
 class Block(HookPoints, nn.Module):
@@ -179,9 +180,9 @@ class Block(HookPoints, nn.Module):
 
     def forward(self, x: torch.Tensor, rope=None, cache=None, mask=None) -> torch.Tensor:
         x = self.hook("hook_resid_pre", x)  # (B, T, C)
-        attended = self.attn(self.hook("ln1.hook_normalized", self.ln_1(x)), rope, cache, mask)
+        attended = self.attn(self.normalize("ln1.hook_normalized", self.ln_1, x), rope, cache, mask)
         x = self.hook("hook_resid_mid", x + self.hook("hook_attn_out", attended))
-        out = self.mlp(self.hook("ln2.hook_normalized", self.ln_2(x)))
+        out = self.mlp(self.normalize("ln2.hook_normalized", self.ln_2, x))
         return self.hook("hook_resid_post", x + self.hook("hook_mlp_out", out))
 
 
@@ -292,7 +293,7 @@ class GPT(HookPoints, nn.Module):
             x = block(x, rope, cache, mask)
         if cache is not None:
             cache.advance(T)
-        logits = self.lm_head(self.hook("ln_final.hook_normalized", self.transformer.ln_f(x)))  # (B, T, vocab)
+        logits = self.lm_head(self.normalize("ln_final.hook_normalized", self.transformer.ln_f, x))  # (B, T, vocab)
         loss = None
         if targets is not None:
             # bf16 logits are scored in fp32; fp32 and fp64 as they are
@@ -305,6 +306,7 @@ class GPT(HookPoints, nn.Module):
         c = self.config
         rotated = c.qk_norm or c.positions == "rope"
         points = [p for p in BLOCK_POINTS if rotated or p not in ROTATED_POINTS]
+        points = [p for p in points if c.mlp == "swiglu" or p not in GATED_POINTS]
         embeddings = ["hook_embed"] if c.positions == "rope" else ["hook_embed", "hook_pos_embed"]
         layers = [f"blocks.{layer}.{point}" for layer in range(c.n_layer) for point in points]
         return [*embeddings, *layers, "ln_final.hook_normalized"]

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 Hook = Callable[[torch.Tensor, str], torch.Tensor | None]
 
@@ -21,7 +23,7 @@ Hook = Callable[[torch.Tensor, str], torch.Tensor | None]
 # H query heads, K key/value heads, D head size, S keys (past + T), F the MLP's hidden width.
 BLOCK_POINTS = (
     "hook_resid_pre",  # (B, T, C) the residual stream entering the layer
-    "ln1.hook_normalized",  # (B, T, C) its normalised copy, the gain applied, that attention reads
+    "ln1.hook_normalized",  # (B, T, C) its normalised copy, before the gain (and bias) that attention's input gets
     "attn.hook_q",  # (B, T, H, D) queries, straight from the projection
     "attn.hook_k",  # (B, T, K, D) keys of the new positions
     "attn.hook_v",  # (B, T, K, D) values of the new positions
@@ -32,15 +34,19 @@ BLOCK_POINTS = (
     "attn.hook_z",  # (B, T, H, D) each head's output, the weighted sum of values
     "hook_attn_out",  # (B, T, C) attention's contribution to the residual stream
     "hook_resid_mid",  # (B, T, C) the stream after attention
-    "ln2.hook_normalized",  # (B, T, C) the normalised copy the MLP reads
-    "mlp.hook_pre",  # (B, T, F) the first projection (2F for SwiGLU: gate and value side by side)
+    "ln2.hook_normalized",  # (B, T, C) the normalised copy for the MLP, before the gain
+    "mlp.hook_pre",  # (B, T, F) the first projection; for SwiGLU, its gate side
+    "mlp.hook_pre_linear",  # (B, T, F) SwiGLU's value side, which the gate multiplies (gated MLPs only)
     "mlp.hook_post",  # (B, T, F) after the activation
     "hook_mlp_out",  # (B, T, C) the MLP's contribution to the residual stream
     "hook_resid_post",  # (B, T, C) the stream leaving the layer
 )
 # Around the layers: "hook_embed" (the token embeddings), "hook_pos_embed" (the learned or sinusoidal position
-# embeddings; none with RoPE) and "ln_final.hook_normalized" (what the unembedding reads), each (B, T, C).
+# embeddings; none with RoPE) and "ln_final.hook_normalized" (the final norm's, before its gain), each (B, T, C).
+# As in TransformerLens, a norm's point sits between the normalisation and the gain: there a hook sees (and may
+# replace) the direction the norm gives every position, before the learned per-channel scale.
 ROTATED_POINTS = ("attn.hook_rot_q", "attn.hook_rot_k")
+GATED_POINTS = ("mlp.hook_pre_linear",)
 
 
 class Hooks(dict[str, Hook]):
@@ -69,3 +75,16 @@ class HookPoints:
 
     def hooked(self, point: str) -> bool:
         return bool(self.hooks) and self.prefix + point in self.hooks
+
+    def normalize(self, point: str, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """norm(x), LayerNorm or RMSNorm; when a hook is set at `point`, in two steps with the point between
+        the normalisation and the gain. With none, the norm's own kernel runs."""
+        if not self.hooked(point):
+            return norm(x)
+        if isinstance(norm, nn.LayerNorm):
+            normalized = F.layer_norm(x, norm.normalized_shape, eps=norm.eps)
+        else:
+            eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
+            normalized = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        out = self.hook(point, normalized) * norm.weight
+        return out if getattr(norm, "bias", None) is None else out + norm.bias
