@@ -1,5 +1,6 @@
-"""The model inspector of `lucidlm serve`: the model's card, every head's attention weights for a text, and the
-forward pass at one position (explain.py), with the pages that draw them (/ and /explain/)."""
+"""The model inspector of `lucidlm serve`: the model's card, every head's attention weights for a text, the
+logit lens and what each head does (lens.py), and the forward pass at one position (explain.py), with the pages
+that draw them (/ and /explain/)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from lucidlm.explain import explain
+from lucidlm.lens import ablation, head_scores, logit_lens
 from lucidlm.model import GPT
 from lucidlm.serve.http import STATIC, APIError, parse_body
 from lucidlm.serve.schemas import ServerSettings, encode_text
@@ -21,10 +23,16 @@ from lucidlm.tokenizers import Tokenizer
 
 WEB_STATIC = Path(__file__).parents[1] / "export" / "web" / "static"  # the explainer page, shared with the export
 EXPLAIN_TOKENS = 256  # the explainer's answer holds a (T, T) heatmap: the text's last 256 tokens at most
+LENS_TOKENS = 64  # the lens's grid has a column a token: the text's last 64 at most
 
 
 class AttentionBody(BaseModel):
     text: str
+
+
+class LensBody(BaseModel):
+    text: str
+    top: int = 3  # the tokens each cell of the logit lens lists
 
 
 class ExplainBody(BaseModel):
@@ -57,6 +65,28 @@ def add_inspector_routes(app: FastAPI, model: GPT, tokenizer: Tokenizer, setting
             "tokens": [tokenizer.decode([t]) for t in tokens],
             "weights": [[[[round(w, 4) for w in row] for row in head] for head in layer] for layer in weights],
         }
+
+    @app.post("/api/lens")
+    async def lens(request: Request):
+        body: LensBody = await parse_body(request, LensBody)
+        if not body.text:
+            raise APIError(400, "text must not be empty", "text")
+        if not 1 <= body.top <= 10:
+            raise APIError(400, f"top must lie in 1..10, not {body.top}", "top")
+        ids = encode_text(tokenizer, body.text, "text")[-min(LENS_TOKENS, model.config.block_size) :]
+        view = await asyncio.to_thread(logit_lens, model, ids, body.top)
+        decoded = [[[tokenizer.decode([t]) for t in cell] for cell in row] for row in view["top_tokens"]]
+        return {**view, "tokens": [tokenizer.decode([t]) for t in ids], "top_tokens": decoded}
+
+    @app.post("/api/heads")
+    async def heads(request: Request):
+        body: AttentionBody = await parse_body(request, AttentionBody)
+        ids = encode_text(tokenizer, body.text, "text")[-model.config.block_size :]
+        if len(ids) < 2:
+            raise APIError(400, "give a text of at least 2 tokens: the ablation scores the predictions in it", "text")
+        scores = await asyncio.to_thread(head_scores, model)
+        removed = await asyncio.to_thread(ablation, model, ids)
+        return {**scores, "ablation": removed}
 
     @app.post("/api/explain")
     async def explain_position(request: Request):

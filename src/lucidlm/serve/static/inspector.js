@@ -133,7 +133,7 @@ async function generate() {
 }
 
 async function refreshAttention() {
-  const text = $("prompt").value + tokens.map((t) => t.text).join("");
+  const text = currentText();
   if (!text) return;
   const response = await fetch("/api/attention", {
     method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({text}),
@@ -168,7 +168,89 @@ function drawHeatmap() {
   canvas.dataset.drawn = String(n);
 }
 
+function currentText() {
+  return $("prompt").value + tokens.map((t) => t.text).join("");
+}
+
+async function postJSON(path, body) {
+  const response = await fetch(path, {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+  });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(answer.error.message);
+  return answer;
+}
+
+function cell(row, text, shade, title) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (shade) td.style.background = shade;
+  if (title) td.title = title;
+  return td;
+}
+
+// The logit lens: a row a reading (the embeddings, then each layer), a column a position.
+async function refreshLens() {
+  const table = $("lens");
+  table.innerHTML = "";
+  let lens;
+  try {
+    lens = await postJSON("/api/lens", {text: currentText(), top: 3});
+  } catch (error) {
+    cell(table.insertRow(), `error: ${error.message}`);
+    return;
+  }
+  const header = table.createTHead().insertRow();
+  header.appendChild(document.createElement("th"));
+  for (const token of lens.tokens) header.appendChild(document.createElement("th")).textContent = shown(token);
+  header.appendChild(document.createElement("th")).textContent = "KL";
+  const body = table.createTBody();
+  lens.layers.forEach((layer, l) => {
+    const row = body.insertRow();
+    row.appendChild(document.createElement("th")).textContent = layer;
+    lens.top_tokens[l].forEach((top, t) => {
+      const p = lens.top_probabilities[l][t];
+      const runners = top.map((text, k) => `${JSON.stringify(text)} ${p[k].toFixed(3)}`).join("\n");
+      cell(row, shown(top[0]), probabilityColour(p[0]), runners);
+    });
+    cell(row, lens.kl_to_output[l].toFixed(3));
+  });
+  table.dataset.drawn = String(lens.layers.length);
+}
+
+function headTable(table, caption, values, colour) {
+  table.innerHTML = "";
+  table.createCaption().textContent = caption;
+  const header = table.createTHead().insertRow();
+  header.appendChild(document.createElement("th"));
+  values[0].forEach((_, h) => { header.appendChild(document.createElement("th")).textContent = `head ${h}`; });
+  const body = table.createTBody();
+  values.forEach((heads, l) => {
+    const row = body.insertRow();
+    row.appendChild(document.createElement("th")).textContent = `layer ${l}`;
+    for (const value of heads) cell(row, value.toFixed(3), colour(value));
+  });
+}
+
+async function refreshHeads() {
+  let heads;
+  try {
+    heads = await postJSON("/api/heads", {text: currentText()});
+  } catch (error) {
+    $("induction").innerHTML = "";
+    cell($("induction").insertRow(), `error: ${error.message}`);
+    return;
+  }
+  headTable($("induction"), "induction score", heads.induction, (s) => `rgba(35, 57, 93, ${0.8 * s})`);
+  const largest = Math.max(1e-9, ...heads.ablation.heads.flat().map(Math.abs));
+  headTable($("ablation"), `loss added by zeroing the head (base ${heads.ablation.loss.toFixed(3)})`,
+            heads.ablation.heads, (d) => `rgba(190, 60, 40, ${0.8 * Math.max(0, d) / largest})`);
+  $("induction").dataset.drawn = $("ablation").dataset.drawn = String(heads.induction.length);
+}
+
 for (const id of ["temperature", "top-k", "top-p", "max-tokens"]) $(id).addEventListener("input", showSliders);
+$("refresh-lens").addEventListener("click", refreshLens);
+$("refresh-heads").addEventListener("click", refreshHeads);
 $("generate").addEventListener("click", generate);
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("refresh-attention").addEventListener("click", refreshAttention);
