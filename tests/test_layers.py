@@ -21,8 +21,8 @@ LAYERS = [
     ["tokenizers", "model"],
     ["config", "data", "scratch", "scaling"],
     ["device"],
-    ["generate", "explain", "lens"],
-    ["chat"],
+    ["generate", "lens"],
+    ["chat", "explain"],  # the explainer reads each layer's stream as the logit lens does
     ["evaluate", "export"],
     ["load"],
     ["train", "serve"],

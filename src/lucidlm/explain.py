@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from lucidlm.lens import read_out
 from lucidlm.model import GPT
 
 
@@ -26,6 +27,13 @@ def listed(tensor: torch.Tensor) -> list:
         return [finite(v) for v in value] if isinstance(value, list) else None if value == -math.inf else value
 
     return finite(tensor.float().tolist())
+
+
+def position_lens(model: GPT, streams: list[torch.Tensor]) -> dict:
+    """The logit lens at one position: each stream (after the embeddings, after each layer) read through the
+    final norm and the unembedding; the token each reading would pick, and its probability."""
+    probabilities, tokens = torch.stack([read_out(model, s).float().softmax(-1) for s in streams]).max(-1)
+    return {"tokens": tokens.tolist(), "probabilities": probabilities.tolist()}
 
 
 @torch.inference_mode()
@@ -73,6 +81,7 @@ def explain(model: GPT, ids: list[int], position: int, layer: int = 0, head: int
         "layers": layers,
         "heatmap": heatmap,
         "residual_norms": [float(r[position].float().norm()) for r in residual],
+        "lens": position_lens(model, [r[position] for r in residual]),
         "ln_f": listed(model.transformer.ln_f(residual[-1][position])),
         "logits": listed(logits[0, position]),
     }

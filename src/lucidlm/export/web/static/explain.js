@@ -4,7 +4,7 @@
 //   generate(prompt, {maxNewTokens, temperature, topK, topP, seed}) -> {ids, text}, trace(ids) -> every
 //   intermediate of one forward pass, view(ids, position) -> explain.py's view of one position, shown() -> the
 //   ids and position on screen, and the model itself (model, KVCache).
-import { GPT, KVCache, filter_logits, generate_ids, load_model, softmax } from "./gpt.js";
+import { GPT, KVCache, argmax, filter_logits, generate_ids, load_model, softmax } from "./gpt.js";
 import { load_tokenizer } from "./tokenizer.js";
 
 const $ = (id) => document.getElementById(id);
@@ -121,9 +121,22 @@ function atPosition(full, position, texts, { layer = 0, head = 0 } = {}) {
     })),
     heatmap: { layer, head, weights: Array.from({ length: T }, (_, r) => row(full.layers[layer].weights, T, head * T + r)) },
     residual_norms: full.residual.map((x) => Math.hypot(...row(x, C))),
+    lens: lensAt(full.residual.map((x) => x.subarray(position * C, (position + 1) * C))),
     ln_f: row(full.ln_f, C),
     logits: row(full.logits, V),
   };
+}
+
+// The logit lens at one position (explain.py's "lens"): the stream after the embeddings and after each layer,
+// read through the final norm and the output matrix; each reading's most likely next token and its probability.
+function lensAt(streams) {
+  const tokens = [], probabilities = [];
+  for (const stream of streams) {
+    const p = softmax(model.unembed_forward(stream, 1).logits), best = argmax(p);
+    tokens.push(best);
+    probabilities.push(p[best]);
+  }
+  return { tokens, probabilities };
 }
 
 // The page's own GPT: one forward pass per text, then any position of it.
@@ -210,6 +223,8 @@ function explain() {
   step("MLP activations", `The ${c.mlp_hidden} hidden units after ${c.mlp === "swiglu" ? "SwiGLU" : c.mlp.toUpperCase()}, from the second norm of the stream (${lessonLink(15, "the transformer block")}).`, strip(record.activations));
   step("The residual stream", `Its length at this position after each layer: each block adds to the stream rather than replacing it (${lessonLink(14, "residual connections")}).`,
     bars(view.residual_norms.map((n, i) => [i === 0 ? "embeddings" : `after layer ${i - 1}`, n])));
+  step("The logit lens", `Each of those streams read as if it were the last, through the final norm and the output matrix: the next token it would pick, and how sure it is. The last row is the model's own answer (${lessonLink(22, "the logit lens")}).`,
+    bars(view.lens.tokens.map((t, i) => [`${i === 0 ? "embeddings" : `layer ${i - 1}`}: ${tokenText(t)}`, view.lens.probabilities[i]])));
   step("Final norm", "The stream once more normalised, then multiplied by the output matrix to give a logit for every token.", strip(view.ln_f));
   const top = topIndices(view.logits, 10);
   step("Logits", `The ten largest of ${c.vocab_size}: the model's scores for the next token.`, bars(top.map((i) => [tokenText(i), view.logits[i]])));

@@ -243,11 +243,18 @@ class GPT {
       }
     }
     cache.length += T;
-    const final = this.norm_forward(x, T, "transformer.ln_f");
-    const head = this.optional("lm_head.weight") || wte; // tied: the head is the token embedding
-    const logits = linear_forward(final, T, head, null, C, c.vocab_size);
+    const { final, logits } = this.unembed_forward(x, T);
     if (trace) Object.assign(trace, { ln_f: final, logits });
     return logits;
+  }
+
+  // Logits (T, V) from a residual stream (T, C): the final norm, then the output matrix. The logit lens reads
+  // the stream after every layer through it (lens.py's read_out).
+  unembed_forward(x, T) {
+    const c = this.config;
+    const final = this.norm_forward(x, T, "transformer.ln_f");
+    const head = this.optional("lm_head.weight") || this.weight("transformer.wte.weight"); // tied: the embedding
+    return { final, logits: linear_forward(final, T, head, null, c.n_embd, c.vocab_size) };
   }
 }
 
@@ -351,4 +358,4 @@ async function load_model(base = "") {
   return { model: new GPT(manifest.config, tensors), manifest };
 }
 
-export { GPT, KVCache, filter_logits, generate_ids, linear_forward, load_model, sample_next, softmax };
+export { GPT, KVCache, argmax, filter_logits, generate_ids, linear_forward, load_model, sample_next, softmax };
