@@ -39,11 +39,10 @@ data = torch.tensor([vocabulary.index(ch) for ch in text])
 config = GPTConfig(vocab_size=len(vocabulary), block_size=64, n_layer=4, n_head=2, n_embd=64)
 model = GPT(config)
 optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+windows = data[: len(data) // 65 * 65].view(-1, 65)  # the text cut into windows of 64 + 1 characters
 for _ in range(300):
-    starts = torch.randint(0, len(data) - 65, (16,))
-    x = torch.stack([data[s : s + 64] for s in starts])
-    y = torch.stack([data[s + 1 : s + 65] for s in starts])
-    loss = model(x, y)[1]
+    batch = windows[torch.randint(0, len(windows), (16,))]
+    loss = model(batch[:, :-1], batch[:, 1:])[1]  # each character predicts the next
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
