@@ -135,11 +135,11 @@ async function generate() {
 async function refreshAttention() {
   const text = currentText();
   if (!text) return;
-  const response = await fetch("/api/attention", {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({text}),
-  });
-  if (!response.ok) return;
-  attention = await response.json();
+  try {
+    attention = await postJSON("/api/attention", {text});
+  } catch {
+    return;
+  }
   drawHeatmap();
 }
 
