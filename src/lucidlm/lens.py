@@ -76,6 +76,17 @@ def logit_lens(model: GPT, ids: list[int], top: int = 5) -> dict:
     }
 
 
+def repeated_tokens(vocab_size: int, width: int, lengths: list[int], generator: torch.Generator) -> torch.Tensor:
+    """(len(lengths), width) random tokens, row r's first lengths[r] of them repeated right after themselves:
+    the data on which induction heads show (and grow), since nothing in it can be predicted but the repeat."""
+    if not all(1 <= n <= width // 2 for n in lengths):
+        raise ValueError(f"each repeated length must lie in 1..{width // 2} (half of the width)")
+    ids = torch.randint(0, vocab_size, (len(lengths), width), generator=generator)
+    for row, n in enumerate(lengths):
+        ids[row, n : 2 * n] = ids[row, :n]
+    return ids
+
+
 @torch.inference_mode()
 def head_scores(model: GPT, length: int | None = None, batch: int = 4, seed: int = 0) -> dict:
     """Previous-token, duplicate-token and induction scores (L, H) on `batch` sequences of `length` random
@@ -88,8 +99,8 @@ def head_scores(model: GPT, length: int | None = None, batch: int = 4, seed: int
     if not 2 <= length <= config.block_size // 2:
         raise ValueError(f"length must lie in 2..{config.block_size // 2} (half of block_size)")
     generator = torch.Generator().manual_seed(seed)
-    first = torch.randint(0, config.vocab_size, (batch, length), generator=generator)
-    ids = torch.cat([first, first], dim=1).to(model.lm_head.weight.device)  # (B, 2 * length)
+    ids = repeated_tokens(config.vocab_size, 2 * length, [length] * batch, generator)  # (B, 2 * length)
+    ids = ids.to(model.lm_head.weight.device)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(config.n_layer)]
     _, cache = model.run_with_cache(ids, names)
     pattern = torch.stack([cache[name].float() for name in names])  # (L, B, H, T, T)

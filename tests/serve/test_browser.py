@@ -46,7 +46,7 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/?token=browser-token")
         page.wait_for_selector("#lessons a")
-        assert page.locator("#lessons a").count() == 22
+        assert page.locator("#lessons a").count() == 23
         page.click("text=1. the dot product")
         page.wait_for_selector(".cell textarea")
         editor = page.locator(".cell textarea").first
@@ -60,7 +60,7 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "tutorial.png"), full_page=False)
         rendered = {}
-        for number in range(1, 23):  # every lesson's maths is laid out by the browser, none left as LaTeX
+        for number in range(1, 24):  # every lesson's maths is laid out by the browser, none left as LaTeX
             page.click(f"#lessons a[href='#{number}']")
             page.wait_for_selector(f"#lesson h2:has-text('Lesson {number}:')")
             text = page.locator("#lesson").inner_text()
