@@ -90,18 +90,24 @@ def repeated_tokens(vocab_size: int, width: int, lengths: list[int], generator: 
 @torch.inference_mode()
 def head_scores(model: GPT, length: int | None = None, batch: int = 4, seed: int = 0) -> dict:
     """Previous-token, duplicate-token and induction scores (L, H) on `batch` sequences of `length` random
-    tokens followed by the same tokens again (at most block_size in all).
-
-    Each score is the head's mean attention, over the repeated half's positions i, to one place: i - 1 (the
-    previous token), i - length (the same token's first copy), i - length + 1 (the token after that copy)."""
+    tokens followed by the same tokens again (at most block_size in all): `attention_scores` on
+    `repeated_tokens`."""
     config = model.config
     length = length or min(50, config.block_size // 2)
     if not 2 <= length <= config.block_size // 2:
         raise ValueError(f"length must lie in 2..{config.block_size // 2} (half of block_size)")
     generator = torch.Generator().manual_seed(seed)
     ids = repeated_tokens(config.vocab_size, 2 * length, [length] * batch, generator)  # (B, 2 * length)
-    ids = ids.to(model.lm_head.weight.device)
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(config.n_layer)]
+    return {**attention_scores(model, ids.tolist(), length), "length": length, "batch": batch}
+
+
+@torch.inference_mode()
+def attention_scores(model: GPT, rows: list[list[int]], length: int) -> dict:
+    """Each head's mean attention (L, H), over the rows (B, 2 * length: tokens, then the same again) and the
+    repeated half's positions i, to one place: i - 1 (the previous token), i - length (the same token's first
+    copy), i - length + 1 (the token after that copy, the induction score)."""
+    ids = torch.tensor(rows, device=model.lm_head.weight.device)  # (B, 2 * length)
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.config.n_layer)]
     _, cache = model.run_with_cache(ids, names)
     pattern = torch.stack([cache[name].float() for name in names])  # (L, B, H, T, T)
     queries = torch.arange(length, 2 * length, device=ids.device)
@@ -113,8 +119,6 @@ def head_scores(model: GPT, length: int | None = None, batch: int = 4, seed: int
         "previous_token": mean_attention(1).tolist(),
         "duplicate_token": mean_attention(length).tolist(),
         "induction": mean_attention(length - 1).tolist(),
-        "length": length,
-        "batch": batch,
     }
 
 

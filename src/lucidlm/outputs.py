@@ -92,7 +92,9 @@ TUTORIAL_SITE = OutputKind(
 )
 WEB_EXPORT = OutputKind(
     "web export",
-    frozenset({"index.html", "explain.js", "gpt.js", "tokenizer.js", "style.css", "model.json", "weights.bin"}),
+    frozenset(
+        {"index.html", "explain.js", "gpt.js", "tokenizer.js", "lensview.js", "style.css", "model.json", "weights.bin"}
+    ),
     "model.json",
     ("exported_by", "config", "tensors"),
 )

@@ -44,14 +44,19 @@ def test_bad_lens_requests_are_400s_that_name_the_field(server):
         assert answer.status_code == 400 and error["param"] == param and message in error["message"], body
 
 
-def test_the_inspector_draws_the_lens_and_the_heads(server, browser, model, tokenizer):
+@pytest.mark.parametrize("path", ["/", "/explain/"], ids=["inspector", "explainer"])
+def test_the_pages_draw_the_lens_and_the_heads(server, browser, model, tokenizer, path):
+    """The inspector, and the page `export --format web` writes as the server shows it at /explain/, draw the
+    lens view from /api/lens and /api/heads (lens.py's numbers) with the same tables (lensview.js)."""
     url, _ = server
     page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.goto(url + "/")
+    page.goto(url + path)
     page.wait_for_function("document.getElementById('model-name').textContent.includes('parameters')")
     page.fill("#prompt", "Hello there")
     page.click("#refresh-lens")
     page.wait_for_function("document.getElementById('lens').dataset.drawn === '3'")
+    page.click("#refresh-heads")
+    page.wait_for_function("document.getElementById('ablation').dataset.drawn === '2'")
     expected = logit_lens(model, tokenizer.encode("Hello there"), 3)
     rows = page.locator("#lens tbody tr")
     assert rows.count() == 3
@@ -64,11 +69,9 @@ def test_the_inspector_draws_the_lens_and_the_heads(server, browser, model, toke
             title = cells.nth(position).get_attribute("title")
             assert title.splitlines()[0] == f"{json.dumps(top, ensure_ascii=False)} {probability:.3f}"
         assert cells.nth(len("Hello there")).inner_text() == f"{expected['kl_to_output'][layer]:.3f}"
-    page.click("#refresh-heads")
-    page.wait_for_function("document.getElementById('ablation').dataset.drawn === '2'")
     scores = head_scores(model)["induction"]
     shown = page.locator("#induction tbody tr").nth(1).locator("td").nth(1).inner_text()
     assert shown == f"{scores[1][1]:.3f}"
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "inspector-lens.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"lens-view-{path.strip('/') or 'inspector'}.png"), full_page=True)
     page.close()

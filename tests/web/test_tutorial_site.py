@@ -106,7 +106,7 @@ def test_the_site_built_with_a_checkpoint_holds_its_models_page(tmp_path, data_d
     site = tmp_path / "site"
     assert '<a href="model/index.html">' in (site / "index.html").read_text()
     assert sorted(p.name for p in (site / "model").iterdir()) == [
-        "explain.js", "gpt.js", "index.html", "model.json", "style.css", "tokenizer.js", "weights.bin",
+        "explain.js", "gpt.js", "index.html", "lensview.js", "model.json", "style.css", "tokenizer.js", "weights.bin",
     ]  # fmt: skip
     exported = run_lucidlm("export", "--checkpoint", tmp_path / "run", "--format", "web", "--out", tmp_path / "web")
     assert exported.returncode == 0 and "python -m http.server -d" in exported.stdout, exported.stderr

@@ -11,6 +11,7 @@ from lucidlm.explain import explain
 from lucidlm.export.web import export_web
 from lucidlm.export.web import model as web_model
 from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.lens import ablation, attention_scores, logit_lens, repeated_tokens
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 
@@ -192,6 +193,35 @@ def test_the_explainers_view_of_a_position_equals_explain_py(exported):
         ours = page.evaluate("([ids, p, l, h]) => window.lucidlm.view(ids, p, l, h)", [ids, position, layer, head])
         reference = {**explain(model, ids, position, layer, head), "texts": [tokenizer.decode([i]) for i in ids]}
         assert_numbers_close(ours, reference)
+
+
+def test_the_pages_lens_and_heads_equal_lens_py(exported):
+    """The page's logit lens, head scores and ablation (gpt.js, with its hook points) are lens.py's numbers, and
+    its lens view draws them."""
+    _, model, tokenizer, page, _, _ = exported
+    ids = tokenizer.encode("First Citizen:\nBefore we proceed")[:20]
+    ours = page.evaluate("([ids]) => window.lucidlm.lens(ids, 3)", [ids])
+    reference = logit_lens(model, ids, 3)
+    assert ours["layers"] == reference["layers"] and ours["tokens"] == [tokenizer.decode([i]) for i in ids]
+    assert_numbers_close(ours["kl_to_output"], reference["kl_to_output"])
+    assert_numbers_close(ours["top_probabilities"], reference["top_probabilities"])
+    for layer, row in enumerate(reference["top_tokens"]):
+        for position, top in enumerate(row):
+            probabilities = reference["top_probabilities"][layer][position]
+            if probabilities[0] - probabilities[1] > 1e-4:  # a clear favourite: the same token on both sides
+                assert ours["top_tokens"][layer][position][0] == tokenizer.decode([top[0]]), (layer, position)
+    rows = repeated_tokens(model.config.vocab_size, 20, [10, 10], torch.Generator().manual_seed(0)).tolist()
+    scores = page.evaluate("([rows]) => window.lucidlm.headScores(rows, 10)", [rows])
+    assert_numbers_close(scores, attention_scores(model, rows, 10))
+    for kind in ("zero", "mean"):
+        removed = page.evaluate("([ids, kind]) => window.lucidlm.ablation(ids, kind)", [ids, kind])
+        assert_numbers_close(removed, ablation(model, ids, kind))
+    page.fill("#prompt", "First Citizen:")
+    page.click("#refresh-lens")
+    page.wait_for_function("document.getElementById('lens').dataset.drawn === '3'")
+    page.click("#refresh-heads")
+    page.wait_for_function("document.getElementById('ablation').dataset.drawn === '2'")
+    assert page.locator("#induction tbody tr").count() == 2 and page.locator("#lens tbody tr").count() == 3
 
 
 def test_the_page_works_offline_and_draws_the_forward_pass(exported):

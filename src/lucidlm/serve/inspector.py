@@ -123,7 +123,7 @@ def add_inspector_routes(app: FastAPI, model: GPT, tokenizer: Tokenizer, setting
     async def explainer_file(name: str):
         if name == "style.css":
             return FileResponse(STATIC / name, media_type="text/css")
-        if name not in ("explain.js", "gpt.js", "tokenizer.js"):
+        if name not in ("explain.js", "gpt.js", "tokenizer.js", "lensview.js"):
             raise APIError(404, f"no such file: /explain/{name}")
         return FileResponse(WEB_STATIC / name, media_type="text/javascript")
 

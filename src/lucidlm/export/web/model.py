@@ -2,7 +2,7 @@
 installed: its forward pass, sampling and explainer in plain JavaScript (static/gpt.js, tokenizer.js,
 explain.js), the weights as one float32 file.
 
-    index.html, explain.js, gpt.js, tokenizer.js, style.css   the page and its scripts, copied as they are
+    index.html, explain.js, gpt.js, tokenizer.js, lensview.js, style.css   the page and its scripts, as they are
     model.json     the config, the tokenizer for the page's JavaScript, and where each tensor lies in weights.bin
     weights.bin    every tensor of `state_for_saving`, and the position tables, float32 little-endian, in order
 
@@ -31,7 +31,7 @@ from lucidlm.tokenizers.bpe import SPLIT_PATTERNS
 from lucidlm.tokenizers.word import WORD_PATTERN
 
 STATIC = Path(__file__).parent / "static"
-PAGE_FILES = ("index.html", "explain.js", "gpt.js", "tokenizer.js")
+PAGE_FILES = ("index.html", "explain.js", "gpt.js", "tokenizer.js", "lensview.js")
 STYLE = Path(__file__).resolve().parents[2] / "serve" / "static" / "style.css"
 # A page downloads all its weights before it shows anything, and runs them in JavaScript: beyond this a phone
 # waits too long and the page grows slow (a 50 MB float32 model is about 12M parameters).

@@ -1,20 +1,13 @@
 // The model inspector: streams a completion from /v1/completions (with logprobs, so every token arrives
-// with its probability and the top candidates), and draws attention weights from /api/attention.
-"use strict";
+// with its probability and the top candidates), and draws attention weights from /api/attention and the lens
+// view from /api/lens and /api/heads (with the exported page's drawing, lensview.js).
+import { cell, drawHeads, drawLens, probabilityColour, shown } from "/explain/lensview.js";
 
 const $ = (id) => document.getElementById(id);
 let modelId = null;
 let tokens = [];         // generated tokens: {text, logprob, top: [[text, logprob], ...]}
 let controller = null;   // aborts the running stream
 let attention = null;    // {tokens, weights[layer][head][query][key]}
-
-function shown(text) {
-  return text.replace(/\n/g, "⏎\n").replace(/\t/g, "⇥");
-}
-
-function probabilityColour(p) {
-  return `hsl(${Math.round(120 * p)}, 70%, 82%)`;  // 0: red, 1: green
-}
 
 async function loadModel() {
   const info = await (await fetch("/api/model")).json();
@@ -181,71 +174,23 @@ async function postJSON(path, body) {
   return answer;
 }
 
-function cell(row, text, shade, title) {
-  const td = row.insertCell();
-  td.textContent = text;
-  if (shade) td.style.background = shade;
-  if (title) td.title = title;
-  return td;
-}
-
 // The logit lens: a row a reading (the embeddings, then each layer), a column a position.
 async function refreshLens() {
-  const table = $("lens");
-  table.innerHTML = "";
-  let lens;
   try {
-    lens = await postJSON("/api/lens", {text: currentText(), top: 3});
+    drawLens($("lens"), await postJSON("/api/lens", {text: currentText(), top: 3}));
   } catch (error) {
-    cell(table.insertRow(), `error: ${error.message}`);
-    return;
+    $("lens").innerHTML = "";
+    cell($("lens").insertRow(), `error: ${error.message}`);
   }
-  const header = table.createTHead().insertRow();
-  header.appendChild(document.createElement("th"));
-  for (const token of lens.tokens) header.appendChild(document.createElement("th")).textContent = shown(token);
-  header.appendChild(document.createElement("th")).textContent = "KL";
-  const body = table.createTBody();
-  lens.layers.forEach((layer, l) => {
-    const row = body.insertRow();
-    row.appendChild(document.createElement("th")).textContent = layer;
-    lens.top_tokens[l].forEach((top, t) => {
-      const p = lens.top_probabilities[l][t];
-      const runners = top.map((text, k) => `${JSON.stringify(text)} ${p[k].toFixed(3)}`).join("\n");
-      cell(row, shown(top[0]), probabilityColour(p[0]), runners);
-    });
-    cell(row, lens.kl_to_output[l].toFixed(3));
-  });
-  table.dataset.drawn = String(lens.layers.length);
-}
-
-function headTable(table, caption, values, colour) {
-  table.innerHTML = "";
-  table.createCaption().textContent = caption;
-  const header = table.createTHead().insertRow();
-  header.appendChild(document.createElement("th"));
-  values[0].forEach((_, h) => { header.appendChild(document.createElement("th")).textContent = `head ${h}`; });
-  const body = table.createTBody();
-  values.forEach((heads, l) => {
-    const row = body.insertRow();
-    row.appendChild(document.createElement("th")).textContent = `layer ${l}`;
-    for (const value of heads) cell(row, value.toFixed(3), colour(value));
-  });
 }
 
 async function refreshHeads() {
-  let heads;
   try {
-    heads = await postJSON("/api/heads", {text: currentText()});
+    drawHeads($("induction"), $("ablation"), await postJSON("/api/heads", {text: currentText()}));
   } catch (error) {
     $("induction").innerHTML = "";
     cell($("induction").insertRow(), `error: ${error.message}`);
-    return;
   }
-  headTable($("induction"), "induction score", heads.induction, (s) => `rgba(35, 57, 93, ${0.8 * s})`);
-  const largest = Math.max(1e-9, ...heads.ablation.heads.flat().map(Math.abs));
-  headTable($("ablation"), `loss added by zeroing the head (base ${heads.ablation.loss.toFixed(3)})`,
-            heads.ablation.heads, (d) => `rgba(190, 60, 40, ${0.8 * Math.max(0, d) / largest})`);
-  $("induction").dataset.drawn = $("ablation").dataset.drawn = String(heads.induction.length);
 }
 
 for (const id of ["temperature", "top-k", "top-p", "max-tokens"]) $(id).addEventListener("input", showSliders);

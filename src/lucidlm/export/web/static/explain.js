@@ -3,8 +3,10 @@
 //   encode(text) -> ids, decode(ids) -> text, logits(ids) -> Float32Array (the last position's),
 //   generate(prompt, {maxNewTokens, temperature, topK, topP, seed}) -> {ids, text}, trace(ids) -> every
 //   intermediate of one forward pass, view(ids, position) -> explain.py's view of one position, shown() -> the
-//   ids and position on screen, and the model itself (model, KVCache).
-import { GPT, KVCache, argmax, filter_logits, generate_ids, load_model, softmax } from "./gpt.js";
+//   ids and position on screen, lens(ids, top), headScores(rows, length) and ablation(ids, kind) -> lens.py's
+//   logit_lens, attention_scores and ablation, and the model itself (model, KVCache).
+import { GPT, KVCache, argmax, filter_logits, generate_ids, load_model, seeded_uniforms, softmax } from "./gpt.js";
+import { cell, drawHeads, drawLens } from "./lensview.js";
 import { load_tokenizer } from "./tokenizer.js";
 
 const $ = (id) => document.getElementById(id);
@@ -36,6 +38,110 @@ function forwardTrace(ids) {
   const recorded = {};
   model.forward(ids.slice(-model.config.block_size), null, recorded);
   return recorded;
+}
+
+// --- looking inside: lens.py in this page ------------------------------------------------------------------
+
+const LENS_TOKENS = 64; // the lens's grid has a column a token: the text's last 64 at most, as the server's
+
+function logSoftmaxRows(logits, T, V) {
+  const out = new Float64Array(T * V);
+  for (let t = 0; t < T; t++) {
+    const row = logits.subarray(t * V, (t + 1) * V);
+    let max = -Infinity;
+    for (const v of row) if (v > max) max = v;
+    let total = 0;
+    for (const v of row) total += Math.exp(v - max);
+    const shift = max + Math.log(total);
+    for (let v = 0; v < V; v++) out[t * V + v] = row[v] - shift;
+  }
+  return out;
+}
+
+// logit_lens: each reading of the stream (after the embeddings, after each layer) through the final norm and
+// the output matrix, with its `top` tokens (as texts) and their probabilities at every position, and its mean
+// KL divergence from the output over the positions.
+function logitLens(ids, top = 3) {
+  const full = forwardTrace(ids), c = model.config, T = full.ids.length, V = c.vocab_size;
+  const output = logSoftmaxRows(full.logits, T, V);
+  const lens = { layers: ["embeddings"], tokens: full.ids.map((id) => tokenizer.decode([id])), top_tokens: [], top_probabilities: [], kl_to_output: [] };
+  for (let l = 0; l < c.n_layer; l++) lens.layers.push(`layer ${l}`);
+  for (const stream of full.residual) {
+    const reading = logSoftmaxRows(model.unembed_forward(stream, T).logits, T, V);
+    const tokens = [], probabilities = [];
+    let kl = 0;
+    for (let t = 0; t < T; t++) {
+      const row = reading.subarray(t * V, (t + 1) * V);
+      const best = topIndices(row, top);
+      tokens.push(best.map((i) => tokenizer.decode([i])));
+      probabilities.push(best.map((i) => Math.exp(row[i])));
+      for (let v = 0; v < V; v++) kl += Math.exp(output[t * V + v]) * (output[t * V + v] - row[v]);
+    }
+    lens.top_tokens.push(tokens);
+    lens.top_probabilities.push(probabilities);
+    lens.kl_to_output.push(kl / T);
+  }
+  return lens;
+}
+
+// attention_scores: each head's mean attention (L, H) over `rows` (tokens, then the same `length` tokens
+// again) and the repeated half's positions i, to i - 1, to i - length and to i - length + 1.
+function attentionScores(rows, length) {
+  const c = model.config;
+  const offsets = { previous_token: 1, duplicate_token: length, induction: length - 1 };
+  const scores = {};
+  for (const name of Object.keys(offsets)) scores[name] = Array.from({ length: c.n_layer }, () => new Array(c.n_head).fill(0));
+  for (const ids of rows) {
+    const full = forwardTrace(ids), T = ids.length;
+    full.layers.forEach((record, l) => {
+      for (let h = 0; h < c.n_head; h++) {
+        for (let i = length; i < 2 * length; i++) {
+          for (const [name, offset] of Object.entries(offsets)) scores[name][l][h] += record.weights[(h * T + i) * record.S + i - offset] / (rows.length * length);
+        }
+      }
+    });
+  }
+  return scores;
+}
+
+// head_scores: attentionScores on four rows of random tokens repeated once (the page's own random draws).
+function headScores() {
+  const c = model.config, length = Math.min(50, Math.floor(c.block_size / 2)), uniform = seeded_uniforms(0);
+  const rows = Array.from({ length: 4 }, () => {
+    const first = Array.from({ length }, () => Math.floor(uniform() * c.vocab_size));
+    return [...first, ...first];
+  });
+  return { ...attentionScores(rows, length), length, batch: rows.length };
+}
+
+// ablation: the loss over `ids`, and the loss each head (L, H) and each MLP (L) adds when its output is
+// replaced by zeros ("zero") or by its mean over the text's positions ("mean"), through gpt.js's hook points.
+function ablation(ids, kind = "zero") {
+  if (ids.length < 2) throw new Error("give a text of at least 2 tokens: the ablation scores the predictions in it");
+  const c = model.config, V = c.vocab_size, HD = c.n_head * c.head_dim, inputs = ids.slice(0, -1), T = inputs.length;
+  const loss = (hooks) => {
+    const logp = logSoftmaxRows(model.forward(inputs, null, null, hooks), T, V);
+    let total = 0;
+    for (let t = 0; t < T; t++) total -= logp[t * V + ids[t + 1]];
+    return total / T;
+  };
+  const full = forwardTrace(inputs);
+  const meanOver = (values, width) => {
+    const mean = new Float64Array(width);
+    for (let t = 0; t < T; t++) for (let i = 0; i < width; i++) mean[i] += values[t * width + i] / T;
+    return mean;
+  };
+  // the columns [from, from + count) of a (T, width) activation, replaced
+  const replacing = (width, from, count, mean) => (values) => {
+    for (let t = 0; t < T; t++) for (let i = from; i < from + count; i++) values[t * width + i] = kind === "zero" ? 0 : mean[i];
+  };
+  const base = loss(null);
+  const heads = full.layers.map((record, l) => {
+    const mean = meanOver(record.heads, HD);
+    return Array.from({ length: c.n_head }, (_, h) => loss({ [`blocks.${l}.attn.hook_z`]: replacing(HD, h * c.head_dim, c.head_dim, mean) }) - base);
+  });
+  const mlps = full.layers.map((record, l) => loss({ [`blocks.${l}.hook_mlp_out`]: replacing(c.n_embd, 0, c.n_embd, meanOver(record.mlp, c.n_embd)) }) - base);
+  return { kind, loss: base, heads, mlps };
 }
 
 // --- pictures ------------------------------------------------------------------------------------------------
@@ -152,6 +258,8 @@ function pageSource() {
     async complete(prompt, settings) {
       return generate(prompt, settings).text;
     },
+    lens: async (shownView) => logitLens(shownView.ids.slice(-LENS_TOKENS)),
+    heads: async (shownView) => ({ ...headScores(), ablation: ablation(shownView.ids) }),
   };
 }
 
@@ -169,6 +277,8 @@ function serverSource(modelId) {
       const answer = await post("../v1/completions", { model: modelId, prompt, max_tokens: maxNewTokens, temperature, top_p: topP, seed });
       return answer.choices[0].text;
     },
+    lens: (shownView) => post("../api/lens", { text: shownView.texts.join(""), top: 3 }),
+    heads: (shownView) => post("../api/heads", { text: shownView.texts.join("") }),
   };
 }
 
@@ -278,6 +388,17 @@ async function showText(text) {
   explain();
 }
 
+// The lens view of the text on screen (the prompt's, before anything is generated).
+async function showInside(draw) {
+  try {
+    if (!view) await showText($("prompt").value);
+    await draw(view);
+  } catch (error) {
+    $("lens").innerHTML = "";
+    cell($("lens").insertRow(), `error: ${error.message}`);
+  }
+}
+
 function showSliders() {
   $("temperature-value").textContent = Number($("temperature").value).toFixed(2);
   $("top-k-value").textContent = $("top-k").value === "0" ? "off" : $("top-k").value;
@@ -310,6 +431,7 @@ async function start() {
       logits: lastLogits, generate, trace: forwardTrace,
       view: (ids, position, layer = 0, head = 0) => source.view({ ids }, position, { layer, head }),
       shown: () => ({ ids: view ? view.ids : [], position: view ? view.position : null }),
+      lens: logitLens, headScores: attentionScores, ablation,
     };
   }
   const c = config;
@@ -324,6 +446,8 @@ async function start() {
     $("output").textContent = text;
     await showText(text);
   });
+  $("refresh-lens").addEventListener("click", () => showInside(async (v) => drawLens($("lens"), await source.lens(v))));
+  $("refresh-heads").addEventListener("click", () => showInside(async (v) => drawHeads($("induction"), $("ablation"), await source.heads(v))));
   showSliders();
   if ($("prompt").value) await showText($("prompt").value);
   document.body.dataset.ready = "true";

@@ -130,7 +130,7 @@ class GPT {
 
   // Causal self-attention of T new positions over the cache's past ones (or none), adding this call's keys and
   // values to the cache. Returns (T, C); `record` (or null) receives the heads' scores and weights.
-  attention_forward(x, T, layer, positions, cache, record) {
+  attention_forward(x, T, layer, positions, cache, record, hooks) {
     const c = this.config;
     const H = c.n_head, K = c.n_kv_head, D = c.head_dim, C = c.n_embd;
     const p = `transformer.h.${layer}.attn`;
@@ -190,6 +190,7 @@ class GPT {
       }
     }
     if (record) Object.assign(record, { q, scores: scoresOut, weights: weightsOut, heads: y, S });
+    hooks?.[`blocks.${layer}.attn.hook_z`]?.(y, T);
     return linear_forward(y, T, this.weight(`${p}.c_proj.weight`), this.optional(`${p}.c_proj.bias`), H * D, C);
   }
 
@@ -211,8 +212,10 @@ class GPT {
 
   // Logits (T, V) for `ids`, continuing `cache` (a fresh one when null). With `trace` (an object), every
   // intermediate is recorded in it for the explainer: embeddings, each layer's norms, queries, scores,
-  // weights, head outputs, MLP activations and residual stream, the final norm and the logits.
-  forward(ids, cache = null, trace = null) {
+  // weights, head outputs, MLP activations and residual stream, the final norm and the logits. `hooks` maps
+  // a hook point's name (model/hooks.py's; here only `blocks.{l}.attn.hook_z`, the heads' outputs side by
+  // side (T, H * D), and `blocks.{l}.hook_mlp_out`, (T, C)) to a function that may change it in place.
+  forward(ids, cache = null, trace = null, hooks = null) {
     const c = this.config, C = c.n_embd, T = ids.length;
     cache = cache || new KVCache(c);
     if (cache.length + T > c.block_size) throw new Error(`${cache.length + T} tokens is longer than block_size=${c.block_size}`);
@@ -230,11 +233,12 @@ class GPT {
     for (let layer = 0; layer < c.n_layer; layer++) {
       const record = trace ? {} : null;
       const ln1 = this.norm_forward(x, T, `transformer.h.${layer}.ln_1`);
-      const attended = this.attention_forward(ln1, T, layer, positions, cache, record);
+      const attended = this.attention_forward(ln1, T, layer, positions, cache, record, hooks);
       for (let i = 0; i < x.length; i++) x[i] += attended[i];
       const afterAttention = trace ? x.slice() : null;
       const ln2 = this.norm_forward(x, T, `transformer.h.${layer}.ln_2`);
       const mlp = this.mlp_forward(ln2, T, layer, record);
+      hooks?.[`blocks.${layer}.hook_mlp_out`]?.(mlp, T);
       for (let i = 0; i < x.length; i++) x[i] += mlp[i];
       if (trace) {
         Object.assign(record, { ln_1: ln1, attention: attended, after_attention: afterAttention, ln_2: ln2, mlp });
@@ -358,4 +362,4 @@ async function load_model(base = "") {
   return { model: new GPT(manifest.config, tensors), manifest };
 }
 
-export { GPT, KVCache, argmax, filter_logits, generate_ids, linear_forward, load_model, sample_next, softmax };
+export { GPT, KVCache, argmax, filter_logits, generate_ids, linear_forward, load_model, sample_next, seeded_uniforms, softmax };
