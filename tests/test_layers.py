@@ -17,7 +17,7 @@ SVG = Path(__file__).resolve().parents[1] / "docs" / "layers.svg"
 LAYERS = [
     ["lazy"],
     ["lucidlm", "errors"],  # the package itself only names what it re-exports (imported when first used)
-    ["files", "outputs", "lessons", "markdown", "memory"],
+    ["files", "outputs", "memory"],
     ["tokenizers", "model"],
     ["config", "data", "scratch", "scaling"],
     ["device"],
@@ -26,6 +26,7 @@ LAYERS = [
     ["evaluate", "export"],
     ["load"],
     ["train", "serve"],
+    ["tutorial"],  # the course: its local runner is served (serve/http.py), its site holds the model page
     ["cli"],
     ["__main__"],
 ]

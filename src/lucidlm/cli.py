@@ -328,7 +328,7 @@ def sampling_generator(device, seed: int | None):
 
 
 def run_lessons(args: argparse.Namespace) -> None:
-    from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_title, run_lesson
+    from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, lesson_title, run_lesson
 
     if args.action == "list":
         for path in lesson_files():
@@ -408,10 +408,11 @@ def run_serve(args: argparse.Namespace) -> None:
 
 def run_tutorial(args: argparse.Namespace) -> None:
     from lucidlm.serve.server import bind, run_forever
-    from lucidlm.serve.tutorial import CellCap, RunnerLimits, containment, create_tutorial_app, new_token
+    from lucidlm.tutorial.server import CellCap, RunnerLimits, containment, create_tutorial_app, new_token
 
     if args.build is not None:
-        from lucidlm.export.web import build_tutorial_site, check_web_exportable, export_web
+        from lucidlm.export.web import check_web_exportable, export_web
+        from lucidlm.tutorial.site import build_tutorial_site
 
         write_model = None
         if args.checkpoint is not None:

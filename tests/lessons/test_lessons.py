@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lucidlm.lessons import LESSONS_DIR, lesson_files, lesson_number, lesson_title
+from lucidlm.tutorial.lessons import LESSONS_DIR, lesson_files, lesson_number, lesson_title
 
 ROOT = Path(__file__).resolve().parents[2]
 LESSONS = lesson_files()

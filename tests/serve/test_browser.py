@@ -7,7 +7,7 @@ import re
 
 from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
-from lucidlm.serve.tutorial import RunnerLimits, create_tutorial_app
+from lucidlm.tutorial.server import RunnerLimits, create_tutorial_app
 
 from ..conftest import ARTIFACTS, require_chromium
 

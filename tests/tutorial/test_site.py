@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from lucidlm.export.web import build_tutorial_site
-from lucidlm.export.web.tutorial import run_lesson_cells
 from lucidlm.train import train
+from lucidlm.tutorial.site import build_tutorial_site, run_lesson_cells
 
 from ..conftest import ARTIFACTS, run_lucidlm, tiny_config
-from .conftest import serving
+from ..web.conftest import serving
 
 RAW_LATEX = re.compile(r"\\(frac|sum|lVert|sqrt|mathbb|cdot)|\$")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lucidlm.errors import LucidError
 
-LESSONS_DIR = Path(__file__).resolve().parents[2] / "lessons"
+LESSONS_DIR = Path(__file__).resolve().parents[3] / "lessons"
 
 
 def lesson_files(directory: Path = LESSONS_DIR) -> list[Path]:

@@ -26,12 +26,12 @@ from markupsafe import Markup
 from lucidlm import __version__
 from lucidlm.errors import ConfigError
 from lucidlm.export.web.model import STYLE
-from lucidlm.lessons import lesson_files, lesson_number, lesson_sources, lesson_title
-from lucidlm.markdown import inline_html, markdown_to_html
 from lucidlm.outputs import TUTORIAL_SITE, written_directory
+from lucidlm.tutorial.lessons import lesson_files, lesson_number, lesson_sources, lesson_title
+from lucidlm.tutorial.markdown import inline_html, markdown_to_html
 
 HERE = Path(__file__).parent
-FAQ = Path(__file__).resolve().parents[4] / "docs" / "FAQ.md"
+FAQ = Path(__file__).resolve().parents[3] / "docs" / "FAQ.md"
 LESSON_SECONDS = 600.0
 
 

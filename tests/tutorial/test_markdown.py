@@ -1,13 +1,13 @@
-"""The lessons' and the FAQ's markdown (lucidlm/markdown.py): markdown-it-py, with every formula as MathML."""
+"""The lessons' and the FAQ's markdown (lucidlm/tutorial/markdown.py): markdown-it-py, with every formula as MathML."""
 
 from pathlib import Path
 
 import pytest
 
-from lucidlm.lessons import lesson_files, lesson_sources
-from lucidlm.markdown import FormulaError, formula_to_mathml, formulas, markdown_to_html
+from lucidlm.tutorial.lessons import lesson_files, lesson_sources
+from lucidlm.tutorial.markdown import FormulaError, formula_to_mathml, formulas, markdown_to_html
 
-FAQ = Path(__file__).parents[1] / "docs" / "FAQ.md"
+FAQ = Path(__file__).parents[2] / "docs" / "FAQ.md"
 
 
 def every_document() -> list[tuple[str, str]]:

@@ -40,8 +40,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
 
 from lucidlm.errors import LucidError
-from lucidlm.lessons import find_lesson, lesson_files, lesson_number, lesson_sources, lesson_title
-from lucidlm.markdown import inline_html, markdown_to_html
 from lucidlm.serve.http import (
     STATIC,
     APIError,
@@ -51,7 +49,10 @@ from lucidlm.serve.http import (
     error_response,
     parse_body,
 )
+from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, lesson_sources, lesson_title
+from lucidlm.tutorial.markdown import inline_html, markdown_to_html
 
+PAGE = Path(__file__).parent / "static"  # the tutorial's page; its style sheet is the inspector's (serve/static)
 COOKIE = "lucidlm_tutorial_token"
 MAX_BODY_BYTES = 2_000_000  # a lesson's code cells, as edited, with room to spare
 
@@ -550,15 +551,15 @@ def create_tutorial_app(token: str, limits: RunnerLimits | None = None) -> FastA
 
     @app.get("/")
     async def page():
-        return FileResponse(STATIC / "tutorial.html")
+        return FileResponse(PAGE / "tutorial.html")
 
     @app.get("/static/{name}")
     async def static(name: str):
-        # Only files that are directly in the static folder; anything else, `..` included, is not there.
-        path = STATIC / name
-        if "/" in name or name.startswith(".") or not path.is_file():
+        # Only files directly in one of the two folders; anything else, `..` included, is not there.
+        found = [folder / name for folder in (PAGE, STATIC) if (folder / name).is_file()]
+        if "/" in name or name.startswith(".") or not found:
             raise APIError(404, f"no such file: {name}")
-        return FileResponse(path)
+        return FileResponse(found[0])
 
     @app.get("/api/lessons")
     async def lessons():
