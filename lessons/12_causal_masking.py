@@ -9,9 +9,9 @@
 
 # %%
 import numpy as np
-import torch
 
-from lucidlm.model import GPT, GPTConfig
+from lucidlm.model import GPTConfig
+from lucidlm.scratch import GPT
 from lucidlm.scratch.layers import attention_forward
 
 rng = np.random.default_rng(0)
@@ -37,13 +37,11 @@ out2, _ = attention_forward(q, k2, v2)
 assert np.array_equal(out[..., :4, :], out2[..., :4, :])
 assert not np.allclose(out[..., 4:, :], out2[..., 4:, :])
 
-torch.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16)).eval()
-tokens = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
-changed = tokens.clone()
-changed[0, 5:] = torch.tensor([9, 9, 9])
-with torch.no_grad():
-    a, b = model(tokens)[0], model(changed)[0]
-assert torch.equal(a[0, :5], b[0, :5])
-print("changing tokens 5..7 leaves the whole GPT's logits at 0..4 unchanged:", bool(torch.equal(a[0, :5], b[0, :5])))
+model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16), seed=0)  # NumPy's GPT
+tokens = np.array([[1, 2, 3, 4, 5, 6, 7, 8]])
+changed = tokens.copy()
+changed[0, 5:] = [9, 9, 9]
+a, b = model.forward(tokens)[0], model.forward(changed)[0]
+assert np.array_equal(a[0, :5], b[0, :5])
+print("changing tokens 5..7 leaves the whole GPT's logits at 0..4 unchanged:", bool(np.array_equal(a[0, :5], b[0, :5])))
 print("lesson 12 ok: the causal mask hides the future")
