@@ -26,9 +26,13 @@ def keep_freed_memory() -> bool:
     the NumPy backend (a third of its time) and about 1,000 in PyTorch's (7 ms of 55). With both thresholds
     raised, freed blocks are reused and a step makes next to none. This is process-wide (the process then keeps
     its peak heap); the trainer and the NumPy GPT call it. Returns False where the C library has no mallopt
-    (macOS, musl), which changes nothing else.
+    (macOS, musl) or cannot be reached (WebAssembly, where a course page runs the NumPy GPT), which changes
+    nothing else.
     """
-    libc = c_library()
+    try:
+        libc = c_library()
+    except OSError:  # ctypes without a C library to open: wasm32-wasi
+        return False
     if not hasattr(libc, "mallopt"):
         return False
     # 32 MiB is the largest mmap threshold glibc accepts on 64-bit machines; bigger blocks are still mapped.

@@ -12,7 +12,6 @@ from lucidlm.files import JSON_LIMIT, parse_json, read_text
 from lucidlm.tokenizers.base import Tokenizer
 from lucidlm.tokenizers.bpe import BPETokenizer
 from lucidlm.tokenizers.char import CharTokenizer  # noqa: F401  (registers the kind "char")
-from lucidlm.tokenizers.hf import load_hf_directory_tokenizer
 from lucidlm.tokenizers.word import WordTokenizer  # noqa: F401  (registers the kind "word")
 
 
@@ -38,11 +37,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise TokenizerError(f"{path} is {exc}; prepare the data again") from None
     kind = tokenizer_kind(data)
-    if kind not in Tokenizer.registry:
-        known = ", ".join(sorted(Tokenizer.registry))
-        raise TokenizerError(f"{path}: unknown tokenizer type {kind!r} (known: {known})")
-    if kind == "hf":  # with the tokenizer_config.json saved beside it
+    if kind == "hf":  # with the tokenizer_config.json saved beside it, run by Hugging Face's `tokenizers`
+        from lucidlm.tokenizers.hf import load_hf_directory_tokenizer
+
         return load_hf_directory_tokenizer(path.parent)
+    if kind not in Tokenizer.registry:
+        known = ", ".join(sorted({*Tokenizer.registry, "hf"}))
+        raise TokenizerError(f"{path}: unknown tokenizer type {kind!r} (known: {known})")
     try:
         return Tokenizer.registry[kind].from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:

