@@ -85,7 +85,7 @@ HF_EXPORT = OutputKind(
 )
 TUTORIAL_SITE = OutputKind(
     "tutorial site",
-    frozenset({"index.html", "faq.html", "style.css", "lessons", "model", "lucidlm-site.json"}),
+    frozenset({"index.html", "faq.html", "style.css", "course.js", "runtime", "lessons", "model", "lucidlm-site.json"}),
     "lucidlm-site.json",
     ("lessons", "built"),
     "--build",

