@@ -13,7 +13,7 @@ DEMO_TARGET ?= 1.60
 # More settings for the demos' training, e.g. TRAIN_FLAGS="--set dtype=fp32" or "--device cuda"
 TRAIN_FLAGS ?=
 
-.PHONY: setup demo chat-demo test soak lint format bench gpu-check clean notebooks
+.PHONY: setup demo chat-demo test soak lint format bench gpu-check clean notebooks site vendor-js
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -92,3 +92,23 @@ notebooks: $(VENV)/.installed
 	mkdir -p notebooks
 	for f in lessons/*.py; do $(BIN)/jupytext --quiet --to ipynb -o notebooks/$$(basename $$f .py).ipynb $$f; done
 	@echo "notebooks/ holds one notebook per lesson"
+
+# The course as a static site whose NumPy lessons run in the browser (tutorial/runtime.py vendors the Python):
+# publish site/ on any static host. SITE_FLAGS passes more, e.g. SITE_FLAGS="--checkpoint runs/demo".
+SITE ?= site
+SITE_FLAGS ?=
+site: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[site]'
+	$(BIN)/lucidlm tutorial --build $(SITE) --force $(SITE_FLAGS)
+	@du -sh $(SITE)
+
+# The site's JavaScript from npm (js/package-lock.json): the WASI shim as published, CodeMirror bundled into one
+# module with its licences. The results are committed in src/lucidlm/tutorial/static/; run this to update them.
+STATIC = src/lucidlm/tutorial/static
+vendor-js:
+	cd js && npm ci --silent
+	rm -rf $(STATIC)/shim $(STATIC)/editor && mkdir -p $(STATIC)/shim $(STATIC)/editor
+	cp js/node_modules/@bjorn3/browser_wasi_shim/dist/*.js js/node_modules/@bjorn3/browser_wasi_shim/LICENSE-* $(STATIC)/shim/
+	cd js && node_modules/.bin/esbuild editor.js --bundle --format=esm --minify --legal-comments=none \
+		--metafile=node_modules/editor-meta.json --outfile=../$(STATIC)/editor/codemirror.js
+	cd js && node licences.mjs node_modules/editor-meta.json > ../$(STATIC)/editor/LICENSES.txt

@@ -85,7 +85,8 @@ HF_EXPORT = OutputKind(
 )
 TUTORIAL_SITE = OutputKind(
     "tutorial site",
-    frozenset({"index.html", "faq.html", "style.css", "course.js", "runtime", "lessons", "model", "lucidlm-site.json"}),
+    frozenset({"index.html", "faq.html", "style.css", "lessons", "model", "lucidlm-site.json"})
+    | frozenset({"course.js", "editor", "runtime"}),  # what runs the lessons in the page
     "lucidlm-site.json",
     ("lessons", "built"),
     "--build",

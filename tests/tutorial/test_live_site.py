@@ -56,6 +56,14 @@ def open_lesson(page, origin, number: int) -> None:
     page.wait_for_selector("body[data-course=ready]", state="attached")
 
 
+def set_source(page, index: int, text: str) -> None:
+    page.evaluate("([i, text]) => window.course.cells[i].setSource(text)", [index, text])
+
+
+def source(page, index: int) -> str:
+    return page.evaluate("(i) => window.course.cells[i].source()", index)
+
+
 def run_all(page) -> None:
     page.click(".course-bar .run-all")
     page.wait_for_function("document.body.dataset.running === 'false'", timeout=120_000)
@@ -90,32 +98,35 @@ def test_a_live_lesson_runs_in_the_page_as_it_ran_at_build_time(page, origin, nu
 
 def test_an_edit_runs_survives_a_reload_and_goes_on_reset(page, origin):
     open_lesson(page, origin, 1)
-    first = page.locator(".code-cell").first
-    original = first.locator("textarea").input_value()
-    first.locator("textarea").fill(original + "\nprint('edited:', 6 * 7)")
-    first.locator("button.run").click()
+    original = source(page, 0)
+    page.click(".code-cell .cm-content")  # typed into the editor, and run with Ctrl+Enter
+    page.keyboard.press("Control+End")
+    page.keyboard.type("\nprint('edited:', 6 * 7)")
+    page.keyboard.press("Control+Enter")
     page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'ok'", timeout=60_000)
+    first = page.locator(".code-cell").first
     assert "edited: 42" in first.locator(".live").inner_text()
+    assert first.locator(".cm-content span").count() > 0  # the code is highlighted: tokens in spans
     page.reload()
     page.wait_for_selector("body[data-course=ready]", state="attached")
-    assert page.locator(".code-cell textarea").first.input_value().endswith("print('edited:', 6 * 7)")
+    assert source(page, 0) == original + "\nprint('edited:', 6 * 7)"
     page.click(".course-bar .reset")
-    assert page.locator(".code-cell textarea").first.input_value() == original
+    assert source(page, 0) == original and "edited" not in page.locator(".code-cell").first.inner_text()
     page.reload()
     page.wait_for_selector("body[data-course=ready]", state="attached")
-    assert page.locator(".code-cell textarea").first.input_value() == original
+    assert source(page, 0) == original
 
 
 def test_stop_ends_an_endless_cell_and_the_next_run_works(page, origin):
     open_lesson(page, origin, 1)
     first = page.locator(".code-cell").first
-    first.locator("textarea").fill("print('before the loop', flush=True)\nwhile True:\n    pass")
+    set_source(page, 0, "print('before the loop', flush=True)\nwhile True:\n    pass")
     first.locator("button.run").click()
     page.wait_for_function("document.querySelector('.code-cell .live').textContent.includes('before the loop')")
     page.click(".course-bar .stop")
     page.wait_for_function("document.body.dataset.running === 'false'", timeout=5_000)  # within seconds
     assert first.get_attribute("data-state") == "stopped"
-    first.locator("textarea").fill("x = 6 * 7\nprint('fresh', x)")
+    set_source(page, 0, "x = 6 * 7\nprint('fresh', x)")
     first.locator("button.run").click()
     page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'ok'", timeout=60_000)
     assert "fresh 42" in first.locator(".live").inner_text()
@@ -124,11 +135,11 @@ def test_stop_ends_an_endless_cell_and_the_next_run_works(page, origin):
 def test_a_syntax_error_or_a_failed_claim_shows_and_the_page_goes_on(page, origin):
     open_lesson(page, origin, 1)
     first = page.locator(".code-cell").first
-    first.locator("textarea").fill("print('unclosed'")
+    set_source(page, 0, "print('unclosed'")
     first.locator("button.run").click()
     page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'error'", timeout=60_000)
     assert "SyntaxError" in first.locator(".live pre.error").inner_text()
-    first.locator("textarea").fill("a = 1\nassert a == 1\nassert a == 2, 'a is not 2'\nassert a > 0")
+    set_source(page, 0, "a = 1\nassert a == 1\nassert a == 2, 'a is not 2'\nassert a > 0")
     first.locator("button.run").click()
     page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'error'", timeout=60_000)
     states = [item.get_attribute("class") for item in first.locator(".claims li").all()]
@@ -141,7 +152,7 @@ def test_a_syntax_error_or_a_failed_claim_shows_and_the_page_goes_on(page, origi
 def test_a_lesson_that_needs_pytorch_shows_its_build_output_and_says_how_to_run_it(page, origin, site):
     page.goto(f"{origin}/lessons/{NOT_LIVE:02d}.html")
     assert f"lucidlm lessons run {NOT_LIVE}" in page.locator(".built-note").inner_text()
-    assert page.locator("textarea").count() == 0 and page.locator(".code-cell .built pre.result").count() > 0
+    assert page.locator(".cm-editor").count() == 0 and page.locator(".code-cell .built pre.result").count() > 0
     assert sorted(p.name for p in (site / "runtime").iterdir()) == [
         "LICENSES", "lucidlm.zip", "python-worker.js", "python.js", "python.wasm.gz", "shim", "stdlib.zip",
     ]  # fmt: skip

@@ -23,7 +23,7 @@ def site(tmp_path_factory) -> Path:
 
 def test_the_site_holds_the_lessons_the_faq_and_an_index(site):
     assert sorted(p.name for p in site.iterdir()) == [
-        "course.js", "faq.html", "index.html", "lessons", "lucidlm-site.json", "runtime", "style.css",
+        "course.js", "editor", "faq.html", "index.html", "lessons", "lucidlm-site.json", "runtime", "style.css",
     ]  # fmt: skip
     assert sorted(p.name for p in (site / "lessons").iterdir()) == ["01.html", "17-lesson17_loss.png", "17.html"]
     assert json.loads((site / "lucidlm-site.json").read_text())["failed"] == []

@@ -132,6 +132,7 @@ def build_tutorial_site(
             sizes = write_runtime(site)
             download_mb = round(sum(sizes[name] for name in DOWNLOADED) / 1e6, 1)
             shutil.copyfile(HERE / "static" / "course.js", site / "course.js")
+            shutil.copytree(HERE / "static" / "editor", site / "editor")  # CodeMirror, with its licences
         model_page = None
         if write_model is not None:
             write_model(site / "model")

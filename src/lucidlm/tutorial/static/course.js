@@ -3,7 +3,9 @@
 // cells above it that this interpreter has not run. Under each cell, what it printed (the site's build-time
 // output until then) and its claims: each `assert` of the cell, held, failed, or not reached.
 //
-// window.course is the page's interface for scripts and tests: runAll(), stop(), reset() and the cells.
+// window.course is the page's interface for scripts and tests: runAll(), stop(), reset() and the cells (each
+// with source() and setSource(text), what its editor holds).
+import { EditorView, basicSetup, keymap, python as pythonSyntax } from "./editor/codemirror.js";
 import { BrowserPython } from "./runtime/python.js";
 
 const article = document.querySelector("article.lesson");
@@ -27,23 +29,16 @@ function failedLine(stderr) {
 
 const cells = [...article.querySelectorAll(".code-cell")].map((element, index) => {
   const original = element.querySelector("pre.code").textContent;
-  const editor = document.createElement("textarea");
-  editor.className = "editor";
-  editor.spellcheck = false;
-  editor.value = localStorage.getItem(storageKey(index)) ?? original;
-  const fit = () => {
-    editor.rows = Math.max(3, editor.value.split("\n").length);
-  };
-  fit();
-  editor.addEventListener("input", () => {
-    fit();
-    localStorage.setItem(storageKey(index), editor.value);
-  });
-  editor.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
-      event.preventDefault();
-      runUpTo(index);
-    }
+  const editor = new EditorView({
+    doc: localStorage.getItem(storageKey(index)) ?? original,
+    extensions: [
+      keymap.of([{ key: "Mod-Enter", run: () => (runUpTo(index), true) }]), // before basicSetup's keys
+      basicSetup,
+      pythonSyntax(),
+      EditorView.updateListener.of((update) => {
+        if (update.docChanged) localStorage.setItem(storageKey(index), update.state.doc.toString());
+      }),
+    ],
   });
   const run = document.createElement("button");
   run.className = "run";
@@ -53,16 +48,20 @@ const cells = [...article.querySelectorAll(".code-cell")].map((element, index) =
   live.className = "live";
   const claims = document.createElement("ul");
   claims.className = "claims";
-  element.querySelector("pre.code").replaceWith(editor);
-  element.insertBefore(run, editor.nextSibling);
+  element.querySelector("pre.code").replaceWith(editor.dom);
+  element.insertBefore(run, editor.dom.nextSibling);
   element.append(live, claims);
-  return { element, original, editor, live, claims, built: element.querySelector(".built") };
+  return {
+    element, original, live, claims, built: element.querySelector(".built"),
+    source: () => editor.state.doc.toString(),
+    setSource: (text) => editor.dispatch({ changes: { from: 0, to: editor.state.doc.length, insert: text } }),
+  };
 });
 
 function showClaims(cell, outcome) {
   cell.claims.innerHTML = "";
   const failed = outcome && !outcome.ok ? failedLine(outcome.stderr) : null;
-  for (const claim of claimsOf(cell.editor.value)) {
+  for (const claim of claimsOf(cell.source())) {
     const item = document.createElement("li");
     let state = "unchecked";
     if (outcome?.ok) state = "held";
@@ -84,7 +83,7 @@ async function runCell(cell) {
   output.stderr.className = "result error";
   let stderr = "";
   const started = performance.now();
-  const result = await python.run(cell.editor.value, (stream, text) => {
+  const result = await python.run(cell.source(), (stream, text) => {
     if (stream === "stderr") stderr += text;
     output[stream].textContent += text;
     if (!output[stream].isConnected) cell.live.appendChild(output[stream]);
@@ -150,9 +149,8 @@ function reset() {
   python.stop("reset");
   ran = new Set();
   cells.forEach((cell, index) => {
+    cell.setSource(cell.original);
     localStorage.removeItem(storageKey(index));
-    cell.editor.value = cell.original;
-    cell.editor.rows = Math.max(3, cell.original.split("\n").length);
     cell.live.innerHTML = "";
     if (cell.built) cell.built.hidden = false;
     delete cell.element.dataset.state;
