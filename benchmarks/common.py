@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: the benchmark corpus, the machine's sgemm peak, and writing results.
+"""Shared by the benchmark scripts: the benchmark corpus, the machine's sgemm peak, a folder served over HTTP for
+the browser benchmarks, and writing results.
 
 Each script writes benchmarks/results/NAME.json and replaces its own section of docs/benchmarks.md, between
 `<!-- NAME:start -->` and `<!-- NAME:end -->`, so the table always shows the latest run of every figure.
@@ -6,11 +7,16 @@ Each script writes benchmarks/results/NAME.json and replaces its own section of 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import json
 import os
 import platform
+import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,6 +26,24 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY_SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 T = TypeVar("T")
 WORK = Path(os.environ.get("LUCIDLM_BENCH_DIR", ROOT / "build" / "bench"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serving(directory: Path) -> Iterator[str]:
+    """`directory` over HTTP on a random local port, as `python -m http.server` serves it: its origin."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
 
 
 def tiny_shakespeare_data() -> Path:

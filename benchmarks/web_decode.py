@@ -10,15 +10,11 @@ timed inside the page (medians of 3).
 
 from __future__ import annotations
 
-import functools
-import http.server
-import shutil
 import statistics
-import threading
 import time
 
 import torch
-from common import ROOT, WORK, machine, tiny_shakespeare_data, write_results
+from common import CHROMIUM, CHROMIUM_FLAGS, ROOT, WORK, machine, serving, tiny_shakespeare_data, write_results
 
 from lucidlm.config import PRESETS
 from lucidlm.export.web import export_web
@@ -26,7 +22,6 @@ from lucidlm.load import load_model
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import load_tokenizer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 NEW_TOKENS, ROUNDS = 500, 3
 
 
@@ -41,24 +36,16 @@ def demo_model():
     return model.eval(), tokenizer, "the shakespeare-char shape, random weights"
 
 
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
     model, tokenizer, which = demo_model()
     site = export_web(model, tokenizer, WORK / "web-demo", force=(WORK / "web-demo").exists())
     weight = {p.name: p.stat().st_size for p in site.iterdir()}
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
     first_token, rates = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+    with serving(site) as origin, sync_playwright() as playwright:
+        url = f"{origin}/index.html"
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         for _ in range(ROUNDS):
             page = browser.new_page()
             started = time.perf_counter()
@@ -75,7 +62,6 @@ def main() -> None:
             page.close()
         version = browser.version
         browser.close()
-    server.shutdown()
     rate, ttft = statistics.median(rates), statistics.median(first_token)
     results = {
         "machine": machine(),
