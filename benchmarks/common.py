@@ -7,16 +7,13 @@ Each script writes benchmarks/results/NAME.json and replaces its own section of 
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import json
 import os
 import platform
 import shutil
-import threading
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,22 +25,8 @@ T = TypeVar("T")
 WORK = Path(os.environ.get("LUCIDLM_BENCH_DIR", ROOT / "build" / "bench"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-class Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@contextlib.contextmanager
-def serving(directory: Path) -> Iterator[str]:
-    """`directory` over HTTP on a random local port, as `python -m http.server` serves it: its origin."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+sys.path.insert(0, str(ROOT))  # for the page tests' local web server, which the browser benchmarks use too
+from tests.web.conftest import serving as serving  # noqa: E402  (re-exported)
 
 
 def tiny_shakespeare_data() -> Path:
