@@ -80,6 +80,7 @@ def same_up_to_rounding(live: str, built: str) -> bool:
 @pytest.mark.parametrize("number", sorted(LIVE_LESSONS))
 def test_a_live_lesson_runs_in_the_page_as_it_ran_at_build_time(page, origin, number):
     open_lesson(page, origin, number)
+    assert page.locator(".built-label").first.inner_text() == "printed when the site was built; Run runs it here"
     printed = [cell.locator(".built pre.result:not(.error)") for cell in page.locator(".code-cell").all()]
     built = [result.inner_text() if result.count() else "" for result in printed]
     run_all(page)
