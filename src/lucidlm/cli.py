@@ -422,7 +422,10 @@ def run_tutorial(args: argparse.Namespace) -> None:
             check_web_exportable(model, tokenizer)  # before the lessons run, not after
             write_model = functools.partial(export_web, model, tokenizer, lessons="../lessons/")
         site = build_tutorial_site(args.build, args.lessons, force=args.force, write_model=write_model)
-        print(f"wrote {site}: open {shlex.quote(str(site / 'index.html'))}, or serve the folder from any web host")
+        print(
+            f"wrote {site}: serve it from any web host to run its lessons in the browser "
+            f"(python -m http.server -d {shlex.quote(str(site))}); its pages also read from a file"
+        )
         return
     if args.lessons is not None or args.checkpoint is not None:
         raise ConfigError("--lessons and --checkpoint are for --build")
