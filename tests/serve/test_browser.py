@@ -4,9 +4,11 @@ Screenshots are saved in test-artifacts/ for a person to look at.
 """
 
 import re
+import time
 
 from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
+from lucidlm.tutorial import server as tutorial_server
 from lucidlm.tutorial.server import RunnerLimits, create_tutorial_app
 
 from ..conftest import ARTIFACTS, require_chromium
@@ -45,28 +47,41 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
     with BackgroundServer(app, port=port) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/?token=browser-token")
-        page.wait_for_selector("#lessons a")
-        assert page.locator("#lessons a").count() == 23
-        page.click("text=1. the dot product")
-        page.wait_for_selector(".cell textarea")
-        editor = page.locator(".cell textarea").first
-        editor.fill(editor.input_value() + "\nprint('edited:', 6 * 7)\nimport sys; print('a warning', file=sys.stderr)")
-        page.locator(".cell .run").first.click()
-        result = page.locator(".cell .result").first
-        result.wait_for(state="visible", timeout=60_000)
+        assert page.locator(".lesson-index a").count() == 23
+        page.click("text=the dot product")
+        page.wait_for_selector("body[data-course=ready]", state="attached")
+        page.evaluate(
+            "(text) => window.course.cells[0].setSource(window.course.cells[0].source() + text)",
+            "\nprint('edited:', 6 * 7)\nimport sys; print('a warning', file=sys.stderr)",
+        )
+        page.locator(".code-cell .run").first.click()
+        page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'ok'", timeout=60_000)
+        result = page.locator(".code-cell .live").first
         assert "edited: 42" in result.inner_text()
         assert "a warning" in result.inner_text()  # stderr is shown when the cell succeeded too (issue 18)
-        assert "ok in" in page.locator(".cell .status").first.inner_text()
+        page.locator(".code-cell .run").nth(1).click()  # runs with the first cell's variables, as edited
+        page.wait_for_function("document.querySelectorAll('.code-cell')[1].dataset.state === 'ok'", timeout=60_000)
+        assert "cos(cat, dog" in page.locator(".code-cell .live").nth(1).inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "tutorial.png"), full_page=False)
+        page.evaluate("window.course.cells[0].setSource('while True:\\n    pass')")
+        page.locator(".code-cell .run").first.click()
+        time.sleep(1.0)
+        assert tutorial_server.RUNNING_CELLS  # the endless cell runs on this machine
+        page.click(".course-bar .stop")
+        deadline = time.monotonic() + 3
+        while tutorial_server.RUNNING_CELLS and time.monotonic() < deadline:  # Stop ends the cell's process too
+            time.sleep(0.05)
+        assert not tutorial_server.RUNNING_CELLS
+        assert page.locator(".code-cell").first.get_attribute("data-state") == "stopped"
         rendered = {}
         for number in range(1, 24):  # every lesson's maths is laid out by the browser, none left as LaTeX
-            page.click(f"#lessons a[href='#{number}']")
-            page.wait_for_selector(f"#lesson h2:has-text('Lesson {number}:')")
-            text = page.locator("#lesson").inner_text()
+            page.goto(f"{url}/lessons/{number:02d}.html")
+            text = "\n".join(page.locator("article .explanation").all_inner_texts())
+            assert f"Lesson {number}:" in text
             assert not re.search(r"\\(frac|sum|lVert|sqrt|mathbb|cdot)|\$", text), (number, text[:300])
-            rendered[number] = page.locator("#lesson math").count()
+            rendered[number] = page.locator("article .explanation math").count()
         assert rendered[1] == 4 and sum(rendered.values()) > 150, rendered
-        width = page.evaluate("document.querySelector('#lesson math').getBoundingClientRect().width")
+        width = page.evaluate("document.querySelector('article math').getBoundingClientRect().width")
         assert width > 0  # MathML that the browser lays out, not an unknown element
         page.close()

@@ -12,7 +12,7 @@ import pytest
 
 from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
-from lucidlm.tutorial.lessons import find_lesson
+from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_sources
 from lucidlm.tutorial.server import (
     OUTPUT_KEEP,
     CellCap,
@@ -20,7 +20,6 @@ from lucidlm.tutorial.server import (
     become_subreaper,
     cell_group_prefix,
     create_tutorial_app,
-    lesson_cells,
     pid_namespace_command,
     run_cells,
 )
@@ -43,9 +42,9 @@ def test_every_request_needs_the_token(tutorial):
     assert httpx.get(f"{tutorial}/?token=wrong").status_code == 403
     assert httpx.post(f"{tutorial}/api/run", json={"cells": ["print(1)"]}).status_code == 403
     page = httpx.get(f"{tutorial}/?token={TOKEN}")
-    assert page.status_code == 200 and "lucidlm tutorial" in page.text
+    assert page.status_code == 200 and '<a href="lessons/01.html">the dot product</a>' in page.text
     assert page.cookies.get("lucidlm_tutorial_token") == TOKEN  # the page's own requests carry it from now on
-    assert httpx.get(f"{tutorial}/api/lessons", cookies={"lucidlm_tutorial_token": TOKEN}).status_code == 200
+    assert httpx.get(f"{tutorial}/lessons/01.html", cookies={"lucidlm_tutorial_token": TOKEN}).status_code == 200
 
 
 def test_other_origins_and_hosts_are_refused(tutorial):
@@ -54,33 +53,30 @@ def test_other_origins_and_hosts_are_refused(tutorial):
         f"{tutorial}/api/run", json={"cells": ["print(1)"]}, headers={**headers, "Origin": "http://evil.example"}
     )
     assert evil.status_code == 403 and "http://evil.example" in evil.json()["error"]["message"]
-    rebinding = httpx.get(f"{tutorial}/api/lessons", headers={**headers, "Host": "evil.example"})
+    rebinding = httpx.get(f"{tutorial}/lessons/01.html", headers={**headers, "Host": "evil.example"})
     assert rebinding.status_code == 403
-    same = httpx.get(f"{tutorial}/api/lessons", headers={**headers, "Origin": tutorial})
+    same = httpx.get(f"{tutorial}/lessons/01.html", headers={**headers, "Origin": tutorial})
     assert same.status_code == 200
 
 
-def test_static_files_cannot_escape_their_folder(tutorial):
+def test_only_the_pages_own_files_are_served(tutorial):
     headers = {"X-Tutorial-Token": TOKEN}
-    assert httpx.get(f"{tutorial}/static/tutorial.js", headers=headers).status_code == 200
-    for path in ("/static/../tutorial.py", "/static/%2e%2e/tutorial.py", "/static/..%2Ftutorial.py", "/static/.hidden"):
+    for path in ("/course.js", "/server-python.js", "/editor/codemirror.js", "/style.css"):
+        assert httpx.get(f"{tutorial}{path}", headers=headers).status_code == 200, path
+    for path in ("/../server.py", "/%2e%2e/server.py", "/editor/..%2Fserver.py", "/static/course.js", "/.hidden"):
         assert httpx.get(f"{tutorial}{path}", headers=headers).status_code == 404, path
 
 
-def test_lessons_are_listed_and_split_into_cells(tutorial):
+def test_the_lesson_pages_are_the_sites_with_every_lesson_run_here(tutorial):
     headers = {"X-Tutorial-Token": TOKEN}
-    lessons = httpx.get(f"{tutorial}/api/lessons", headers=headers).json()
-    assert lessons[0] == {
-        "number": 1, "title": "the dot product", "title_html": "the dot product", "file": "01_dot_product.py",
-    }  # fmt: skip
-    assert lessons[2]["title_html"] == "why AI code writes <code>x @ W</code>"  # the lesson's markdown, rendered
-    lesson = httpx.get(f"{tutorial}/api/lessons/6", headers=headers).json()
-    assert (
-        lesson["cells"][0]["kind"] == "markdown"
-        and "<h2>Lesson 6: softmax and temperature</h2>" in lesson["cells"][0]["html"]
-    )
-    assert lesson["cells"] == lesson_cells(find_lesson(6))
-    assert httpx.get(f"{tutorial}/api/lessons/99", headers=headers).status_code == 404
+    index = httpx.get(f"{tutorial}/", headers=headers).text
+    assert index.count('<a href="lessons/') == len(lesson_files()) and "why AI code writes <code>x @ W</code>" in index
+    page = httpx.get(f"{tutorial}/lessons/09.html", headers=headers).text  # PyTorch's lessons run here too
+    assert 'data-runner="server"' in page and "<h2>Lesson 9: positional encoding</h2>" in page
+    assert page.count('<div class="code-cell">') == sum(kind == "code" for kind, _ in lesson_sources(find_lesson(9)))
+    assert "built-label" not in page  # no build-time output: nothing ran yet
+    missing = httpx.get(f"{tutorial}/lessons/99.html", headers=headers)
+    assert missing.status_code == 404 and "the lessons are 01.html to 23.html" in missing.json()["error"]["message"]
 
 
 def test_a_cell_runs_with_the_cells_above_it_and_shows_only_its_output(tutorial):

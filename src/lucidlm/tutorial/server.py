@@ -10,8 +10,9 @@ Run executes code on this machine, so the app is locked down the way Jupyter's i
   a cap on its processes (`CellCap`), so a fork bomb stops at the cap (docs/reliability.md says what is
   contained and what is not).
 
-A cell is run together with the lesson's code cells above it (as edited on the page), because lessons build
-on earlier cells; only the output of the cell itself is shown, with any PNG it saved.
+The pages are the built site's (site.py), with every lesson live and its cells run here: a cell runs together
+with the cells the page ran before it (as edited), because lessons build on earlier cells, and only its own
+output is shown, with any PNG it saved. The page's Stop (POST /api/stop) ends the cells running now.
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
-from lucidlm.errors import LucidError
 from lucidlm.serve.http import (
     STATIC,
     APIError,
@@ -49,10 +49,10 @@ from lucidlm.serve.http import (
     error_response,
     parse_body,
 )
-from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, lesson_sources, lesson_title
-from lucidlm.tutorial.markdown import inline_html, markdown_to_html
+from lucidlm.tutorial.lessons import lesson_files, lesson_sources
+from lucidlm.tutorial.site import CodeCell, faq_page, index_page, lesson_entries, lesson_page
 
-PAGE = Path(__file__).parent / "static"  # the tutorial's page; its style sheet is the inspector's (serve/static)
+PAGE = Path(__file__).parent / "static"  # the pages' scripts; their style sheet is the inspector's (serve/static)
 COOKIE = "lucidlm_tutorial_token"
 MAX_BODY_BYTES = 2_000_000  # a lesson's code cells, as edited, with room to spare
 
@@ -66,25 +66,6 @@ class RunnerLimits:
     seconds: float = 30.0
     memory_mib: int = 4096
     processes: int = 256  # processes and threads (PyTorch alone starts one thread per core)
-
-
-# --- lessons as cells ---------------------------------------------------------------------------------------
-
-
-def lesson_entry(path: Path) -> dict:
-    """A lesson's number, title (as text and rendered from its markdown) and file name."""
-    title = lesson_title(path)
-    return {"number": lesson_number(path), "title": title, "title_html": inline_html(title), "file": path.name}
-
-
-def lesson_cells(path: Path) -> list[dict]:
-    """A lesson's cells for the page: {"kind": "markdown", "html": ...} or {"kind": "code", "source": ...}."""
-    return [
-        {"kind": "markdown", "html": markdown_to_html(text, heading_shift=1)}
-        if kind == "markdown"
-        else {"kind": "code", "source": text}
-        for kind, text in lesson_sources(path)
-    ]
 
 
 # --- running a cell -------------------------------------------------------------------------------------------
@@ -408,13 +389,13 @@ class CappedOutput:
         return bytes(self.head + cut + self.tail).decode("utf-8", "replace")
 
 
-def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
+def run_cells(sources: list[str], limits: RunnerLimits, stop: threading.Event | None = None) -> dict:
     """Run the code cells in order in a fresh subprocess; report the last one's output and saved PNGs.
 
-    Whatever the cell does, the call returns within its time limit and a second: at the limit, or when its
-    processes together use more than the memory limit or the process cap, everything it started is killed
-    (its PID namespace, control groups, process group, family tree), and its pipes are read only until a
-    deadline."""
+    Whatever the cell does, the call returns within its time limit and a second: at the limit, when its
+    processes together use more than the memory limit or the process cap, or when `stop` is set (the page's
+    Stop), everything it started is killed (its PID namespace, control groups, process group, family tree),
+    and its pipes are read only until a deadline."""
     marker = f"<<lucidlm-cell-{secrets.token_hex(8)}>>"
     script = "\n".join(f"print({marker!r}, flush=True)\n{source}" for source in sources)
     memory = limits.memory_mib * 2**20
@@ -460,6 +441,10 @@ def run_cells(sources: list[str], limits: RunnerLimits) -> dict:
                         notes.append(
                             f"the cell's processes together used more than its memory limit of {limits.memory_mib} MiB"
                         )
+                        break
+                    if stop is not None and stop.is_set():
+                        status = "stopped"
+                        notes.append("stopped at the page's request")
                         break
                     if time.monotonic() > deadline:
                         status = "timeout"
@@ -549,39 +534,53 @@ def create_tutorial_app(token: str, limits: RunnerLimits | None = None) -> FastA
     app.add_middleware(BrowserGuard)  # the outermost, as the API server's: another Host or Origin is refused first
     add_error_handlers(app)
 
+    # The built site's pages (site.py), every lesson live, its cells run here; and the files they load, by name.
+    entries = lesson_entries(lesson_files(), "server")
+    stops: set[threading.Event] = set()  # one for each cell running now, which /api/stop sets
+    files = {name: PAGE / name for name in ("course.js", "server-python.js", "editor/codemirror.js")}
+    files["style.css"] = STATIC / "style.css"
+
     @app.get("/")
-    async def page():
-        return FileResponse(PAGE / "tutorial.html")
+    @app.get("/index.html")
+    async def index():
+        return HTMLResponse(index_page(entries, "server"))
 
-    @app.get("/static/{name}")
-    async def static(name: str):
-        # Only files directly in one of the two folders; anything else, `..` included, is not there.
-        found = [folder / name for folder in (PAGE, STATIC) if (folder / name).is_file()]
-        if "/" in name or name.startswith(".") or not found:
-            raise APIError(404, f"no such file: {name}")
-        return FileResponse(found[0])
+    @app.get("/faq.html")
+    async def faq():
+        return HTMLResponse(faq_page())
 
-    @app.get("/api/lessons")
-    async def lessons():
-        return [lesson_entry(path) for path in lesson_files()]
+    @app.get("/lessons/{page}")
+    async def lesson(page: str):
+        found = [index for index, entry in enumerate(entries) if entry["page"] == page]
+        if not found:
+            raise APIError(404, f"no lesson page {page}: the lessons are 01.html to {entries[-1]['page']}")
+        cells = [CodeCell(text) for kind, text in lesson_sources(entries[found[0]]["path"]) if kind == "code"]
+        return HTMLResponse(lesson_page(entries, found[0], cells, "server", None))
 
-    def lesson_path(number: int) -> Path:
-        try:
-            return find_lesson(number)
-        except LucidError as exc:
-            raise APIError(404, str(exc)) from None
-
-    @app.get("/api/lessons/{number}")
-    async def lesson(number: int):
-        path = lesson_path(number)
-        return {**lesson_entry(path), "cells": lesson_cells(path)}
+    @app.get("/{name:path}")
+    async def page_file(name: str):
+        if name not in files:  # only the page's own files: a path of the request never reaches the disk
+            raise APIError(404, f"no such file: /{name}")
+        media = "text/css" if name.endswith(".css") else "text/javascript"
+        return FileResponse(files[name], media_type=media)
 
     @app.post("/api/run")
     async def run(request: Request):
         body: RunBody = await parse_body(request, RunBody)
         if not body.cells:
             raise APIError(400, "cells must hold at least the cell to run", "cells")
-        result = await asyncio.to_thread(run_cells, body.cells, limits)
-        return JSONResponse(result)
+        stop = threading.Event()
+        stops.add(stop)
+        try:
+            return JSONResponse(await asyncio.to_thread(run_cells, body.cells, limits, stop))
+        finally:
+            stops.discard(stop)
+
+    @app.post("/api/stop")
+    async def stop_cells():
+        """The page's Stop: every cell running now is ended (the tutorial is one learner's, behind its token)."""
+        for stop in list(stops):
+            stop.set()
+        return {"stopped": len(stops)}
 
     return app

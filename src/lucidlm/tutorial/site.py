@@ -96,6 +96,61 @@ def title_html(path: Path) -> Markup:
     return Markup(inline_html(lesson_title(path)))
 
 
+TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+
+
+def lesson_entries(paths: list[Path], runner: str) -> list[dict]:
+    """What the pages say of each lesson: its number, title, page, and whether its cells run here (with the
+    "browser" runner, the LIVE_LESSONS; with "server", `lucidlm tutorial`'s, every one)."""
+    return [
+        {
+            "number": lesson_number(p),
+            "title_html": title_html(p),
+            "page": f"{lesson_number(p):02d}.html",
+            "path": p,
+            "live": runner == "server" or lesson_number(p) in LIVE_LESSONS,
+            "status": "ok",
+        }
+        for p in paths
+    ]
+
+
+def lesson_page(entries: list[dict], index: int, code: list[CodeCell], runner: str, download_mb: float | None) -> str:
+    """A lesson's page: its explanation and code cells, each with the output in `code` (empty ones before
+    anything ran), and the course bar that runs them where the page's `runner` says."""
+    entry, outputs = entries[index], iter(code)
+    cells = [
+        {"kind": "markdown", "html": Markup(markdown_to_html(text, heading_shift=1))}
+        if kind == "markdown"
+        else next(outputs)
+        for kind, text in lesson_sources(entry["path"])
+    ]
+    return TEMPLATES.get_template("lesson.html").render(
+        title=lesson_title(entry["path"]),
+        root="../",
+        cells=cells,
+        status=entry["status"],
+        number=entry["number"],
+        live=entry["live"],
+        runner=runner,
+        download_mb=download_mb,
+        previous=entries[index - 1] if index else None,
+        next=entries[index + 1] if index + 1 < len(entries) else None,
+    )
+
+
+def faq_page() -> str:
+    faq = Markup(markdown_to_html(FAQ.read_text(encoding="utf-8"), heading_shift=1))
+    return TEMPLATES.get_template("faq.html").render(title="FAQ", root="", html=faq)
+
+
+def index_page(entries: list[dict], runner: str, model: str | None = None) -> str:
+    built = datetime.date.today().isoformat()
+    return TEMPLATES.get_template("index.html").render(
+        title="the lessons", root="", lessons=entries, built=built, version=__version__, model=model, runner=runner
+    )
+
+
 def build_tutorial_site(
     out: str | os.PathLike,
     numbers: list[int] | None = None,
@@ -111,17 +166,7 @@ def build_tutorial_site(
     if numbers is not None and len(paths) != len(set(numbers)):
         known = {lesson_number(p) for p in lesson_files()}
         raise ConfigError(f"there is no lesson {min(set(numbers) - known)}; the lessons are 1 to {max(known)}")
-    templates = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
-    entries = [
-        {
-            "number": lesson_number(p),
-            "title_html": title_html(p),
-            "page": f"{lesson_number(p):02d}.html",
-            "path": p,
-            "live": lesson_number(p) in LIVE_LESSONS,
-        }
-        for p in paths
-    ]
+    entries = lesson_entries(paths, "browser")
     live = any(entry["live"] for entry in entries)
     if live:
         prepared_runtime()  # before the lessons run: a missing runtime is an error now, not minutes later
@@ -143,39 +188,16 @@ def build_tutorial_site(
                 print(f"running lesson {entry['number']}: {lesson_title(entry['path'])}", file=sys.stderr)
             ran, status = run_lesson_cells(entry["path"], site / "lessons", f"{entry['number']:02d}", seconds)
             entry["status"] = status
-            code = iter(ran)
-            cells = [
-                {"kind": "markdown", "html": Markup(markdown_to_html(text, heading_shift=1))}
-                if kind == "markdown"
-                else next(code)
-                for kind, text in lesson_sources(entry["path"])
-            ]
-            page = templates.get_template("lesson.html").render(
-                title=lesson_title(entry["path"]),
-                root="../",
-                cells=cells,
-                status=status,
-                number=entry["number"],
-                live=entry["live"],
-                download_mb=download_mb,
-                previous=entries[index - 1] if index else None,
-                next=entries[index + 1] if index + 1 < len(entries) else None,
-            )
+            page = lesson_page(entries, index, ran, "browser", download_mb)
             (site / "lessons" / entry["page"]).write_text(page, encoding="utf-8")
-        faq = Markup(markdown_to_html(FAQ.read_text(encoding="utf-8"), heading_shift=1))
-        page = templates.get_template("faq.html").render(title="FAQ", root="", html=faq)
-        (site / "faq.html").write_text(page, encoding="utf-8")
-        built = datetime.date.today().isoformat()
-        index_page = templates.get_template("index.html").render(
-            title="the lessons", root="", lessons=entries, built=built, version=__version__, model=model_page
-        )
-        (site / "index.html").write_text(index_page, encoding="utf-8")
+        (site / "faq.html").write_text(faq_page(), encoding="utf-8")
+        (site / "index.html").write_text(index_page(entries, "browser", model_page), encoding="utf-8")
         failed = [e["number"] for e in entries if e["status"] != "ok"]
         manifest = {
             "lessons": [e["number"] for e in entries],
             "live": [e["number"] for e in entries if e["live"]],
             "failed": failed,
-            "built": built,
+            "built": datetime.date.today().isoformat(),
         }
         (site / "lucidlm-site.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return Path(out)

@@ -1,17 +1,19 @@
-// A built lesson page, live: each code cell is editable and runs on the Python in this page (runtime/python.js),
-// as in a notebook: one namespace, the cells' variables kept from run to run. Running a cell first runs the
-// cells above it that this interpreter has not run. Under each cell, what it printed (the site's build-time
-// output until then) and its claims: each `assert` of the cell, held, failed, or not reached.
+// A lesson page, live: each code cell is editable and runs as in a notebook, the cells' variables kept from run
+// to run. Where it runs is the page's runner: the Python in this page in a built site (runtime/python.js), or
+// this machine under `lucidlm tutorial` (server-python.js); both have run(code), stop() and started. Running a
+// cell first runs the cells above it that have not run. Under each cell, what it printed (a built site's
+// build-time output until then) and its claims: each `assert` of the cell, held, failed, or not reached.
 //
 // window.course is the page's interface for scripts and tests: runAll(), stop(), reset() and the cells (each
 // with source() and setSource(text), what its editor holds).
 import { EditorView, basicSetup, keymap, python as pythonSyntax } from "./editor/codemirror.js";
-import { BrowserPython } from "./runtime/python.js";
 
 const article = document.querySelector("article.lesson");
 const bar = document.querySelector(".course-bar");
 const status = bar.querySelector(".python-status");
-const python = new BrowserPython(new URL("runtime/", import.meta.url));
+const python = article.dataset.runner === "server"
+  ? new (await import("./server-python.js")).ServerPython("/api/run")
+  : new (await import("./runtime/python.js")).BrowserPython(new URL("runtime/", import.meta.url));
 const storageKey = (index) => `lucidlm:lesson:${article.dataset.lesson}:cell:${index}`;
 let ran = new Set(); // the cells this interpreter has run
 let busy = false;
@@ -104,7 +106,7 @@ async function runCell(cell) {
   showClaims(cell, result.stopped ? null : outcome);
   cell.element.dataset.state = result.stopped ? "stopped" : result.ok ? "ok" : "error";
   cell.element.dataset.seconds = ((performance.now() - started) / 1000).toFixed(2);
-  return result.ok;
+  return result;
 }
 
 function setBusy(value) {
@@ -118,17 +120,17 @@ function setBusy(value) {
 async function runUpTo(last, all = false) {
   if (busy) return;
   setBusy(true);
-  if (!python.started) status.textContent = "starting Python…";
+  if (!python.started) status.textContent = "starting…";
   try {
     for (let index = 0; index <= last; index++) {
       if (index < last && ran.has(index) && !all) continue;
-      const ok = await runCell(cells[index]);
-      if (!python.started) {
-        ran = new Set(); // stopped: a fresh interpreter next time
+      const { ok, stopped } = await runCell(cells[index]);
+      if (stopped) {
+        ran = new Set(); // a fresh interpreter next time
         break;
       }
       ran.add(index);
-      status.textContent = "Python is running in this page.";
+      status.textContent = "Running: the cells share their variables, as in a notebook.";
       if (!ok && index < last) break; // the cells below build on this one
     }
   } catch (error) {
@@ -142,7 +144,7 @@ async function runUpTo(last, all = false) {
 function stop() {
   python.stop("stopped");
   ran = new Set();
-  status.textContent = "Stopped. The next Run starts a fresh Python.";
+  status.textContent = "Stopped. The next Run starts afresh.";
 }
 
 function reset() {
@@ -156,7 +158,7 @@ function reset() {
     delete cell.element.dataset.state;
     showClaims(cell, null);
   });
-  status.textContent = "Reset: the lesson as written, and a fresh Python on the next Run.";
+  status.textContent = "Reset: the lesson as written, run afresh on the next Run.";
 }
 
 bar.querySelector(".run-all").addEventListener("click", () => runUpTo(cells.length - 1, true));
