@@ -85,8 +85,10 @@ HF_EXPORT = OutputKind(
 )
 TUTORIAL_SITE = OutputKind(
     "tutorial site",
-    frozenset({"index.html", "faq.html", "style.css", "lessons", "model", "lucidlm-site.json"})
-    | frozenset({"course.js", "editor", "runtime"}),  # what runs the lessons in the page
+    frozenset(
+        {"index.html", "faq.html", "style.css", "lessons", "model", "lucidlm-site.json"}
+        | {"course.js", "editor", "runtime"}  # what runs the lessons in the page
+    ),
     "lucidlm-site.json",
     ("lessons", "built"),
     "--build",

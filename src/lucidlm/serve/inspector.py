@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from lucidlm.explain import explain
+from lucidlm.export.web.model import PAGE_FILES
 from lucidlm.lens import ablation, head_scores, logit_lens
 from lucidlm.model import GPT
 from lucidlm.serve.http import STATIC, APIError, parse_body
@@ -123,7 +124,7 @@ def add_inspector_routes(app: FastAPI, model: GPT, tokenizer: Tokenizer, setting
     async def explainer_file(name: str):
         if name == "style.css":
             return FileResponse(STATIC / name, media_type="text/css")
-        if name not in ("explain.js", "gpt.js", "tokenizer.js", "lensview.js"):
+        if name not in PAGE_FILES or not name.endswith(".js"):
             raise APIError(404, f"no such file: /explain/{name}")
         return FileResponse(WEB_STATIC / name, media_type="text/javascript")
 

@@ -120,22 +120,23 @@ def prepared_runtime() -> Path:
     if (ready / "python.wasm.gz").exists():
         return ready
     ready.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=ready.parent) as scratch:
-        work = Path(scratch)
+    work = Path(tempfile.mkdtemp(dir=ready.parent))
+    try:
         stripped = strip_custom_sections((artifacts / "python.wasm").read_bytes())
         (work / "python.wasm.gz").write_bytes(gzip.compress(stripped, compresslevel=6, mtime=0))
         cut_stdlib(artifacts / "python-stdlib.zip", work / "stdlib.zip")
         shutil.copytree(artifacts / "LICENSES", work / "LICENSES")
         shutil.rmtree(ready, ignore_errors=True)
         work.rename(ready)  # whole or not at all: another build never sees half of it
-        work.mkdir()  # for TemporaryDirectory's clean-up
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     return ready
 
 
-def write_runtime(site: Path) -> dict[str, int]:
-    """SITE/runtime/, as the module docstring lists it; returns each file's size in bytes."""
+def write_runtime(site: Path, prepared: Path) -> dict[str, int]:
+    """SITE/runtime/, as the module docstring lists it, from `prepared_runtime()`; each file's size in bytes."""
     runtime = site / "runtime"
-    prepared = prepared_runtime()
     runtime.mkdir()
     for name in ("python.wasm.gz", "stdlib.zip"):
         shutil.copyfile(prepared / name, runtime / name)

@@ -49,8 +49,8 @@ from lucidlm.serve.http import (
     error_response,
     parse_body,
 )
-from lucidlm.tutorial.lessons import lesson_files, lesson_sources
-from lucidlm.tutorial.site import CodeCell, faq_page, index_page, lesson_entries, lesson_page
+from lucidlm.tutorial.lessons import lesson_files
+from lucidlm.tutorial.site import faq_page, index_page, lesson_entries, lesson_page
 
 PAGE = Path(__file__).parent / "static"  # the pages' scripts; their style sheet is the inspector's (serve/static)
 COOKIE = "lucidlm_tutorial_token"
@@ -554,8 +554,7 @@ def create_tutorial_app(token: str, limits: RunnerLimits | None = None) -> FastA
         found = [index for index, entry in enumerate(entries) if entry["page"] == page]
         if not found:
             raise APIError(404, f"no lesson page {page}: the lessons are 01.html to {entries[-1]['page']}")
-        cells = [CodeCell(text) for kind, text in lesson_sources(entries[found[0]]["path"]) if kind == "code"]
-        return HTMLResponse(lesson_page(entries, found[0], cells, "server", None))
+        return HTMLResponse(lesson_page(entries, found[0], None, "server", None))
 
     @app.get("/{name:path}")
     async def page_file(name: str):

@@ -115,14 +115,16 @@ def lesson_entries(paths: list[Path], runner: str) -> list[dict]:
     ]
 
 
-def lesson_page(entries: list[dict], index: int, code: list[CodeCell], runner: str, download_mb: float | None) -> str:
-    """A lesson's page: its explanation and code cells, each with the output in `code` (empty ones before
-    anything ran), and the course bar that runs them where the page's `runner` says."""
-    entry, outputs = entries[index], iter(code)
+def lesson_page(
+    entries: list[dict], index: int, code: list[CodeCell] | None, runner: str, download_mb: float | None
+) -> str:
+    """A lesson's page: its explanation and code cells, each with its output in `code` (none where nothing ran
+    yet: `lucidlm tutorial`), and the course bar that runs them where the page's `runner` says."""
+    entry, outputs = entries[index], iter(code or ())
     cells = [
         {"kind": "markdown", "html": Markup(markdown_to_html(text, heading_shift=1))}
         if kind == "markdown"
-        else next(outputs)
+        else next(outputs, None) or CodeCell(text)
         for kind, text in lesson_sources(entry["path"])
     ]
     return TEMPLATES.get_template("lesson.html").render(
@@ -167,14 +169,13 @@ def build_tutorial_site(
         known = {lesson_number(p) for p in lesson_files()}
         raise ConfigError(f"there is no lesson {min(set(numbers) - known)}; the lessons are 1 to {max(known)}")
     entries = lesson_entries(paths, "browser")
-    live = any(entry["live"] for entry in entries)
-    if live:
-        prepared_runtime()  # before the lessons run: a missing runtime is an error now, not minutes later
+    # before the lessons run: a missing runtime is an error now, not minutes later
+    prepared = prepared_runtime() if any(entry["live"] for entry in entries) else None
     with written_directory(out, TUTORIAL_SITE, force) as site:
         (site / "lessons").mkdir()
         download_mb = None
-        if live:
-            sizes = write_runtime(site)
+        if prepared is not None:
+            sizes = write_runtime(site, prepared)
             download_mb = round(sum(sizes[name] for name in DOWNLOADED) / 1e6, 1)
             shutil.copyfile(HERE / "static" / "course.js", site / "course.js")
             shutil.copytree(HERE / "static" / "editor", site / "editor")  # CodeMirror, with its licences

@@ -161,9 +161,10 @@ function reset() {
   status.textContent = "Reset: the lesson as written, run afresh on the next Run.";
 }
 
-bar.querySelector(".run-all").addEventListener("click", () => runUpTo(cells.length - 1, true));
+const runAll = () => runUpTo(cells.length - 1, true);
+bar.querySelector(".run-all").addEventListener("click", runAll);
 bar.querySelector(".stop").addEventListener("click", stop);
 bar.querySelector(".reset").addEventListener("click", reset);
 cells.forEach((cell) => showClaims(cell, null));
-window.course = { cells, python, runAll: () => runUpTo(cells.length - 1, true), stop, reset };
+window.course = { cells, python, runAll, stop, reset };
 document.body.dataset.course = "ready";
