@@ -14,7 +14,17 @@ import statistics
 import time
 
 import torch
-from common import CHROMIUM, CHROMIUM_FLAGS, ROOT, WORK, machine, serving, tiny_shakespeare_data, write_results
+from common import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    ROOT,
+    WORK,
+    machine,
+    machine_line,
+    serving,
+    tiny_shakespeare_data,
+    write_results,
+)
 
 from lucidlm.config import PRESETS
 from lucidlm.export.web import export_web
@@ -78,7 +88,7 @@ def main() -> None:
 
 `lucidlm export --format web` of {which} ({results["parameters"]:,} parameters: {c.n_layer} layers, width
 {c.n_embd}, block {c.block_size}), served locally and run by gpt.js in headless Chromium {version} on this
-machine; medians of {ROUNDS} page loads.
+machine; medians of {ROUNDS} page loads. {machine_line()}
 
 | | |
 |---|---:|
