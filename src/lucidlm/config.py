@@ -13,6 +13,10 @@ from lucidlm.files import MiB, read_text
 from lucidlm.model.config import MAX_DIMENSION, GPTConfig, check_types, shown_integer
 
 
+# what a training step can minimise (train/objectives.py)
+OBJECTIVES = ("next_token", "dpo", "grpo")
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 12
@@ -54,6 +58,19 @@ class TrainConfig:
     # machine, the budget stretches to what it takes (`make demo`'s promise on a slow CPU)
     target_loss: float | None = None
     tracker: str = "none"  # or tensorboard, wandb, trackio: the series also streamed there (train/tracking.py)
+    # what a step minimises (train/objectives.py): next_token (pretraining, SFT), dpo (preference data from
+    # `data prepare --preferences`) or grpo (task data from `data prepare --tasks`); dpo and grpo tune a trained
+    # model (--init-from), which is also their frozen reference
+    objective: str = "next_token"
+    dpo_beta: float = 0.1  # dpo: how far the policy may move from the reference (the reward's scale)
+    # grpo: batch_size prompts a step, each with group_size replies sampled at sample_temperature, of at most
+    # max_reply_tokens tokens, scored by `reward` (exact, number, or a Python function as module:function)
+    group_size: int = 8
+    sample_temperature: float = 1.0
+    max_reply_tokens: int = 32
+    reward: str = "exact"
+    grpo_clip: float = 0.2  # grpo: the policy ratio is clipped to [1 - grpo_clip, 1 + grpo_clip]
+    kl_coef: float = 0.0  # grpo: the weight of the KL penalty to the reference (0: none, and no reference kept)
 
     def __post_init__(self) -> None:
         """Every training setting's type and range, checked here and nowhere else, so that a bad value from
@@ -61,7 +78,8 @@ class TrainConfig:
         if isinstance(self.compile, bool):  # runs and TOML files from before compile=auto
             self.compile = str(self.compile).lower()
         check_types(self)
-        for name in ("batch_size", "grad_accum", "max_steps", "newton_schulz_steps", "eval_interval", "eval_batches"):
+        positive = ("batch_size", "grad_accum", "max_steps", "newton_schulz_steps", "eval_interval", "eval_batches")
+        for name in (*positive, "group_size", "max_reply_tokens"):
             largest = 2**63 - 1 if name in ("max_steps", "eval_interval") else MAX_DIMENSION
             if not 1 <= getattr(self, name) <= largest:
                 raise ConfigError(
@@ -83,12 +101,21 @@ class TrainConfig:
             ("min_steps", self.min_steps is None or self.min_steps >= 1, "must be a positive integer"),
             ("lora_rank", self.lora_rank >= 0, "must be 0 (full fine-tuning) or a positive rank such as 8"),
             ("lora_alpha", self.lora_alpha > 0, "must be positive"),
+            ("dpo_beta", self.dpo_beta > 0, "must be positive, e.g. 0.1"),
+            ("sample_temperature", 0 < self.sample_temperature <= 10, "must lie in (0, 10], e.g. 1.0"),
+            ("grpo_clip", 0 < self.grpo_clip < 1, "must lie in (0, 1), e.g. 0.2"),
+            ("kl_coef", self.kl_coef >= 0, "must be 0 (no penalty) or more"),
+            ("group_size", self.objective != "grpo" or self.group_size >= 2, "must be 2 or more: a group is its own baseline"),
         ]
         for name, ok, rule in ranges:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r} {rule}")
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective {self.objective!r} is not one of: {', '.join(OBJECTIVES)}")
+        if self.objective != "next_token" and self.backend == "numpy":
+            raise ConfigError(f"objective={self.objective} is for the torch backend; drop backend=numpy")
         if self.backend not in ("torch", "numpy"):
             raise ConfigError(f"backend {self.backend!r} is not one of: torch, numpy")
         if self.tracker not in ("none", "tensorboard", "wandb", "trackio"):

@@ -134,6 +134,17 @@ class ChatSplit:
         self.mask.extend(mask)
 
 
+def chat_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """The tokenizer chat data is written with: the model's, given lucidlm's turn tokens if it has no template."""
+    return tokenizer.with_special_tokens(CHAT_TOKENS) if chat_template(tokenizer) is None else tokenizer
+
+
+def split_of(index: int, val_fraction: float) -> str:
+    """"val" for every record that brings the running count of `val_fraction * i` past a whole number (so that
+    the validation split is spread through the file), "train" for the others."""
+    return "val" if int((index + 1) * val_fraction) > int(index * val_fraction) else "train"
+
+
 def fit_to_context(
     ids: list[int], mask: list[int], ends: list[int], context: int
 ) -> tuple[list[int], list[int]] | None:
@@ -162,14 +173,13 @@ def prepare_chat(
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
     check_target(out_dir, DATA_DIR, force)
-    if chat_template(tokenizer) is None:
-        tokenizer = tokenizer.with_special_tokens(CHAT_TOKENS)
+    tokenizer = chat_tokenizer(tokenizer)
     splits = {"train": ChatSplit(), "val": ChatSplit()}
     counts = {"conversations": 0, "texts": 0, "cut": 0, "dropped": 0}
     records = list(read_conversations(path, text=True))
     disable = None if progress is None else not progress
     for index, (number, record) in enumerate(tqdm(records, desc="encoding", unit="line", disable=disable)):
-        split = splits["val" if int((index + 1) * val_fraction) > int(index * val_fraction) else "train"]
+        split = splits[split_of(index, val_fraction)]
         try:
             if "text" in record:
                 ids = tokenizer.encode(record["text"])
@@ -196,6 +206,34 @@ def prepare_chat(
                 f"{path}: the {name} split has no conversation ({counts['conversations']} read, "
                 f"{counts['dropped']} longer than the context of {context}); give more conversations"
             )
+    meta = write_chat_data(
+        out_dir,
+        force,
+        tokenizer,
+        splits,
+        val_fraction,
+        path,
+        {
+            "context": context,
+            **counts,
+            "learned_tokens": {name: sum(split.mask) for name, split in splits.items()},
+        },
+    )
+    return meta
+
+
+def write_chat_data(
+    out_dir: str | os.PathLike,
+    force: bool,
+    tokenizer: Tokenizer,
+    splits: dict[str, ChatSplit],
+    val_fraction: float,
+    source: str | os.PathLike,
+    chat_meta: dict,
+    **extra_meta: object,
+) -> dict:
+    """Write the splits' tokens, masks and starts, the tokenizer and meta.json (with `chat_meta` under "chat",
+    where the loader may start a window: `{split}_starts`) into a new data directory; returns the meta."""
     dtype = token_dtype(tokenizer.vocab_size)
     with written_directory(out_dir, DATA_DIR, force) as out:
         for name, split in splits.items():
@@ -214,14 +252,12 @@ def prepare_chat(
             "val_tokens": len(splits["val"].ids),
             "val_fraction": val_fraction,
             "chat": {
-                "context": context,
-                **counts,
-                # where the loader may start a window: at each conversation, and at each context of a text
+                **chat_meta,
                 "train_starts": len(splits["train"].starts),
                 "val_starts": len(splits["val"].starts),
-                "learned_tokens": {name: sum(split.mask) for name, split in splits.items()},
             },
-            "sources": [{"source": str(path), "sha256": sha256_file(Path(path))}],
+            **extra_meta,
+            "sources": [{"source": str(source), "sha256": sha256_file(Path(source))}],
         }
         tokenizer.save(out / "tokenizer.json")
         (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

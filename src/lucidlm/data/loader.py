@@ -8,7 +8,9 @@ batches that 1 process with 2 micro-steps draws.
 
 Chat data (lucidlm.chat.data) adds a loss mask and the conversations' starts: a window then begins at a
 conversation, runs on into the ones after it (packing), and its targets outside the assistant's replies, or
-past the split's end, are -1, which the loss ignores.
+past the split's end, are -1, which the loss ignores. Preference data (lucidlm.chat.preferences) is chat data
+whose sequences come in pairs, chosen then rejected: a batch of B pairs is 2 B windows, the chosen replies first,
+each window's targets ending with its own sequence.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ def is_chat_data(data_dir: str | Path) -> bool:
     return "chat" in read_meta(data_dir)
 
 
+def data_kind(data_dir: str | Path) -> str:
+    """"text", "chat", "preferences" (chat data in chosen/rejected pairs) or "tasks" (prompts and answers)."""
+    meta = read_meta(data_dir)
+    return next((kind for kind in ("preferences", "tasks") if meta.get(kind)), "chat" if "chat" in meta else "text")
+
+
 class BatchLoader:
     """Random windows of `block_size + 1` tokens; `batch(split, step)` is deterministic."""
 
@@ -90,10 +98,15 @@ class BatchLoader:
         self.rank, self.micro_steps = rank, micro_steps
         self.device = torch.device(device)
         self.splits = {split: open_split(data_dir, split) for split in SPLITS}
-        self.masks = self.starts = None
+        self.masks = self.starts = self.ends = None
+        self.pairs = data_kind(data_dir) == "preferences"
         if is_chat_data(data_dir):
             self.masks = {split: open_split(data_dir, split, "mask") for split in SPLITS}
             self.starts = {split: open_split(data_dir, split, "starts") for split in SPLITS}
+        if self.pairs:  # where each sequence ends: the next one's start
+            self.ends = {
+                split: np.append(self.starts[split][1:], len(self.splits[split])).astype(np.int64) for split in SPLITS
+            }
         for split, tokens in self.splits.items():
             if self.starts is None and len(tokens) < block_size + 1:
                 raise DataError(
@@ -103,16 +116,27 @@ class BatchLoader:
         self.window = np.arange(block_size + 1)
 
     def offsets(self, split: str, step: int, micro_step: int = 0) -> np.ndarray:
+        """Where each window of the batch starts in the split's tokens (for pairs, the indices of the sequences:
+        the chosen ones, then the rejected ones)."""
         index = self.rank * self.micro_steps + micro_step
         rng = np.random.default_rng([self.seed, SPLITS.index(split), step, index])
+        if self.pairs:
+            chosen = 2 * rng.integers(0, len(self.starts[split]) // 2, size=self.batch_size)
+            return np.concatenate([chosen, chosen + 1])
         if self.starts is not None:
             return self.starts[split][rng.integers(0, len(self.starts[split]), size=self.batch_size)].astype(np.int64)
         return rng.integers(0, len(self.splits[split]) - self.block_size, size=self.batch_size)
 
     def batch(self, split: str, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.splits[split]
-        index = self.offsets(split, step, micro_step)[:, None] + self.window  # (B, T + 1)
-        inside = index < len(tokens)
+        offsets = self.offsets(split, step, micro_step)
+        if self.pairs:
+            ends = self.ends[split][offsets][:, None]
+            offsets = self.starts[split][offsets].astype(np.int64)
+        else:
+            ends = len(tokens)
+        index = offsets[:, None] + self.window  # (B, T + 1)
+        inside = index < ends
         index = np.minimum(index, len(tokens) - 1)
         windows = tokens[index].astype(np.int64)
         inputs, targets = windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)

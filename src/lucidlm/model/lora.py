@@ -12,6 +12,8 @@ generation, serving and export use a LoRA run.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +72,20 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: str, train_embe
         model.transformer.wte.weight.requires_grad_(True)
         model.lm_head.weight.requires_grad_(True)
     return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """The base model within: every adapter's scale is 0 (DPO's reference, when the base is frozen)."""
+    layers = [module for module in model.modules() if isinstance(module, LoRALinear)]
+    scales = [layer.scale for layer in layers]
+    for layer in layers:
+        layer.scale = 0.0
+    try:
+        yield
+    finally:
+        for layer, scale in zip(layers, scales, strict=True):
+            layer.scale = scale
 
 
 @torch.no_grad()

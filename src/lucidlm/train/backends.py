@@ -17,8 +17,9 @@ from lucidlm.config import RunConfig
 from lucidlm.device import autocast, training_compile, training_precision, use_compile_cache
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
-from lucidlm.model.lora import add_lora
+from lucidlm.model.lora import add_lora, adapters_off
 from lucidlm.train.distributed import Distributed
+from lucidlm.train.objectives import dpo_loss, sequence_logprobs
 from lucidlm.train.optim import make_optimizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -31,8 +32,15 @@ class TorchBackend:
     def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
         self.device = device
         self.precision, self.precision_reason = training_precision(device, config.train.dtype)
+        self.model_config = config.model
         self.model = GPT(config.model).to(device)
         train = config.train
+        self.objective, self.dpo_beta = train.objective, train.dpo_beta
+        # DPO's frozen reference, the model training starts from (load_weights). A LoRA run whose embeddings stay
+        # frozen needs no copy: its reference is the model with the adapters off.
+        self.needs_reference = train.objective == "dpo" or (train.objective == "grpo" and train.kl_coef > 0)
+        self.reference: GPT | None = None
+        self.metrics: dict[str, float] = {}  # what the last step reported beside its loss
         self.lora = bool(train.lora_rank)
         if self.lora:  # the model is frozen but for its adapters (and, for new tokens, its embeddings)
             self.trainable = add_lora(
@@ -52,18 +60,39 @@ class TorchBackend:
             self.ddp = DistributedDataParallel(self.forward, device_ids=device_ids)
             self.forward = self.ddp
 
+    def objective_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """What a step minimises on one batch (train/objectives.py), and what it reports beside the loss."""
+        if self.objective == "dpo":  # x holds B chosen sequences, then their B rejected ones
+            policy = sequence_logprobs(self.forward(x)[0], y)  # (2B,)
+            reference = self.reference_logprobs(x, y)
+            pairs = x.shape[0] // 2
+            return dpo_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:], self.dpo_beta)
+        return self.forward(x, y)[1], {}
+
+    @torch.no_grad()
+    def reference_logprobs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each row's summed log-probability of its learned targets under the frozen reference."""
+        if self.reference is not None:
+            return sequence_logprobs(self.reference(x)[0], y)
+        with adapters_off(self.model):
+            return sequence_logprobs(self.model(x)[0], y)
+
     def train_step(self, batches: list[Batch], lr: float, grad_clip: float) -> float:
         """One optimizer step on the mean gradient of `batches` (gradient accumulation); returns the mean loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
+        metric_sums: dict[str, torch.Tensor] = {}
         for micro_step, (x, y) in enumerate(batches):
             # Under DDP, gradients are averaged across processes once, on the last micro-step.
             last = micro_step == len(batches) - 1
             with autocast(self.device, self.precision), self.ddp.no_sync() if self.ddp and not last else nullcontext():
-                _, loss = self.forward(x, y)
+                loss, metrics = self.objective_loss(x, y)
                 (loss / len(batches)).backward()
             loss_sum += loss.detach()
+            for name, value in metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0) + value
+        self.metrics = {name: float(value) / len(batches) for name, value in metric_sums.items()}
         if grad_clip > 0:
             self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
         else:  # the norm alone, for the logs: one pass over the gradients
@@ -87,12 +116,13 @@ class TorchBackend:
         return time.perf_counter() - started
 
     @torch.no_grad()
-    def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def eval_scores(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """{"loss": the objective's loss on one batch, and what it reports beside it}."""
         self.model.eval()
         with autocast(self.device, self.precision):
-            loss = self.forward(x, y)[1].item()
+            loss, metrics = self.objective_loss(x, y)
         self.model.train()
-        return loss
+        return {"loss": loss.item(), **{name: float(value) for name, value in metrics.items()}}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
         """(weights, optimizer moments and RNG state as tensors, the optimizer's settings as JSON)."""
@@ -125,6 +155,11 @@ class TorchBackend:
             self.model.load_saved_state(weights, partial=self.lora)
         except ValueError as exc:
             raise CheckpointError(f"the initial weights do not fit the model ({exc})") from None
+        frozen_base = self.lora and not self.model.transformer.wte.weight.requires_grad
+        if self.needs_reference and not frozen_base:
+            self.reference = GPT(self.model_config).to(self.device)
+            self.reference.load_saved_state(weights)
+            self.reference.requires_grad_(False).eval()
 
     def restore(self, weights: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], extra: dict) -> None:
         try:
@@ -160,6 +195,7 @@ class NumpyBackend:
         self.precision, self.precision_reason = "fp32", "the NumPy backend computes in float32"
         self.compiled, self.compile_reason = False, "the NumPy backend runs NumPy, which torch.compile does not"
         self.model = NumpyGPT(config.model, seed=train.seed)
+        self.metrics: dict[str, float] = {}
         self.optimizer = AdamW(self.model.params, train.lr, (train.beta1, train.beta2), weight_decay=train.weight_decay)
 
     def close(self) -> None:
@@ -186,10 +222,10 @@ class NumpyBackend:
         self.optimizer.step(grads)
         return total_loss / len(batches)
 
-    def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def eval_scores(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         loss = self.model.forward(x.numpy(), y.numpy())[1]
         self.model.caches = None
-        return loss
+        return {"loss": loss}
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
         moments = {f"exp_avg.{name}": torch.from_numpy(m) for name, m in self.optimizer.exp_avg.items()}

@@ -1,10 +1,15 @@
-"""metrics.jsonl (one JSON object per line) and the loss curve loss.png drawn from it."""
+"""metrics.jsonl (one JSON object per line) and the loss curve loss.png drawn from it; beside the loss, a second
+panel draws what an objective reports about its rewards (DPO's margin and accuracy, GRPO's reward and pass@1)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+
+
+# the reward series drawn beside the loss, where a run has them
+REWARD_SERIES = ("reward_margin", "val_reward_margin", "val_reward_accuracy", "reward", "val_pass_at_1", "kl")
 
 
 class MetricsLog:
@@ -36,15 +41,26 @@ class MetricsLog:
         records = self.read()
         train = [(r["step"], r["loss"]) for r in records if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-        figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+        rewards = [name for name in REWARD_SERIES if any(name in r for r in records)]
+        figure, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 4), dpi=100, squeeze=False)
+        axis = axes[0][0]
         if train:
             axis.plot(*zip(*train, strict=True), label="train loss", linewidth=1, alpha=0.7)
         if val:
             axis.plot(*zip(*val, strict=True), "o-", label="val loss", linewidth=2)
         axis.set_xlabel("step")
-        axis.set_ylabel("cross-entropy (nats per token)")
+        axis.set_ylabel("DPO loss" if rewards and rewards[0].endswith("margin") else "cross-entropy (nats per token)")
         axis.grid(alpha=0.3)
         axis.legend()
+        if rewards:
+            panel = axes[0][1]
+            for name in rewards:
+                points = [(r["step"], r[name]) for r in records if name in r]
+                style = "o-" if name.startswith("val_") else "-"
+                panel.plot(*zip(*points, strict=True), style, label=name.replace("_", " "), linewidth=1.5)
+            panel.set_xlabel("step")
+            panel.grid(alpha=0.3)
+            panel.legend()
         figure.tight_layout()
         out = Path(out)
         tmp = out.with_name(out.stem + ".tmp.png")

@@ -19,7 +19,7 @@ import torch
 
 from lucidlm.config import RunConfig, parse_overrides, resolve_config
 from lucidlm.data.corpus import iter_text, text_sha256
-from lucidlm.data.loader import read_meta
+from lucidlm.data.loader import data_kind, read_meta
 from lucidlm.data.prepare import Source, prepare
 from lucidlm.errors import CheckpointError, ConfigError, DataError
 from lucidlm.load import (
@@ -107,8 +107,33 @@ def plan_run(
 
                     plan.config, plan.recipe = fit_to_machine(config, train_tokens)
         plan.force = force
+    check_objective(plan.config, data)
     check_fits_in_memory(plan.config)
     return plan
+
+
+# the data each objective trains on, and how to prepare it
+OBJECTIVE_DATA = {
+    "dpo": ("preferences", "data prepare --preferences FILE.jsonl --tokenizer-from RUN"),
+    "grpo": ("tasks", "data prepare --tasks FILE.jsonl --tokenizer-from RUN"),
+}
+
+
+def check_objective(config: RunConfig, data: Path) -> None:
+    """The data fits the objective: preference pairs for DPO, tasks for GRPO, text or chat for next-token; and
+    DPO and GRPO tune a trained model."""
+    objective = config.train.objective
+    kind = data_kind(data) if data.is_dir() else "text"
+    wanted, how = OBJECTIVE_DATA.get(objective, (None, None))
+    if wanted and kind != wanted:
+        raise ConfigError(
+            f"objective={objective} trains on {wanted} data, and {data} holds {kind}; prepare it with `lucidlm {how}`"
+        )
+    if not wanted and kind in ("preferences", "tasks"):
+        objective_of = next(name for name, (needed, _) in OBJECTIVE_DATA.items() if needed == kind)
+        raise ConfigError(f"{data} holds {kind}, which train with --set objective={objective_of}")
+    if wanted and config.init_from is None:
+        raise ConfigError(f"objective={objective} tunes a trained model: add --init-from RUN_DIR or hf:DIR")
 
 
 def carry_out(plan: RunPlan, progress: bool | None = None) -> TrainResult:
@@ -162,7 +187,8 @@ def _plan_resume(
                 "drop them (change training settings with --set or --max-steps)"
             )
     plan = RunPlan(data, out, config, resume=True, tokenizer=tokenizer)
-    if config.train.lora_rank:  # the frozen base comes back from where the run started
+    # the frozen base of a LoRA run, and DPO's and GRPO's reference, come back from where the run started
+    if config.train.lora_rank or config.train.objective != "next_token":
         plan.init_weights = load_base(config.init_from, tokenizer, what=str(out))[1]
     latest = read_manifest(out, "latest")
     state = read_state(find_checkpoint(out, "latest"))

@@ -48,9 +48,14 @@ class TrainResult:
     compile_seconds: float = 0.0  # torch.compile's work on the blocks, before the clock started
 
 
-def estimate_val_loss(backend: TorchBackend | NumpyBackend, loader: BatchLoader, batches: int) -> float:
-    """Mean loss over the same `batches` validation batches every time, so evaluations compare."""
-    return sum(backend.eval_loss(*loader.batch("val", index)) for index in range(batches)) / batches
+def estimate_val_scores(backend: TorchBackend | NumpyBackend, loader: BatchLoader, batches: int) -> dict[str, float]:
+    """The mean loss (and what the objective reports beside it) over the same `batches` validation batches every
+    time, so evaluations compare."""
+    totals: dict[str, float] = {}
+    for index in range(batches):
+        for name, value in backend.eval_scores(*loader.batch("val", index)).items():
+            totals[name] = totals.get(name, 0.0) + value
+    return {name: total / batches for name, total in totals.items()}
 
 
 class StopRequest:
@@ -82,6 +87,8 @@ class StopRequest:
             signal.signal(signum, previous)
 
 
+# what the progress bar shows beside the loss, where an objective reports it
+SHOWN_METRICS = ("reward_margin", "reward_accuracy", "reward", "kl")
 EVAL_PASSES = 100  # an evaluation that reads the validation split more often than this is a typo
 
 
@@ -217,17 +224,23 @@ def train(
             return min(100, round(100 * time_progress(step, elapsed, train_config)))
         return round(elapsed)
 
+    val_extra: dict[str, float] = {}  # what the objective reports beside the val loss (DPO's margin and accuracy)
+
     def evaluate_and_save(interrupted: bool = False) -> None:
-        nonlocal best_val_loss, val_loss
+        nonlocal best_val_loss, val_loss, val_extra
         if not interrupted:
-            val_loss = group.mean(estimate_val_loss(backend, loader, train_config.eval_batches), device)
+            scores = estimate_val_scores(backend, loader, train_config.eval_batches)
+            scores = {name: group.mean(value, device) for name, value in scores.items()}
+            val_loss, val_extra = scores.pop("loss"), scores
         if not group.is_main:
             return
         if not interrupted:
             bpb = {} if val_bpb() is None else {"val_bpb": val_bpb()}
-            metrics.append({"step": step, "val_loss": val_loss, **bpb, "elapsed": round(elapsed, 3)})
+            extra = {f"val_{name}": value for name, value in val_extra.items()}
+            metrics.append({"step": step, "val_loss": val_loss, **bpb, **extra, "elapsed": round(elapsed, 3)})
             if tracker is not None:
-                tracker.log({"val/loss": val_loss, **({"val/bpb": bpb["val_bpb"]} if bpb else {})}, step)
+                series = {"val/loss": val_loss, **({"val/bpb": bpb["val_bpb"]} if bpb else {})}
+                tracker.log({**series, **{f"val/{name}": value for name, value in val_extra.items()}}, step)
         is_best = not interrupted and val_loss < best_val_loss
         best_val_loss = min(best_val_loss, val_loss) if val_loss is not None else best_val_loss
         weights, tensors, extra = backend.state()
@@ -265,26 +278,31 @@ def train(
             rate_tokens, rate_time = rate_tokens + tokens_per_step, rate_time + seconds
             if not math.isfinite(train_loss):
                 raise LucidError(f"the loss became {train_loss} at step {step}; {_after_divergence(run_dir)}")
+            step_metrics = {name: group.mean(value, device) for name, value in backend.metrics.items()}
             if group.is_main:
                 grad_norm = float(backend.grad_norm)
-                record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm}
+                record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm, **step_metrics}
                 metrics.append({**record, "elapsed": round(elapsed, 3)})
                 if tracker is not None:
                     tokens_per_second = tokens_per_step / seconds
                     tracker.log(
                         {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                         "train/tokens_per_second": tokens_per_second}, step
+                         "train/tokens_per_second": tokens_per_second,
+                         **{f"train/{name}": value for name, value in step_metrics.items()}}, step
                     )  # fmt: skip
             bar.update(bar_position() - bar.n)
+            shown = "".join(f" {name} {value:.3g}" for name, value in step_metrics.items() if name in SHOWN_METRICS)
             bar.set_postfix_str(
-                f"step {step} loss {train_loss:.4f} lr {lr:.2e} {rate_tokens / rate_time:,.0f} tok/s", refresh=False
+                f"step {step} loss {train_loss:.4f}{shown} lr {lr:.2e} {rate_tokens / rate_time:,.0f} tok/s",
+                refresh=False,
             )
             if step % train_config.eval_interval == 0:
                 evaluate_and_save()
                 last_evaluated = step
                 if group.is_main:
                     bpb = "" if val_bpb() is None else f" ({val_bpb():.4f} bits/byte)"
-                    bar.write(f"step {step}: val loss {val_loss:.4f}{bpb}, {elapsed:.0f}s")
+                    extra = "".join(f", {name.replace('_', ' ')} {value:.4g}" for name, value in val_extra.items())
+                    bar.write(f"step {step}: val loss {val_loss:.4f}{bpb}{extra}, {elapsed:.0f}s")
             stopping = group.any(stop.requested or out_of_time(), device)
         if step != last_evaluated:
             evaluate_and_save(interrupted=stop.requested)

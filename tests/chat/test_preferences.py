@@ -1,0 +1,187 @@
+"""Preference tuning: the DPO loss and its gradient against a direct computation, preference data through the
+chat template, the loader's pairs, and a DPO run that raises the chosen reply's reward and resumes exactly."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lucidlm.chat.preferences import prepare_preferences
+from lucidlm.data.loader import BatchLoader
+from lucidlm.errors import ConfigError, DataError
+from lucidlm.load import load_model
+from lucidlm.model import GPT, GPTConfig
+from lucidlm.train.objectives import dpo_loss, sequence_logprobs
+from lucidlm.train.plan import carry_out, plan_run
+from tests.chat.conftest import write_jsonl
+from tests.chat.test_repl import write_run
+
+BLOCK = 48
+
+
+def direct_logprob(model: GPT, ids: list[int], reply_from: int) -> torch.Tensor:
+    """log p(ids[reply_from:] | ids[:reply_from]), one token at a time from the logits, as the definition reads."""
+    logits, _ = model(torch.tensor([ids[:-1]]))
+    total = torch.zeros(())
+    for position in range(reply_from - 1, len(ids) - 1):
+        total = total + torch.log(torch.softmax(logits[0, position], dim=-1)[ids[position + 1]])
+    return total
+
+
+def test_the_dpo_loss_and_its_gradient_match_the_formula_from_log_probabilities():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    policy, reference = GPT(config), GPT(config)
+    prompt, chosen, rejected = [1, 2, 3], [4, 5, 10], [6, 10]
+    beta = 0.5
+    # the direct computation: -log sigmoid(beta (log pi_c - log ref_c) - beta (log pi_r - log ref_r))
+    sequences = [prompt + chosen, prompt + rejected]
+    with torch.no_grad():
+        reference_c, reference_r = (direct_logprob(reference, ids, len(prompt)) for ids in sequences)
+    policy_c, policy_r = (direct_logprob(policy, ids, len(prompt)) for ids in sequences)
+    expected = -F.logsigmoid(beta * (policy_c - reference_c) - beta * (policy_r - reference_r))
+    expected.backward()
+    expected_grads = {name: p.grad.clone() for name, p in policy.named_parameters()}
+    policy.zero_grad()
+    # the trainer's way: padded rows, targets -1 outside the reply
+    length = max(map(len, sequences))
+    x = torch.zeros(2, length - 1, dtype=torch.long)
+    y = torch.full((2, length - 1), -1)
+    for row, ids in enumerate(sequences):
+        x[row, : len(ids) - 1] = torch.tensor(ids[:-1])
+        y[row, len(prompt) - 1 : len(ids) - 1] = torch.tensor(ids[len(prompt) :])
+    with torch.no_grad():
+        reference_both = sequence_logprobs(reference(x)[0], y)
+    policy_both = sequence_logprobs(policy(x)[0], y)
+    loss, metrics = dpo_loss(policy_both[:1], policy_both[1:], reference_both[:1], reference_both[1:], beta)
+    loss.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    for name, p in policy.named_parameters():
+        torch.testing.assert_close(p.grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    margin = beta * ((policy_c - reference_c) - (policy_r - reference_r))
+    assert float(metrics["reward_margin"]) == pytest.approx(margin.item(), abs=1e-5)
+    assert float(metrics["reward_accuracy"]) == float(margin > 0)
+
+
+def test_the_dpo_loss_at_the_reference_is_log_2_and_falls_as_the_margin_grows():
+    zero = torch.zeros(4)
+    loss, metrics = dpo_loss(zero, zero, zero, zero, beta=0.1)
+    assert float(loss) == pytest.approx(0.693147, abs=1e-6) and float(metrics["reward_margin"]) == 0
+    loss, metrics = dpo_loss(torch.tensor([2.0]), torch.tensor([-3.0]), torch.zeros(1), torch.zeros(1), beta=0.2)
+    assert float(loss) == pytest.approx(-F.logsigmoid(torch.tensor(1.0)).item(), rel=1e-6)
+    assert float(metrics["reward_accuracy"]) == 1.0 and float(metrics["chosen_reward"]) == pytest.approx(0.4)
+
+
+def pairs(count: int) -> list[dict]:
+    """Questions about a word, the chosen reply the word reversed, the rejected one the word as it is."""
+    words = ["abc", "dog", "sun", "map", "kit", "pen", "rug", "owl", "fig", "jam", "bus", "cot"]
+    records = []
+    for index in range(count):
+        word = words[index % len(words)]
+        records.append({"messages": [{"role": "user", "content": f"Reverse {word}."}], "chosen": word[::-1],
+                        "rejected": word})  # fmt: skip
+    return records
+
+
+@pytest.fixture
+def base_run(tmp_path, chat_tokenizer):
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32))
+    write_run(tmp_path / "base", chat_tokenizer, model)
+    return tmp_path / "base"
+
+
+def test_preference_data_holds_pairs_whose_replies_alone_are_learned(tmp_path, chat_tokenizer):
+    records = pairs(20)
+    records[3] = {"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+                               {"role": "user", "content": "Reverse ab."}],
+                  "chosen": [{"role": "assistant", "content": "ba"}], "rejected": "ab"}  # fmt: skip
+    write_jsonl(tmp_path / "pairs.jsonl", records)
+    meta = prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.2)
+    assert meta["preferences"] is True and meta["chat"]["pairs"] == 20 and meta["chat"]["dropped"] == 0
+    assert meta["chat"]["train_starts"] == 32 and meta["chat"]["val_starts"] == 8
+    loader = BatchLoader(tmp_path / "data", BLOCK, batch_size=4, seed=1)
+    x, y = loader.batch("train", 0)
+    assert x.shape == (8, BLOCK)
+    end = chat_tokenizer.special_tokens["<|end|>"]
+    for row in range(4):
+        chosen = chat_tokenizer.decode([t for t in y[row].tolist() if t >= 0])
+        rejected = chat_tokenizer.decode([t for t in y[row + 4].tolist() if t >= 0])
+        # the learned targets are the reply and its end of turn, nothing of the next pair
+        prompt = chat_tokenizer.decode([t for t in x[row].tolist()])
+        word = prompt.split("Reverse ")[1].split(".")[0]
+        assert chosen == word[::-1] + "<|end|>" and rejected == word + "<|end|>"
+        assert y[row].tolist().count(end) == 1
+    # the earlier assistant turn of a longer conversation is context, not learned
+    starts = loader.starts["train"]
+    row = 2 * 3
+    learned = [int(t) for t, m in zip(loader.splits["train"][starts[row] : starts[row + 1]],
+                                      loader.masks["train"][starts[row] : starts[row + 1]], strict=True) if m]  # fmt: skip
+    assert chat_tokenizer.decode(learned) == "ba<|end|>"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"messages": [{"role": "user", "content": "Hi"}], "chosen": "a"}',
+         'line 2: "rejected" must be the reply\'s text, or messages that end in the assistant\'s turn'),
+        ('{"messages": [{"role": "user", "content": "Hi"}], "chosen": "a", "rejected": 3}',
+         'line 2: "rejected" must be the reply'),
+        ('{"messages": [{"role": "user", "content": "Hi"}], "chosen": "a", "rejected": "a"}',
+         "line 2: the chosen and the rejected reply are the same; a pair must differ"),
+        ('{"messages": [{"role": "user", "content": "Hi"}], "chosen": "a", "rejected": "b", "score": 1}',
+         "line 2: unknown key(s) 'score'"),
+        ('{"messages": [{"role": "user", "content": "Hi"}], "chosen": "a", "rejected": "~"}',
+         "line 2: characters not in the vocabulary: '~'"),
+        ("{not json", "line 2: "),
+    ],
+)  # fmt: skip
+def test_a_bad_preference_line_is_one_error_naming_it(tmp_path, chat_tokenizer, line, message):
+    good = json.dumps(pairs(1)[0])
+    (tmp_path / "pairs.jsonl").write_text(good + "\n" + line + "\n")
+    with pytest.raises(DataError, match="pairs.jsonl " + message.replace("(", r"\(").replace(")", r"\)")):
+        prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    assert not (tmp_path / "data").exists()
+
+
+def dpo_plan(data, out, base, steps, lora=False, **extra):
+    settings = [f"max_steps={steps}", "batch_size=4", "eval_interval=4", "eval_batches=2", "device=cpu",
+                "lr=3e-3", "warmup_steps=0", "decay_steps=12", "objective=dpo", "dpo_beta=0.5", "optimizer=adamw"]  # fmt: skip
+    settings += ["lora_rank=4"] if lora else []
+    settings += [f"{key}={value}" for key, value in extra.items()]
+    return plan_run(data, out, overrides=settings, init_from=None if out.exists() else str(base), resume=out.exists())
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_dpo_raises_the_chosen_replies_reward_and_resumes_exactly(tmp_path, base_run, chat_tokenizer, lora):
+    write_jsonl(tmp_path / "pairs.jsonl", pairs(40))
+    prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    straight = carry_out(dpo_plan(tmp_path / "data", tmp_path / "straight", base_run, 12, lora), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "val_loss" in r]
+    assert steps[0]["loss"] == pytest.approx(0.693147, abs=1e-4)  # the policy starts as the reference
+    assert steps[0]["reward_margin"] == pytest.approx(0.0, abs=1e-4)
+    assert evals[-1]["val_reward_margin"] > (0.15 if lora else 0.4) and evals[-1]["val_reward_accuracy"] == 1.0
+    assert evals[-1]["val_loss"] < 0.693 - (0.07 if lora else 0.15)
+    # 12 steps at once, or 8 and then 4 more after a resume: the same weights
+    carry_out(dpo_plan(tmp_path / "data", tmp_path / "resumed", base_run, 8, lora), progress=False)
+    carry_out(dpo_plan(tmp_path / "data", tmp_path / "resumed", base_run, 12, lora), progress=False)
+    for which in ("straight", "resumed"):
+        assert (tmp_path / which / "loss.png").exists()
+    a, b = (load_model(tmp_path / which, "latest")[0].state_dict() for which in ("straight", "resumed"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_dpo_needs_preference_data_and_a_model_to_start_from(tmp_path, base_run, chat_tokenizer):
+    write_jsonl(tmp_path / "pairs.jsonl", pairs(10))
+    prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    with pytest.raises(ConfigError, match="holds preferences, which train with --set objective=dpo"):
+        plan_run(tmp_path / "data", tmp_path / "a", init_from=str(base_run), overrides=["device=cpu"])
+    with pytest.raises(ConfigError, match="objective=dpo tunes a trained model: add --init-from"):
+        plan_run(tmp_path / "data", tmp_path / "b", overrides=["objective=dpo", "device=cpu", "vocab_size=80"])
+    (tmp_path / "text.txt").write_text("hello there " * 100)
+    with pytest.raises(ConfigError, match="objective=dpo trains on preferences data, and .* holds text"):
+        plan_run(tmp_path / "text.txt", tmp_path / "c", init_from=str(base_run), overrides=["objective=dpo"])
