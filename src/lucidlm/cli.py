@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--tokenizer-from",
         metavar="RUN_DIR|hf:DIR",
-        help="--chat, --preferences, --tasks: the model to tune, whose tokenizer, chat template and context the data gets",
+        help="--chat, --preferences, --tasks: the model to tune (its tokenizer, chat template and context)",
     )
     prepare.add_argument("--tokenizer", choices=["char", "word", "bpe"], help="default char")
     prepare.add_argument("--vocab-size", type=int, help="word: keep the most frequent; bpe: default 4096")
@@ -462,7 +462,7 @@ def run_prepare(args: argparse.Namespace) -> None:
         return run_prepare_chat(args)
     if args.tokenizer_from:
         raise ConfigError(
-            "--tokenizer-from is for --chat, --preferences and --tasks; text data learns its own tokenizer (--tokenizer)"
+            "--tokenizer-from is for --chat, --preferences and --tasks; text data learns its tokenizer (--tokenizer)"
         )
     tokenizer_kind = args.tokenizer or "char"
     files, skipped = resolve_inputs(args.input) if args.input else ([], [])

@@ -12,7 +12,6 @@ from lucidlm.errors import ConfigError
 from lucidlm.files import MiB, read_text
 from lucidlm.model.config import MAX_DIMENSION, GPTConfig, check_types, shown_integer
 
-
 # what a training step can minimise (train/objectives.py)
 OBJECTIVES = ("next_token", "dpo", "grpo")
 
@@ -105,7 +104,11 @@ class TrainConfig:
             ("sample_temperature", 0 < self.sample_temperature <= 10, "must lie in (0, 10], e.g. 1.0"),
             ("grpo_clip", 0 < self.grpo_clip < 1, "must lie in (0, 1), e.g. 0.2"),
             ("kl_coef", self.kl_coef >= 0, "must be 0 (no penalty) or more"),
-            ("group_size", self.objective != "grpo" or self.group_size >= 2, "must be 2 or more: a group is its own baseline"),
+            (
+                "group_size",
+                self.objective != "grpo" or self.group_size >= 2,
+                "must be 2 or more: a group is its own baseline",
+            ),
         ]
         for name, ok, rule in ranges:
             if not ok:

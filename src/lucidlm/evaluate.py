@@ -128,6 +128,7 @@ class TaskRecord:
     messages: list[dict[str, str]]
     answer: str
     choices: list[str] | None = None  # multiple choice: the answer is one of these
+    line: int = 0  # where it stands in its file, for errors that name it
 
 
 def read_task_records(path: str | Path) -> list[TaskRecord]:
@@ -150,7 +151,7 @@ def read_task_records(path: str | Path) -> list[TaskRecord]:
                 raise DataError(f"{where}: the answer {answer!r} is not one of the choices")
         if record["messages"][-1]["role"] == "assistant":
             raise DataError(f"{where}: the conversation ends with the assistant's turn; end it where the reply goes")
-        records.append(TaskRecord(task, record["messages"], answer, choices))
+        records.append(TaskRecord(task, record["messages"], answer, choices, number))
     if not records:
         raise DataError(f"{path} holds no task records")
     return records

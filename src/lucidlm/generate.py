@@ -147,6 +147,44 @@ def generate_ids(
                 length += 1
 
 
+@torch.inference_mode()
+def sample_group(
+    model: GPT,
+    prompt: list[int],
+    count: int,
+    max_new_tokens: int,
+    config: SamplingConfig,
+    generator: torch.Generator | None,
+    end_ids: list[int],
+) -> list[list[int]]:
+    """`count` replies to one prompt, decoded together: the prompt is read once into every row of a KV cache, then
+    each step is one forward pass over all rows (RL's group of samples). A reply ends with its end token, which it
+    keeps, or after `max_new_tokens`; the prompt and the reply but its last token must fit in the model's window."""
+    if len(prompt) + max_new_tokens - 1 > model.config.block_size:
+        raise ConfigError(
+            f"a prompt of {len(prompt)} tokens leaves no room for {max_new_tokens} more in the window of "
+            f"{model.config.block_size}"
+        )
+    device = model.lm_head.weight.device
+    cache = model.new_cache(batch_size=count)
+    with autocast(device):
+        logits, _ = model(torch.tensor([prompt] * count, device=device), cache=cache)
+    replies: list[list[int]] = [[] for _ in range(count)]
+    ended = [False] * count
+    ends = set(end_ids)
+    for _ in range(max_new_tokens):
+        tokens = sample_next(logits[:, -1], config, generator)  # (count,)
+        for row, token in enumerate(tokens.tolist()):
+            if not ended[row]:
+                replies[row].append(token)
+                ended[row] = token in ends
+        if all(ended):
+            break
+        with autocast(device):
+            logits, _ = model(tokens[:, None], cache=cache)
+    return replies
+
+
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """Token ids for `prompt`. Symbols the vocabulary lacks are an error that lists them, except for a
     vocabulary with an unknown token (the word tokenizer's <unk>), which reads them as that token."""

@@ -64,7 +64,8 @@ def _without_tmp(name: str) -> str:
 DATA_DIR = OutputKind(
     "data directory",
     frozenset({"train.bin", "val.bin", "tokenizer.json", "tokenizer_config.json", "meta.json"})
-    | {f"{split}.{part}.bin" for split in ("train", "val") for part in ("mask", "starts")},  # chat data
+    | {f"{split}.{part}.bin" for split in ("train", "val") for part in ("mask", "starts")}  # chat data
+    | {f"{split}.answers.jsonl" for split in ("train", "val")},  # task data
     "meta.json",
     ("tokenizer", "vocab_size", "dtype", "sources"),
 )

@@ -115,9 +115,8 @@ def test_preference_data_holds_pairs_whose_replies_alone_are_learned(tmp_path, c
         assert y[row].tolist().count(end) == 1
     # the earlier assistant turn of a longer conversation is context, not learned
     starts = loader.starts["train"]
-    row = 2 * 3
-    learned = [int(t) for t, m in zip(loader.splits["train"][starts[row] : starts[row + 1]],
-                                      loader.masks["train"][starts[row] : starts[row + 1]], strict=True) if m]  # fmt: skip
+    span = slice(starts[6], starts[7])  # the fourth pair's chosen sequence
+    learned = [int(t) for t, m in zip(loader.splits["train"][span], loader.masks["train"][span], strict=True) if m]
     assert chat_tokenizer.decode(learned) == "ba<|end|>"
 
 
@@ -146,8 +145,8 @@ def test_a_bad_preference_line_is_one_error_naming_it(tmp_path, chat_tokenizer, 
 
 
 def dpo_plan(data, out, base, steps, lora=False, **extra):
-    settings = [f"max_steps={steps}", "batch_size=4", "eval_interval=4", "eval_batches=2", "device=cpu",
-                "lr=3e-3", "warmup_steps=0", "decay_steps=12", "objective=dpo", "dpo_beta=0.5", "optimizer=adamw"]  # fmt: skip
+    settings = [f"max_steps={steps}", "batch_size=4", "eval_interval=4", "eval_batches=2", "device=cpu", "lr=3e-3",
+                "warmup_steps=0", "decay_steps=12", "objective=dpo", "dpo_beta=0.5", "optimizer=adamw"]  # fmt: skip
     settings += ["lora_rank=4"] if lora else []
     settings += [f"{key}={value}" for key, value in extra.items()]
     return plan_run(data, out, overrides=settings, init_from=None if out.exists() else str(base), resume=out.exists())
@@ -157,7 +156,7 @@ def dpo_plan(data, out, base, steps, lora=False, **extra):
 def test_dpo_raises_the_chosen_replies_reward_and_resumes_exactly(tmp_path, base_run, chat_tokenizer, lora):
     write_jsonl(tmp_path / "pairs.jsonl", pairs(40))
     prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
-    straight = carry_out(dpo_plan(tmp_path / "data", tmp_path / "straight", base_run, 12, lora), progress=False)
+    carry_out(dpo_plan(tmp_path / "data", tmp_path / "straight", base_run, 12, lora), progress=False)
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]

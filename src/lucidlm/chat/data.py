@@ -140,7 +140,7 @@ def chat_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
 
 
 def split_of(index: int, val_fraction: float) -> str:
-    """"val" for every record that brings the running count of `val_fraction * i` past a whole number (so that
+    """ "val" for every record that brings the running count of `val_fraction * i` past a whole number (so that
     the validation split is spread through the file), "train" for the others."""
     return "val" if int((index + 1) * val_fraction) > int(index * val_fraction) else "train"
 
@@ -230,10 +230,12 @@ def write_chat_data(
     val_fraction: float,
     source: str | os.PathLike,
     chat_meta: dict,
+    files: dict[str, str] | None = None,
     **extra_meta: object,
 ) -> dict:
-    """Write the splits' tokens, masks and starts, the tokenizer and meta.json (with `chat_meta` under "chat",
-    where the loader may start a window: `{split}_starts`) into a new data directory; returns the meta."""
+    """Write the splits' tokens, masks and starts, the tokenizer, meta.json (with `chat_meta` under "chat",
+    where the loader may start a window: `{split}_starts`) and any other `files` (name -> text) into a new data
+    directory; returns the meta."""
     dtype = token_dtype(tokenizer.vocab_size)
     with written_directory(out_dir, DATA_DIR, force) as out:
         for name, split in splits.items():
@@ -259,6 +261,8 @@ def write_chat_data(
             **extra_meta,
             "sources": [{"source": str(source), "sha256": sha256_file(Path(source))}],
         }
+        for name, text in (files or {}).items():
+            (out / name).write_text(text, encoding="utf-8")
         tokenizer.save(out / "tokenizer.json")
         (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta

@@ -80,7 +80,7 @@ def prepare_preferences(
             reply = reply_messages(record.get(key))
             if reply is None:
                 raise DataError(
-                    f'{where}: "{key}" must be the reply\'s text, or messages that end in the assistant\'s turn'
+                    f"{where}: \"{key}\" must be the reply's text, or messages that end in the assistant's turn"
                 )
             try:
                 sequences.append(encode_reply(tokenizer, record["messages"], reply))

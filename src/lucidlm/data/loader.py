@@ -76,7 +76,7 @@ def is_chat_data(data_dir: str | Path) -> bool:
 
 
 def data_kind(data_dir: str | Path) -> str:
-    """"text", "chat", "preferences" (chat data in chosen/rejected pairs) or "tasks" (prompts and answers)."""
+    """ "text", "chat", "preferences" (chat data in chosen/rejected pairs) or "tasks" (prompts and answers)."""
     meta = read_meta(data_dir)
     return next((kind for kind in ("preferences", "tasks") if meta.get(kind)), "chat" if "chat" in meta else "text")
 
@@ -114,6 +114,10 @@ class BatchLoader:
                     f"{block_size + 1}; give more text or lower the context (--set block_size=N)"
                 )
         self.window = np.arange(block_size + 1)
+
+    def val_batches(self, asked: int) -> int:
+        """How many validation batches an evaluation scores: as many as asked."""
+        return asked
 
     def offsets(self, split: str, step: int, micro_step: int = 0) -> np.ndarray:
         """Where each window of the batch starts in the split's tokens (for pairs, the indices of the sequences:

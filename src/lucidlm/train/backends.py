@@ -17,10 +17,12 @@ from lucidlm.config import RunConfig
 from lucidlm.device import autocast, training_compile, training_precision, use_compile_cache
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
-from lucidlm.model.lora import add_lora, adapters_off
+from lucidlm.model.lora import adapters_off, add_lora
+from lucidlm.tokenizers import Tokenizer
 from lucidlm.train.distributed import Distributed
 from lucidlm.train.objectives import dpo_loss, sequence_logprobs
 from lucidlm.train.optim import make_optimizer
+from lucidlm.train.rl import GRPO, TaskBatch
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -29,7 +31,8 @@ class TorchBackend:
     """The PyTorch GPT with AdamW or Muon, on any device, with bf16 autocast where the device does bf16 products
     fast (device.training_precision) and its blocks compiled where that pays (device.training_compile)."""
 
-    def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
+    def __init__(self, config: RunConfig, device: torch.device, group: Distributed, tokenizer: Tokenizer | None = None):
+        """`tokenizer`: the data's, which GRPO's rewards read replies with (the other objectives need none)."""
         self.device = device
         self.precision, self.precision_reason = training_precision(device, config.train.dtype)
         self.model_config = config.model
@@ -40,6 +43,7 @@ class TorchBackend:
         # frozen needs no copy: its reference is the model with the adapters off.
         self.needs_reference = train.objective == "dpo" or (train.objective == "grpo" and train.kl_coef > 0)
         self.reference: GPT | None = None
+        self.grpo = GRPO(tokenizer, train) if train.objective == "grpo" else None
         self.metrics: dict[str, float] = {}  # what the last step reported beside its loss
         self.lora = bool(train.lora_rank)
         if self.lora:  # the model is frozen but for its adapters (and, for new tokens, its embeddings)
@@ -48,6 +52,8 @@ class TorchBackend:
             )
         self.optimizer = make_optimizer(self.model, train, device.type)
         self.compiled, self.compile_reason = training_compile(device, train.compile, train.max_steps, train.time_budget)
+        if self.grpo is not None and self.compiled:
+            self.compiled, self.compile_reason = False, "GRPO's batches change shape every step; the blocks run eager"
         if self.compiled:
             self.compile_cache = use_compile_cache()
             self.model.compile_blocks()
@@ -60,22 +66,29 @@ class TorchBackend:
             self.ddp = DistributedDataParallel(self.forward, device_ids=device_ids)
             self.forward = self.ddp
 
-    def objective_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def objective_loss(self, batch: Batch | TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """What a step minimises on one batch (train/objectives.py), and what it reports beside the loss."""
+        if self.grpo is not None:  # the batch is prompts: sample and score the replies first
+            self.model.eval()
+            rollouts = self.grpo.rollouts(self.model, batch)
+            self.model.train()
+            reference = self.reference_logits if self.needs_reference else None
+            return self.grpo.loss(lambda x: self.forward(x)[0], reference, rollouts)
+        x, y = batch
         if self.objective == "dpo":  # x holds B chosen sequences, then their B rejected ones
             policy = sequence_logprobs(self.forward(x)[0], y)  # (2B,)
-            reference = self.reference_logprobs(x, y)
+            reference = sequence_logprobs(self.reference_logits(x), y)
             pairs = x.shape[0] // 2
             return dpo_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:], self.dpo_beta)
         return self.forward(x, y)[1], {}
 
     @torch.no_grad()
-    def reference_logprobs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Each row's summed log-probability of its learned targets under the frozen reference."""
+    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen reference's logits (B, T, V): DPO's and GRPO's KL penalty's model."""
         if self.reference is not None:
-            return sequence_logprobs(self.reference(x)[0], y)
+            return self.reference(x)[0]
         with adapters_off(self.model):
-            return sequence_logprobs(self.model(x)[0], y)
+            return self.model(x)[0]
 
     def train_step(self, batches: list[Batch], lr: float, grad_clip: float) -> float:
         """One optimizer step on the mean gradient of `batches` (gradient accumulation); returns the mean loss."""
@@ -83,11 +96,11 @@ class TorchBackend:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         metric_sums: dict[str, torch.Tensor] = {}
-        for micro_step, (x, y) in enumerate(batches):
+        for micro_step, batch in enumerate(batches):
             # Under DDP, gradients are averaged across processes once, on the last micro-step.
             last = micro_step == len(batches) - 1
             with autocast(self.device, self.precision), self.ddp.no_sync() if self.ddp and not last else nullcontext():
-                loss, metrics = self.objective_loss(x, y)
+                loss, metrics = self.objective_loss(batch)
                 (loss / len(batches)).backward()
             loss_sum += loss.detach()
             for name, value in metrics.items():
@@ -116,13 +129,19 @@ class TorchBackend:
         return time.perf_counter() - started
 
     @torch.no_grad()
-    def eval_scores(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """{"loss": the objective's loss on one batch, and what it reports beside it}."""
+    def eval_scores(self, batch: Batch | TaskBatch) -> dict[str, float]:
+        """{"loss": the objective's loss on one batch, and what it reports beside it}; for GRPO, the pass@1 of
+        greedy replies, and 1 - pass@1 as the loss."""
         self.model.eval()
         with autocast(self.device, self.precision):
-            loss, metrics = self.objective_loss(x, y)
+            if self.grpo is not None:
+                scores = self.grpo.pass_at_1(self.model, batch)
+                scores = {"loss": 1 - scores["pass_at_1"], **scores}
+            else:
+                loss, metrics = self.objective_loss(batch)
+                scores = {"loss": loss.item(), **{name: float(value) for name, value in metrics.items()}}
         self.model.train()
-        return {"loss": loss.item(), **{name: float(value) for name, value in metrics.items()}}
+        return scores
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
         """(weights, optimizer moments and RNG state as tensors, the optimizer's settings as JSON)."""
@@ -180,7 +199,7 @@ class TorchBackend:
 class NumpyBackend:
     """lucidlm.scratch: the GPT with hand-written backward passes and AdamW, in NumPy, on the CPU."""
 
-    def __init__(self, config: RunConfig, device: torch.device, group: Distributed):
+    def __init__(self, config: RunConfig, device: torch.device, group: Distributed, tokenizer: Tokenizer | None = None):
         from lucidlm.scratch import GPT as NumpyGPT
         from lucidlm.scratch import AdamW, check_supported
 
@@ -222,7 +241,8 @@ class NumpyBackend:
         self.optimizer.step(grads)
         return total_loss / len(batches)
 
-    def eval_scores(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def eval_scores(self, batch: Batch) -> dict[str, float]:
+        x, y = batch
         loss = self.model.forward(x.numpy(), y.numpy())[1]
         self.model.caches = None
         return {"loss": loss}
@@ -254,5 +274,7 @@ class NumpyBackend:
 BACKENDS = {"torch": TorchBackend, "numpy": NumpyBackend}
 
 
-def make_backend(config: RunConfig, device: torch.device, group: Distributed) -> TorchBackend | NumpyBackend:
-    return BACKENDS[config.train.backend](config, device, group)
+def make_backend(
+    config: RunConfig, device: torch.device, group: Distributed, tokenizer: Tokenizer
+) -> TorchBackend | NumpyBackend:
+    return BACKENDS[config.train.backend](config, device, group, tokenizer)

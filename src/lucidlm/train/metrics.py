@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-
 # the reward series drawn beside the loss, where a run has them
 REWARD_SERIES = ("reward_margin", "val_reward_margin", "val_reward_accuracy", "reward", "val_pass_at_1", "kl")
 

@@ -78,7 +78,8 @@ def clipped_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO's loss for N replies: logprobs, old_logprobs, reference_logprobs and mask are (N, T) over the replies'
     tokens (mask 1 on a reply's tokens), advantages (N,). Each reply's tokens are averaged, then the replies.
-    Returns (loss, {"kl": the mean per-token KL estimate, "clipped": the fraction of tokens clipped})."""
+    Returns (loss, {"kl": the mean per-token KL estimate, "clipped": the fraction of tokens whose clipped term
+    is the one taken, which gets no gradient})."""
     mask = mask.float()
     ratio = torch.exp(logprobs - old_logprobs)  # (N, T)
     advantage = advantages[:, None]
@@ -95,6 +96,6 @@ def clipped_policy_loss(
     tokens = mask.sum().clamp(min=1)
     metrics = {
         "kl": ((kl * mask).sum() / tokens).detach(),
-        "clipped": (((unclipped != clipped).float() * mask).sum() / tokens).detach(),
+        "clipped": (((clipped < unclipped).float() * mask).sum() / tokens).detach(),  # the clip is what counts
     }
     return loss, metrics

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lucidlm.config import RunConfig
-from lucidlm.data.loader import BatchLoader, is_chat_data, open_split, read_meta
+from lucidlm.data.loader import BatchLoader, data_kind, is_chat_data, open_split, read_meta
 from lucidlm.device import pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError, Terminated
 from lucidlm.evaluate import bits_per_byte, tokens_per_byte
@@ -29,6 +29,7 @@ from lucidlm.train import distributed
 from lucidlm.train.backends import NumpyBackend, TorchBackend, make_backend
 from lucidlm.train.checkpoint import load_training_state, save_checkpoint, write_json_atomic
 from lucidlm.train.metrics import MetricsLog
+from lucidlm.train.rl import TaskLoader
 from lucidlm.train.schedule import learning_rate, time_progress
 from lucidlm.train.tracking import open_tracker
 
@@ -48,12 +49,15 @@ class TrainResult:
     compile_seconds: float = 0.0  # torch.compile's work on the blocks, before the clock started
 
 
-def estimate_val_scores(backend: TorchBackend | NumpyBackend, loader: BatchLoader, batches: int) -> dict[str, float]:
+def estimate_val_scores(
+    backend: TorchBackend | NumpyBackend, loader: BatchLoader | TaskLoader, batches: int
+) -> dict[str, float]:
     """The mean loss (and what the objective reports beside it) over the same `batches` validation batches every
-    time, so evaluations compare."""
+    time, so evaluations compare (task data: over every held-out prompt)."""
+    batches = loader.val_batches(batches)
     totals: dict[str, float] = {}
     for index in range(batches):
-        for name, value in backend.eval_scores(*loader.batch("val", index)).items():
+        for name, value in backend.eval_scores(loader.batch("val", index)).items():
             totals[name] = totals.get(name, 0.0) + value
     return {name: total / batches for name, total in totals.items()}
 
@@ -98,7 +102,7 @@ def check_data_fits(config: RunConfig, data_dir: Path) -> None:
     meta = read_meta(data_dir)
     batch_tokens = config.train.batch_size * config.model.block_size
     most = (EVAL_PASSES * meta["val_tokens"] + 10**6) // batch_tokens
-    if config.train.eval_batches > max(most, 1):
+    if config.train.eval_batches > max(most, 1) and data_kind(data_dir) != "tasks":
         raise ConfigError(
             f"eval_batches={config.train.eval_batches} would score {config.train.eval_batches * batch_tokens:,} "
             f"tokens at each evaluation, the validation split's {meta['val_tokens']:,} more than {EVAL_PASSES} "
@@ -132,16 +136,20 @@ def train(
     device = pick_device(train_config.device)
     keep_freed_memory()
     torch.manual_seed(train_config.seed)
-    loader = BatchLoader(
-        data_dir,
-        config.model.block_size,
-        train_config.batch_size,
-        train_config.seed,
-        rank=group.rank,
-        micro_steps=train_config.grad_accum,
-        device=device,
-    )
-    backend = make_backend(config, device, group)
+    if data_kind(data_dir) == "tasks":
+        loader = TaskLoader(data_dir, train_config.batch_size, train_config.seed, group.rank, train_config.grad_accum)
+    else:
+        loader = BatchLoader(
+            data_dir,
+            config.model.block_size,
+            train_config.batch_size,
+            train_config.seed,
+            rank=group.rank,
+            micro_steps=train_config.grad_accum,
+            device=device,
+        )
+    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+    backend = make_backend(config, device, group, tokenizer)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     step, elapsed, best_val_loss, val_loss = 0, 0.0, math.inf, None
 
@@ -173,7 +181,6 @@ def train(
                 f"compiled in {compile_seconds:.1f}s, outside the training time; the cache in "
                 f"{backend.compile_cache} makes later runs of this shape start faster"
             )
-    tokenizer = load_tokenizer(data_dir / "tokenizer.json")
     if group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -201,7 +208,7 @@ def train(
     # bits per byte beside the loss, so that runs of different tokenizers compare (chat data scores the replies
     # alone, whose bytes are not the split's: no bpb there); only the main process logs it
     val_ratio = None
-    if group.is_main and not is_chat_data(data_dir):
+    if group.is_main and data_kind(data_dir) == "text":
         val_ratio = tokens_per_byte(tokenizer, open_split(data_dir, "val"))
 
     def val_bpb() -> float | None:
