@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     chat.add_argument("--system", help="a system prompt to start with")
     chat.add_argument("--max-new-tokens", type=int, default=256, help="the longest reply (default 256)")
+    chat.add_argument("--tools", action="append", default=[], metavar="NAME", help="offer a built-in tool: calculator")
     add_sampling_arguments(chat)
     add_device_argument(chat)
 
@@ -182,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     scored.add_argument("--data", help="a prepared DATA_DIR, or a plain text file (all scored)")
     scored.add_argument("--tasks", metavar="FILE.jsonl", help="conversations with their answers: exact-match scores")
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="--tasks: the longest reply (default 64)")
+    evaluate.add_argument(
+        "--tools", action="append", default=[], metavar="NAME", help="--tasks: offer a built-in tool (calculator)"
+    )
     add_sampling_arguments(evaluate, temperature=0.0, seed=0, only="--tasks: ")
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -651,15 +655,19 @@ def run_chat(args: argparse.Namespace) -> None:
             file=sys.stderr,
         )
     generator = sampling_generator(device, args.seed)
-    run_chat(ChatSession(model, tokenizer, sampling, args.max_new_tokens, generator, args.system))
+    run_chat(ChatSession(model, tokenizer, sampling, args.max_new_tokens, generator, args.system, args.tools))
 
 
 def run_eval(args: argparse.Namespace) -> None:
+    from lucidlm.chat.tools import check_tool_names
     from lucidlm.device import pick_device
     from lucidlm.evaluate import data_to_score, read_task_records, score
     from lucidlm.load import ModelSource, checkpoint_step, find_checkpoint, load_model
 
     source = ModelSource.parse(args.checkpoint, args.which)
+    if args.tools and not args.tasks:
+        raise ConfigError("--tools is for --tasks: the tools a model may call while it answers")
+    check_tool_names(args.tools)
     records = read_task_records(args.tasks) if args.tasks else None  # before the model loads: fails fast
     model, tokenizer, _ = load_model(source, device=pick_device(args.device), dtype=args.dtype)
     if records is not None:
@@ -688,7 +696,7 @@ def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> No
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p)
     generator = sampling_generator(model.lm_head.weight.device, args.seed)
     progress = False if args.json else None
-    result = score_tasks(model, tokenizer, records, args.max_new_tokens, progress, sampling, generator)
+    result = score_tasks(model, tokenizer, records, args.max_new_tokens, progress, sampling, generator, args.tools)
     if args.json:
         print(json.dumps({"tasks": result["tasks"], "all": result["all"], "checkpoint": args.checkpoint}))
         return

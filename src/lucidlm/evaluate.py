@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,29 +186,41 @@ def score_tasks(
     progress: bool | None = None,
     sampling: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
+    tools: Sequence[str] = (),
 ) -> dict:
     """Per task: exact match (the reply, stripped, equals the answer; greedy unless `sampling` says otherwise),
     normalised match, and for multiple choice the accuracy of the choice with the highest log-likelihood (as
-    ARC and MMLU are scored). Returns {"tasks": {task: {...}}, "all": {...}, "replies": [...]}."""
+    ARC and MMLU are scored). With `tools` (built-in ones, chat/tools.py), the model is offered them and the
+    calls it makes are run, their results fed back, until it replies. Returns {"tasks": {task: {...}},
+    "all": {...}, "replies": [...]} (each reply with the tool calls it made)."""
     from lucidlm.chat.template import chat_prompt
+    from lucidlm.chat.tools import BUILT_IN_TOOLS, reply_with_tools
+
+    definitions = [BUILT_IN_TOOLS[name][0] for name in tools]
+    functions = {name: BUILT_IN_TOOLS[name][1] for name in tools}
+
+    def respond(messages: list[dict]) -> str:
+        prompt, stop = chat_prompt(tokenizer, messages, definitions)
+        return "".join(generate_text(model, tokenizer, prompt, max_new_tokens, sampling, stop, generator)).strip()
 
     sampling = sampling or SamplingConfig(temperature=0.0)
     rows: dict[str, dict[str, float]] = {}
     replies = []
     for record in tqdm(records, desc="scoring", unit="record", disable=None if progress is None else not progress):
-        prompt, stop = chat_prompt(tokenizer, record.messages)
         row = rows.setdefault(record.task, {"records": 0, "exact": 0, "normalised": 0})
         row["records"] += 1
+        calls = []
         if record.choices is not None:
+            prompt, _ = chat_prompt(tokenizer, record.messages)
             end = [tokenizer.eos_ids[0]] if tokenizer.eos_ids else []
             scores = [reply_log_likelihood(model, prompt, tokenizer.encode(c) + end) for c in record.choices]
             reply = record.choices[max(range(len(scores)), key=scores.__getitem__)]
         else:
-            pieces = generate_text(model, tokenizer, prompt, max_new_tokens, sampling, stop, generator)
-            reply = "".join(pieces).strip()
+            reply, added = reply_with_tools(respond, record.messages, functions, rounds=4 if tools else 0)
+            calls = [turn for turn in added if turn["role"] != "assistant" or "tool_calls" in turn]
         row["exact"] += reply == record.answer
         row["normalised"] += normalise_answer(reply) == normalise_answer(record.answer)
-        replies.append({"task": record.task, "reply": reply, "answer": record.answer})
+        replies.append({"task": record.task, "reply": reply, "answer": record.answer, "tool_turns": calls})
     total = {key: sum(row[key] for row in rows.values()) for key in ("records", "exact", "normalised")}
     for row in [*rows.values(), total]:
         row["exact_match"] = row.pop("exact") / row["records"]

@@ -145,7 +145,11 @@ def test_chat_accepts_what_openai_clients_send(server):
     assert chat(url, [{"role": "user", "content": parts}]).status_code == 200
     history = [
         {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": None, "tool_calls": []},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "x", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
         {"role": "tool", "content": "ok", "tool_call_id": "x"},
     ]
     assert chat(url, history).status_code == 200
@@ -156,7 +160,17 @@ def test_chat_accepts_what_openai_clients_send(server):
     [
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], {}, "image_url"),
         ([{"role": "user", "content": "Hi"}], {"functions": [{"name": "f"}]}, "functions"),
-        ([{"role": "user", "content": "Hi"}], {"tool_choice": "auto"}, "tool_choice"),
+        ([{"role": "user", "content": "Hi"}], {"tool_choice": "required"}, "forcing a call is not supported"),
+        (
+            [{"role": "user", "content": "Hi"}],
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            "this model has no chat template, so it cannot call tools",
+        ),
+        (
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": []}],
+            {},
+            '"tool_calls" must be a non-empty list',
+        ),
     ],
 )
 def test_chat_refuses_by_name_what_a_text_model_cannot_do(server, messages, fields, says):

@@ -1,6 +1,9 @@
 """Chat data: conversations in the OpenAI messages format to token files with a loss mask.
 
-A conversation is a JSON line `{"messages": [{"role": "system" | "user" | "assistant", "content": "..."}]}`.
+A conversation is a JSON line `{"messages": [{"role": "system" | "user" | "assistant", "content": "..."}]}`,
+optionally with the tools it offers (`"tools"`, as OpenAI's fine-tuning files have them), assistant messages
+that call them (`"tool_calls"`) and the tools' results (`{"role": "tool", "tool_call_id", "content"}`): a call
+is learned like any reply, a result is read.
 It is written out through the model's chat template, and each token gets a mask bit: 1 for the tokens of the
 assistant's replies and the end-of-turn token after each (what fine-tuning teaches the model to write), 0 for
 everything else (what it only reads). Beside `train.bin` and `val.bin` a chat data directory holds
@@ -24,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lucidlm.chat.template import CHAT_TOKENS, chat_template, render_template
+from lucidlm.chat.tools import TOOL_TOKENS, tool_calls_problem, tools_problem, uses_tools
 from lucidlm.data.corpus import sha256_file
 from lucidlm.data.prepare import token_dtype, write_array
 from lucidlm.errors import ConfigError, DataError, TokenizerError
@@ -31,7 +35,8 @@ from lucidlm.files import MiB, parse_json, read_text
 from lucidlm.outputs import DATA_DIR, check_target, written_directory
 from lucidlm.tokenizers import Tokenizer
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id"}
 JSONL_LIMIT = 1024 * MiB  # conversations are held in memory while they are tokenized
 MASK_DTYPE = np.dtype("u1")
 STARTS_DTYPE = np.dtype("<u8")
@@ -69,21 +74,29 @@ def conversation_problem(record: object, extra_keys: Sequence[str] = ()) -> str 
     """What is wrong with a conversation record, or None."""
     if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or not record["messages"]:
         return 'expected {"messages": [{"role": ..., "content": ...}, ...]}'
-    unknown = sorted(set(record) - {"messages", *extra_keys})
+    unknown = sorted(set(record) - {"messages", "tools", *extra_keys})
     if unknown:
         return f'unknown key(s) {", ".join(map(repr, unknown))}; a line holds "messages"'
+    if "tools" in record and tools_problem(record["tools"]):
+        return tools_problem(record["tools"])
     for index, message in enumerate(record["messages"]):
-        if not isinstance(message, dict) or set(message) - {"role", "content", "name"}:
+        if not isinstance(message, dict) or set(message) - MESSAGE_KEYS:
             return f'message {index + 1} is not {{"role": ..., "content": ...}}'
         if message.get("role") not in ROLES:
             return f"message {index + 1} has role {message.get('role')!r}; use one of: {', '.join(ROLES)}"
+        if "tool_calls" in message:
+            problem = tool_calls_problem(message["tool_calls"])
+            if message["role"] != "assistant" or problem:
+                return f"message {index + 1}: {problem or 'only an assistant message calls tools'}"
+            if message.get("content") is None:
+                continue  # a message that only calls tools has no text
         if not isinstance(message.get("content"), str):
             return f'message {index + 1} has no text content ("content" must be a string)'
     return None
 
 
 def encode_conversation(
-    tokenizer: Tokenizer, messages: Sequence[dict[str, str]]
+    tokenizer: Tokenizer, messages: Sequence[dict], tools: Sequence[dict] | None = None
 ) -> tuple[list[int], list[int], list[int]]:
     """(ids, mask, ends) of a conversation through the tokenizer's chat template: mask 1 on each assistant reply
     and what the template writes after it up to the next message (its end of turn); `ends[i]` is the number of
@@ -115,10 +128,10 @@ def encode_conversation(
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        add(render_template(template, messages[:index], add_generation_prompt=True, **special), 0)
-        add(render_template(template, messages[: index + 1], add_generation_prompt=False, **special), 1)
+        add(render_template(template, messages[:index], add_generation_prompt=True, tools=tools, **special), 0)
+        add(render_template(template, messages[: index + 1], add_generation_prompt=False, tools=tools, **special), 1)
         ends.append(len(ids))
-    add(render_template(template, messages, add_generation_prompt=False, **special), 0)
+    add(render_template(template, messages, add_generation_prompt=False, tools=tools, **special), 0)
     return ids, mask, ends
 
 
@@ -134,9 +147,15 @@ class ChatSplit:
         self.mask.extend(mask)
 
 
-def chat_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
-    """The tokenizer chat data is written with: the model's, given lucidlm's turn tokens if it has no template."""
-    return tokenizer.with_special_tokens(CHAT_TOKENS) if chat_template(tokenizer) is None else tokenizer
+def chat_tokenizer(tokenizer: Tokenizer, tools: bool = False) -> Tokenizer:
+    """The tokenizer chat data is written with: the model's, given lucidlm's turn tokens if it has no template,
+    and (with `tools`, for lucidlm's own template) the tool tokens it lacks."""
+    if chat_template(tokenizer) is None:
+        tokenizer = tokenizer.with_special_tokens(CHAT_TOKENS)
+    if tools and not tokenizer.hub_chat_template:
+        missing = [token for token in TOOL_TOKENS if token not in tokenizer.special_tokens]
+        tokenizer = tokenizer.with_special_tokens(missing) if missing else tokenizer
+    return tokenizer
 
 
 def split_of(index: int, val_fraction: float) -> str:
@@ -173,10 +192,11 @@ def prepare_chat(
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
     check_target(out_dir, DATA_DIR, force)
-    tokenizer = chat_tokenizer(tokenizer)
+    records = list(read_conversations(path, text=True))
+    tools = any("messages" in record and uses_tools(record["messages"], record.get("tools")) for _, record in records)
+    tokenizer = chat_tokenizer(tokenizer, tools)
     splits = {"train": ChatSplit(), "val": ChatSplit()}
     counts = {"conversations": 0, "texts": 0, "cut": 0, "dropped": 0}
-    records = list(read_conversations(path, text=True))
     disable = None if progress is None else not progress
     for index, (number, record) in enumerate(tqdm(records, desc="encoding", unit="line", disable=disable)):
         split = splits[split_of(index, val_fraction)]
@@ -188,7 +208,7 @@ def prepare_chat(
                     split.add(window, [1] * len(window))
                 counts["texts"] += 1
                 continue
-            ids, mask, ends = encode_conversation(tokenizer, record["messages"])
+            ids, mask, ends = encode_conversation(tokenizer, record["messages"], record.get("tools"))
         except TokenizerError as exc:
             raise DataError(f"{path} line {number}: {exc}") from None
         if not ends:

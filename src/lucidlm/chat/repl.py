@@ -6,7 +6,8 @@ dropped (whole turns, never half of one) once it would not leave room for a repl
 Commands: /system TEXT (a system prompt; /system alone removes it), /reset (forget the conversation), /exit.
 Ctrl-C stops a reply and keeps the chat; Ctrl-D (end of input) ends it; a turn the model cannot read is an
 error on stderr, and the chat goes on. Piped input works the same, one user turn a line, so a chat can be
-scripted.
+scripted. With `--tools calculator` the model is offered the calculator: when a reply calls it, the chat runs
+it (chat/tools.py), shows the result and lets the model go on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lucidlm.chat.template import chat_prompt
+from lucidlm.chat.tools import BUILT_IN_TOOLS, check_tool_names, reply_with_tools
 from lucidlm.errors import LucidError, Terminated
 from lucidlm.generate import SamplingConfig, generate_text
 from lucidlm.model import GPT
@@ -34,30 +36,32 @@ class ChatSession:
     max_new_tokens: int = 256
     generator: torch.Generator | None = None
     system: str | None = None
-    turns: list[dict[str, str]] = field(default_factory=list)  # user and assistant messages, in order
+    tools: list[str] = field(default_factory=list)  # built-in tools the model is offered (chat/tools.py)
+    turns: list[dict] = field(default_factory=list)  # user, assistant and tool messages, in order
 
-    def messages(self) -> list[dict[str, str]]:
+    def __post_init__(self) -> None:
+        check_tool_names(self.tools)
+
+    def messages(self) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + self.turns
 
     def prompt(self) -> tuple[list[int], list[str]]:
         """The prompt ids (and stop strings) for the next reply: the oldest exchanges are dropped, a user turn
-        and its reply at a time, until a reply has room in the context (a quarter of it, at most max_new_tokens)."""
+        and what answered it at a time, until a reply has room in the context (a quarter of it, at most
+        max_new_tokens)."""
         room = min(self.max_new_tokens, self.model.config.block_size // 4)
+        definitions = [BUILT_IN_TOOLS[name][0] for name in self.tools]
         while True:
-            ids, stop = chat_prompt(self.tokenizer, self.messages())
-            if len(ids) + room <= self.model.config.block_size or len(self.turns) <= 1:
+            ids, stop = chat_prompt(self.tokenizer, self.messages(), definitions)
+            next_user = next((i for i, turn in enumerate(self.turns) if i and turn["role"] == "user"), None)
+            if len(ids) + room <= self.model.config.block_size or next_user is None:
                 return ids, stop
-            del self.turns[:2]
+            del self.turns[:next_user]
 
-    def reply(self, text: str, write: Callable[[str], None]) -> str:
-        """Add the user's turn, stream the reply through `write`, and keep it (Ctrl-C keeps what came)."""
-        self.turns.append({"role": "user", "content": text})
-        try:
-            ids, stop = self.prompt()
-        except LucidError:  # a turn the model cannot read (characters outside its vocabulary) is not kept
-            self.turns.pop()
-            raise
+    def generate(self, write: Callable[[str], None]) -> str:
+        """One reply to the conversation so far, streamed through `write` (Ctrl-C keeps what came)."""
+        ids, stop = self.prompt()
         pieces: list[str] = []
         try:
             for piece in generate_text(
@@ -69,8 +73,25 @@ class ChatSession:
             raise
         except KeyboardInterrupt:
             write(" [stopped]")
-        answer = "".join(pieces).strip()
-        self.turns.append({"role": "assistant", "content": answer})
+        return "".join(pieces).strip()
+
+    def reply(self, text: str, write: Callable[[str], None]) -> str:
+        """Add the user's turn, stream the reply through `write` (running the tools it calls), and keep it."""
+        self.turns.append({"role": "user", "content": text})
+        try:
+            self.prompt()
+        except LucidError:  # a turn the model cannot read (characters outside its vocabulary) is not kept
+            self.turns.pop()
+            raise
+
+        def add(turn: dict) -> None:
+            self.turns.append(turn)
+            if turn["role"] == "tool":
+                write(f"\n[{turn['content']}]\n")
+
+        functions = {name: BUILT_IN_TOOLS[name][1] for name in self.tools}
+        answer, added = reply_with_tools(lambda _: self.generate(write), self.messages(), functions, on_turn=add)
+        self.turns.append(added[-1])
         return answer
 
     def command(self, line: str) -> str | None:

@@ -23,21 +23,44 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from lucidlm.chat.tools import CALL_TOKEN, TOOL_TOKEN, TOOL_TOKENS, template_messages, uses_tools
 from lucidlm.errors import ConfigError
 from lucidlm.generate import encode_prompt
 from lucidlm.tokenizers import Tokenizer
 from lucidlm.tokenizers.base import END_OF_TURN
 
 # The turns of lucidlm's own template: one special token opens each role's message, END_OF_TURN ends every turn.
+# A model that calls tools has two more (chat/tools.py): TOOL_TOKEN opens a tool's result, CALL_TOKEN a call.
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 CHAT_TOKENS = (*ROLE_TOKENS.values(), END_OF_TURN)
 # The same template in Jinja2, the form `transformers`' `apply_chat_template` runs (written into HF exports).
+# Offered tools are written into the system turn, one a line as a signature, `name(argument: type, ...):
+# description`, which costs a small model far fewer tokens than their JSON Schema; a call is
+# `<|call|>name({"argument": value})`.
 OWN_CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|system|>' }}"
+    "{% if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n' }}{% endif %}"
+    "{% for tool in tools %}{% set f = tool['function'] if tool['function'] is defined else tool %}"
+    "{% set p = f['parameters']['properties'] if f['parameters'] is defined "
+    "and f['parameters']['properties'] is defined else {} %}"
+    "{{ f['name'] + '(' }}{% for name, spec in p.items() %}{{ name + ': ' + (spec['type'] or 'any') }}"
+    "{% if not loop.last %}{{ ', ' }}{% endif %}{% endfor %}{{ ')' }}"
+    "{% if f['description'] %}{{ ': ' + f['description'] }}{% endif %}"
+    "{% if not loop.last %}{{ '\\n' }}{% endif %}{% endfor %}{{ '" + END_OF_TURN + "' }}{% endif %}"
     "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('a message role is system, user or assistant, not ' + message['role']) }}"
-    "{% endif %}"
+    "{% if tools and loop.first and message['role'] == 'system' %}"
+    "{% elif message['role'] == 'tool' %}{{ '" + TOOL_TOKEN + "' + message['content'] + '" + END_OF_TURN + "' }}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{ '<|assistant|>' + (message['content'] or '') }}"
+    "{% for call in message['tool_calls'] %}{% set f = call['function'] if call['function'] is defined else call %}"
+    "{{ '" + CALL_TOKEN + "' + f['name'] + '(' }}"
+    "{{ f['arguments'] if f['arguments'] is string else f['arguments'] | tojson }}{{ ')' }}{% endfor %}"
+    "{{ '" + END_OF_TURN + "' }}"
+    "{% elif message['role'] in ['system', 'user', 'assistant'] %}"
     "{{ '<|' + message['role'] + '|>' + message['content'] + '" + END_OF_TURN + "' }}"
+    "{% else %}"
+    "{{ raise_exception('a message role is system, user, assistant or tool, not ' + message['role']) }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '" + ROLE_TOKENS["assistant"] + "' }}{% endif %}"
 )
@@ -67,12 +90,20 @@ def compiled(template: str) -> jinja2.Template:
 
 
 def render_template(
-    template: str, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True, **special_tokens: str | None
+    template: str,
+    messages: Sequence[dict],
+    add_generation_prompt: bool = True,
+    tools: Sequence[dict] | None = None,
+    **special_tokens: str | None,
 ) -> str:
-    """The conversation as the template writes it (what `apply_chat_template(..., tokenize=False)` gives)."""
+    """The conversation as the template writes it (what `apply_chat_template(..., tools=tools, tokenize=False)`
+    gives). A call's arguments reach the template as a dictionary, as `transformers` asks of its callers."""
     try:
         return compiled(template).render(
-            messages=list(messages), add_generation_prompt=add_generation_prompt, **special_tokens
+            messages=template_messages(messages),
+            add_generation_prompt=add_generation_prompt,
+            tools=list(tools) if tools else None,
+            **special_tokens,
         )
     except jinja2.TemplateError as exc:  # a template's raise_exception, or a sandbox refusal
         raise ConfigError(f"the model's chat template refused the conversation ({exc})") from None
@@ -87,12 +118,30 @@ def chat_template(tokenizer: Tokenizer) -> str | None:
     return OWN_CHAT_TEMPLATE if all(token in tokenizer.special_tokens for token in CHAT_TOKENS) else None
 
 
-def chat_prompt(tokenizer: Tokenizer, messages: Sequence[dict[str, str]]) -> tuple[list[int], list[str]]:
-    """(prompt ids, stop strings) for a reply to `messages`: through the model's template where it has one,
-    else as plain "Role: text" lines ending in "Assistant:"."""
+def check_tool_tokens(tokenizer: Tokenizer, messages: Sequence[dict], tools: Sequence[dict] | None) -> None:
+    """A conversation with tools through lucidlm's own template needs the tool tokens, which a model gets by
+    fine-tuning on conversations that call tools."""
+    if uses_tools(messages, tools) and not tokenizer.hub_chat_template:
+        missing = [token for token in TOOL_TOKENS if token not in tokenizer.special_tokens]
+        if missing:
+            raise ConfigError(
+                f"this model has no {' or '.join(missing)} token: it was not fine-tuned to call tools; fine-tune it "
+                "on conversations with tool calls (data prepare --chat), or leave the tools out"
+            )
+
+
+def chat_prompt(
+    tokenizer: Tokenizer, messages: Sequence[dict], tools: Sequence[dict] | None = None
+) -> tuple[list[int], list[str]]:
+    """(prompt ids, stop strings) for a reply to `messages` (offering `tools`): through the model's template where
+    it has one, else as plain "Role: text" lines ending in "Assistant:" (a base model is offered no tools; the
+    results of earlier calls are "Tool: ..." lines)."""
     template = chat_template(tokenizer)
     if template:
+        check_tool_tokens(tokenizer, messages, tools)
         special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
-        return tokenizer.encode_with_specials(render_template(template, messages, **special)), []
+        return tokenizer.encode_with_specials(render_template(template, messages, tools=tools, **special)), []
+    if tools:
+        raise ConfigError("this model has no chat template, so it cannot call tools; leave the tools out")
     text = "".join(PLAIN_TURN.format(role=m["role"].title(), content=m["content"]) for m in messages)
     return encode_prompt(tokenizer, text + "Assistant:"), [PLAIN_STOP]

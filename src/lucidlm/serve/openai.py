@@ -7,11 +7,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from lucidlm.chat import chat_prompt
+from lucidlm.chat.tools import CallHoldback, parse_tool_calls
 from lucidlm.errors import LucidError
 from lucidlm.serve.engine import Engine, TokenEvent
 from lucidlm.serve.engine_process import EngineProcess
 from lucidlm.serve.http import CLIENT_GONE, APIError, parse_body
-from lucidlm.serve.schemas import ChatBody, CompletionBody, ServerSettings, check_sampling, encode_text
+from lucidlm.serve.schemas import (
+    ChatBody,
+    CompletionBody,
+    ServerSettings,
+    check_sampling,
+    encode_text,
+    offered_tools,
+)
 from lucidlm.serve.streaming import Generation, sse
 from lucidlm.tokenizers import Tokenizer
 
@@ -102,21 +110,17 @@ def add_openai_routes(
         if body.max_completion_tokens is not None:
             body.max_tokens = body.max_completion_tokens
         sampling = check_sampling(body, settings, default_max_tokens=256)
-        for param in ("tools", "functions", "function_call"):
-            if getattr(body, param):
-                raise APIError(400, f"{param} are not supported by this server (this model cannot call tools)", param)
-        if body.tool_choice not in (None, "none"):
-            raise APIError(400, "tool_choice is not supported by this server", "tool_choice")
+        tools = offered_tools(body)
         if not body.messages:
             raise APIError(400, "messages must hold at least one message", "messages")
         top = body.top_logprobs or 0
         if not 0 <= top <= 20 or (top and not body.logprobs):
             raise APIError(400, "top_logprobs must lie in 0..20 and needs logprobs: true", "top_logprobs")
-        messages = [{"role": m.role, "content": m.text(i)} for i, m in enumerate(body.messages)]
+        messages = [m.template_message(i) for i, m in enumerate(body.messages)]
         try:
-            prompt, stops = chat_prompt(tokenizer, messages)
+            prompt, stops = chat_prompt(tokenizer, messages, tools)
         except LucidError as exc:
-            raise APIError(400, str(exc), "messages") from None
+            raise APIError(400, str(exc), "tools" if tools and "tool" in str(exc) else "messages") from None
         body.stop = [*body.stop, *stops]
         encoded = [prompt]
         run = Generation(engine, body, sampling, encoded, top if body.logprobs else None, "chatcmpl")
@@ -133,28 +137,47 @@ def add_openai_routes(
 
         if body.stream:
             first = [True] * len(run.requests)  # a choice's first chunk names the role
+            # with tools, a choice's text from a call marker on waits for the end, to go out as tool_calls
+            holdbacks = [CallHoldback() if tools else None for _ in run.requests]
 
             def chunk(index: int, event: TokenEvent) -> dict:
-                delta = {"content": event.text} if event.text or event.finish_reason is None else {}
+                text, calls, finish = event.text, [], event.finish_reason
+                holdback = holdbacks[index]
+                if holdback is not None:
+                    text = holdback.push(text)
+                    if finish is not None:
+                        rest, calls = holdback.finish()
+                        text += rest
+                delta = {"content": text} if text or finish is None else {}
+                if calls:
+                    delta["tool_calls"] = [{"index": i, **call.message()} for i, call in enumerate(calls)]
+                    finish = "tool_calls"
                 if first[index]:
                     delta["role"], first[index] = "assistant", False
                 logprobs = {"content": [logprob_entry(event)]} if body.logprobs else None
-                choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": event.finish_reason}
+                choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
                 return envelope(run, "chat.completion.chunk", [choice])
 
             return sse(run, chunk, envelope(run, "chat.completion.chunk", []), body.stream_options)
         events = await run.collect(request)
         if events is None:
             return Response(status_code=CLIENT_GONE)
-        choices = [
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": "".join(e.text for e in choice_events)},
-                "logprobs": {"content": [logprob_entry(e) for e in choice_events]} if body.logprobs else None,
-                "finish_reason": choice_events[-1].finish_reason,
-            }
-            for index, choice_events in enumerate(events)
-        ]
+        choices = []
+        for index, choice_events in enumerate(events):
+            text, calls = "".join(e.text for e in choice_events), []
+            if tools:
+                text, calls = parse_tool_calls(text)
+            message: dict = {"role": "assistant", "content": text or (None if calls else "")}
+            if calls:
+                message["tool_calls"] = [call.message() for call in calls]
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": {"content": [logprob_entry(e) for e in choice_events]} if body.logprobs else None,
+                    "finish_reason": "tool_calls" if calls else choice_events[-1].finish_reason,
+                }
+            )
         return {**envelope(run, "chat.completion", choices), "usage": run.usage()}
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from lucidlm.chat.tools import tool_calls_problem, tools_problem
 from lucidlm.errors import LucidError
 from lucidlm.generate import SamplingConfig, encode_prompt
 from lucidlm.model.config import shown_integer
@@ -73,6 +74,24 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[Any] | None = None  # an assistant message that called tools
+    tool_call_id: str | None = None  # a tool's result: the call it answers
+    name: str | None = None
+
+    def template_message(self, index: int) -> dict:
+        """The message as chat templates read it; bad tool calls are a 400 naming the message."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text(index)}
+        if self.tool_calls is not None:
+            problem = tool_calls_problem(self.tool_calls)
+            if problem or self.role != "assistant":
+                where = f"messages.{index}.tool_calls"
+                raise APIError(400, problem or "only an assistant message has tool_calls", where)
+            message["tool_calls"] = self.tool_calls
+        if self.role == "tool":
+            message["tool_call_id"] = self.tool_call_id or ""
+            if self.name:
+                message["name"] = self.name
+        return message
 
     def text(self, index: int) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -96,6 +115,23 @@ class ChatBody(SamplingFields):
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
+
+
+def offered_tools(body: ChatBody) -> list[dict]:
+    """The tools a chat request offers the model (none with tool_choice "none"); a 400 for what this server does
+    not do: forcing a call (tool_choice "required" or a named function) and the deprecated `functions`."""
+    for param in ("functions", "function_call"):
+        if getattr(body, param):
+            raise APIError(400, f"{param} is deprecated and not supported; send tools and tool_choice", param)
+    if body.tool_choice not in (None, "auto", "none"):
+        rule = 'tool_choice may be "auto" (the model decides) or "none"; forcing a call is not supported'
+        raise APIError(400, rule, "tool_choice")
+    if not body.tools or body.tool_choice == "none":
+        return []
+    problem = tools_problem(body.tools)
+    if problem:
+        raise APIError(400, problem, "tools")
+    return body.tools
 
 
 def check_sampling(body: SamplingFields, settings: ServerSettings, default_max_tokens: int) -> SamplingConfig:
