@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lucidlm import __version__
 from lucidlm.errors import ConfigError, DataError, LucidError, Terminated, raise_terminated
-from lucidlm.outputs import FORCE, FORCE_HELP
+from lucidlm.outputs import FORCE, FORCE_HELP, PAIRS_FILE, check_file_target, written_file
 
 EXAMPLES = {
     "prepare": """examples:
@@ -186,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--tools", action="append", default=[], metavar="NAME", help="--tasks: offer a built-in tool (calculator)"
     )
+    evaluate.add_argument(
+        "--pairs",
+        metavar="FILE.jsonl",
+        help="--tasks: write each wrong reply as a preference pair (the answer chosen, the reply rejected) for DPO",
+    )
+    evaluate.add_argument(FORCE, action="store_true", help="--pairs: " + FORCE_HELP)
     add_sampling_arguments(evaluate, temperature=0.0, seed=0, only="--tasks: ")
     evaluate.add_argument("--split", choices=["val", "train"], default="val")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -667,6 +673,10 @@ def run_eval(args: argparse.Namespace) -> None:
     source = ModelSource.parse(args.checkpoint, args.which)
     if args.tools and not args.tasks:
         raise ConfigError("--tools is for --tasks: the tools a model may call while it answers")
+    if args.pairs and not args.tasks:
+        raise ConfigError("--pairs is for --tasks: the pairs are made of the replies to the tasks")
+    if args.pairs:
+        check_file_target(args.pairs, PAIRS_FILE, args.force, "--pairs")
     check_tool_names(args.tools)
     records = read_task_records(args.tasks) if args.tasks else None  # before the model loads: fails fast
     model, tokenizer, _ = load_model(source, device=pick_device(args.device), dtype=args.dtype)
@@ -687,6 +697,19 @@ def run_eval(args: argparse.Namespace) -> None:
         )
 
 
+def write_pairs(path: str, records, replies: list[dict], args: argparse.Namespace) -> None:
+    """Each wrong reply as a preference pair: the record's answer chosen, the model's reply rejected."""
+    source = f"lucidlm eval {args.checkpoint}"
+    lines = []
+    for record, reply in zip(records, replies, strict=True):
+        if reply["reply"] != record.answer:
+            pair = {"messages": record.messages, "chosen": record.answer, "rejected": reply["reply"]}
+            lines.append(json.dumps({"source": source, "task": record.task, **pair}))
+    with written_file(path, PAIRS_FILE, args.force, "--pairs") as tmp:
+        tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    print(f"wrote {path}: {len(lines):,} preference pairs, one for each wrong reply (train them with objective=dpo)")
+
+
 def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> None:
     from lucidlm.evaluate import score_tasks
     from lucidlm.generate import SamplingConfig
@@ -697,6 +720,8 @@ def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> No
     generator = sampling_generator(model.lm_head.weight.device, args.seed)
     progress = False if args.json else None
     result = score_tasks(model, tokenizer, records, args.max_new_tokens, progress, sampling, generator, args.tools)
+    if args.pairs:
+        write_pairs(args.pairs, records, result["replies"], args)
     if args.json:
         print(json.dumps({"tasks": result["tasks"], "all": result["all"], "checkpoint": args.checkpoint}))
         return

@@ -62,6 +62,9 @@ class TrainConfig:
     # model (--init-from), which is also their frozen reference
     objective: str = "next_token"
     dpo_beta: float = 0.1  # dpo: how far the policy may move from the reference (the reward's scale)
+    # dpo: the weight of the chosen replies' cross-entropy added to the loss (RPO, Pang et al. 2024): DPO alone
+    # may lower the chosen reply's likelihood too, as long as the rejected one's falls faster
+    dpo_nll: float = 0.0
     # grpo: batch_size prompts a step, each with group_size replies sampled at sample_temperature, of at most
     # max_reply_tokens tokens, scored by `reward` (exact, number, or a Python function as module:function)
     group_size: int = 8
@@ -101,6 +104,7 @@ class TrainConfig:
             ("lora_rank", self.lora_rank >= 0, "must be 0 (full fine-tuning) or a positive rank such as 8"),
             ("lora_alpha", self.lora_alpha > 0, "must be positive"),
             ("dpo_beta", self.dpo_beta > 0, "must be positive, e.g. 0.1"),
+            ("dpo_nll", self.dpo_nll >= 0, "must be 0 (DPO alone) or more, e.g. 1.0"),
             ("sample_temperature", 0 < self.sample_temperature <= 10, "must lie in (0, 10], e.g. 1.0"),
             ("grpo_clip", 0 < self.grpo_clip < 1, "must lie in (0, 1), e.g. 0.2"),
             ("kl_coef", self.kl_coef >= 0, "must be 0 (no penalty) or more"),

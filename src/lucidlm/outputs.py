@@ -114,6 +114,7 @@ class FileKind:
 
     name: str  # "GGUF file"
     magic: bytes
+    example: str  # a file name of the kind, for messages
 
     def holds(self, path: Path) -> bool:
         try:
@@ -123,7 +124,8 @@ class FileKind:
             return False
 
 
-GGUF_FILE = FileKind("GGUF file", b"GGUF")
+GGUF_FILE = FileKind("GGUF file", b"GGUF", "model.gguf")
+PAIRS_FILE = FileKind("file of preference pairs from lucidlm eval", b'{"source": "lucidlm eval', "pairs.jsonl")
 
 
 def real_path(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -147,27 +149,27 @@ def _replacing(path: Path, what: str, force: bool, flag: str = "--out") -> bool:
     return True
 
 
-def check_file_target(path: str | os.PathLike, kind: FileKind, force: bool) -> bool:
+def check_file_target(path: str | os.PathLike, kind: FileKind, force: bool, flag: str = "--out") -> bool:
     """As `check_target`, for a one-file output: True when `path` is an earlier file of `kind` to replace."""
-    path = real_path(path)
-    _check_ancestors(path)
+    path = real_path(path, flag)
+    _check_ancestors(path, flag)
     if path.is_dir():
-        raise ConfigError(f"{path} is a directory; give --out a file name, e.g. {path / 'model.gguf'}")
+        raise ConfigError(f"{path} is a directory; give {flag} a file name, e.g. {path / kind.example}")
     if not path.exists():
         return False
     if kind.holds(path):
-        return _replacing(path, kind.name, force)
+        return _replacing(path, kind.name, force, flag)
     raise ConfigError(
-        f"{path} exists and is not a {kind.name}; choose another --out (lucidlm never replaces files it did not "
+        f"{path} exists and is not a {kind.name}; choose another {flag} (lucidlm never replaces files it did not "
         f"write, even with {FORCE})"
     )
 
 
 @contextlib.contextmanager
-def written_file(path: str | os.PathLike, kind: FileKind, force: bool = False) -> Iterator[Path]:
+def written_file(path: str | os.PathLike, kind: FileKind, force: bool = False, flag: str = "--out") -> Iterator[Path]:
     """A temporary file name beside `path` to write the output to; renamed to `path` (replacing an earlier
     file of `kind`) when the block ends without an error, removed with the directories this made otherwise."""
-    check_file_target(path, kind, force)
+    check_file_target(path, kind, force, flag)
     path = real_path(path)
     made = make_parents(path)
     remove_stale_temporaries(path)

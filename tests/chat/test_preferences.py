@@ -184,3 +184,52 @@ def test_dpo_needs_preference_data_and_a_model_to_start_from(tmp_path, base_run,
     (tmp_path / "text.txt").write_text("hello there " * 100)
     with pytest.raises(ConfigError, match="objective=dpo trains on preferences data, and .* holds text"):
         plan_run(tmp_path / "text.txt", tmp_path / "c", init_from=str(base_run), overrides=["objective=dpo"])
+
+
+def test_eval_writes_a_models_wrong_replies_as_pairs_that_prepare_reads(tmp_path, chat_tokenizer):
+    from tests.chat.conftest import one_token_model
+    from tests.conftest import run_lucidlm
+
+    write_run(tmp_path / "run", chat_tokenizer, one_token_model(chat_tokenizer, chat_tokenizer.encode("7")[0]))
+    records = [{"task": "t", "messages": [{"role": "user", "content": f"Say {n}."}], "answer": n} for n in "77ab7"]
+    write_jsonl(tmp_path / "tasks.jsonl", records)
+    args = ("eval", "--checkpoint", tmp_path / "run", "--tasks", tmp_path / "tasks.jsonl", "--max-new-tokens", "1")
+    written = run_lucidlm(*args, "--pairs", tmp_path / "pairs.jsonl")
+    assert written.returncode == 0, written.stderr
+    assert "wrote" in written.stdout and "2 preference pairs" in written.stdout
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    source = f"lucidlm eval {tmp_path / 'run'}"
+    assert pairs == [{"source": source, "task": "t", "messages": records[n]["messages"], "chosen": answer,
+                      "rejected": "7"} for n, answer in ((2, "a"), (3, "b"))]  # fmt: skip
+    again = run_lucidlm(*args, "--pairs", tmp_path / "pairs.jsonl")
+    assert again.returncode == 2 and "pass --force to replace it, or choose another --pairs" in again.stderr
+    assert run_lucidlm(*args, "--pairs", tmp_path / "pairs.jsonl", "--force").returncode == 0
+    (tmp_path / "mine.jsonl").write_text("my notes\n")
+    refused = run_lucidlm(*args, "--pairs", tmp_path / "mine.jsonl", "--force")
+    assert refused.returncode == 2 and "is not a file of preference pairs" in refused.stderr
+    assert (tmp_path / "mine.jsonl").read_text() == "my notes\n"
+    meta = prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.5)
+    assert meta["chat"]["pairs"] == 2
+
+
+def test_the_chosen_replies_cross_entropy_joins_the_dpo_loss_with_its_weight(tmp_path, chat_tokenizer):
+    from lucidlm.config import RunConfig, TrainConfig
+    from lucidlm.train.backends import TorchBackend
+    from lucidlm.train.distributed import Distributed
+
+    write_jsonl(tmp_path / "pairs.jsonl", pairs(12))
+    prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    x, y = BatchLoader(tmp_path / "data", BLOCK, batch_size=3, seed=0).batch("train", 0)
+    config = GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    start = GPT(config).state_for_saving()
+    losses = {}
+    for weight in (0.0, 2.0):
+        train = TrainConfig(objective="dpo", device="cpu", dtype="fp32", compile="false", dpo_nll=weight)
+        backend = TorchBackend(RunConfig(config, train), torch.device("cpu"), Distributed())
+        backend.load_weights(start)
+        losses[weight], metrics = backend.objective_loss((x, y))
+    with torch.no_grad():
+        expected_nll = -sequence_logprobs(backend.model(x)[0], y)[:3].sum() / (y[:3] >= 0).sum()
+    assert float(metrics["chosen_nll"]) == pytest.approx(float(expected_nll), rel=1e-5)
+    assert float(losses[2.0]) == pytest.approx(float(losses[0.0]) + 2 * float(expected_nll), rel=1e-5)

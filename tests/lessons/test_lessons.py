@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LESSONS = lesson_files()
 
 
-def test_there_are_22_lessons_numbered_in_order():
-    assert [lesson_number(p) for p in LESSONS] == list(range(1, 24))
+def test_there_are_27_lessons_numbered_in_order():
+    assert [lesson_number(p) for p in LESSONS] == list(range(1, 28))
 
 
 # A lesson that runs in the browser runs here with PyTorch blocked: importing it, even indirectly, fails the test.
@@ -67,5 +67,5 @@ def test_cli_lists_and_runs_a_lesson(tmp_path):
     )
     assert ran.returncode == 0 and "lesson 6 ok" in ran.stdout
     missing = subprocess.run([sys.executable, "-m", "lucidlm", "lessons", "run", "99"], capture_output=True, text=True)
-    assert missing.returncode == 2 and "there is no lesson 99; the lessons are 1 to 23" in missing.stderr
+    assert missing.returncode == 2 and "there is no lesson 99; the lessons are 1 to 27" in missing.stderr
     assert LESSONS_DIR == ROOT / "lessons"

@@ -1,7 +1,9 @@
 """Preference data: a conversation and two replies to it, the one people chose and the one they rejected.
 
 A line is `{"messages": [...], "chosen": REPLY, "rejected": REPLY}`, where a reply is the assistant's text, or
-the messages that continue the conversation (TRL's conversational form, ending in the assistant's turn). Both
+the messages that continue the conversation (TRL's conversational form, ending in the assistant's turn); it may
+also say where it came from ("source", "task"). `lucidlm eval --tasks FILE --pairs PAIRS.jsonl` writes such
+lines from a model's own wrong answers: the right answer chosen, the model's reply rejected. Both
 continuations are written through the model's chat template with the mask rules of chat data, except that only
 the reply itself is learned: an assistant turn inside `messages` is context. A pair is two sequences, chosen
 first, in the data directory of chat data: its `{split}.starts.bin` holds both starts, and meta.json says
@@ -29,6 +31,7 @@ from lucidlm.outputs import DATA_DIR, check_target
 from lucidlm.tokenizers import Tokenizer
 
 REPLIES = ("chosen", "rejected")
+NOTES = ("source", "task")  # what a line may say of itself beside the pair (`lucidlm eval --pairs` writes both)
 
 
 def reply_messages(reply: object) -> list[dict] | None:
@@ -71,7 +74,7 @@ def prepare_preferences(
     tokenizer = chat_tokenizer(tokenizer)
     splits = {"train": ChatSplit(), "val": ChatSplit()}
     counts = {"pairs": 0, "dropped": 0}
-    records = list(read_conversations(path, extra_keys=REPLIES))
+    records = list(read_conversations(path, extra_keys=(*REPLIES, *NOTES)))
     disable = None if progress is None else not progress
     for index, (number, record) in enumerate(tqdm(records, desc="encoding", unit="pair", disable=disable)):
         where = f"{path} line {number}"

@@ -11,6 +11,20 @@ match:
 The words are random letters, so the held-out set asks about words the model has never seen. Every text uses
 only characters of the Shakespeare corpus (no "+" or "="), which the demo's char tokenizer was built from. The
 held-out set is disjoint from the training set: no user question (with its system prompt) is in both.
+
+After supervised fine-tuning, `make tune-demo` takes the model further, with data made here too:
+- `--task-records N --task lookup`: more questions of a task with their answers, none of them held out (the
+  prompts of reinforcement learning, and of preference pairs built from the model's own mistakes). With
+  `--table-sizes 1,2,3` a table holds one, two or three names: a curriculum. Reading an age off a table of
+  three is learned late in fine-tuning (the model answers a near miss, "61" for 63, most of the time), so a
+  reply sampled from it is rarely right and reinforcement learning gets almost no reward to learn from; off
+  a table of one or two it often is, and what the model learns there carries over to tables of three.
+  `--mix-others M` adds M records of each other task, whose rewards keep the model answering those too;
+- `--tool-calls N`: a seventh task, multiplying two three-digit numbers ("What is 347 times 281?"), which the
+  model learns to hand to the calculator tool: the conversations offer the tool, call it
+  (`calculator({"expression": "347*281"})`), read its result and answer with it. They are mixed with the
+  conversations of the six tasks, so that the model keeps answering those itself; the held-out
+  multiplications go to heldout-multiply.jsonl.
 """
 
 from __future__ import annotations
@@ -55,10 +69,15 @@ def length(rng: random.Random) -> tuple[str | None, str, str]:
     return None, f"How many letters are in {word}?", str(len(word))
 
 
-def lookup(rng: random.Random) -> tuple[str | None, str, str]:
-    names = rng.sample(NAMES, 3)
+def multiply(rng: random.Random) -> tuple[str | None, str, str]:
+    a, b = rng.randint(100, 999), rng.randint(100, 999)
+    return None, f"What is {a} times {b}?", str(a * b)
+
+
+def lookup(rng: random.Random, size: int = 3) -> tuple[str | None, str, str]:
+    names = rng.sample(NAMES, size)
     ages = [rng.randint(1, 99) for _ in names]
-    asked = rng.randrange(3)
+    asked = rng.randrange(size)
     facts = " ".join(f"{name} is {age}." for name, age in zip(names, ages, strict=True))
     return facts, f"How old is {names[asked]}?", str(ages[asked])
 
@@ -74,6 +93,7 @@ MAKERS: dict[str, Callable[[random.Random], tuple[str | None, str, str]]] = {
     "spell": spell,
     "length": length,
     "lookup": lookup,
+    "multiply": multiply,
 }
 
 
@@ -106,6 +126,62 @@ def make_task_sets(train_per_task: int, held_out_per_task: int, seed: int = 0) -
         record = task_record(task, system, question, answer)
         train.append({"messages": [*record["messages"], {"role": "assistant", "content": answer}]})
     return train, held_out
+
+
+def held_out_questions(held_out: list[dict]) -> set[tuple[str | None, str]]:
+    """The (system prompt, question) of each held-out record, which no training record may repeat."""
+    questions = set()
+    for record in held_out:
+        system = next((m["content"] for m in record["messages"] if m["role"] == "system"), None)
+        questions.add((system, record["messages"][-1]["content"]))
+    return questions
+
+
+def more_task_records(
+    task: str, count: int, avoid: set[tuple[str | None, str]], seed: int, table_sizes: tuple[int, ...] = (3,)
+) -> list[dict]:
+    """`count` eval records of `task`, none of whose questions is in `avoid`; a lookup's table holds a number of
+    names drawn from `table_sizes`."""
+    rng = random.Random(seed)
+    records = []
+    while len(records) < count:
+        if task == "lookup":
+            system, question, answer = lookup(rng, rng.choice(table_sizes))
+        else:
+            system, question, answer = MAKERS[task](rng)
+        if (system, question) not in avoid:
+            records.append(task_record(task, system, question, answer))
+    return records
+
+
+def digit_credit(reply: str, answer: str) -> float:
+    """A reward for reinforcement learning on the demo's tasks (`--set reward=lucidlm.chat.synthetic:digit_credit`):
+    1 for the right answer; otherwise half a point shared among the answer's characters that the reply has in
+    the same places, so that "61" for 63 earns 0.25 and a reply that is nearly right is told so. pass@1 still
+    counts only full rewards."""
+    reply = reply.strip()
+    if reply == answer:
+        return 1.0
+    same = sum(a == b for a, b in zip(reply, answer, strict=False))
+    return 0.5 * same / max(len(answer), len(reply), 1)
+
+
+def tool_conversation(record: dict) -> dict:
+    """A multiplication handed to the calculator: the call, the tool's result and the answer, with the tool
+    offered."""
+    from lucidlm.chat.tools import CALCULATOR
+
+    question = record["messages"][-1]["content"]
+    a, b = question.removeprefix("What is ").removesuffix("?").split(" times ")
+    call = {"id": "call_0", "type": "function",
+            "function": {"name": "calculator", "arguments": json.dumps({"expression": f"{a}*{b}"})}}  # fmt: skip
+    messages = [
+        *record["messages"],
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_0", "content": record["answer"]},
+        {"role": "assistant", "content": record["answer"]},
+    ]
+    return {"messages": messages, "tools": [CALCULATOR]}
 
 
 def replay_texts(
@@ -143,8 +219,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--replay-texts", type=int, default=20_000, help="how many passages (default 20000)")
     parser.add_argument("--replay-length", type=int, default=65, help="characters a passage (default 65)")
+    parser.add_argument("--task-records", type=int, help="write DIR/TASK.jsonl: this many more records of --task")
+    parser.add_argument("--task", choices=TASKS, default="lookup", help="--task-records: which task (default lookup)")
+    parser.add_argument(
+        "--table-sizes", default="3", help="--task-records lookup: names a table may hold, e.g. 1,2,3 (default 3)"
+    )
+    parser.add_argument(
+        "--mix-others", type=int, default=0, help="--task-records: and this many records of each other task"
+    )
+    parser.add_argument(
+        "--tool-calls", type=int, help="write DIR/tools.jsonl: this many multiplications handed to the calculator"
+    )
     args = parser.parse_args(argv)
     train, held_out = make_task_sets(args.train_per_task, args.held_out_per_task, args.seed)
+    if args.task_records is not None or args.tool_calls is not None:
+        return write_tuning_sets(args, train, held_out)
     if args.replay:
         from lucidlm.data.corpus import CORPORA, corpus_path
 
@@ -154,6 +243,33 @@ def main(argv: list[str] | None = None) -> None:
     write_jsonl(train, Path(args.out) / "train.jsonl")
     write_jsonl(held_out, Path(args.out) / "heldout.jsonl")
     print(f"wrote {args.out}/train.jsonl ({len(train):,} conversations) and heldout.jsonl ({len(held_out):,} records)")
+
+
+def write_tuning_sets(args, train: list[dict], held_out: list[dict]) -> None:
+    """The sets that tune a fine-tuned model further (`make tune-demo`), disjoint from the held-out set."""
+    avoid = held_out_questions(held_out)
+    if args.task_records is not None:
+        sizes = tuple(int(size) for size in args.table_sizes.split(","))
+        records = more_task_records(args.task, args.task_records, avoid, args.seed + 1, sizes)
+        for offset, task in enumerate(TASKS):
+            if task != args.task and args.mix_others:
+                records += more_task_records(task, args.mix_others, avoid, args.seed + 10 + offset)
+        random.Random(args.seed).shuffle(records)
+        write_jsonl(records, Path(args.out) / f"{args.task}.jsonl")
+        print(f"wrote {args.out}/{args.task}.jsonl ({len(records):,} records)")
+    if args.tool_calls is not None:
+        held_out_multiply = more_task_records("multiply", args.held_out_per_task, set(), args.seed + 2)
+        avoid |= held_out_questions(held_out_multiply)
+        calls = [tool_conversation(r) for r in more_task_records("multiply", args.tool_calls, avoid, args.seed + 3)]
+        # the six tasks' conversations as the model learned them, so that it keeps answering those itself
+        mixed = calls + train[: args.tool_calls]
+        random.Random(args.seed).shuffle(mixed)
+        write_jsonl(mixed, Path(args.out) / "tools.jsonl")
+        write_jsonl(held_out_multiply, Path(args.out) / "heldout-multiply.jsonl")
+        print(
+            f"wrote {args.out}/tools.jsonl ({len(calls):,} calculator conversations and {args.tool_calls:,} of the "
+            f"six tasks) and heldout-multiply.jsonl ({len(held_out_multiply):,} records)"
+        )
 
 
 if __name__ == "__main__":

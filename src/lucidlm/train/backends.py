@@ -38,7 +38,7 @@ class TorchBackend:
         self.model_config = config.model
         self.model = GPT(config.model).to(device)
         train = config.train
-        self.objective, self.dpo_beta = train.objective, train.dpo_beta
+        self.objective, self.dpo_beta, self.dpo_nll = train.objective, train.dpo_beta, train.dpo_nll
         # DPO's frozen reference, the model training starts from (load_weights). A LoRA run whose embeddings stay
         # frozen needs no copy: its reference is the model with the adapters off.
         self.needs_reference = train.objective == "dpo" or (train.objective == "grpo" and train.kl_coef > 0)
@@ -79,7 +79,14 @@ class TorchBackend:
             policy = sequence_logprobs(self.forward(x)[0], y)  # (2B,)
             reference = sequence_logprobs(self.reference_logits(x), y)
             pairs = x.shape[0] // 2
-            return dpo_loss(policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:], self.dpo_beta)
+            loss, metrics = dpo_loss(
+                policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:], self.dpo_beta
+            )
+            if self.dpo_nll:  # the chosen replies' cross-entropy, a mean over their tokens
+                chosen_nll = -policy[:pairs].sum() / (y[:pairs] >= 0).sum().clamp(min=1)
+                loss = loss + self.dpo_nll * chosen_nll
+                metrics["chosen_nll"] = chosen_nll.detach()
+            return loss, metrics
         return self.forward(x, y)[1], {}
 
     @torch.no_grad()
