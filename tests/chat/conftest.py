@@ -34,3 +34,14 @@ def one_token_model(tokenizer, token: int, block_size: int = 64) -> GPT:
         model.lm_head.weight.zero_()
         model.lm_head.weight[token] = 1.0
     return model.eval()
+
+
+@pytest.fixture
+def base_run(tmp_path, chat_tokenizer):
+    """A chat model's run directory (lucidlm's template), untrained, to tune further."""
+    from tests.chat.test_repl import write_run
+
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32))
+    write_run(tmp_path / "base", chat_tokenizer, model)
+    return tmp_path / "base"

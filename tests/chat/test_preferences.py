@@ -84,14 +84,6 @@ def pairs(count: int) -> list[dict]:
     return records
 
 
-@pytest.fixture
-def base_run(tmp_path, chat_tokenizer):
-    torch.manual_seed(3)
-    model = GPT(GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32))
-    write_run(tmp_path / "base", chat_tokenizer, model)
-    return tmp_path / "base"
-
-
 def test_preference_data_holds_pairs_whose_replies_alone_are_learned(tmp_path, chat_tokenizer):
     records = pairs(20)
     records[3] = {"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},

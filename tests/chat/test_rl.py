@@ -16,7 +16,6 @@ from lucidlm.train.objectives import clipped_policy_loss, group_advantages, sequ
 from lucidlm.train.plan import carry_out, plan_run
 from lucidlm.train.rl import TaskLoader, load_reward, number_reward, prepare_tasks
 from tests.chat.conftest import write_jsonl
-from tests.chat.test_repl import write_run
 
 BLOCK = 48
 
@@ -113,14 +112,6 @@ def tasks(count: int) -> list[dict]:
     """Say a word: the answer starts with a vowel."""
     return [{"messages": [{"role": "user", "content": f"Say {word}."}], "answer": word, "task": "say"}
             for word in ["apple", "egg", "ice", "orange", "umbrella", "owl", "ant", "elk"] * (count // 8)]  # fmt: skip
-
-
-@pytest.fixture
-def base_run(tmp_path, chat_tokenizer):
-    torch.manual_seed(3)
-    model = GPT(GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32))
-    write_run(tmp_path / "base", chat_tokenizer, model)
-    return tmp_path / "base"
 
 
 def test_task_data_holds_the_templated_prompts_and_their_answers(tmp_path, chat_tokenizer):

@@ -158,6 +158,13 @@ def chat_tokenizer(tokenizer: Tokenizer, tools: bool = False) -> Tokenizer:
     return tokenizer
 
 
+def check_output(out_dir: str | os.PathLike, val_fraction: float, force: bool) -> None:
+    """What every kind of tuning data checks before it reads its file: the split and the output directory."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
+    check_target(out_dir, DATA_DIR, force)
+
+
 def split_of(index: int, val_fraction: float) -> str:
     """ "val" for every record that brings the running count of `val_fraction * i` past a whole number (so that
     the validation split is spread through the file), "train" for the others."""
@@ -189,9 +196,7 @@ def prepare_chat(
     longer than `context` + 1 tokens (one training window) is cut after its last reply that fits, or dropped
     when not even its first reply fits. The validation split takes every conversation that brings the running
     count of `val_fraction * i` past a whole number, so it is spread through the file."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
-    check_target(out_dir, DATA_DIR, force)
+    check_output(out_dir, val_fraction, force)
     records = list(read_conversations(path, text=True))
     tools = any("messages" in record and uses_tools(record["messages"], record.get("tools")) for _, record in records)
     tokenizer = chat_tokenizer(tokenizer, tools)

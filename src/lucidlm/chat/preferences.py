@@ -20,14 +20,14 @@ from tqdm import tqdm
 from lucidlm.chat.data import (
     ChatSplit,
     chat_tokenizer,
+    check_output,
     conversation_problem,
     encode_conversation,
     read_conversations,
     split_of,
     write_chat_data,
 )
-from lucidlm.errors import ConfigError, DataError, TokenizerError
-from lucidlm.outputs import DATA_DIR, check_target
+from lucidlm.errors import DataError, TokenizerError
 from lucidlm.tokenizers import Tokenizer
 
 REPLIES = ("chosen", "rejected")
@@ -68,9 +68,7 @@ def prepare_preferences(
     """Encode the pairs of `path` into a data directory for objective=dpo; returns its meta.json. A pair either
     of whose sequences is longer than `context` + 1 tokens is dropped (cutting a reply would change what is
     compared)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
-    check_target(out_dir, DATA_DIR, force)
+    check_output(out_dir, val_fraction, force)
     tokenizer = chat_tokenizer(tokenizer)
     splits = {"train": ChatSplit(), "val": ChatSplit()}
     counts = {"pairs": 0, "dropped": 0}

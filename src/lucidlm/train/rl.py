@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lucidlm.chat.data import ChatSplit, chat_tokenizer, split_of, write_chat_data
+from lucidlm.chat.data import ChatSplit, chat_tokenizer, check_output, split_of, write_chat_data
 from lucidlm.chat.template import chat_prompt
 from lucidlm.config import TrainConfig
 from lucidlm.data.loader import open_split
@@ -41,7 +41,6 @@ from lucidlm.errors import ConfigError, DataError, LucidError, TokenizerError
 from lucidlm.evaluate import read_task_records
 from lucidlm.files import parse_json
 from lucidlm.generate import SamplingConfig, sample_group
-from lucidlm.outputs import DATA_DIR, check_target
 from lucidlm.tokenizers import Tokenizer
 from lucidlm.train.objectives import clipped_policy_loss, group_advantages, token_logprobs
 
@@ -109,9 +108,7 @@ def prepare_tasks(
     """Write the prompts of a task file (eval --tasks' records) as the model's template writes them, with their
     answers, into a data directory for objective=grpo; returns its meta.json. A prompt that leaves no room in the
     context for a reply is dropped."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction {val_fraction} must lie strictly between 0 and 1, e.g. 0.1")
-    check_target(out_dir, DATA_DIR, force)
+    check_output(out_dir, val_fraction, force)
     tokenizer = chat_tokenizer(tokenizer)
     splits = {"train": ChatSplit(), "val": ChatSplit()}
     answers: dict[str, list[str]] = {"train": [], "val": []}
