@@ -76,7 +76,7 @@ def test_the_lesson_pages_are_the_sites_with_every_lesson_run_here(tutorial):
     assert page.count('<div class="code-cell">') == sum(kind == "code" for kind, _ in lesson_sources(find_lesson(9)))
     assert "built-label" not in page  # no build-time output: nothing ran yet
     missing = httpx.get(f"{tutorial}/lessons/99.html", headers=headers)
-    assert missing.status_code == 404 and "the lessons are 01.html to 23.html" in missing.json()["error"]["message"]
+    assert missing.status_code == 404 and "the lessons are 01.html to 27.html" in missing.json()["error"]["message"]
 
 
 def test_a_cell_runs_with_the_cells_above_it_and_shows_only_its_output(tutorial):
