@@ -61,11 +61,11 @@ chat-demo: setup
 	@echo "Next: chat with it ($(BIN)/lucidlm chat --checkpoint $(CHAT_RUN)), or try LoRA: add --set lora_rank=8"
 
 # Takes the chat model past supervised fine-tuning (README: Past fine-tuning), each stage from the chat model:
-# reinforcement learning (GRPO) on the table it reads badly, with smaller tables as a curriculum and the other
-# tasks mixed in; preference tuning (DPO) on its own wrong answers; and the calculator, for multiplying
-# three-digit numbers, from a few minutes of conversations that call it.
+# reinforcement learning (GRPO, through LoRA adapters) on the table it reads badly, with smaller tables as a
+# curriculum and the other tasks mixed in; preference tuning (DPO) on its own wrong answers; and the calculator,
+# for multiplying three-digit numbers, from a few minutes of conversations that call it.
 TUNE := data/tune
-RL_BUDGET ?= 300
+RL_BUDGET ?= 600
 DPO_BUDGET ?= 90
 TOOLS_BUDGET ?= 180
 tune-demo: setup
@@ -75,8 +75,8 @@ tune-demo: setup
 	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE) --tool-calls 20000
 	$(BIN)/lucidlm data prepare --tasks $(TUNE)/lookup.jsonl --tokenizer-from $(CHAT_RUN) --out $(TUNE)/rl --force
 	$(BIN)/lucidlm train --init-from $(CHAT_RUN) --data $(TUNE)/rl --out runs/rl --time-budget $(RL_BUDGET) --set objective=grpo \
-		--set optimizer=adamw --set lr=3e-4 --set min_lr=3e-5 --set warmup_steps=10 --set batch_size=16 --set group_size=8 \
-		--set max_reply_tokens=8 --set kl_coef=0.05 --set eval_interval=400 --set recipe=fixed $(TRAIN_FLAGS) --force
+		--set lora_rank=16 --set optimizer=adamw --set lr=2e-3 --set min_lr=2e-4 --set warmup_steps=10 --set batch_size=16 \
+		--set group_size=8 --set max_reply_tokens=8 --set kl_coef=0.05 --set eval_interval=400 --set recipe=fixed $(TRAIN_FLAGS) --force
 	$(BIN)/lucidlm eval --checkpoint runs/rl --which latest --tasks $(CHAT_TASKS)/heldout.jsonl
 	$(BIN)/lucidlm eval --checkpoint $(CHAT_RUN) --tasks $(TUNE)/mistakes/lookup.jsonl --pairs $(TUNE)/pairs.jsonl --force
 	$(BIN)/lucidlm data prepare --preferences $(TUNE)/pairs.jsonl --tokenizer-from $(CHAT_RUN) --out $(TUNE)/dpo --force

@@ -45,7 +45,7 @@ with torch.no_grad():
 frozen = {name: p.detach().clone() for name, p in model.named_parameters() if name not in trainable}
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
 y = torch.randint(0, 40, (4, 32))
-for step in range(30):
+for _ in range(30):
     loss = model(x, y)[1]
     optimizer.zero_grad()
     loss.backward()

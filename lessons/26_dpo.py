@@ -28,7 +28,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.train.objectives import dpo_loss, sequence_logprobs
@@ -83,7 +82,7 @@ reference.requires_grad_(False)
 optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
 pairs = len(words)
 history = []
-for step in range(60):
+for _ in range(60):
     logprobs = sequence_logprobs(policy(x)[0], y)  # (2 * pairs,)
     with torch.no_grad():
         reference_logprobs = sequence_logprobs(reference(x)[0], y)
@@ -94,7 +93,9 @@ for step in range(60):
     loss.backward()
     optimizer.step()
 for step in (0, 10, 30, 59):
-    print(f"step {step:2}: loss {history[step][0]:.4f}, margin {history[step][1]:+.3f}, accuracy {history[step][2]:.2f}")
+    print(
+        f"step {step:2}: loss {history[step][0]:.4f}, margin {history[step][1]:+.3f}, accuracy {history[step][2]:.2f}"
+    )
 assert abs(history[0][0] - math.log(2)) < 1e-6 and history[0][1] == 0.0
 assert history[-1][1] > history[30][1] > history[10][1] > 0  # the margin grows
 assert history[-1][2] == 1.0 and history[-1][0] < 0.1

@@ -65,7 +65,9 @@ samples = 400_000
 actions = rng.choice(len(theta), size=samples, p=pi)
 plain = rewards[actions][:, None] * score_function(actions)  # (N, K): one estimate a sample
 error = np.abs(plain.mean(0) - exact_gradient(theta)).max()
-print(f"REINFORCE over {samples:,} samples: largest error {error:.5f} (exact gradient {np.round(exact_gradient(theta), 4)})")
+print(
+    f"REINFORCE over {samples:,} samples: largest error {error:.5f} (exact gradient {np.round(exact_gradient(theta), 4)})"
+)
 assert error < 0.002
 
 # %% [markdown]

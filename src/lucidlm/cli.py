@@ -37,7 +37,10 @@ EXAMPLES = {
   lucidlm train --data data/shakespeare-char --out runs/a --resume --max-steps 4000
   lucidlm train --data data/mine --out runs/c --set n_layer=6 --set lr=3e-4
   lucidlm train --data my.txt --out runs/d --backend numpy --preset nanogpt-baby   (the NumPy GPT)
-  lucidlm train --init-from hf:models/gpt2 --data my.txt --out runs/e --preset gpt2-small   (fine-tune GPT-2)""",
+  lucidlm train --init-from hf:models/gpt2 --data my.txt --out runs/e --preset gpt2-small   (fine-tune GPT-2)
+  lucidlm train --init-from runs/sft --data data/pairs --out runs/dpo --set objective=dpo --set dpo_beta=0.1
+  lucidlm train --init-from runs/sft --data data/tasks --out runs/rl --set objective=grpo --set reward=number
+      (--set reward=my_module:my_function scores a reply with your own Python function)""",
     "generate": """examples:
   lucidlm generate --checkpoint runs/a --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 \\
       --top-k 50 --top-p 0.95 --seed 1 --num-samples 2
@@ -64,12 +67,15 @@ EXAMPLES = {
     "chat": """examples:
   lucidlm chat --checkpoint runs/sft                    (type a message; /system TEXT, /reset, /exit)
   lucidlm chat --checkpoint hf:models/qwen3 --temperature 0.7 --top-p 0.9
-  printf 'What is 2 plus 3?\nReverse abc.\n' | lucidlm chat --checkpoint runs/sft --temperature 0""",
+  printf 'What is 2 plus 3?\nReverse abc.\n' | lucidlm chat --checkpoint runs/sft --temperature 0
+  lucidlm chat --checkpoint runs/tools --tools calculator   (the model may call it; the chat runs it)""",
     "eval": """examples:
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char
   lucidlm eval --checkpoint runs/a --data data/shakespeare-char --split train --json
   lucidlm eval --checkpoint runs/sft --tasks heldout.jsonl
-      (one {"messages": [...], "answer": "..."} a line, optionally "task" and "choices": exact-match table)""",
+      (one {"messages": [...], "answer": "..."} a line, optionally "task" and "choices": exact-match table)
+  lucidlm eval --checkpoint runs/tools --tasks heldout.jsonl --tools calculator
+  lucidlm eval --checkpoint runs/sft --tasks questions.jsonl --pairs pairs.jsonl   (wrong replies as DPO pairs)""",
     "scale": """examples:
   lucidlm scale --data data/shakespeare-char --out runs/scale   (the default grid: about 15 minutes on 2 cores)
   lucidlm scale --data data/mine --out runs/scale-mine --grid 2:300000,3:300000,4:300000,2:1e6,3:1e6,4:1e6 \
