@@ -194,10 +194,9 @@ def score_tasks(
     calls it makes are run, their results fed back, until it replies. Returns {"tasks": {task: {...}},
     "all": {...}, "replies": [...]} (each reply with the tool calls it made)."""
     from lucidlm.chat.template import chat_prompt
-    from lucidlm.chat.tools import BUILT_IN_TOOLS, reply_with_tools
+    from lucidlm.chat.tools import built_in_tools, reply_with_tools
 
-    definitions = [BUILT_IN_TOOLS[name][0] for name in tools]
-    functions = {name: BUILT_IN_TOOLS[name][1] for name in tools}
+    definitions, functions = built_in_tools(tools)
 
     def respond(messages: list[dict]) -> str:
         prompt, stop = chat_prompt(tokenizer, messages, definitions)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lucidlm.chat.template import chat_prompt
-from lucidlm.chat.tools import BUILT_IN_TOOLS, check_tool_names, reply_with_tools
+from lucidlm.chat.tools import built_in_tools, reply_with_tools
 from lucidlm.errors import LucidError, Terminated
 from lucidlm.generate import SamplingConfig, generate_text
 from lucidlm.model import GPT
@@ -40,7 +40,7 @@ class ChatSession:
     turns: list[dict] = field(default_factory=list)  # user, assistant and tool messages, in order
 
     def __post_init__(self) -> None:
-        check_tool_names(self.tools)
+        self.definitions, self.functions = built_in_tools(self.tools)
 
     def messages(self) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -51,9 +51,8 @@ class ChatSession:
         and what answered it at a time, until a reply has room in the context (a quarter of it, at most
         max_new_tokens)."""
         room = min(self.max_new_tokens, self.model.config.block_size // 4)
-        definitions = [BUILT_IN_TOOLS[name][0] for name in self.tools]
         while True:
-            ids, stop = chat_prompt(self.tokenizer, self.messages(), definitions)
+            ids, stop = chat_prompt(self.tokenizer, self.messages(), self.definitions)
             next_user = next((i for i, turn in enumerate(self.turns) if i and turn["role"] == "user"), None)
             if len(ids) + room <= self.model.config.block_size or next_user is None:
                 return ids, stop
@@ -89,8 +88,7 @@ class ChatSession:
             if turn["role"] == "tool":
                 write(f"\n[{turn['content']}]\n")
 
-        functions = {name: BUILT_IN_TOOLS[name][1] for name in self.tools}
-        answer, added = reply_with_tools(lambda _: self.generate(write), self.messages(), functions, on_turn=add)
+        answer, added = reply_with_tools(lambda _: self.generate(write), self.messages(), self.functions, on_turn=add)
         self.turns.append(added[-1])
         return answer
 

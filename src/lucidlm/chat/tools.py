@@ -137,6 +137,12 @@ def check_tool_names(names: Sequence[str]) -> None:
         raise ConfigError(f"no built-in tool {', '.join(unknown)}; the tools are: {', '.join(BUILT_IN_TOOLS)}")
 
 
+def built_in_tools(names: Sequence[str]) -> tuple[list[dict], dict[str, Callable[[dict], str]]]:
+    """(the definitions a template offers, the functions that run the calls) of built-in tools, by name."""
+    check_tool_names(names)
+    return [BUILT_IN_TOOLS[name][0] for name in names], {name: BUILT_IN_TOOLS[name][1] for name in names}
+
+
 # --- reading a reply's calls --------------------------------------------------------------------------------
 
 
