@@ -73,6 +73,11 @@ class TrainConfig:
     reward: str = "exact"
     grpo_clip: float = 0.2  # grpo: the policy ratio is clipped to [1 - grpo_clip, 1 + grpo_clip]
     kl_coef: float = 0.0  # grpo: the weight of the KL penalty to the reference (0: none, and no reference kept)
+    # dpo, grpo: a prepared data directory (text or chat, the same tokenizer) whose next-token loss, times
+    # replay_coef, joins each step's: replaying the supervised data keeps what the model already did well while
+    # the objective teaches something else (InstructGPT's PPO-ptx)
+    replay_data: str | None = None
+    replay_coef: float = 1.0
 
     def __post_init__(self) -> None:
         """Every training setting's type and range, checked here and nowhere else, so that a bad value from
@@ -108,6 +113,7 @@ class TrainConfig:
             ("sample_temperature", 0 < self.sample_temperature <= 10, "must lie in (0, 10], e.g. 1.0"),
             ("grpo_clip", 0 < self.grpo_clip < 1, "must lie in (0, 1), e.g. 0.2"),
             ("kl_coef", self.kl_coef >= 0, "must be 0 (no penalty) or more"),
+            ("replay_coef", self.replay_coef > 0, "must be positive, e.g. 1.0"),
             (
                 "group_size",
                 self.objective != "grpo" or self.group_size >= 2,
@@ -121,6 +127,11 @@ class TrainConfig:
             raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective {self.objective!r} is not one of: {', '.join(OBJECTIVES)}")
+        if self.replay_data is not None and self.objective == "next_token":
+            raise ConfigError(
+                "replay_data is for objective=dpo or grpo; to train next-token on two sources, prepare them into one "
+                "data directory (data prepare --input takes several files)"
+            )
         if self.objective != "next_token" and self.backend == "numpy":
             raise ConfigError(f"objective={self.objective} is for the torch backend; drop backend=numpy")
         if self.backend not in ("torch", "numpy"):

@@ -1,6 +1,6 @@
 """Reinforcement learning with verifiable rewards: GRPO's advantages and clipped objective on hand-made groups,
-a policy-gradient step that makes a rewarded reply likelier, task data, rewards, and a GRPO run that raises its
-reward and resumes exactly."""
+a policy-gradient step that makes a rewarded reply likelier, task data, rewards, a GRPO run that raises its
+reward and resumes exactly, and replayed supervised data whose loss joins the step's."""
 
 import json
 import math
@@ -8,14 +8,17 @@ import math
 import pytest
 import torch
 
+from lucidlm.chat.data import prepare_chat
+from lucidlm.chat.template import CHAT_TOKENS
 from lucidlm.errors import ConfigError, DataError, LucidError
 from lucidlm.generate import SamplingConfig, sample_group
 from lucidlm.load import load_model
 from lucidlm.model import GPT, GPTConfig
+from lucidlm.tokenizers import CharTokenizer
 from lucidlm.train.objectives import clipped_policy_loss, group_advantages, sequence_logprobs, token_logprobs
 from lucidlm.train.plan import carry_out, plan_run
 from lucidlm.train.rl import TaskLoader, load_reward, number_reward, prepare_tasks
-from tests.chat.conftest import write_jsonl
+from tests.chat.conftest import ALPHABET, conversation, write_jsonl
 
 BLOCK = 48
 
@@ -152,14 +155,20 @@ def grpo_plan(data, out, base, steps, **extra):
     return plan_run(data, out, overrides=overrides, init_from=None if out.exists() else str(base), resume=out.exists())
 
 
-def test_grpo_raises_the_reward_and_resumes_exactly(tmp_path, base_run, chat_tokenizer, monkeypatch):
+@pytest.fixture
+def vowel_tasks(tmp_path, chat_tokenizer, monkeypatch):
+    """Task data whose reward, a user's function in the working directory, pays a reply that starts with a vowel."""
     (tmp_path / "vowel_reward.py").write_text(
         "def first_is_vowel(reply, answer):\n    return float(reply[:1] in 'aeiou')\n"
     )
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "tasks.jsonl", tasks(32))
     prepare_tasks(tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.25)
-    carry_out(grpo_plan(tmp_path / "data", tmp_path / "straight", base_run, 16, kl_coef=0.05), progress=False)
+    return tmp_path / "data"
+
+
+def test_grpo_raises_the_reward_and_resumes_exactly(tmp_path, base_run, vowel_tasks):
+    carry_out(grpo_plan(vowel_tasks, tmp_path / "straight", base_run, 16, kl_coef=0.05), progress=False)
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "val_loss" in r]
@@ -169,8 +178,8 @@ def test_grpo_raises_the_reward_and_resumes_exactly(tmp_path, base_run, chat_tok
     late = sum(r["reward"] for r in steps[-4:]) / 4
     assert late > early + 0.15 and evals[-1]["val_pass_at_1"] >= 0.5, (early, late)
     assert evals[-1]["val_pass_at_1"] == pytest.approx(1 - evals[-1]["val_loss"])
-    carry_out(grpo_plan(tmp_path / "data", tmp_path / "resumed", base_run, 8, kl_coef=0.05), progress=False)
-    carry_out(grpo_plan(tmp_path / "data", tmp_path / "resumed", base_run, 16, kl_coef=0.05), progress=False)
+    carry_out(grpo_plan(vowel_tasks, tmp_path / "resumed", base_run, 8, kl_coef=0.05), progress=False)
+    carry_out(grpo_plan(vowel_tasks, tmp_path / "resumed", base_run, 16, kl_coef=0.05), progress=False)
     a, b = (load_model(tmp_path / which, "latest")[0].state_dict() for which in ("straight", "resumed"))
     for name in a:
         assert torch.equal(a[name], b[name]), name
@@ -186,4 +195,41 @@ def test_a_failing_reward_function_is_named(tmp_path, base_run, chat_tokenizer, 
         LucidError, match=r"the reward function failed on the reply .* \(ZeroDivisionError: division by zero\)"
     ):
         carry_out(plan, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_replayed_chat_data_is_learned_beside_the_rewards_and_resumes_exactly(
+    tmp_path, base_run, chat_tokenizer, vowel_tasks
+):
+    spelled = [conversation(f"Spell {word}.", " ".join(word)) for word in ["cat", "dog"] * 16]
+    write_jsonl(tmp_path / "sft.jsonl", spelled)
+    prepare_chat(tmp_path / "sft.jsonl", tmp_path / "sft", chat_tokenizer, BLOCK)
+    replay = {"replay_data": str(tmp_path / "sft"), "replay_coef": 2.0}
+    carry_out(grpo_plan(vowel_tasks, tmp_path / "straight", base_run, 12, **replay), progress=False)
+    steps = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    replay_losses = [r["replay_loss"] for r in steps if "loss" in r]
+    assert len(replay_losses) == 12 and replay_losses[-1] < 0.5 * replay_losses[0], replay_losses
+    carry_out(grpo_plan(vowel_tasks, tmp_path / "resumed", base_run, 6, **replay), progress=False)
+    carry_out(grpo_plan(vowel_tasks, tmp_path / "resumed", base_run, 12, **replay), progress=False)
+    a, b = (load_model(tmp_path / which, "latest")[0].state_dict() for which in ("straight", "resumed"))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_replay_data_must_be_text_or_chat_in_the_same_tokens(tmp_path, base_run, chat_tokenizer):
+    write_jsonl(tmp_path / "tasks.jsonl", tasks(16))
+    prepare_tasks(tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    prepare_tasks(tmp_path / "tasks.jsonl", tmp_path / "tasks-again", chat_tokenizer, BLOCK)
+    write_jsonl(tmp_path / "sft.jsonl", [conversation("Say ~.", "~")] * 20)
+    wider = CharTokenizer.train([ALPHABET + "~"]).with_special_tokens(CHAT_TOKENS)
+    prepare_chat(tmp_path / "sft.jsonl", tmp_path / "wider", wider, BLOCK)
+    for replay, message in [
+        ("missing", "missing is not a prepared data directory; prepare it with `lucidlm data prepare`"),
+        ("tasks-again", "tasks-again holds tasks; replay text or chat data"),
+        ("wider", "wider was prepared with another tokenizer than .*data; prepare it with --tokenizer-from"),
+    ]:
+        with pytest.raises(ConfigError, match=f"replay_data=.*{message}"):
+            grpo_plan(tmp_path / "data", tmp_path / "run", base_run, 2, replay_data=str(tmp_path / replay))
+    with pytest.raises(ConfigError, match="replay_data is for objective=dpo or grpo; to train next-token on two"):
+        grpo_plan(tmp_path / "data", tmp_path / "run", base_run, 2, replay_data="x", objective="next_token")
     assert not (tmp_path / "run").exists()

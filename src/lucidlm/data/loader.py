@@ -11,11 +11,16 @@ conversation, runs on into the ones after it (packing), and its targets outside 
 past the split's end, are -1, which the loss ignores. Preference data (lucidlm.chat.preferences) is chat data
 whose sequences come in pairs, chosen then rejected: a batch of B pairs is 2 B windows, the chosen replies first,
 each window's targets ending with its own sequence.
+
+A tuning objective (DPO, GRPO) may replay supervised data beside its own batches (TrainConfig.replay_data): each
+training batch then comes as `Replayed`, the objective's batch and a batch of the replay data for the same step.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,3 +156,12 @@ class BatchLoader:
         if self.device.type == "cuda":
             pair = pair.pin_memory().to(self.device, non_blocking=True)
         return pair[0], pair[1]
+
+
+@dataclass
+class Replayed:
+    """A training batch of a tuning objective (`batch`: pairs, prompts) and a batch of replay data (`replay`: the
+    (inputs, targets) of text or chat data) whose next-token loss joins the objective's in the same step."""
+
+    batch: Any
+    replay: tuple[torch.Tensor, torch.Tensor]

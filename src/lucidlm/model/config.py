@@ -36,6 +36,7 @@ TYPE_CHECKS = {
     "float | None": lambda value: value is None or _is_finite_number(value),
     "bool": lambda value: isinstance(value, bool),
     "str": lambda value: isinstance(value, str),
+    "str | None": lambda value: value is None or isinstance(value, str),
     "dict | None": lambda value: value is None or isinstance(value, dict),
 }
 # Llama 3's RoPE scaling, with Hugging Face's key names (config.json's "rope_scaling")

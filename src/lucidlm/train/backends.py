@@ -14,6 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from lucidlm.config import RunConfig
+from lucidlm.data.loader import Replayed
 from lucidlm.device import autocast, training_compile, training_precision, use_compile_cache
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
@@ -39,6 +40,7 @@ class TorchBackend:
         self.model = GPT(config.model).to(device)
         train = config.train
         self.objective, self.dpo_beta, self.dpo_nll = train.objective, train.dpo_beta, train.dpo_nll
+        self.replay_coef = train.replay_coef
         # DPO's frozen reference, the model training starts from (load_weights). A LoRA run whose embeddings stay
         # frozen needs no copy: its reference is the model with the adapters off.
         self.needs_reference = train.objective == "dpo" or (train.objective == "grpo" and train.kl_coef > 0)
@@ -66,8 +68,13 @@ class TorchBackend:
             self.ddp = DistributedDataParallel(self.forward, device_ids=device_ids)
             self.forward = self.ddp
 
-    def objective_loss(self, batch: Batch | TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def objective_loss(self, batch: Batch | TaskBatch | Replayed) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """What a step minimises on one batch (train/objectives.py), and what it reports beside the loss."""
+        if isinstance(batch, Replayed):  # the objective's loss, plus the replay data's next-token loss
+            loss, metrics = self.objective_loss(batch.batch)
+            replay_loss = self.forward(*batch.replay)[1]
+            metrics["replay_loss"] = replay_loss.detach()
+            return loss + self.replay_coef * replay_loss, metrics
         if self.grpo is not None:  # the batch is prompts: sample and score the replies first
             self.model.eval()
             rollouts = self.grpo.rollouts(self.model, batch)
@@ -97,7 +104,7 @@ class TorchBackend:
         with adapters_off(self.model):
             return self.model(x)[0]
 
-    def train_step(self, batches: list[Batch], lr: float, grad_clip: float) -> float:
+    def train_step(self, batches: list[Batch | TaskBatch | Replayed], lr: float, grad_clip: float) -> float:
         """One optimizer step on the mean gradient of `batches` (gradient accumulation); returns the mean loss."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr

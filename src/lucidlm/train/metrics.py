@@ -1,5 +1,6 @@
 """metrics.jsonl (one JSON object per line) and the loss curve loss.png drawn from it; beside the loss, a second
-panel draws what an objective reports about its rewards (DPO's margin and accuracy, GRPO's reward and pass@1)."""
+panel draws what an objective reports about its rewards (DPO's margin and accuracy, GRPO's reward and pass@1);
+a run that replays supervised data draws that data's loss beside its own."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class MetricsLog:
         records = self.read()
         train = [(r["step"], r["loss"]) for r in records if "loss" in r]
         val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+        replay = [(r["step"], r["replay_loss"]) for r in records if "replay_loss" in r]
         rewards = [name for name in REWARD_SERIES if any(name in r for r in records)]
         figure, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 4), dpi=100, squeeze=False)
         axis = axes[0][0]
@@ -47,8 +49,15 @@ class MetricsLog:
             axis.plot(*zip(*train, strict=True), label="train loss", linewidth=1, alpha=0.7)
         if val:
             axis.plot(*zip(*val, strict=True), "o-", label="val loss", linewidth=2)
+        if replay:  # the replay data's cross-entropy, which the train loss includes (TrainConfig.replay_data)
+            axis.plot(*zip(*replay, strict=True), label="replay loss", linewidth=1, alpha=0.7)
         axis.set_xlabel("step")
-        axis.set_ylabel("DPO loss" if rewards and rewards[0].endswith("margin") else "cross-entropy (nats per token)")
+        if "reward_margin" in rewards:
+            axis.set_ylabel("DPO loss")
+        elif "val_pass_at_1" in rewards:
+            axis.set_ylabel("policy loss; val: 1 - pass@1")
+        else:
+            axis.set_ylabel("cross-entropy (nats per token)")
         axis.grid(alpha=0.3)
         axis.legend()
         if rewards:

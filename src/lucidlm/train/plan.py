@@ -134,6 +134,25 @@ def check_objective(config: RunConfig, data: Path) -> None:
         raise ConfigError(f"{data} holds {kind}, which train with --set objective={objective_of}")
     if wanted and config.init_from is None:
         raise ConfigError(f"objective={objective} tunes a trained model: add --init-from RUN_DIR or hf:DIR")
+    if config.train.replay_data is not None:
+        check_replay_data(Path(config.train.replay_data), data)
+
+
+def check_replay_data(replay: Path, data: Path) -> None:
+    """Replay data is prepared text or chat data in the same tokens as the objective's data."""
+    if not (replay / "meta.json").is_file():
+        raise ConfigError(
+            f"replay_data={replay} is not a prepared data directory; prepare it with `lucidlm data prepare` "
+            f"(--chat FILE.jsonl --tokenizer-from RUN for chat data)"
+        )
+    kind = data_kind(replay)
+    if kind not in ("text", "chat"):
+        raise ConfigError(f"replay_data={replay} holds {kind}; replay text or chat data, whose next tokens are learned")
+    if not load_tokenizer(replay / "tokenizer.json").matches_file(data / "tokenizer.json"):
+        raise ConfigError(
+            f"replay_data={replay} was prepared with another tokenizer than {data}; prepare it with "
+            "--tokenizer-from the run you tune"
+        )
 
 
 def carry_out(plan: RunPlan, progress: bool | None = None) -> TrainResult:

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from lucidlm.config import RunConfig
-from lucidlm.data.loader import BatchLoader, data_kind, is_chat_data, open_split, read_meta
+from lucidlm.data.loader import BatchLoader, Replayed, data_kind, is_chat_data, open_split, read_meta
 from lucidlm.device import pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError, Terminated
 from lucidlm.evaluate import bits_per_byte, tokens_per_byte
@@ -92,7 +92,7 @@ class StopRequest:
 
 
 # what the progress bar shows beside the loss, where an objective reports it
-SHOWN_METRICS = ("reward_margin", "reward_accuracy", "reward", "kl")
+SHOWN_METRICS = ("reward_margin", "reward_accuracy", "reward", "kl", "replay_loss")
 EVAL_PASSES = 100  # an evaluation that reads the validation split more often than this is a typo
 
 
@@ -144,6 +144,17 @@ def train(
             config.model.block_size,
             train_config.batch_size,
             train_config.seed,
+            rank=group.rank,
+            micro_steps=train_config.grad_accum,
+            device=device,
+        )
+    replay = None
+    if train_config.replay_data is not None:  # its own seed: the same numbers would draw alike windows
+        replay = BatchLoader(
+            train_config.replay_data,
+            config.model.block_size,
+            train_config.batch_size,
+            train_config.seed + 1,
             rank=group.rank,
             micro_steps=train_config.grad_accum,
             device=device,
@@ -278,6 +289,8 @@ def train(
             started = time.perf_counter()
             lr = learning_rate(step, elapsed, train_config)
             batches = [loader.batch("train", step, micro) for micro in range(train_config.grad_accum)]
+            if replay is not None:
+                batches = [Replayed(batch, replay.batch("train", step, micro)) for micro, batch in enumerate(batches)]
             train_loss = group.mean(backend.train_step(batches, lr, train_config.grad_clip), device)
             step += 1
             seconds = time.perf_counter() - started
