@@ -62,27 +62,32 @@ chat-demo: setup
 
 # Takes the chat model past supervised fine-tuning (README: Past fine-tuning), each stage from the chat model:
 # reinforcement learning (GRPO, through LoRA adapters) on the table it reads badly, with smaller tables as a
-# curriculum and the other tasks mixed in; preference tuning (DPO) on its own wrong answers; and the calculator,
-# for multiplying three-digit numbers, from a few minutes of conversations that call it.
+# curriculum and the other tasks mixed in; preference tuning (DPO) on its own wrong answers to tables of one to
+# three names, replaying its chat data; and the calculator, for multiplying three-digit numbers, from a few
+# minutes of conversations that call it. heldout-tables.jsonl scores tables of each size apart.
 TUNE := data/tune
 RL_BUDGET ?= 600
-DPO_BUDGET ?= 90
+DPO_BUDGET ?= 180
 TOOLS_BUDGET ?= 180
 tune-demo: setup
 	@test -f $(CHAT_RUN)/best.json || $(MAKE) chat-demo
-	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE) --task-records 6000 --table-sizes 1,2,3 --mix-others 1200
-	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE)/mistakes --task-records 3000
+	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE) --task-records 6000 --table-sizes 1,2,3 --mix-others 800
+	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE)/mistakes --task-records 3000 --table-sizes 1,2,3
 	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE) --tool-calls 20000
+	$(BIN)/lucidlm eval --checkpoint $(CHAT_RUN) --tasks $(TUNE)/heldout-tables.jsonl
 	$(BIN)/lucidlm data prepare --tasks $(TUNE)/lookup.jsonl --tokenizer-from $(CHAT_RUN) --out $(TUNE)/rl --force
 	$(BIN)/lucidlm train --init-from $(CHAT_RUN) --data $(TUNE)/rl --out runs/rl --time-budget $(RL_BUDGET) --set objective=grpo \
 		--set lora_rank=16 --set optimizer=adamw --set lr=2e-3 --set min_lr=2e-4 --set warmup_steps=10 --set batch_size=16 \
 		--set group_size=8 --set max_reply_tokens=8 --set kl_coef=0.05 --set eval_interval=400 --set recipe=fixed $(TRAIN_FLAGS) --force
 	$(BIN)/lucidlm eval --checkpoint runs/rl --which latest --tasks $(CHAT_TASKS)/heldout.jsonl
+	$(BIN)/lucidlm eval --checkpoint runs/rl --which latest --tasks $(TUNE)/heldout-tables.jsonl
 	$(BIN)/lucidlm eval --checkpoint $(CHAT_RUN) --tasks $(TUNE)/mistakes/lookup.jsonl --pairs $(TUNE)/pairs.jsonl --force
 	$(BIN)/lucidlm data prepare --preferences $(TUNE)/pairs.jsonl --tokenizer-from $(CHAT_RUN) --out $(TUNE)/dpo --force
 	$(BIN)/lucidlm train --init-from $(CHAT_RUN) --data $(TUNE)/dpo --out runs/dpo --time-budget $(DPO_BUDGET) --set objective=dpo \
-		--set dpo_beta=0.1 --set dpo_nll=1.0 --set optimizer=adamw --set lr=1e-4 --set min_lr=1e-5 --set warmup_steps=10 \
-		--set batch_size=16 --set eval_interval=200 --set eval_batches=10 --set recipe=fixed --set compile=false $(TRAIN_FLAGS) --force
+		--set dpo_beta=0.1 --set dpo_nll=1.0 --set replay_data=$(CHAT_DATA) --set optimizer=adamw --set lr=3e-4 --set min_lr=3e-5 \
+		--set warmup_steps=10 --set batch_size=16 --set eval_interval=200 --set eval_batches=10 --set recipe=fixed --set compile=false \
+		$(TRAIN_FLAGS) --force
+	$(BIN)/lucidlm eval --checkpoint runs/dpo --which latest --tasks $(TUNE)/heldout-tables.jsonl
 	$(BIN)/lucidlm eval --checkpoint runs/dpo --which latest --tasks $(CHAT_TASKS)/heldout.jsonl
 	$(BIN)/lucidlm data prepare --chat $(TUNE)/tools.jsonl --tokenizer-from $(CHAT_RUN) --out $(TUNE)/tools --force
 	$(BIN)/lucidlm train --init-from $(CHAT_RUN) --data $(TUNE)/tools --out runs/tools --time-budget $(TOOLS_BUDGET) \
@@ -92,7 +97,7 @@ tune-demo: setup
 	$(BIN)/lucidlm eval --checkpoint runs/tools --tasks $(CHAT_TASKS)/heldout.jsonl
 	printf '%s\n' 'What is 347 times 281?' 'What is 27 plus 58?' | $(BIN)/lucidlm chat --checkpoint runs/tools --tools calculator --temperature 0
 	@echo
-	@echo "The curves: runs/rl/loss.png (reward, pass@1, KL), runs/dpo/loss.png (margin, accuracy)"
+	@echo "The curves: runs/rl/loss.png (reward, pass@1, KL), runs/dpo/loss.png (margin, accuracy, replay loss)"
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

@@ -250,6 +250,15 @@ def write_tuning_sets(args, train: list[dict], held_out: list[dict]) -> None:
     avoid = held_out_questions(held_out)
     if args.task_records is not None:
         sizes = tuple(int(size) for size in args.table_sizes.split(","))
+        if args.task == "lookup":  # the tables of each size held out too, each its own task in eval's report
+            tables = [
+                {**record, "task": f"lookup-{size}"}
+                for size in sizes
+                for record in more_task_records("lookup", args.held_out_per_task, avoid, args.seed + 4 + size, (size,))
+            ]
+            avoid |= held_out_questions(tables)
+            write_jsonl(tables, Path(args.out) / "heldout-tables.jsonl")
+            print(f"wrote {args.out}/heldout-tables.jsonl ({len(tables):,} records, {args.table_sizes} names a table)")
         records = more_task_records(args.task, args.task_records, avoid, args.seed + 1, sizes)
         for offset, task in enumerate(TASKS):
             if task != args.task and args.mix_others:

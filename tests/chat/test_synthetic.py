@@ -1,0 +1,24 @@
+"""The demo's task sets: the tuning sets' held-out tables, one task per table size, share no question with any
+training record or with the chat demo's held-out set."""
+
+import json
+
+from lucidlm.chat.synthetic import held_out_questions, main, make_task_sets
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_the_held_out_tables_are_one_task_a_size_and_never_trained_on(tmp_path):
+    main(["--out", str(tmp_path), "--train-per-task", "1", "--held-out-per-task", "30",
+          "--task-records", "3000", "--table-sizes", "1,2,3"])  # fmt: skip
+    tables = read_jsonl(tmp_path / "heldout-tables.jsonl")
+    for size in (1, 2, 3):
+        of_size = [r for r in tables if r["task"] == f"lookup-{size}"]
+        assert len(of_size) == 30
+        assert all(r["messages"][0]["content"].count(" is ") == size for r in of_size)
+    records = read_jsonl(tmp_path / "lookup.jsonl")
+    trained, chat_held_out = held_out_questions(records), held_out_questions(make_task_sets(1, 30)[1])
+    assert len(records) == 3000
+    assert not held_out_questions(tables) & (trained | chat_held_out)
