@@ -149,12 +149,12 @@ def train(
             device=device,
         )
     replay = None
-    if train_config.replay_data is not None:  # its own seed: the same numbers would draw alike windows
+    if train_config.replay_data is not None:
         replay = BatchLoader(
             train_config.replay_data,
             config.model.block_size,
             train_config.batch_size,
-            train_config.seed + 1,
+            train_config.seed,
             rank=group.rank,
             micro_steps=train_config.grad_accum,
             device=device,
