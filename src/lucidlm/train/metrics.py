@@ -46,7 +46,8 @@ class MetricsLog:
         figure, axes = plt.subplots(1, 2 if rewards else 1, figsize=(12 if rewards else 7, 4), dpi=100, squeeze=False)
         axis = axes[0][0]
         if train:
-            axis.plot(*zip(*train, strict=True), label="train loss", linewidth=1, alpha=0.7)
+            label = "train loss, the replay's included" if replay else "train loss"
+            axis.plot(*zip(*train, strict=True), label=label, linewidth=1, alpha=0.7)
         if val:
             axis.plot(*zip(*val, strict=True), "o-", label="val loss", linewidth=2)
         if replay:  # the replay data's cross-entropy, which the train loss includes (TrainConfig.replay_data)
@@ -62,13 +63,22 @@ class MetricsLog:
         axis.legend()
         if rewards:
             panel = axes[0][1]
-            for name in rewards:
+            # the KL has its own scale on the right: its spikes would flatten rewards that lie in [0, 1]
+            kl_axis = panel.twinx() if "kl" in rewards else None
+            for index, name in enumerate(rewards):
                 points = [(r["step"], r[name]) for r in records if name in r]
                 style = "o-" if name.startswith("val_") else "-"
-                panel.plot(*zip(*points, strict=True), style, label=name.replace("_", " "), linewidth=1.5)
+                side = kl_axis if name == "kl" else panel
+                side.plot(*zip(*points, strict=True), style, label=name.replace("_", " "), linewidth=1.5,
+                          color=f"C{index}", alpha=0.5 if name == "kl" else 1.0)  # fmt: skip
             panel.set_xlabel("step")
             panel.grid(alpha=0.3)
-            panel.legend()
+            lines = [line for side in (panel, kl_axis) if side is not None for line in side.get_lines()]
+            panel.legend(lines, [line.get_label() for line in lines])
+            if kl_axis is not None:
+                kl_axis.set_ylabel("KL to the reference (k3 estimate)")
+                panel.set_zorder(kl_axis.get_zorder() + 1)  # the rewards drawn over the KL
+                panel.patch.set_visible(False)
         figure.tight_layout()
         out = Path(out)
         tmp = out.with_name(out.stem + ".tmp.png")
