@@ -45,3 +45,12 @@ def base_run(tmp_path, chat_tokenizer):
     model = GPT(GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=32))
     write_run(tmp_path / "base", chat_tokenizer, model)
     return tmp_path / "base"
+
+
+def assert_same_weights(run_a, run_b) -> None:
+    """The latest checkpoints of two runs hold the same weights, bit for bit (a resume was exact)."""
+    from lucidlm.load import load_model
+
+    a, b = (load_model(run, "latest")[0].state_dict() for run in (run_a, run_b))
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -10,11 +10,10 @@ import torch.nn.functional as F
 from lucidlm.chat.preferences import prepare_preferences
 from lucidlm.data.loader import BatchLoader
 from lucidlm.errors import ConfigError, DataError
-from lucidlm.load import load_model
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.train.objectives import dpo_loss, sequence_logprobs
 from lucidlm.train.plan import carry_out, plan_run
-from tests.chat.conftest import write_jsonl
+from tests.chat.conftest import assert_same_weights, write_jsonl
 from tests.chat.test_repl import write_run
 
 BLOCK = 48
@@ -161,9 +160,7 @@ def test_dpo_raises_the_chosen_replies_reward_and_resumes_exactly(tmp_path, base
     carry_out(dpo_plan(tmp_path / "data", tmp_path / "resumed", base_run, 12, lora), progress=False)
     for which in ("straight", "resumed"):
         assert (tmp_path / which / "loss.png").exists()
-    a, b = (load_model(tmp_path / which, "latest")[0].state_dict() for which in ("straight", "resumed"))
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_dpo_needs_preference_data_and_a_model_to_start_from(tmp_path, base_run, chat_tokenizer):

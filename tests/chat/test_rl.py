@@ -12,13 +12,12 @@ from lucidlm.chat.data import prepare_chat
 from lucidlm.chat.template import CHAT_TOKENS
 from lucidlm.errors import ConfigError, DataError, LucidError
 from lucidlm.generate import SamplingConfig, sample_group
-from lucidlm.load import load_model
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import CharTokenizer
 from lucidlm.train.objectives import clipped_policy_loss, group_advantages, sequence_logprobs, token_logprobs
 from lucidlm.train.plan import carry_out, plan_run
 from lucidlm.train.rl import TaskLoader, load_reward, number_reward, prepare_tasks
-from tests.chat.conftest import ALPHABET, conversation, write_jsonl
+from tests.chat.conftest import ALPHABET, assert_same_weights, conversation, write_jsonl
 
 BLOCK = 48
 
@@ -180,9 +179,7 @@ def test_grpo_raises_the_reward_and_resumes_exactly(tmp_path, base_run, vowel_ta
     assert evals[-1]["val_pass_at_1"] == pytest.approx(1 - evals[-1]["val_loss"])
     carry_out(grpo_plan(vowel_tasks, tmp_path / "resumed", base_run, 8, kl_coef=0.05), progress=False)
     carry_out(grpo_plan(vowel_tasks, tmp_path / "resumed", base_run, 16, kl_coef=0.05), progress=False)
-    a, b = (load_model(tmp_path / which, "latest")[0].state_dict() for which in ("straight", "resumed"))
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_a_failing_reward_function_is_named(tmp_path, base_run, chat_tokenizer, monkeypatch):
@@ -211,9 +208,7 @@ def test_replayed_chat_data_is_learned_beside_the_rewards_and_resumes_exactly(
     assert len(replay_losses) == 12 and replay_losses[-1] < 0.5 * replay_losses[0], replay_losses
     carry_out(grpo_plan(vowel_tasks, tmp_path / "resumed", base_run, 6, **replay), progress=False)
     carry_out(grpo_plan(vowel_tasks, tmp_path / "resumed", base_run, 12, **replay), progress=False)
-    a, b = (load_model(tmp_path / which, "latest")[0].state_dict() for which in ("straight", "resumed"))
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_replay_data_must_be_text_or_chat_in_the_same_tokens(tmp_path, base_run, chat_tokenizer):

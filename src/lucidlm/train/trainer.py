@@ -136,29 +136,24 @@ def train(
     device = pick_device(train_config.device)
     keep_freed_memory()
     torch.manual_seed(train_config.seed)
+
+    def windows(directory: str | Path) -> BatchLoader:
+        return BatchLoader(
+            directory,
+            config.model.block_size,
+            train_config.batch_size,
+            train_config.seed,
+            rank=group.rank,
+            micro_steps=train_config.grad_accum,
+            device=device,
+        )
+
     if data_kind(data_dir) == "tasks":
         loader = TaskLoader(data_dir, train_config.batch_size, train_config.seed, group.rank, train_config.grad_accum)
     else:
-        loader = BatchLoader(
-            data_dir,
-            config.model.block_size,
-            train_config.batch_size,
-            train_config.seed,
-            rank=group.rank,
-            micro_steps=train_config.grad_accum,
-            device=device,
-        )
-    replay = None
-    if train_config.replay_data is not None:
-        replay = BatchLoader(
-            train_config.replay_data,
-            config.model.block_size,
-            train_config.batch_size,
-            train_config.seed,
-            rank=group.rank,
-            micro_steps=train_config.grad_accum,
-            device=device,
-        )
+        loader = windows(data_dir)
+    # supervised data replayed beside a tuning objective's batches (TrainConfig.replay_data)
+    replay = None if train_config.replay_data is None else windows(train_config.replay_data)
     tokenizer = load_tokenizer(data_dir / "tokenizer.json")
     backend = make_backend(config, device, group, tokenizer)
     metrics = MetricsLog(run_dir / "metrics.jsonl")
