@@ -1,5 +1,6 @@
-"""Preference tuning: the DPO loss and its gradient against a direct computation, preference data through the
-chat template, the loader's pairs, and a DPO run that raises the chosen reply's reward and resumes exactly."""
+"""Preference tuning: the DPO loss and its gradient against a direct computation and against TRL's DPOTrainer,
+preference data through the chat template, the loader's pairs, and a DPO run that raises the chosen reply's
+reward and resumes exactly."""
 
 import json
 
@@ -61,6 +62,56 @@ def test_the_dpo_loss_and_its_gradient_match_the_formula_from_log_probabilities(
     margin = beta * ((policy_c - reference_c) - (policy_r - reference_r))
     assert float(metrics["reward_margin"]) == pytest.approx(margin.item(), abs=1e-5)
     assert float(metrics["reward_accuracy"]) == float(margin > 0)
+
+
+def test_the_dpo_loss_and_its_gradient_match_trls_dpo_trainer(tmp_path, chat_tokenizer):
+    """TRL's DPOTrainer, on our models exported to Hugging Face's format, tokenizes the pairs its own way (prompt,
+    reply, end of turn, right padding, a completion mask); on those token ids, our loss from our models equals
+    its loss, and our gradient its gradient."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from lucidlm.export.hf import export_hf, to_hf_state
+
+    config = GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_kv_head=1,
+                       n_embd=32, positions="rope", norm="rmsnorm", mlp="swiglu")  # fmt: skip
+    models = {}
+    for seed, name in [(0, "policy"), (1, "reference")]:
+        torch.manual_seed(seed)
+        models[name] = GPT(config)
+        export_hf(models[name], chat_tokenizer, tmp_path / name)
+    pairs = [{"prompt": "How old is Ann? ", "chosen": "31", "rejected": "8"},
+             {"prompt": "Spell cat. ", "chosen": "c a t", "rejected": "c t"}]  # fmt: skip
+    settings = DPOConfig(output_dir=str(tmp_path / "trl"), beta=0.1, per_device_train_batch_size=2, report_to=[],
+                         use_cpu=True, bf16=False)  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "policy")
+    tokenizer.pad_token = "<|end|>"
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tmp_path / "policy"),
+        ref_model=AutoModelForCausalLM.from_pretrained(tmp_path / "reference"),
+        args=settings,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    theirs = trainer.compute_loss(trainer.model, batch)
+    theirs.backward()
+    # the same token ids as the trainer's (x, y): targets -1 outside the replies
+    ids, completion = batch["input_ids"], batch["completion_mask"]
+    x, y = ids[:, :-1], torch.where(completion[:, 1:] == 1, ids[:, 1:], -1)
+    assert chat_tokenizer.decode(ids[0][completion[0] == 1].tolist()) == "31<|end|>"
+    with torch.no_grad():
+        reference = sequence_logprobs(models["reference"](x)[0], y)
+    policy = sequence_logprobs(models["policy"](x)[0], y)
+    ours, _ = dpo_loss(policy[:2], policy[2:], reference[:2], reference[2:], beta=0.1)
+    ours.backward()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    our_grads = to_hf_state(config, {name: p.grad for name, p in models["policy"].named_parameters()})
+    their_grads = {name: p.grad for name, p in trainer.model.named_parameters()}
+    assert our_grads.keys() == their_grads.keys()
+    for name, grad in our_grads.items():
+        torch.testing.assert_close(grad, their_grads[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_the_dpo_loss_at_the_reference_is_log_2_and_falls_as_the_margin_grows():
