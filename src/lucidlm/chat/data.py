@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lucidlm.chat.template import CHAT_TOKENS, chat_template, render_template
-from lucidlm.chat.tools import TOOL_TOKENS, tool_calls_problem, tools_problem, uses_tools
+from lucidlm.chat.template import CHAT_TOKENS, chat_template, missing_tool_tokens, render_template
+from lucidlm.chat.tools import tool_calls_problem, tools_problem, uses_tools
 from lucidlm.data.corpus import sha256_file
 from lucidlm.data.prepare import token_dtype, write_array
 from lucidlm.errors import ConfigError, DataError, TokenizerError
@@ -77,8 +77,8 @@ def conversation_problem(record: object, extra_keys: Sequence[str] = ()) -> str 
     unknown = sorted(set(record) - {"messages", "tools", *extra_keys})
     if unknown:
         return f'unknown key(s) {", ".join(map(repr, unknown))}; a line holds "messages"'
-    if "tools" in record and tools_problem(record["tools"]):
-        return tools_problem(record["tools"])
+    if "tools" in record and (problem := tools_problem(record["tools"])):
+        return problem
     for index, message in enumerate(record["messages"]):
         if not isinstance(message, dict) or set(message) - MESSAGE_KEYS:
             return f'message {index + 1} is not {{"role": ..., "content": ...}}'
@@ -152,10 +152,8 @@ def chat_tokenizer(tokenizer: Tokenizer, tools: bool = False) -> Tokenizer:
     and (with `tools`, for lucidlm's own template) the tool tokens it lacks."""
     if chat_template(tokenizer) is None:
         tokenizer = tokenizer.with_special_tokens(CHAT_TOKENS)
-    if tools and not tokenizer.hub_chat_template:
-        missing = [token for token in TOOL_TOKENS if token not in tokenizer.special_tokens]
-        tokenizer = tokenizer.with_special_tokens(missing) if missing else tokenizer
-    return tokenizer
+    missing = missing_tool_tokens(tokenizer) if tools else []
+    return tokenizer.with_special_tokens(missing) if missing else tokenizer
 
 
 def check_output(out_dir: str | os.PathLike, val_fraction: float, force: bool) -> None:

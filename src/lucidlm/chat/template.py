@@ -118,11 +118,19 @@ def chat_template(tokenizer: Tokenizer) -> str | None:
     return OWN_CHAT_TEMPLATE if all(token in tokenizer.special_tokens for token in CHAT_TOKENS) else None
 
 
+def missing_tool_tokens(tokenizer: Tokenizer) -> list[str]:
+    """The tool tokens lucidlm's own template needs and the tokenizer lacks (none for a Hub template, which writes
+    tools its own way)."""
+    if tokenizer.hub_chat_template:
+        return []
+    return [token for token in TOOL_TOKENS if token not in tokenizer.special_tokens]
+
+
 def check_tool_tokens(tokenizer: Tokenizer, messages: Sequence[dict], tools: Sequence[dict] | None) -> None:
     """A conversation with tools through lucidlm's own template needs the tool tokens, which a model gets by
     fine-tuning on conversations that call tools."""
-    if uses_tools(messages, tools) and not tokenizer.hub_chat_template:
-        missing = [token for token in TOOL_TOKENS if token not in tokenizer.special_tokens]
+    if uses_tools(messages, tools):
+        missing = missing_tool_tokens(tokenizer)
         if missing:
             raise ConfigError(
                 f"this model has no {' or '.join(missing)} token: it was not fine-tuned to call tools; fine-tune it "
