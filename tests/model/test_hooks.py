@@ -95,7 +95,7 @@ def test_a_hook_that_looks_changes_nothing_and_one_that_replaces_does():
         by_hand = model.lm_head(model.transformer.ln_f(mid + block.mlp(block.ln_2(mid))))
         torch.testing.assert_close(ablated, by_hand, rtol=0, atol=1e-5)
         assert not torch.allclose(ablated, plain, atol=1e-3)
-    assert model.hooks == {}  # set for one pass only
+    assert model.scope.current() is None  # set for one pass only
 
 
 def test_a_bad_hook_is_refused_and_leaves_no_hook_behind():
@@ -104,4 +104,4 @@ def test_a_bad_hook_is_refused_and_leaves_no_hook_behind():
         model.run_with_hooks(IDS, {"blocks.7.hook_resid_pre": lambda x, name: None})
     with pytest.raises(ValueError, match=r"the hook at hook_embed returned shape \(2, 9\): \(2, 9, 32\)"):
         model.run_with_hooks(IDS, {"hook_embed": lambda x, name: x.sum(-1)})
-    assert model.hooks == {}
+    assert model.scope.current() is None

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lucidlm.model.config import GPTConfig
-from lucidlm.model.hooks import BLOCK_POINTS, GATED_POINTS, ROTATED_POINTS, Hook, HookPoints, Hooks
+from lucidlm.model.hooks import BLOCK_POINTS, GATED_POINTS, ROTATED_POINTS, Hook, HookPoints, Hooks, HookScope
 from lucidlm.model.kernels import RMSNorm, attention, gelu_tanh, written_out_attention
 from lucidlm.model.kv_cache import KVCache, SlotKVCache, StaticKVCache
 
@@ -81,9 +81,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class CausalSelfAttention(HookPoints, nn.Module):
-    def __init__(self, config: GPTConfig, hooks: Hooks, layer: int):
+    def __init__(self, config: GPTConfig, scope: HookScope, layer: int):
         super().__init__()
-        self.hooks, self.prefix, self.layer = hooks, f"blocks.{layer}.", layer
+        self.scope, self.prefix, self.layer = scope, f"blocks.{layer}.", layer
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         # Queries, keys and values come from one fused matrix: one matmul instead of three.
         self.c_attn = nn.Linear(
@@ -133,16 +133,16 @@ class CausalSelfAttention(HookPoints, nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.hooks and (self.qk_norm or rope is not None):
+        if self.scope.current() and (self.qk_norm or rope is not None):
             q = self.hook("attn.hook_rot_q", q.transpose(1, 2)).transpose(1, 2)
             k = self.hook("attn.hook_rot_k", k.transpose(1, 2)).transpose(1, 2)
         return q, k, v
 
 
 class MLP(HookPoints, nn.Module):
-    def __init__(self, config: GPTConfig, hooks: Hooks, layer: int):
+    def __init__(self, config: GPTConfig, scope: HookScope, layer: int):
         super().__init__()
-        self.hooks, self.prefix = hooks, f"blocks.{layer}."
+        self.scope, self.prefix = scope, f"blocks.{layer}."
         self.kind = config.mlp
         # SwiGLU needs two input projections (gate and value); they are fused into one matrix here.
         width = 2 * config.mlp_hidden if config.mlp == "swiglu" else config.mlp_hidden
@@ -170,13 +170,13 @@ class MLP(HookPoints, nn.Module):
 class Block(HookPoints, nn.Module):
     """Pre-norm residual block: x + attention(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: GPTConfig, hooks: Hooks, layer: int):
+    def __init__(self, config: GPTConfig, scope: HookScope, layer: int):
         super().__init__()
-        self.hooks, self.prefix = hooks, f"blocks.{layer}."
+        self.scope, self.prefix = scope, f"blocks.{layer}."
         self.ln_1 = make_norm(config)
-        self.attn = CausalSelfAttention(config, hooks, layer)
+        self.attn = CausalSelfAttention(config, scope, layer)
         self.ln_2 = make_norm(config)
-        self.mlp = MLP(config, hooks, layer)
+        self.mlp = MLP(config, scope, layer)
 
     def forward(self, x: torch.Tensor, rope=None, cache=None, mask=None) -> torch.Tensor:
         x = self.hook("hook_resid_pre", x)  # (B, T, C)
@@ -190,12 +190,12 @@ class GPT(HookPoints, nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.hooks, self.prefix = Hooks(), ""  # shared by every module: see run_with_hooks
+        self.scope, self.prefix = HookScope(), ""  # shared by every module: see run_with_hooks
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 drop=make_dropout(config.dropout),
-                h=nn.ModuleList(Block(config, self.hooks, layer) for layer in range(config.n_layer)),
+                h=nn.ModuleList(Block(config, self.scope, layer) for layer in range(config.n_layer)),
                 ln_f=make_norm(config),
             )
         )
@@ -317,11 +317,8 @@ class GPT(HookPoints, nn.Module):
         unknown = sorted(set(hooks) - set(self.hook_names()))
         if unknown:
             raise ValueError(f"this model has no hook point {unknown[0]} (GPT.hook_names() lists them)")
-        self.hooks.update(hooks)
-        try:
+        with self.scope.using(Hooks(hooks)):
             return self(idx)[0]
-        finally:
-            self.hooks.clear()
 
     def run_with_cache(
         self, idx: torch.Tensor, names: list[str] | None = None

@@ -5,13 +5,17 @@ is a function `hook(activation, name)` that returns nothing (it looks) or a tens
 on in the activation's place). With no hook set, a point costs one test of an empty dictionary: the forward pass
 is the one it would be without them.
 
-The model's modules share one `Hooks` dictionary; `GPT.run_with_cache` and `GPT.run_with_hooks` fill it for one
-forward pass and empty it again.
+Hooks belong to a call, not to the model: `GPT.run_with_hooks` sets them in a context variable for one forward
+pass (as TransformerLens's `hooks()` context does), where the model's modules find them through the `HookScope`
+they share. Each thread, and each asyncio task, has a context of its own, so any number of inspections of one
+model at once, and generation beside them, each see their own hooks and get the answer they would get alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -64,17 +68,43 @@ class Hooks(dict[str, Hook]):
         return replaced
 
 
-class HookPoints:
-    """What a module with hook points needs: the model's shared `hooks`, and the prefix of its points' names."""
+class HookScope:
+    """What one model's modules share: the key under which its forward passes find their hooks."""
 
-    hooks: Hooks
+    @contextmanager
+    def using(self, hooks: Hooks) -> Iterator[None]:
+        """`hooks` for the forward passes of this model that run in the current context, until the block ends."""
+        token = ACTIVE_HOOKS.set(((self, hooks), *ACTIVE_HOOKS.get()))
+        try:
+            yield
+        finally:
+            ACTIVE_HOOKS.reset(token)
+
+    def current(self) -> Hooks | None:
+        for scope, hooks in ACTIVE_HOOKS.get():
+            if scope is self:
+                return hooks
+        return None
+
+
+# The hooks of the forward passes running in this context, one (scope, hooks) pair for each model inside a
+# `run_with_hooks`: usually none, and then a hook point costs one look at an empty tuple.
+ACTIVE_HOOKS: ContextVar[tuple[tuple[HookScope, Hooks], ...]] = ContextVar("lucidlm_active_hooks", default=())
+
+
+class HookPoints:
+    """What a module with hook points needs: its model's `scope`, and the prefix of its points' names."""
+
+    scope: HookScope
     prefix: str
 
     def hook(self, point: str, activation: torch.Tensor) -> torch.Tensor:
-        return self.hooks.run(self.prefix + point, activation) if self.hooks else activation
+        hooks = self.scope.current()
+        return hooks.run(self.prefix + point, activation) if hooks else activation
 
     def hooked(self, point: str) -> bool:
-        return bool(self.hooks) and self.prefix + point in self.hooks
+        hooks = self.scope.current()
+        return bool(hooks) and self.prefix + point in hooks
 
     def normalize(self, point: str, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """norm(x), LayerNorm or RMSNorm; when a hook is set at `point`, in two steps with the point between
