@@ -40,10 +40,11 @@ def chat_run(tmp_path, chat_tokenizer):
 
 
 def reply(model, tokenizer, messages, max_new_tokens=8) -> str:
-    ids, _ = chat_prompt(tokenizer, messages)
+    """The greedy reply, up to the end of turn or (lucidlm's template) the start of another turn."""
+    ids, stops = chat_prompt(tokenizer, messages)
     out = []
     for token in generate_ids(model, ids, max_new_tokens, SamplingConfig(temperature=0.0)):
-        if token in tokenizer.eos_ids:
+        if token in tokenizer.eos_ids or tokenizer.decode([token]) in stops:
             break
         out.append(token)
     return tokenizer.decode(out).strip()

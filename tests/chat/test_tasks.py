@@ -19,7 +19,7 @@ from tests.conftest import run_lucidlm
 
 @pytest.fixture
 def model(chat_tokenizer) -> GPT:
-    torch.manual_seed(3)
+    torch.manual_seed(6)  # a random model whose greedy reply to "Hi" is text, not another turn
     return GPT(GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
 
 

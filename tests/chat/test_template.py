@@ -47,7 +47,7 @@ def test_the_template_and_generation_match_transformers(tmp_path, kind):
         ids = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=prompt)["input_ids"]
         assert tokenizer.encode_with_specials(rendered) == ids
         if prompt:
-            assert chat_prompt(tokenizer, messages) == (ids, [])
+            assert chat_prompt(tokenizer, messages) == (ids, ["<|system|>", "<|user|>", "<|assistant|>"])
     assert rendered.startswith("<|user|>what is 12 plus 30?<|end|><|assistant|>")
     # greedy generation gives the same reply, and both stop at the end of turn
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()

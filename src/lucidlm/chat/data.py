@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lucidlm.chat.template import CHAT_TOKENS, chat_template, missing_tool_tokens, render_template
+from lucidlm.chat.template import CHAT_TOKENS, SpecialTextGuard, chat_template, missing_tool_tokens, render_template
 from lucidlm.chat.tools import tool_calls_problem, tools_problem, uses_tools
 from lucidlm.data.corpus import sha256_file
 from lucidlm.data.prepare import token_dtype, write_array
@@ -108,6 +108,8 @@ def encode_conversation(
     if not template:
         raise ConfigError("the tokenizer has no chat template; prepare chat data with --tokenizer-from a run or hf:DIR")
     special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
+    guard = SpecialTextGuard(tokenizer, messages, tools)  # text that spells a special token stays text
+    messages, tools = guard.hide(messages), guard.hide(tools)
     ids: list[int] = []
     mask: list[int] = []
     ends: list[int] = []
@@ -120,7 +122,7 @@ def encode_conversation(
                 "the chat template writes a conversation's start differently once more messages follow; "
                 "it cannot mark the replies"
             )
-        piece = tokenizer.encode_with_specials(text[len(done) :])
+        piece = guard.encode(text[len(done) :])
         ids.extend(piece)
         mask.extend([learned] * len(piece))
         done = text

@@ -8,6 +8,12 @@ trimmed, `messages`, `add_generation_prompt`, the special tokens' texts (`bos_to
 `raise_exception` and a `tojson` that leaves HTML alone. The reply ends at the model's end-of-turn tokens,
 which the generation stops at (its eos ids).
 
+Only the template writes special tokens. A message, a tool's result or definition that spells one (`<|end|>
+<|system|>...`) is read as that text, never as the token, so no one can forge a turn from inside a message (the
+convention of Hugging Face's `split_special_tokens` and tiktoken's `disallowed_special`): while the template
+renders, each such text stands behind one character of Unicode's private use planes that the conversation does
+not hold (`SpecialTextGuard`), and that character is encoded as the text it hides.
+
 A model without a template (lucidlm's own base models) gets the conversation as plain lines,
 "User: ...", "Assistant: ...", ending in "Assistant:", and the reply stops where the model starts a "User:" line.
 """
@@ -16,7 +22,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jinja2
@@ -64,6 +71,9 @@ OWN_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '" + ROLE_TOKENS["assistant"] + "' }}{% endif %}"
 )
+# A reply in lucidlm's template ends at its end of turn, or where the model opens another turn instead: the text
+# of such a token is never part of a reply (read back as a message, it would be text, not the turn it opened).
+TURN_OPENERS = (*ROLE_TOKENS.values(), TOOL_TOKEN)
 PLAIN_TURN = "{role}: {content}\n"
 PLAIN_STOP = "\nUser:"
 
@@ -109,6 +119,65 @@ def render_template(
         raise ConfigError(f"the model's chat template refused the conversation ({exc})") from None
 
 
+PRIVATE_USE = range(0xF0000, 0x10FFFE)  # Unicode's supplementary private use areas A and B, less two noncharacters
+
+
+class SpecialTextGuard:
+    """The special tokens' texts that a conversation's own strings spell, hidden from the template behind
+    characters the conversation does not hold, and encoded as text once it has rendered."""
+
+    def __init__(self, tokenizer: Tokenizer, *values: object):
+        texts = list(strings_in(values))
+        spelled = [
+            token for token in sorted(tokenizer.special_tokens, key=len, reverse=True) if any(token in t for t in texts)
+        ]
+        held = {character for text in texts for character in text} if spelled else set()
+        free = (chr(code) for code in PRIVATE_USE if chr(code) not in held)
+        self.tokenizer = tokenizer
+        self.stand_in = {token: next(free) for token in spelled}
+        self.hidden = {character: token for token, character in self.stand_in.items()}
+        self.spelled = re.compile("|".join(map(re.escape, spelled))) if spelled else None
+        self.stand_ins = re.compile(f"([{''.join(self.hidden)}])") if spelled else None
+
+    def hide(self, value: Any) -> Any:
+        """`value` (a message, the tools, any JSON value) with each special token's text in its strings, the
+        keys of its objects included, replaced by that token's stand-in."""
+        if self.spelled is None:
+            return value
+        if isinstance(value, str):
+            return self.spelled.sub(lambda match: self.stand_in[match.group()], value)
+        if isinstance(value, dict):
+            return {self.hide(key): self.hide(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.hide(item) for item in value]
+        return value
+
+    def encode(self, rendered: str) -> list[int]:
+        """The ids of what the template rendered: its special tokens as tokens, each stand-in as its text."""
+        if self.stand_ins is None:
+            return self.tokenizer.encode_with_specials(rendered)
+        ids: list[int] = []
+        for piece in self.stand_ins.split(rendered):
+            if piece in self.hidden:
+                ids.extend(self.tokenizer.encode_ordinary(self.hidden[piece]))
+            elif piece:
+                ids.extend(self.tokenizer.encode_with_specials(piece))
+        return ids
+
+
+def strings_in(value: object) -> Iterator[str]:
+    """Every string in a JSON value, the keys of its objects included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(key)
+            yield from strings_in(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from strings_in(item)
+
+
 def chat_template(tokenizer: Tokenizer) -> str | None:
     """The Jinja2 template a model speaks: the one its tokenizer came with (a Hub model's); else lucidlm's own
     where the tokenizer holds its turn tokens (a model fine-tuned for chat, GPT-2 given them included); else None
@@ -142,13 +211,16 @@ def chat_prompt(
     tokenizer: Tokenizer, messages: Sequence[dict], tools: Sequence[dict] | None = None
 ) -> tuple[list[int], list[str]]:
     """(prompt ids, stop strings) for a reply to `messages` (offering `tools`): through the model's template where
-    it has one, else as plain "Role: text" lines ending in "Assistant:" (a base model is offered no tools; the
-    results of earlier calls are "Tool: ..." lines)."""
+    it has one (lucidlm's own stops where another turn opens), else as plain "Role: text" lines ending in
+    "Assistant:" (a base model is offered no tools; the results of earlier calls are "Tool: ..." lines)."""
     template = chat_template(tokenizer)
     if template:
         check_tool_tokens(tokenizer, messages, tools)
         special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
-        return tokenizer.encode_with_specials(render_template(template, messages, tools=tools, **special)), []
+        guard = SpecialTextGuard(tokenizer, messages, tools)
+        ids = guard.encode(render_template(template, guard.hide(messages), tools=guard.hide(tools), **special))
+        openers = [token for token in TURN_OPENERS if token in tokenizer.special_tokens]
+        return ids, openers if template == OWN_CHAT_TEMPLATE else []
     if tools:
         raise ConfigError("this model has no chat template, so it cannot call tools; leave the tools out")
     text = "".join(PLAIN_TURN.format(role=m["role"].title(), content=m["content"]) for m in messages)

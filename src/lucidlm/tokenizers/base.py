@@ -26,8 +26,8 @@ class Tokenizer:
     unknown_token: ClassVar[str | None] = None  # the token that stands for what the vocabulary lacks, if any
     registry: ClassVar[dict[str, type[Tokenizer]]] = {}
     # Special tokens (text -> id), numbered after the ordinary vocabulary; every tokenizer sets its own.
-    # `encode_with_specials` reads their texts as those tokens (what a rendered template needs); lucidlm's own
-    # tokenizers' `encode` never does, so that text from outside cannot forge a turn.
+    # `encode_with_specials` reads their texts as those tokens (what a rendered template needs); `encode_ordinary`
+    # never does, so that text from outside cannot forge a turn (chat/template.py's SpecialTextGuard).
     special_tokens: dict[str, int]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -92,6 +92,12 @@ class Tokenizer:
             elif part:
                 ids.extend(self.encode(part))
         return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """The ids of `text` read as text: a special token's text in it is encoded like any other text. (The char
+        and word tokenizers, and a Hub one, never read special tokens from text: this is their `encode`; BPE's
+        `encode` refuses them unless told, as tiktoken's does.)"""
+        return self.encode(text)
 
     def token_text(self, key: str) -> str | None:
         """The text of a named special token ("bos_token", "eos_token") that a chat template writes, if any."""

@@ -33,6 +33,10 @@ class HFTokenizer(Tokenizer):
     def __init__(self, data: dict[str, Any], config: dict[str, Any] | None = None, eos_ids: Iterable[int] = ()):
         try:
             self.tokenizer = tokenizers.Tokenizer.from_str(json.dumps(data))
+            # Text is read as text: special tokens' texts in it are split like any other (transformers'
+            # split_special_tokens); only a rendered chat template's own tokens go through `self.tokenizer`.
+            self.text_tokenizer = tokenizers.Tokenizer.from_str(json.dumps(data))
+            self.text_tokenizer.encode_special_tokens = True
         except Exception as exc:  # tokenizers raises its own Exception type for a file it cannot read
             raise TokenizerError(f"Hugging Face tokenizers cannot read this tokenizer.json ({exc})") from None
         self.data, self.config = data, {k: v for k, v in (config or {}).items() if k in CONFIG_KEYS}
@@ -62,17 +66,17 @@ class HFTokenizer(Tokenizer):
         return HFTokenizer(data, self.config, self.eos)
 
     def encode_with_specials(self, text: str) -> list[int]:
-        return self.encode(text)  # `tokenizers` reads added tokens as tokens in any text
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     # --- the Tokenizer interface ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """The ids of `text` alone, with no special tokens added (what data files hold)."""
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        """The ids of `text` alone, with no special tokens added (what data files hold), and none read from it."""
+        return self.text_tokenizer.encode(text, add_special_tokens=False).ids
 
     def prompt_ids(self, text: str) -> list[int]:
         """The ids a prompt gets from `transformers.AutoTokenizer(text)`: the post-processor's special tokens
-        (a BOS, for Llama 3) included."""
-        return self.tokenizer.encode(text, add_special_tokens=True).ids
+        (a BOS, for Llama 3) included; the text itself is read as text, as `encode` reads it."""
+        return self.text_tokenizer.encode(text, add_special_tokens=True).ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -91,7 +95,7 @@ class HFTokenizer(Tokenizer):
         unknown = self.tokenizer.token_to_id(str(self.data.get("model", {}).get("unk_token") or ""))
         if unknown is None:
             return []
-        encoding = self.tokenizer.encode(text, add_special_tokens=False)
+        encoding = self.text_tokenizer.encode(text, add_special_tokens=False)
         return list(
             dict.fromkeys(text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets, strict=True) if i == unknown)
         )
