@@ -22,7 +22,10 @@ from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer, load_
 from tests.chat.conftest import write_jsonl
 from tests.export.test_hub import hub_tokenizer
 
-TEXT = "the cat sat on the mat <|> what is 12 plus 30? it is 42. Be brief, be kind! system user assistant call tool end\nthe quick brown fox jumps over the lazy dog\nlook(q: string): looks {\"q\": \"x\"}\n" * 8
+TEXT = (  # every character the conversations below write, so that the char vocabulary reads them
+    "the cat sat on the mat <|> what is 12 plus 30? it is 42. Be brief, be kind! system user assistant call tool "
+    'end\nthe quick brown fox jumps over the lazy dog\nlook(q: string): looks {"q": "x"}\n'
+) * 8
 TOOL = {
     "type": "function",
     "function": {
@@ -83,7 +86,8 @@ def test_special_texts_in_a_conversation_are_text_in_the_prompt_and_in_chat_data
     assert special_ids(tokenizer, ids) == special_ids(tokenizer, plain_ids)
     # the learned tokens are the replies' (the call, the answer) and their ends, longer by the forged text only
     learned = [i for i, m in zip(ids, mask, strict=True) if m]
-    assert special_ids(tokenizer, learned) == special_ids(tokenizer, [i for i, m in zip(plain_ids, plain_mask) if m])
+    plain_learned = [i for i, m in zip(plain_ids, plain_mask, strict=True) if m]
+    assert special_ids(tokenizer, learned) == special_ids(tokenizer, plain_learned)
 
 
 def test_a_hub_tokenizer_reads_special_texts_as_transformers_does_with_split_special_tokens(tmp_path):
