@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 
+import httpx
 import openai
 import pytest
 import torch
@@ -19,10 +20,12 @@ from lucidlm.chat.tools import (
     TOOL_TOKENS,
     CallHoldback,
     ToolError,
+    built_in_tools,
     calculate,
     parse_tool_calls,
     reply_with_tools,
     template_messages,
+    tools_problem,
 )
 from lucidlm.errors import ConfigError, DataError
 from lucidlm.evaluate import TaskRecord, score_tasks
@@ -30,6 +33,7 @@ from lucidlm.generate import SamplingConfig
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
 from tests.chat.conftest import ALPHABET, write_jsonl
+from tests.conftest import run_lucidlm
 
 TOOLS_ALPHABET = ALPHABET + '{}()"*/+-_'
 
@@ -38,7 +42,9 @@ TOOLS_ALPHABET = ALPHABET + '{}()"*/+-_'
     ("expression", "value"),
     [("347*28", "9716"), ("2 + 3 * 4", "14"), ("(2 + 3) * 4", "20"), ("-7 // 2", "-4"), ("7 % 3", "1"),
      ("2 ** 10", "1024"), ("1 / 4", "0.25"), ("10 / 4 * 2", "5"), ("1 / 3", "0.333333333333"), ("-(-2.5)", "2.5"),
-     ("9 ** 0.5", "3"), ("2 ** -1", "0.5"), ("123456789 * 987654321", "121932631112635269")],
+     ("9 ** 0.5", "3"), ("2 ** -1", "0.5"), ("123456789 * 987654321", "121932631112635269"),
+     # a power's size is its result's: tiny bases and negative powers make small numbers
+     ("(-1) ** 1001", "-1"), ("2 ** -1001", "4.66631809252e-302"), ("1 ** 99999", "1"), ("0.5 ** 5000", "0")],
 )  # fmt: skip
 def test_the_calculator_computes_arithmetic(expression, value):
     assert calculate(expression) == value
@@ -52,6 +58,10 @@ def test_the_calculator_computes_arithmetic(expression, value):
      ("9 ** 9 ** 9", "the power is too large"), ("2 ** 400", "the power is too large"),
      ("10 ** 99 * 10 ** 99", "grew past 100 digits"), ("1e308 * 10", "not a finite number"),
      ("1 / 0", "division by zero"),
+     # real numbers only: a complex result is an error, wherever it appears
+     ("(-8) ** 0.5", "not a real number"), ("2 ** ((-8) ** 0.5)", "not a real number"),
+     ("((-1) ** 0.5) // 1", "not a real number"), ("((-1) ** 0.5) % 2", "not a real number"),
+     ("(-8) ** (1 / 3) * 2", "not a real number"), ("0 ** -1", "division by zero"), ("(0.5) ** -2000", "out of range"),
      ("1 +", "is not an arithmetic expression"), ("1" * 201, "longer than 200 characters"), ("", "give an arithmetic"),
      ("(" * 150 + "1" + ")" * 150, "longer than 200"), ("(" * 99 + "1" + ")" * 99, "")],
 )  # fmt: skip
@@ -284,3 +294,67 @@ def test_a_model_that_keeps_calling_stops_after_the_rounds_allowed():
         respond, [{"role": "user", "content": "go"}], {"calculator": lambda a: "2"}, rounds=2
     )
     assert asked == [1, 3, 5] and text.startswith("<|call|>") and len(added) == 5
+
+
+def test_no_tool_error_ends_a_reply():
+    """A call whose tool fails (the calculator's domain, or a tool's own bug) is read back as an error result."""
+    calls = iter(['<|call|>calculator({"expression": "2**((-8)**0.5)"})', "<|call|>broken({})", "done"])
+    _, functions = built_in_tools(["calculator"])
+
+    def broken(arguments: dict) -> str:
+        raise TypeError("unsupported operand")
+
+    text, added = reply_with_tools(lambda _: next(calls), [{"role": "user", "content": "go"}],
+                                   {**functions, "broken": broken})  # fmt: skip
+    results = [turn["content"] for turn in added if turn["role"] == "tool"]
+    assert text == "done" and results == [
+        "error: the result is not a real number (the calculator works in real numbers)",
+        "error: the tool broken failed (TypeError: unsupported operand)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("parameter", "problem"),
+    [({"type": 5}, 'parameter "q" has "type" 5; use one of string, number'),
+     ({"type": ["string", 3]}, 'has "type" ["string", 3]'), ({"type": "text"}, 'has "type" "text"'),
+     ({"type": []}, 'has "type" []'), ("string", 'parameter "q" must be a JSON Schema object'),
+     ({"type": "string", "description": 5}, 'parameter "q"\'s "description" must be text')],
+)  # fmt: skip
+def test_invalid_tool_schemas_are_named(tmp_path, base_run, parameter, problem):
+    tool = {"type": "function", "function": {"name": "look", "parameters": {"properties": {"q": parameter}}}}
+    assert problem in tools_problem([tool])
+    record = {"messages": CONVERSATION, "tools": [tool]}
+    write_jsonl(tmp_path / "chat.jsonl", [record])
+    result = run_lucidlm("data", "prepare", "--chat", tmp_path / "chat.jsonl", "--tokenizer-from", base_run,
+                         "--out", tmp_path / "data")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr and problem in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("description", [5, ["a"]])
+def test_a_tool_description_must_be_text(description):
+    tool = {"type": "function", "function": {"name": "look", "description": description}}
+    assert tools_problem([tool]) == 'tools[0]\'s "description" must be text'
+
+
+def test_valid_schemas_are_served_and_invalid_ones_are_400s(calling_model):
+    model, tokenizer = calling_model
+    app = create_app(model, tokenizer, ServerSettings(model_id="m"), Engine(model, tokenizer))
+    nullable = {"type": "function", "function": {"name": "look", "description": "looks",
+                "parameters": {"type": "object", "properties": {"q": {"type": ["string", "null"]}}}}}  # fmt: skip
+    assert "look(q: string or null): looks" in render_template(OWN_CHAT_TEMPLATE, CONVERSATION[:1], tools=[nullable])
+    with BackgroundServer(app) as url:
+
+        def ask(tool: dict) -> httpx.Response:
+            body = {"model": "m", "messages": CONVERSATION[:1], "tools": [tool], "max_tokens": 2}
+            return httpx.post(f"{url}/v1/chat/completions", json=body)
+
+        assert ask(nullable).status_code == 200, ask(nullable).text
+        for bad in ({"type": 5}, {"type": "string", "description": ["a"]}):
+            tool = json.loads(json.dumps(nullable))
+            tool["function"]["parameters"]["properties"]["q"] = bad
+            answer = ask(tool)
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == "tools", answer.text
+        tool = json.loads(json.dumps(nullable))
+        tool["function"]["description"] = 5
+        assert ask(tool).status_code == 400

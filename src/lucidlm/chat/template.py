@@ -50,7 +50,8 @@ OWN_CHAT_TEMPLATE = (
     "{% for tool in tools %}{% set f = tool['function'] if tool['function'] is defined else tool %}"
     "{% set p = f['parameters']['properties'] if f['parameters'] is defined "
     "and f['parameters']['properties'] is defined else {} %}"
-    "{{ f['name'] + '(' }}{% for name, spec in p.items() %}{{ name + ': ' + (spec['type'] or 'any') }}"
+    "{{ f['name'] + '(' }}{% for name, spec in p.items() %}{{ name + ': ' + (spec['type'] if spec['type'] is string "
+    "else (spec['type'] | join(' or ') if spec['type'] else 'any')) }}"
     "{% if not loop.last %}{{ ', ' }}{% endif %}{% endfor %}{{ ')' }}"
     "{% if f['description'] %}{{ ': ' + f['description'] }}{% endif %}"
     "{% if not loop.last %}{{ '\\n' }}{% endif %}{% endfor %}{{ '" + END_OF_TURN + "' }}{% endif %}"
@@ -117,6 +118,10 @@ def render_template(
         )
     except jinja2.TemplateError as exc:  # a template's raise_exception, or a sandbox refusal
         raise ConfigError(f"the model's chat template refused the conversation ({exc})") from None
+    except Exception as exc:  # a Hub template is code from outside: what it cannot write fails this conversation
+        raise ConfigError(
+            f"the model's chat template failed on the conversation ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 PRIVATE_USE = range(0xF0000, 0x10FFFE)  # Unicode's supplementary private use areas A and B, less two noncharacters

@@ -10,10 +10,12 @@ for:
 - the Hermes form that Qwen's and many other Hub templates ask for: `<tool_call>{"name": ..., "arguments": ...}
   </tool_call>`.
 
-One tool is built in: `calculator`, arithmetic on numbers (+ - * / // % ** and parentheses), parsed with
+One tool is built in: `calculator`, arithmetic on real numbers (+ - * / // % ** and parentheses), parsed with
 Python's own parser and then evaluated node by node over numbers alone, never by `eval`: anything else
 (names, calls, attributes, strings) is refused, and the sizes are bounded (the expression's length, the
-numbers' digits, the powers), so a request cannot make it run for long or fill the memory.
+numbers' digits, a power's result), so a request cannot make it run for long or fill the memory. A result
+that is not a real number (`(-8) ** 0.5`) is an error the model reads back, as division by zero is; no tool's
+failure ends a chat or an eval.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ TOOL_TOKEN = "<|tool|>"  # opens a tool's result in lucidlm's own template
 TOOL_TOKENS = (TOOL_TOKEN, CALL_TOKEN)
 HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 OWN_CALL = re.compile(r"\s*([A-Za-z_][\w.-]*)\((.*)\)\s*", re.DOTALL)
+JSON_SCHEMA_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
 CALL_MARKERS = (CALL_TOKEN, "<tool_call>")
 
 # --- the calculator -----------------------------------------------------------------------------------------
@@ -69,7 +72,9 @@ class ToolError(ValueError):
     """What a tool says back, instead of a result, when it cannot do what was asked."""
 
 
-def check_size(value: int | float) -> int | float:
+def check_size(value: int | float | complex) -> int | float:
+    if isinstance(value, complex):
+        raise ToolError("the result is not a real number (the calculator works in real numbers)")
     if isinstance(value, float) and not math.isfinite(value):
         raise ToolError("the result is not a finite number")
     if isinstance(value, int) and abs(value) >= 10**MAX_DIGITS:
@@ -85,16 +90,16 @@ def evaluate_node(node: ast.AST) -> int | float:
     if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
         left, right = evaluate_node(node.left), evaluate_node(node.right)
         # a power's size is bounded before it is computed: |left| ** right has about right * log10|left| digits
-        if isinstance(node.op, ast.Pow) and (
-            abs(right) > 1000 or (abs(left) > 1 and right * math.log10(abs(left)) >= MAX_DIGITS)
-        ):
+        # (a base of at most 1 in size, or a negative power, makes a number no larger than its base or 1)
+        if isinstance(node.op, ast.Pow) and abs(left) > 1 and right * math.log10(abs(left)) >= MAX_DIGITS:
             raise ToolError(f"the power is too large (more than {MAX_DIGITS} digits)")
         try:
-            return check_size(OPERATORS[type(node.op)](left, right))
+            value = OPERATORS[type(node.op)](left, right)
         except ZeroDivisionError:
             raise ToolError("division by zero") from None
-        except (OverflowError, ValueError) as exc:  # 10.0 ** 400, (-8) ** 0.5 in some forms
+        except (OverflowError, ValueError) as exc:  # 10.0 ** 400
             raise ToolError(f"the result is out of range ({exc})") from None
+        return check_size(value)
     raise ToolError("only numbers, + - * / // % ** and parentheses are allowed")
 
 
@@ -222,6 +227,8 @@ def run_call(call: ToolCall, tools: dict[str, Callable[[dict], str]]) -> str:
         return tools[call.name](call.arguments)
     except ToolError as exc:
         return f"error: {exc}"
+    except Exception as exc:  # a tool's own bug fails that call, not the chat or the eval that made it
+        return f"error: the tool {call.name} failed ({type(exc).__name__}: {exc})"
 
 
 def tool_turns(content: str, calls: Sequence[ToolCall], tools: dict[str, Callable[[dict], str]]) -> list[dict]:
@@ -302,9 +309,22 @@ def tools_problem(tools: object) -> str | None:
             return f'tools[{index}] is not {{"type": "function", "function": {{"name": ...}}}}'
         if not isinstance(function.get("name"), str) or not re.fullmatch(r"[A-Za-z_][\w.-]*", function["name"]):
             return f"tools[{index}] needs a name of letters, digits, _ . or -"
+        if not isinstance(function.get("description", ""), str | None):
+            return f'tools[{index}]\'s "description" must be text'
         parameters = function.get("parameters", {})
         if not isinstance(parameters, dict) or not isinstance(parameters.get("properties", {}), dict):
             return f'tools[{index}]\'s "parameters" must be a JSON Schema object'
+        for name, schema in parameters.get("properties", {}).items():
+            where = f'tools[{index}]\'s parameter "{name}"'
+            if not isinstance(schema, dict):
+                return f"{where} must be a JSON Schema object"
+            kind = schema.get("type", "string")
+            kinds = kind if isinstance(kind, list) and kind else [kind]
+            if not all(isinstance(k, str) and k in JSON_SCHEMA_TYPES for k in kinds):
+                types = ", ".join(JSON_SCHEMA_TYPES)
+                return f'{where} has "type" {json.dumps(kind)}; use one of {types}, or a list of them'
+            if not isinstance(schema.get("description", ""), str):
+                return f'{where}\'s "description" must be text'
     return None
 
 
