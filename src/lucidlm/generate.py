@@ -172,13 +172,13 @@ def sample_group(
     replies: list[list[int]] = [[] for _ in range(count)]
     ended = [False] * count
     ends = set(end_ids)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         tokens = sample_next(logits[:, -1], config, generator)  # (count,)
         for row, token in enumerate(tokens.tolist()):
             if not ended[row]:
                 replies[row].append(token)
                 ended[row] = token in ends
-        if all(ended):
+        if all(ended) or step == max_new_tokens - 1:  # the last token is kept, never read
             break
         with autocast(device):
             logits, _ = model(tokens[:, None], cache=cache)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lucidlm.chat.preferences import prepare_preferences
 from lucidlm.data.loader import BatchLoader
-from lucidlm.errors import ConfigError, DataError
+from lucidlm.errors import ConfigError, DataError, LucidError
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.train.objectives import dpo_loss, sequence_logprobs
 from lucidlm.train.plan import carry_out, plan_run
@@ -274,3 +274,15 @@ def test_the_chosen_replies_cross_entropy_joins_the_dpo_loss_with_its_weight(tmp
         expected_nll = -sequence_logprobs(backend.model(x)[0], y)[:3].sum() / (y[:3] >= 0).sum()
     assert float(metrics["chosen_nll"]) == pytest.approx(float(expected_nll), rel=1e-5)
     assert losses[2.0] == pytest.approx(losses[0.0] + 2 * float(expected_nll), rel=1e-5)
+
+
+def test_a_loss_that_a_huge_dpo_beta_overflows_names_it(tmp_path, base_run, chat_tokenizer):
+    write_jsonl(tmp_path / "pairs.jsonl", pairs(16))
+    prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    with pytest.raises(
+        LucidError, match=r"the loss became (nan|inf) at step \d+; .* dpo_beta=1e\+308 overflows the loss"
+    ):
+        carry_out(dpo_plan(tmp_path / "data", tmp_path / "run", base_run, 4, dpo_beta=1e308), progress=False)
+    # a diverging run with ordinary weights still blames the learning rate
+    with pytest.raises(LucidError, match=r"became (nan|inf) .* lower lr"):
+        carry_out(dpo_plan(tmp_path / "data", tmp_path / "run2", base_run, 4, lr=1e30), progress=False)

@@ -228,3 +228,35 @@ def test_replay_data_must_be_text_or_chat_in_the_same_tokens(tmp_path, base_run,
     with pytest.raises(ConfigError, match="replay_data is for objective=dpo or grpo; to train next-token on two"):
         grpo_plan(tmp_path / "data", tmp_path / "run", base_run, 2, replay_data="x", objective="next_token")
     assert not (tmp_path / "run").exists()
+
+
+def test_grpo_settings_that_cannot_fit_are_refused_before_training(tmp_path, base_run, vowel_tasks):
+    """A group's replies count in the memory a step needs, and a reply must fit the window beside its prompt."""
+    cases = [
+        ({"group_size": 10**9}, r"batch_size=4 prompts with group_size=1000000000 replies each .* lower one of them"),
+        ({"group_size": 100000, "batch_size": 100}, r"group_size=100000 replies each of 48 tokens needs about"),
+        (
+            {"max_reply_tokens": 100000},
+            r"max_reply_tokens=100000 cannot fit in the window of block_size=48 .* at most 47",
+        ),
+    ]
+    for settings, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            grpo_plan(vowel_tasks, tmp_path / "run", base_run, 2, **settings)
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_reply_as_long_as_the_window_allows_is_sampled(chat_tokenizer):
+    """sample_group reads every token but the last, so a reply may fill the window to its end."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    prompt = list(range(10))
+    replies = sample_group(model, prompt, 3, 16 + 1 - len(prompt), SamplingConfig(temperature=1.0), None, [])
+    assert [len(reply) for reply in replies] == [7, 7, 7]
+
+
+def test_a_loss_that_a_huge_kl_coef_overflows_names_it(tmp_path, base_run, vowel_tasks):
+    with pytest.raises(
+        LucidError, match=r"the loss became nan at step \d+; .* kl_coef=1e\+300 overflows the loss; lower"
+    ):
+        carry_out(grpo_plan(vowel_tasks, tmp_path / "run", base_run, 4, kl_coef=1e300), progress=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lucidlm.config import RunConfig, parse_overrides, resolve_config
+from lucidlm.config import RunConfig, TrainConfig, parse_overrides, resolve_config
 from lucidlm.data.corpus import iter_text, text_sha256
 from lucidlm.data.loader import data_kind, read_meta
 from lucidlm.data.prepare import Source, prepare
@@ -134,6 +134,12 @@ def check_objective(config: RunConfig, data: Path) -> None:
         raise ConfigError(f"{data} holds {kind}, which train with --set objective={objective_of}")
     if wanted and config.init_from is None:
         raise ConfigError(f"objective={objective} tunes a trained model: add --init-from RUN_DIR or hf:DIR")
+    block, reply = config.model.block_size, config.train.max_reply_tokens
+    if objective == "grpo" and reply >= block:
+        raise ConfigError(
+            f"max_reply_tokens={reply} cannot fit in the window of block_size={block} beside a prompt; use at most "
+            f"{block - 1} (a reply is cut where the window ends after a long prompt)"
+        )
     if config.train.replay_data is not None:
         check_replay_data(Path(config.train.replay_data), data)
 
@@ -338,13 +344,24 @@ def check_fits_in_memory(config: RunConfig) -> None:
             f"gradients and optimizer state), more than this machine's {gib(available)} GiB; "
             "choose smaller n_embd, n_layer or vocab_size"
         )
-    activations = activation_bytes(config.model, config.train.batch_size)
-    if available and config.train.device in ("auto", "cpu") and state + activations > available:
+    train = config.train
+    activations = activation_bytes(config.model, sequences_per_micro_batch(train))
+    if available and train.device in ("auto", "cpu") and state + activations > available:
+        what = f"batch_size={train.batch_size}"
+        lower = "lower batch_size (raise grad_accum to keep the tokens per step)"
+        if train.objective == "grpo":
+            what, lower = f"{what} prompts with group_size={train.group_size} replies each", "lower one of them"
         raise ConfigError(
-            f"batch_size={config.train.batch_size} of {config.model.block_size} tokens needs about "
-            f"{gib(activations)} GiB of activations beside the model's {gib(state)} GiB, more than this "
-            f"machine's {gib(available)} GiB; lower batch_size (raise grad_accum to keep the tokens per step)"
+            f"{what} of {config.model.block_size} tokens needs about {gib(activations)} GiB of activations beside "
+            f"the model's {gib(state)} GiB, more than this machine's {gib(available)} GiB; {lower}"
         )
+
+
+def sequences_per_micro_batch(train: TrainConfig) -> int:
+    """The sequences one micro-batch's forward and backward pass holds: DPO scores a chosen and a rejected reply
+    for each pair, GRPO a group of replies for each prompt, and replayed data adds a batch of its own."""
+    per_record = {"dpo": 2, "grpo": train.group_size}.get(train.objective, 1)
+    return train.batch_size * per_record + (train.batch_size if train.replay_data else 0)
 
 
 def gib(size: int) -> str:

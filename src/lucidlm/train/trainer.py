@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lucidlm.config import RunConfig
+from lucidlm.config import RunConfig, TrainConfig
 from lucidlm.data.loader import BatchLoader, Replayed, data_kind, is_chat_data, open_split, read_meta
 from lucidlm.device import pick_device
 from lucidlm.errors import CheckpointError, ConfigError, LucidError, Terminated
@@ -292,7 +292,9 @@ def train(
             elapsed += seconds
             rate_tokens, rate_time = rate_tokens + tokens_per_step, rate_time + seconds
             if not math.isfinite(train_loss):
-                raise LucidError(f"the loss became {train_loss} at step {step}; {_after_divergence(run_dir)}")
+                raise LucidError(
+                    f"the loss became {train_loss} at step {step}; {_after_divergence(run_dir, train_config)}"
+                )
             step_metrics = {name: group.mean(value, device) for name, value in backend.metrics.items()}
             if group.is_main:
                 grad_norm = float(backend.grad_norm)
@@ -343,12 +345,27 @@ def train(
     )
 
 
-def _after_divergence(run_dir: Path) -> str:
+# The weights a tuning objective puts on parts of its loss, each used where a run has that part. Published recipes
+# keep them near 1 or below (DPO's beta 0.01 to 0.5, a KL coefficient 0.001 to 0.1): one above LOSS_WEIGHT_LIMIT
+# is what made a loss overflow, rather than the learning rate.
+LOSS_WEIGHTS = {"dpo_beta": "dpo", "dpo_nll": "dpo", "kl_coef": "grpo", "replay_coef": "replay"}
+LOSS_WEIGHT_LIMIT = 100.0
+
+
+def _after_divergence(run_dir: Path, train: TrainConfig) -> str:
+    """What to change, and what is left to --resume from, after the loss became nan or inf."""
+    parts = {train.objective, "replay" if train.replay_data else ""}
+    heavy = [name for name, part in LOSS_WEIGHTS.items() if part in parts and getattr(train, name) > LOSS_WEIGHT_LIMIT]
+    change = (
+        f"{heavy[0]}={getattr(train, heavy[0]):g} overflows the loss; lower it (--set {heavy[0]}=...)"
+        if heavy
+        else "lower lr (--set lr=...)"
+    )
     try:
         step = read_manifest(run_dir, "latest")["step"]
     except CheckpointError:
-        return "no checkpoint was saved, so nothing was kept; train again with a lower lr (--set lr=...)"
-    return f"the last good checkpoint is step {step}; lower lr (--set lr=...) and --resume"
+        return f"no checkpoint was saved, so nothing was kept; {change} and train again"
+    return f"the last good checkpoint is step {step}; {change} and --resume"
 
 
 def _check_same_tokenizer(data_dir: Path, run_dir: Path) -> None:
