@@ -103,7 +103,10 @@ WEB_EXPORT = OutputKind(
     ("exported_by", "config", "tensors"),
 )
 SCALING_STUDY = OutputKind(
-    "scaling-law study", frozenset({"scale.json", "scale.png", "runs"}), "scale.json", ("law", "points")
+    "scaling-law study",
+    frozenset({"study.json", "scale.json", "scale.png", "runs"}),
+    "study.json",
+    ("settings", "finished"),
 )
 KINDS = (DATA_DIR, RUN_DIR, HF_EXPORT, TUTORIAL_SITE, WEB_EXPORT, SCALING_STUDY)
 
@@ -318,12 +321,18 @@ def written_directory(path: str | os.PathLike, kind: OutputKind, force: bool = F
         raise
 
 
+def run_directory(path: str | os.PathLike, force: bool = False) -> contextlib.AbstractContextManager[Path]:
+    """The directory of a new training run, which keeps what it wrote from its first checkpoint on (the manifest
+    latest.json names it), to resume from."""
+    return growing_directory(path, RUN_DIR, force, "latest.json")
+
+
 @contextlib.contextmanager
-def run_directory(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """The directory of a new training run, which grows while it trains (checkpoints, metrics) and so is not
-    renamed into place. If the block fails before the run's first checkpoint, what it wrote is removed (and
-    an earlier run that `force` replaced is put back); after it, the checkpoints stay, to resume from."""
-    replacing = check_target(path, RUN_DIR, force)
+def growing_directory(path: str | os.PathLike, kind: OutputKind, force: bool, kept: str) -> Iterator[Path]:
+    """The directory of an output that grows while the command runs (a run's checkpoints, a study's runs), and so
+    is not renamed into place. If the block fails before the file `kept` is written in it, what it wrote is
+    removed (and an earlier output that `force` replaced is put back); after it, what it wrote stays."""
+    replacing = check_target(path, kind, force)
     path = real_path(path)
     made = make_parents(path)
     remove_stale_temporaries(path)
@@ -336,7 +345,7 @@ def run_directory(path: str | os.PathLike, force: bool = False) -> Iterator[Path
     try:
         yield path
     except BaseException:
-        if not (path / "latest.json").exists():
+        if not (path / kept).exists():
             if created:
                 shutil.rmtree(path, ignore_errors=True)
             else:  # it was empty: everything in it is this command's

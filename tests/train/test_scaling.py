@@ -176,3 +176,55 @@ def test_lucidlm_scale_fits_a_grid_draws_it_and_predicts_a_run_it_left_out(tmp_p
     assert f"predicted {check['predicted']:.4f}, measured {check['loss']:.4f}" in result.stdout
     # the issue's target; this grid gives about 0.007 (and Tiny Shakespeare's, docs/benchmarks.md, 0.008)
     assert abs(check["predicted"] - check["loss"]) < 0.03, check
+
+
+def test_a_study_stopped_by_sigterm_fits_nothing_and_continues_from_its_finished_runs(tmp_path):
+    """SIGTERM is Ctrl-C: the run it cuts short is not a point, the study exits 143 with its finished runs kept,
+    and the same command again trains only the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on a mat and the dog ran to the park " * 800)
+    prepared = run_lucidlm("data", "prepare", "--input", text, "--tokenizer", "char", "--out", tmp_path / "data")
+    assert prepared.returncode == 0, prepared.stderr
+    study, grid = tmp_path / "study", "1:4e3,2:4e3,1:8e3,2:8e3,1:12e3"
+    args = ["scale", "--data", tmp_path / "data", "--out", study, "--grid", grid, "--check", "2:12e3",
+            "--set", "block_size=16", "--set", "batch_size=4", "--device", "cpu"]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "lucidlm", *map(str, args)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (study / "study.json").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # during the second run, or between two
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr
+    assert "keeps its 1 finished run(s); run the same command again to continue it" in stderr
+    assert not (study / "scale.json").exists()
+    kept = json.loads((study / "study.json").read_text())["finished"]
+    assert list(kept) == ["depth1-4000"] and abs(kept["depth1-4000"]["tokens"] - 4000) < 64  # whole steps
+    again = run_lucidlm(*args, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "continuing the study" in again.stderr and "1 run(s) finished before" in again.stderr
+    result = json.loads((study / "scale.json").read_text())
+    assert len(result["points"]) == 5 and len(result["checks"]) == 1
+    assert result["points"][0]["seconds"] == kept["depth1-4000"]["seconds"]  # not trained again
+    planned = [[int(d), int(float(t))] for d, t in (run.split(":") for run in grid.split(","))]
+    assert [[p["depth"], round(p["tokens"], -3)] for p in result["points"]] == [[d, round(t, -3)] for d, t in planned]
+    # a finished study is an earlier output: refused without --force
+    assert run_lucidlm(*args).returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--grid", "2:inf"], "'2:inf' is not DEPTH:TOKENS"), (["--grid", "2:nan"], "'2:nan' is not DEPTH:TOKENS"),
+     (["--data", "NOTES"], "is a file, and this command reads a prepared data directory; prepare it first")],
+)  # fmt: skip
+def test_bad_scale_arguments_are_one_line(tmp_path, args, message):
+    (tmp_path / "notes.txt").write_text("some notes " * 100)
+    args = [str(tmp_path / "notes.txt") if a == "NOTES" else a for a in args]
+    data = [] if "--data" in args else ["--data", str(tmp_path)]
+    result = run_lucidlm("scale", *data, "--out", tmp_path / "study", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "study").exists()

@@ -45,6 +45,11 @@ TOKEN_DTYPES = ("uint16", "uint32")
 
 def read_meta(data_dir: str | Path) -> dict:
     path = Path(data_dir) / "meta.json"
+    if Path(data_dir).is_file():  # a command that takes text files has prepared one before it gets here
+        raise DataError(
+            f"{data_dir} is a file, and this command reads a prepared data directory; prepare it first with "
+            f"`lucidlm data prepare --input {data_dir} --tokenizer char --out DATA_DIR`"
+        )
     if not path.exists():
         raise DataError(
             f"{data_dir} is not a prepared data directory (no meta.json); create one with "

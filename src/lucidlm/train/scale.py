@@ -6,12 +6,22 @@ The law L(N, D) = E + A / N^alpha + B / D^beta is fitted to every run (scaling.S
 draws the runs, the fit, and its isoFLOP curves: for each compute budget, the loss of every size that budget
 buys, with the best size marked. A run left out of the fit (`--check DEPTH:TOKENS`) says how well the law
 predicts what it has not seen.
+
+A study grows in its directory as its runs finish: study.json holds its settings and every run that has
+finished, written after each one. Interrupted (Ctrl-C, SIGTERM), it keeps those and fits nothing; the same
+command again continues from them, training the rest (a run cut short starts over).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +30,12 @@ from tqdm import tqdm
 
 from lucidlm.config import resolve_config
 from lucidlm.data.loader import open_split, read_meta
-from lucidlm.errors import ConfigError
+from lucidlm.errors import ConfigError, Terminated
 from lucidlm.evaluate import split_loss
-from lucidlm.outputs import SCALING_STUDY, written_directory
+from lucidlm.files import read_json
+from lucidlm.outputs import SCALING_STUDY, growing_directory, real_path
 from lucidlm.scaling import ScalingLaw, count_parameters, depth_shape, effective_tokens
+from lucidlm.train.checkpoint import write_json_atomic
 from lucidlm.train.trainer import train
 
 WARMUP_SHARE = 5  # a run warms up over at most a fifth of its steps (the preset's 50 when it has 250 or more)
@@ -42,7 +54,7 @@ def parse_runs(text: str) -> list[GridRun]:
         depth, _, tokens = item.strip().partition(":")
         try:
             runs.append(GridRun(int(depth), int(float(tokens))))
-        except ValueError:
+        except (ValueError, OverflowError):  # "x", nan, inf
             raise ConfigError(f"{item.strip()!r} is not DEPTH:TOKENS (e.g. 4:1000000)") from None
         if runs[-1].depth < 1 or runs[-1].tokens < 1:
             raise ConfigError(f"{item.strip()!r}: depth and tokens must be positive")
@@ -66,6 +78,8 @@ def train_one(data_dir: Path, out: Path, run: GridRun, preset: str, overrides: l
     ]
     config = resolve_config(preset, overrides=[f"vocab_size={vocab}", *overrides, *settings])
     result = train(data_dir, out, config, progress=progress)
+    if result.interrupted:  # the run saved where it was: the study stops too, and counts it as not finished
+        raise Terminated if result.interrupted == signal.SIGTERM else KeyboardInterrupt
     loss, _ = split_loss(result.model.eval(), np.asarray(open_split(data_dir, "val")))
     return {
         "depth": run.depth,
@@ -87,29 +101,79 @@ def study(
     force: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train `grid` and `check`, fit the law to the grid, and write scale.json and scale.png into `out`."""
-    data_dir, overrides = Path(data_dir), list(overrides or [])
-    read_meta(data_dir)
+    """Train `grid` and `check` (what an unfinished study of the same settings in `out` has not), fit the law to
+    the grid, and write scale.json and scale.png into `out`."""
+    data_dir, overrides, check = Path(data_dir), list(overrides or []), list(check or [])
+    meta = read_meta(data_dir)
     if len(grid) < 5:
         raise ConfigError(f"a law of five numbers needs at least 5 runs in the grid, not {len(grid)}")
-    with written_directory(out, SCALING_STUDY, force) as tmp:
+    settings = {
+        "grid": [[run.depth, run.tokens] for run in grid],
+        "check": [[run.depth, run.tokens] for run in check],
+        "preset": preset,
+        "settings": overrides,
+        "data": hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest(),  # meta.json's content
+    }
+    with study_directory(out, settings, force) as (directory, finished):
         points, checks = [], []
-        for runs, kept in ((grid, points), (check or [], checks)):
+        for runs, kept in ((grid, points), (check, checks)):
             for run in runs:
                 name = f"depth{run.depth}-{run.tokens}"
-                kept.append(train_one(data_dir, tmp / "runs" / name, run, preset, overrides, False))
-                if progress:
-                    done = kept[-1]
-                    tqdm.write(
-                        f"{name}: {done['parameters']:,} parameters, {done['tokens']:,} tokens, val loss "
-                        f"{done['loss']:.4f} in {done['seconds']:.0f}s"
-                        + (" (left out of the fit)" if runs is check else "")
-                    )
-        law = fit_points(points, checks, read_meta(data_dir)["train_tokens"])
+                if name not in finished:
+                    shutil.rmtree(directory / "runs" / name, ignore_errors=True)  # one that a stop cut short
+                    finished[name] = train_one(data_dir, directory / "runs" / name, run, preset, overrides, False)
+                    write_json_atomic(directory / STUDY_FILE, {"settings": settings, "finished": finished})
+                    if progress:
+                        done = finished[name]
+                        tqdm.write(
+                            f"{name}: {done['parameters']:,} parameters, {done['tokens']:,} tokens, val loss "
+                            f"{done['loss']:.4f} in {done['seconds']:.0f}s"
+                            + (" (left out of the fit)" if runs is check else "")
+                        )
+                kept.append(dict(finished[name]))
+        law = fit_points(points, checks, meta["train_tokens"])
         result = {"law": law.to_dict(), "points": points, "checks": checks, "preset": preset, "data": str(data_dir)}
-        (tmp / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-        draw(law, points, checks, tmp / "scale.png")
+        draw(law, points, checks, directory / "scale.tmp.png")
+        os.replace(directory / "scale.tmp.png", directory / "scale.png")
+        write_json_atomic(directory / "scale.json", result)  # last: the study is complete once it is there
     return result
+
+
+STUDY_FILE = "study.json"  # a study's settings and its finished runs, as they finish
+
+
+@contextlib.contextmanager
+def study_directory(out: str | os.PathLike, settings: dict, force: bool) -> Iterator[tuple[Path, dict]]:
+    """(the study's directory, its finished runs by name): those of an unfinished study of the same settings
+    in `out`, which this continues; else none, in a new directory (or, with --force, in place of an earlier
+    study). Interrupted or failed, a study keeps the runs that finished (study.json lists them) and says how to
+    go on; one with none is removed, as a training run without a checkpoint is."""
+    path = real_path(out)
+    earlier = read_study(path)
+    with contextlib.ExitStack() as stack:
+        if earlier is not None and earlier["settings"] == settings and not (path / "scale.json").exists():
+            finished = earlier["finished"]
+            print(f"continuing the study in {path}: {len(finished)} run(s) finished before", file=sys.stderr)
+        else:
+            path, finished = stack.enter_context(growing_directory(path, SCALING_STUDY, force, STUDY_FILE)), {}
+        try:
+            yield path, finished
+        except BaseException:
+            if finished:
+                print(
+                    f"the study in {path} keeps its {len(finished)} finished run(s); run the same command again "
+                    "to continue it",
+                    file=sys.stderr,
+                )
+            raise
+
+
+def read_study(path: Path) -> dict | None:
+    """The study.json of a study lucidlm is writing or wrote in `path`, None if there is none."""
+    if not SCALING_STUDY.holds(path):
+        return None
+    fix = f"remove {path} or choose another --out"
+    return read_json(path / STUDY_FILE, {"settings": dict, "finished": dict}, ConfigError, fix)
 
 
 def fit_points(points: list[dict], checks: list[dict], unique: int) -> ScalingLaw:
