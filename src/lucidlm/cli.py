@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lucidlm import __version__
 from lucidlm.errors import ConfigError, DataError, LucidError, Terminated, raise_terminated
-from lucidlm.outputs import FORCE, FORCE_HELP, PAIRS_FILE, check_file_target, written_file
+from lucidlm.outputs import FORCE, FORCE_HELP, PAIRS_FILE, PNG_FILE, check_file_target, written_file
 
 EXAMPLES = {
     "prepare": """examples:
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     lens.add_argument("--wrong", help="patch: the token the corrupted run prefers (one token)")
     lens.add_argument("--json", action="store_true", help="print the numbers as JSON")
     lens.add_argument("--png", metavar="FILE", help="heads, ablate, patch, logit: draw the heatmap there too")
+    lens.add_argument(FORCE, action="store_true", help=FORCE_HELP)
     add_device_argument(lens)
     lessons = command("lessons", "list the lessons, or run one", EXAMPLES["lessons"])
     lessons.add_argument("action", nargs="?", choices=["list", "run"], default="list")
@@ -753,6 +754,10 @@ def run_lens(args: argparse.Namespace) -> None:
     missing = [f"--{name}" for name in needs[args.analysis] if getattr(args, name) is None]
     if missing:
         raise ConfigError(f"lens {args.analysis} needs {' and '.join(missing)}")
+    if args.png and args.analysis not in lens.DRAWN:
+        raise ConfigError(f"lens {args.analysis} has no picture; drop --png")
+    if args.png:
+        check_file_target(args.png, PNG_FILE, args.force, "--png")  # before the work, which may take a while
     model, tokenizer, _ = load_model(args.checkpoint, device=pick_device(args.device))
     ids = encode_prompt(tokenizer, args.prompt) if args.prompt is not None else None
     try:
@@ -781,7 +786,8 @@ def run_lens(args: argparse.Namespace) -> None:
     texts = ids if ids is not None else (clean if args.analysis == "patch" else None)
     print(json.dumps(result) if args.json else lens.table(args.analysis, result, tokenizer, texts))
     if args.png:
-        lens.draw(args.analysis, result, tokenizer, texts, args.png)
+        with written_file(args.png, PNG_FILE, args.force, "--png") as tmp:
+            lens.draw(args.analysis, result, tokenizer, texts, tmp)
 
 
 def run_scale(args: argparse.Namespace) -> None:

@@ -24,6 +24,7 @@ Shapes: L layers, H heads, T positions, V the vocabulary.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,8 @@ def logit_lens(model: GPT, ids: list[int], top: int = 5) -> dict:
     """For each of the L + 1 readings (after the embeddings, after each layer) and each position: the `top`
     tokens and their probabilities, and the probability and rank of the model's final prediction there; and
     each reading's mean KL divergence from the model's output, in nats."""
+    if top < 1:
+        raise ValueError(f"top must be at least 1 (the tokens listed per layer and position), not {top}")
     names = residual_names(model)
     logits, cache = model.run_with_cache(ids_tensor(model, ids), names)
     final = logits[0].float().log_softmax(-1)  # (T, V)
@@ -364,8 +367,12 @@ def table(kind: str, result: dict, tokenizer, ids: list[int] | None) -> str:
     )  # fmt: skip
 
 
-def draw(kind: str, result: dict, tokenizer, ids: list[int] | None, path: str) -> None:
-    """The analysis as a heatmap PNG: the logit lens's grid, the head scores, the ablation, the patching."""
+DRAWN = ("logit", "heads", "ablate", "patch")  # the analyses with a picture
+
+
+def draw(kind: str, result: dict, tokenizer, ids: list[int] | None, path: str | Path) -> None:
+    """The analysis as a heatmap PNG written to `path` (whatever its name ends in): the logit lens's grid, the
+    head scores, the ablation, the patching."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -379,8 +386,6 @@ def draw(kind: str, result: dict, tokenizer, ids: list[int] | None, path: str) -
         "patch": [("fraction restored: residual before each layer, per position", result.get("residual")),
                   ("fraction restored: each head's output", result.get("heads"))],
     }  # fmt: skip
-    if kind not in panels:
-        raise ValueError(f"lens {kind} has no picture; drop --png")
     figure, axes = plt.subplots(1, len(panels[kind]), figsize=(5.5 * len(panels[kind]), 4), dpi=100, squeeze=False)
     for axis, (title, values) in zip(axes[0], panels[kind], strict=True):
         image = axis.imshow(values, cmap="viridis", aspect="auto")
@@ -392,5 +397,5 @@ def draw(kind: str, result: dict, tokenizer, ids: list[int] | None, path: str) -
             axis.set_xlabel("head")
         figure.colorbar(image, ax=axis)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, format="png")
     plt.close(figure)

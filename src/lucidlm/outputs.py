@@ -129,6 +129,7 @@ class FileKind:
 
 GGUF_FILE = FileKind("GGUF file", b"GGUF", "model.gguf")
 PAIRS_FILE = FileKind("file of preference pairs from lucidlm eval", b'{"source": "lucidlm eval', "pairs.jsonl")
+PNG_FILE = FileKind("PNG picture", b"\x89PNG\r\n\x1a\n", "heads.png")
 
 
 def real_path(path: str | os.PathLike, flag: str = "--out") -> Path:

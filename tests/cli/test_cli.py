@@ -236,3 +236,35 @@ def test_lens_reads_a_trained_run_and_refuses_bad_requests_in_one_line(tmp_path,
         refused = lucidlm(*run[:1], extra[0], *run[1:], *extra[1:])
         assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
         assert re.search(message, refused.stderr), refused.stderr
+
+
+def test_lens_writes_its_picture_by_the_rule_every_output_follows(tmp_path, text_file):
+    """--png goes through outputs.py: a directory, a device, a user's file are refused; an earlier picture only
+    with --force (issue 47)."""
+    trained = lucidlm("train", "--data", text_file, "--out", tmp_path / "run", "--max-steps", 3, *TINY)
+    assert trained.returncode == 0, trained.stderr
+    logit = ["lens", "logit", "--checkpoint", tmp_path / "run", "--device", "cpu", "--prompt", "First"]
+    (tmp_path / "notes.txt").write_text("mine")
+    for target, message in [
+        (tmp_path, "is a directory; give --png a file name"),
+        ("/dev/full", "/dev/full exists and is not a PNG picture"),
+        (tmp_path / "notes.txt", "exists and is not a PNG picture; choose another --png"),
+        (tmp_path / "notes.txt/x.png", "is a file, not a directory"),
+    ]:
+        refused = lucidlm(*logit, "--png", target, "--force")
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, target
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run", text_file.name]
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    drawn = lucidlm(*logit, "--png", tmp_path / "pictures" / "lens")
+    assert drawn.returncode == 0, drawn.stderr
+    assert (tmp_path / "pictures" / "lens").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = lucidlm(*logit, "--png", tmp_path / "pictures" / "lens")
+    assert again.returncode == 2 and "already holds a PNG picture; pass --force to replace it" in again.stderr
+    assert lucidlm(*logit, "--png", tmp_path / "pictures" / "lens", "--force").returncode == 0
+    assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["lens"]  # no temporary left
+    for extra, message in [(["--top", "0"], "top must be at least 1"), (["--top", "-3"], "top must be at least 1")]:
+        refused = lucidlm(*logit, *extra)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+    table = lucidlm("lens", "attribute", "--checkpoint", tmp_path / "run", "--prompt", "Fi", "--token", "n",
+                    "--png", tmp_path / "a.png")  # fmt: skip
+    assert table.returncode == 2 and "lens attribute has no picture; drop --png" in table.stderr

@@ -18,6 +18,10 @@ def test_the_api_explains_a_position_as_explain_py_does(server, model, tokenizer
     assert view["heatmap"] == expected["heatmap"] and view["logits"] == expected["logits"]
     last = httpx.post(f"{url}/api/explain", json={"ids": ids}).json()
     assert last["position"] == len(ids) - 1
+    # a text longer than the window: its last block_size tokens, as the model reads them
+    long = httpx.post(f"{url}/api/explain", json={"text": "abcdefghij" * 20, "position": -1})
+    assert long.status_code == 200, long.text
+    assert long.json()["ids"] == tokenizer.encode("abcdefghij" * 20)[-32:] and long.json()["position"] == 31
 
 
 def test_bad_explain_requests_are_400s_that_name_the_field(server):

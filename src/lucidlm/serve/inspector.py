@@ -45,6 +45,8 @@ class ExplainBody(BaseModel):
 
 
 def add_inspector_routes(app: FastAPI, model: GPT, tokenizer: Tokenizer, settings: ServerSettings) -> None:
+    explain_tokens = min(EXPLAIN_TOKENS, model.config.block_size)  # the text's last tokens that the model reads
+
     @app.get("/api/model")
     async def describe_model():
         return {
@@ -96,13 +98,13 @@ def add_inspector_routes(app: FastAPI, model: GPT, tokenizer: Tokenizer, setting
             raise APIError(400, "give the text or its ids, one of the two", "text")
         if body.ids is not None and not all(0 <= i < tokenizer.vocab_size for i in body.ids):
             raise APIError(400, f"ids must lie in [0, {tokenizer.vocab_size})", "ids")
-        ids = (encode_text(tokenizer, body.text, "text") if body.ids is None else body.ids)[-EXPLAIN_TOKENS:]
+        ids = (encode_text(tokenizer, body.text, "text") if body.ids is None else body.ids)[-explain_tokens:]
         position = body.position + len(ids) if body.position < 0 else body.position
         if not ids or not 0 <= position < len(ids):
             raise APIError(400, f"position {body.position} is outside the text's {len(ids)} tokens", "position")
         try:
             view = await asyncio.to_thread(explain, model, ids, position, body.layer, body.head)
-        except ValueError as exc:
+        except ValueError as exc:  # the layer or head (the ids fit: they were cut to the window)
             raise APIError(400, str(exc), "layer") from None
         return {**view, "texts": [tokenizer.decode([i]) for i in ids]}
 
