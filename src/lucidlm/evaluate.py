@@ -132,13 +132,17 @@ class TaskRecord:
     line: int = 0  # where it stands in its file, for errors that name it
 
 
-def read_task_records(path: str | Path) -> list[TaskRecord]:
+def read_task_records(path: str | Path, line_limit: int | None = None) -> list[TaskRecord | None]:
     """`{"messages": [...], "answer": "..."}` lines, with an optional "task" (the table's row; default: the
-    file's name) and "choices" (multiple choice, the answer among them). A bad line is a DataError naming it."""
+    file's name) and "choices" (multiple choice, the answer among them). A bad line is a DataError naming it;
+    one longer than `line_limit` bytes is None, skipped unread."""
     from lucidlm.chat.data import read_conversations
 
-    records = []
-    for number, record in read_conversations(path, extra_keys=("answer", "choices", "task")):
+    records: list[TaskRecord | None] = []
+    for number, record in read_conversations(path, extra_keys=("answer", "choices", "task"), line_limit=line_limit):
+        if record is None:
+            records.append(None)
+            continue
         answer, choices, task = record.get("answer"), record.get("choices"), record.get("task", Path(path).stem)
         where = f"{path} line {number}"
         if not isinstance(answer, str):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from lucidlm.errors import LucidError
@@ -51,6 +52,42 @@ def read_text(path: str | os.PathLike, limit: int, error: type[LucidError], give
         return read_bytes(path, limit, error, give).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise error(f"{path} is not a text file (not UTF-8 at byte {exc.start}); {give}") from None
+
+
+def read_lines(
+    path: str | os.PathLike, limit: int, error: type[LucidError], give: str, line_limit: int | None = None
+) -> Iterator[tuple[int, str | None]]:
+    """(line number, text) for each line of a UTF-8 file, read one line at a time, up to `limit` bytes in all (as
+    `read_bytes`). A line longer than `line_limit` bytes is (number, None): skipped as it is read, never held."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below, once the caller has read every line)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file; {give}") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a directory; {give}") from None
+    except OSError as exc:
+        raise error(f"cannot read {path} ({exc.strerror}); {give}") from None
+    longest = limit if line_limit is None else line_limit
+    read, number = 0, 0
+    with f:
+        while line := f.readline(longest + 1):
+            number += 1
+            read += len(line)
+            too_long = len(line) > longest and not line.endswith(b"\n")
+            while too_long and not line.endswith(b"\n") and line:  # the rest of the line, a piece at a time
+                line = f.readline(MiB)
+                read += len(line)
+                if read > limit:
+                    break
+            if read > limit:
+                raise error(f"{path} is larger than {limit / MiB:g} MiB, more than lucidlm reads here; {give}")
+            if too_long:
+                yield number, None
+                continue
+            try:
+                yield number, line.decode("utf-8").removesuffix("\n").removesuffix("\r")
+            except UnicodeDecodeError as exc:
+                raise error(f"{path} line {number} is not UTF-8 text (at its byte {exc.start}); {give}") from None
 
 
 def parse_json(text: str | bytes) -> object:

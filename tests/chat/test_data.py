@@ -117,3 +117,24 @@ def test_the_numpy_backend_refuses_chat_data(tmp_path, chat_tokenizer):
                          "--preset", "nanogpt-baby", "--max-steps", "1")  # fmt: skip
     assert result.returncode == 2 and not (tmp_path / "run").exists()
     assert "the NumPy backend has no loss mask for chat data; train it with --backend torch" in result.stderr
+
+
+def test_a_line_too_long_to_fit_the_context_is_skipped_as_it_is_read(tmp_path, chat_tokenizer):
+    """A 30 MB conversation cannot fit 64 tokens: it is counted as dropped, and never held in memory (issue 47)."""
+    import tracemalloc
+
+    from lucidlm.chat.data import longest_line, read_conversations
+
+    huge = conversation("x" * 30_000_000, "a")
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps(huge) + "\n" + "".join(json.dumps(conversation(f"q{i}", "a")) + "\n" for i in range(20)))
+    limit = longest_line(chat_tokenizer, 64)
+    assert limit == 12 * len("<|assistant|>") * 65 + 64 * 1024  # the longest token is a turn token's text
+    tracemalloc.start()
+    records = list(read_conversations(path, line_limit=limit))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert records[0] == (1, None) and [n for n, _ in records[1:]] == list(range(2, 22))
+    assert peak < 4_000_000, peak  # the 30 MB line went through a MiB at a time
+    meta = prepare_chat(path, tmp_path / "data", chat_tokenizer, context=64, progress=False)
+    assert meta["chat"]["conversations"] == 21 and meta["chat"]["dropped"] == 1

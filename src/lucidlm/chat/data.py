@@ -31,7 +31,7 @@ from lucidlm.chat.tools import tool_calls_problem, tools_problem, uses_tools
 from lucidlm.data.corpus import sha256_file
 from lucidlm.data.prepare import token_dtype, write_array
 from lucidlm.errors import ConfigError, DataError, TokenizerError
-from lucidlm.files import MiB, parse_json, read_text
+from lucidlm.files import MiB, parse_json, read_lines
 from lucidlm.outputs import DATA_DIR, check_target, written_directory
 from lucidlm.tokenizers import Tokenizer
 
@@ -43,14 +43,16 @@ STARTS_DTYPE = np.dtype("<u8")
 
 
 def read_conversations(
-    path: str | os.PathLike, extra_keys: Sequence[str] = (), text: bool = False
-) -> Iterator[tuple[int, dict]]:
+    path: str | os.PathLike, extra_keys: Sequence[str] = (), text: bool = False, line_limit: int | None = None
+) -> Iterator[tuple[int, dict | None]]:
     """(line number, record) for each non-empty line of a messages JSONL file (and, with `text`, of plain
     `{"text": ...}` records). A line that is not a valid record is a DataError naming the file, the line and
-    the problem."""
+    the problem; one longer than `line_limit` bytes is (line number, None), skipped without being held."""
     path = Path(path)
-    lines = read_text(path, JSONL_LIMIT, DataError, "give a JSONL file of conversations").splitlines()
-    for number, line in enumerate(lines, start=1):
+    for number, line in read_lines(path, JSONL_LIMIT, DataError, "give a JSONL file of conversations", line_limit):
+        if line is None:
+            yield number, None
+            continue
         if not line.strip():
             continue
         try:
@@ -93,6 +95,14 @@ def conversation_problem(record: object, extra_keys: Sequence[str] = ()) -> str 
         if not isinstance(message.get("content"), str):
             return f'message {index + 1} has no text content ("content" must be a string)'
     return None
+
+
+def longest_line(tokenizer: Tokenizer, context: int) -> int:
+    """The longest JSONL line whose record could fit `context` + 1 tokens, in bytes: each token's text at the
+    vocabulary's longest, in JSON's widest escaping (12 bytes a character: a surrogate pair, each as \\uXXXX),
+    with room for the keys. A longer line cannot be one conversation that fits, and is skipped unread."""
+    longest_token = max(len(tokenizer.decode([i])) for i in range(tokenizer.vocab_size))
+    return 12 * longest_token * (context + 1) + 64 * 1024
 
 
 def encode_conversation(
@@ -197,13 +207,19 @@ def prepare_chat(
     when not even its first reply fits. The validation split takes every conversation that brings the running
     count of `val_fraction * i` past a whole number, so it is spread through the file."""
     check_output(out_dir, val_fraction, force)
-    records = list(read_conversations(path, text=True))
-    tools = any("messages" in record and uses_tools(record["messages"], record.get("tools")) for _, record in records)
+    records = list(read_conversations(path, text=True, line_limit=longest_line(tokenizer, context)))
+    tools = any(
+        record and "messages" in record and uses_tools(record["messages"], record.get("tools")) for _, record in records
+    )
     tokenizer = chat_tokenizer(tokenizer, tools)
     splits = {"train": ChatSplit(), "val": ChatSplit()}
     counts = {"conversations": 0, "texts": 0, "cut": 0, "dropped": 0}
     disable = None if progress is None else not progress
     for index, (number, record) in enumerate(tqdm(records, desc="encoding", unit="line", disable=disable)):
+        if record is None:  # a line too long to fit the context, skipped unread
+            counts["conversations"] += 1
+            counts["dropped"] += 1
+            continue
         split = splits[split_of(index, val_fraction)]
         try:
             if "text" in record:

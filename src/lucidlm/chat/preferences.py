@@ -23,6 +23,7 @@ from lucidlm.chat.data import (
     check_output,
     conversation_problem,
     encode_conversation,
+    longest_line,
     read_conversations,
     split_of,
     write_chat_data,
@@ -72,9 +73,14 @@ def prepare_preferences(
     tokenizer = chat_tokenizer(tokenizer)
     splits = {"train": ChatSplit(), "val": ChatSplit()}
     counts = {"pairs": 0, "dropped": 0}
-    records = list(read_conversations(path, extra_keys=(*REPLIES, *NOTES)))
+    line_limit = longest_line(tokenizer, context)
+    records = list(read_conversations(path, extra_keys=(*REPLIES, *NOTES), line_limit=line_limit))
     disable = None if progress is None else not progress
     for index, (number, record) in enumerate(tqdm(records, desc="encoding", unit="pair", disable=disable)):
+        if record is None:  # a line too long to fit the context, skipped unread
+            counts["pairs"] += 1
+            counts["dropped"] += 1
+            continue
         where = f"{path} line {number}"
         sequences = []
         for key in REPLIES:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lucidlm.chat.data import ChatSplit, chat_tokenizer, check_output, split_of, write_chat_data
+from lucidlm.chat.data import ChatSplit, chat_tokenizer, check_output, longest_line, split_of, write_chat_data
 from lucidlm.chat.template import chat_prompt
 from lucidlm.config import TrainConfig
 from lucidlm.data.loader import open_split
@@ -113,7 +113,10 @@ def prepare_tasks(
     splits = {"train": ChatSplit(), "val": ChatSplit()}
     answers: dict[str, list[str]] = {"train": [], "val": []}
     dropped = 0
-    for index, record in enumerate(read_task_records(path)):
+    for index, record in enumerate(read_task_records(path, longest_line(tokenizer, context))):
+        if record is None:  # a line too long to fit the context, skipped unread
+            dropped += 1
+            continue
         if record.choices is not None:
             raise DataError(
                 f"{path} line {record.line}: a multiple-choice record is for eval --tasks; give an answer alone"
