@@ -65,3 +65,40 @@ def test_the_explainer_page_draws_the_servers_numbers(server, browser, model, to
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "explainer-served.png"), full_page=False)
     page.close()
+
+
+def test_a_token_whose_text_is_html_is_shown_as_text_and_runs_nothing(tmp_path, browser):
+    """A Hub tokenizer's added token (or a hand-edited one) whose text is HTML reaches the page as text (issue 47)."""
+    import torch
+
+    from lucidlm.model import GPT, GPTConfig
+    from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
+    from lucidlm.tokenizers import load_tokenizer
+    from tests.export.test_hub import hub_tokenizer
+
+    hostile = '<img src=x onerror="window.pwned = 1">'
+    hub = hub_tokenizer("gpt2")
+    hub.add_tokens([hostile])
+    hub.save_pretrained(tmp_path)
+    tokenizer = load_tokenizer(tmp_path / "tokenizer.json")
+    assert tokenizer.decode(tokenizer.encode(f"Hi {hostile}")[-1:]) == hostile  # one token
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    app = create_app(model, tokenizer, ServerSettings(model_id="m"), Engine(model, tokenizer))
+    with BackgroundServer(app) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/explain/")
+        page.wait_for_selector("body[data-ready]")
+        page.fill("#prompt", f"Hi {hostile}")
+        page.locator("#max-tokens").fill("1")
+        page.click("#generate")
+        page.wait_for_selector("#steps .step canvas")
+        position = len(tokenizer.encode(f"Hi {hostile}")) - 1
+        page.locator("#tokens .token").nth(position).click()
+        page.wait_for_selector(f"#steps h3:has-text('Token {position}:')")
+        title = page.locator("#steps h3").first.inner_text()
+        assert (
+            title == f'Token {position}: "<img src=x onerror=\\"window.pwned = 1\\">" (id {tokenizer.vocab_size - 1})'
+        )
+        assert page.evaluate("window.pwned") is None and page.locator("img").count() == 0
+        page.close()

@@ -286,15 +286,24 @@ function serverSource(modelId) {
 
 let source = null, view = null, layer = 0, head = 0;
 
-function lessonLink(number, title) {
-  if (!lessons) return `lesson ${number} (${title})`;
-  return `<a href="${lessons}${String(number).padStart(2, "0")}.html">lesson ${number}, ${title}</a>`;
+// Text from the model's files (a token's text, the lessons' address) goes into the page as text, never as HTML:
+// a tokenizer.json whose token reads `<img onerror=...>` shows those characters and runs nothing.
+function escapeHTML(text) {
+  return String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
+function lessonLink(number, title) {
+  if (!lessons) return `lesson ${number} (${title})`;
+  return `<a href="${escapeHTML(lessons)}${String(number).padStart(2, "0")}.html">lesson ${number}, ${title}</a>`;
+}
+
+// One step of the forward pass: its title (which may quote a token, so it is set as text), a sentence of the
+// page's own words with links to the lessons, and its pictures.
 function step(title, sentence, ...pictures) {
   const box = document.createElement("div");
   box.className = "step";
-  box.innerHTML = `<h3>${title}</h3><p class="hint">${sentence}</p>`;
+  box.innerHTML = `<h3></h3><p class="hint">${sentence}</p>`;
+  box.querySelector("h3").textContent = title;
   box.append(...pictures);
   $("steps").appendChild(box);
   return box;
