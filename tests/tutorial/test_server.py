@@ -343,3 +343,29 @@ def test_saved_pngs_are_capped_in_number_and_size():
     result = run_cells([code], RunnerLimits(seconds=30))
     assert [image["name"] for image in result["images"]] == [f"p{i:02}.png" for i in range(16)]
     assert "not shown: p16.png, p17.png, p18.png, p19.png, zz-huge.png" in result["stderr"]
+
+
+def test_cells_sent_at_once_take_turns_so_the_limits_bound_them_together(monkeypatch):
+    """Eight cells at once ran six at a time, each under its own memory limit (issue 47): now one runs while the
+    others wait in order, and past the line's length a request is a 503 that says why."""
+    import concurrent.futures
+    import itertools
+
+    from lucidlm.tutorial import server
+
+    monkeypatch.setattr(server, "MAX_WAITING_CELLS", 3)
+    app = create_tutorial_app(TOKEN, RunnerLimits(seconds=20, memory_mib=512))
+    cell = "import time\nstart = time.time()\ntime.sleep(0.4)\nprint(start, time.time())"
+    with BackgroundServer(app) as url:
+
+        def run(_: int) -> httpx.Response:
+            return httpx.post(f"{url}/api/run", json={"cells": [cell]}, headers={"X-Tutorial-Token": TOKEN}, timeout=60)
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(run, range(6)))
+    ran = [a.json() for a in answers if a.status_code == 200]
+    refused = [a.json()["error"]["message"] for a in answers if a.status_code == 503]
+    assert len(ran) == 4 and len(refused) == 2, [a.status_code for a in answers]  # one running, three waiting
+    assert all(r["status"] == "ok" for r in ran) and refused[0].startswith("3 cells are waiting for their turn")
+    windows = sorted(tuple(map(float, r["stdout"].split())) for r in ran)
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(windows))

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -504,6 +505,32 @@ class RunBody(BaseModel):
     cells: list[str]  # the code cells from the lesson's first down to the one to run, as edited
 
 
+MAX_WAITING_CELLS = 16  # requests waiting for their turn; more are refused (503) until some have run
+
+
+class CellTurns:
+    """Cells take turns: one runs, the others wait in the order they came. So the runner's limits bound the
+    server's cells together: pages that send many cells at once hold one cell's memory and processes, not many."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self.waiting >= MAX_WAITING_CELLS:
+            raise APIError(503, f"{self.waiting} cells are waiting for their turn to run; run this one when they end")
+        self.waiting += 1
+        try:
+            await self.lock.acquire()  # a request whose client leaves while it waits leaves the line
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+
 def create_tutorial_app(token: str, limits: RunnerLimits | None = None) -> FastAPI:
     limits = limits or RunnerLimits()
 
@@ -536,7 +563,8 @@ def create_tutorial_app(token: str, limits: RunnerLimits | None = None) -> FastA
 
     # The built site's pages (site.py), every lesson live, its cells run here; and the files they load, by name.
     entries = lesson_entries(lesson_files(), "server")
-    stops: set[threading.Event] = set()  # one for each cell running now, which /api/stop sets
+    stops: set[threading.Event] = set()  # one for each cell running or waiting now, which /api/stop sets
+    turns = CellTurns()
     files = {name: PAGE / name for name in ("course.js", "server-python.js", "editor/codemirror.js")}
     files["style.css"] = STATIC / "style.css"
 
@@ -571,7 +599,8 @@ def create_tutorial_app(token: str, limits: RunnerLimits | None = None) -> FastA
         stop = threading.Event()
         stops.add(stop)
         try:
-            return JSONResponse(await asyncio.to_thread(run_cells, body.cells, limits, stop))
+            async with turns.turn():
+                return JSONResponse(await asyncio.to_thread(run_cells, body.cells, limits, stop))
         finally:
             stops.discard(stop)
 
