@@ -49,7 +49,7 @@ CHAT_BUDGET ?= 300
 CHAT_STEPS ?= 4500
 chat-demo: setup
 	@test -f $(RUN)/best.json || $(MAKE) demo
-	$(BIN)/python -m lucidlm.chat.synthetic --out $(CHAT_TASKS) --replay shakespeare
+	$(BIN)/python -m lucidlm.chat.synthetic --out $(CHAT_TASKS) --replay shakespeare --force
 	$(BIN)/lucidlm data prepare --chat $(CHAT_TASKS)/train.jsonl --tokenizer-from $(RUN) --out $(CHAT_DATA) --force
 	$(BIN)/lucidlm train --init-from $(RUN) --data $(CHAT_DATA) --out $(CHAT_RUN) --time-budget $(CHAT_BUDGET) --set min_steps=$(CHAT_STEPS) --set batch_size=8 --set eval_interval=1500 $(TRAIN_FLAGS) --force
 	$(BIN)/lucidlm eval --checkpoint $(CHAT_RUN) --tasks $(CHAT_TASKS)/heldout.jsonl
@@ -71,9 +71,9 @@ DPO_BUDGET ?= 180
 TOOLS_BUDGET ?= 180
 tune-demo: setup
 	@test -f $(CHAT_RUN)/best.json || $(MAKE) chat-demo
-	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE) --task-records 6000 --table-sizes 1,2,3 --mix-others 800
-	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE)/mistakes --task-records 3000 --table-sizes 1,2,3
-	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE) --tool-calls 20000
+	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE) --task-records 6000 --table-sizes 1,2,3 --mix-others 800 --force
+	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE)/mistakes --task-records 3000 --table-sizes 1,2,3 --force
+	$(BIN)/python -m lucidlm.chat.synthetic --out $(TUNE) --tool-calls 20000 --force
 	$(BIN)/lucidlm eval --checkpoint $(CHAT_RUN) --tasks $(TUNE)/heldout-tables.jsonl
 	$(BIN)/lucidlm data prepare --tasks $(TUNE)/lookup.jsonl --tokenizer-from $(CHAT_RUN) --out $(TUNE)/rl --force
 	$(BIN)/lucidlm train --init-from $(CHAT_RUN) --data $(TUNE)/rl --out runs/rl --time-budget $(RL_BUDGET) --set objective=grpo \

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import math
 import os
@@ -185,6 +186,63 @@ def written_file(path: str | os.PathLike, kind: FileKind, force: bool = False, f
         tmp.unlink(missing_ok=True)
         remove_made(made)
         raise
+
+
+GENERATED = ".lucidlm-generated.json"  # in a directory shared with the user's files: the sha256 of each file written
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _generated(directory: Path) -> dict[str, str]:
+    """The files a command wrote into `directory` (which the user's files may share), by name: their sha256."""
+    try:
+        listed = json.loads((directory / GENERATED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return listed if isinstance(listed, dict) else {}
+
+
+def check_member(path: str | os.PathLike, force: bool, flag: str = "--out") -> None:
+    """Refuse (one line) unless a command may write the file `path` in a directory that it shares with other
+    files: a new name may be written; a file that the directory's GENERATED list names with the sha256 it still
+    has (the command's own earlier output, unchanged since) is replaced with --force; anything else is refused."""
+    path = real_path(path, flag)
+    _check_ancestors(path, flag)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; choose another {flag}")
+    if not path.exists():
+        return
+    if _generated(path.parent).get(path.name) != _sha256(path):
+        raise ConfigError(
+            f"{path} exists and is not a file lucidlm wrote (or it was changed since); choose another {flag} "
+            f"(lucidlm never replaces files it did not write, even with {FORCE})"
+        )
+    _replacing(path, "file lucidlm wrote", force, flag)
+
+
+def write_member(path: str | os.PathLike, content: str, force: bool, flag: str = "--out") -> None:
+    """Write `content` to `path` by check_member's rule, under a temporary name, and list it in GENERATED."""
+    check_member(path, force, flag)
+    path = real_path(path, flag)
+    make_parents(path)
+    remove_stale_temporaries(path)
+    tmp = _beside(path, "tmp")
+    try:
+        tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    listed = {**_generated(path.parent), path.name: _sha256(path)}
+    listing = _beside(path.parent / GENERATED, "tmp")
+    listing.write_text(json.dumps(listed, indent=1) + "\n", encoding="utf-8")
+    os.replace(listing, path.parent / GENERATED)
 
 
 def check_target(path: str | os.PathLike, kind: OutputKind, force: bool) -> bool:

@@ -32,8 +32,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from lucidlm.errors import LucidError
+from lucidlm.outputs import FORCE, check_member, write_member
 
 TASKS = ("add", "subtract", "reverse", "spell", "length", "lookup")
 NAMES = ("Ann", "Bob", "Cy", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jo", "Kit", "Lu")
@@ -196,12 +200,13 @@ def replay_texts(
     return [{"text": text[start : start + length]} for start in (rng.randrange(end) for _ in range(count))]
 
 
-def write_jsonl(records: list[dict], path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    os.replace(tmp, path)
+def write_sets(out: str | os.PathLike, sets: dict[str, list[dict]], force: bool) -> None:
+    """Each set as DIR/NAME, a JSON line a record, by outputs.py's rule for files in a directory the user's files
+    may share: all of them checked before any is written."""
+    for name in sets:
+        check_member(Path(out) / name, force)
+    for name, records in sets.items():
+        write_member(Path(out) / name, "".join(json.dumps(record) + "\n" for record in records), force)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -230,23 +235,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tool-calls", type=int, help="write DIR/tools.jsonl: this many multiplications handed to the calculator"
     )
+    parser.add_argument(FORCE, action="store_true", help="replace the sets this wrote before (never other files)")
     args = parser.parse_args(argv)
-    train, held_out = make_task_sets(args.train_per_task, args.held_out_per_task, args.seed)
-    if args.task_records is not None or args.tool_calls is not None:
-        return write_tuning_sets(args, train, held_out)
-    if args.replay:
-        from lucidlm.data.corpus import CORPORA, corpus_path
+    try:
+        train, held_out = make_task_sets(args.train_per_task, args.held_out_per_task, args.seed)
+        if args.task_records is not None or args.tool_calls is not None:
+            sets = tuning_sets(args, train, held_out)
+        else:
+            if args.replay:
+                from lucidlm.data.corpus import CORPORA, corpus_path
 
-        text = corpus_path(args.replay) if args.replay in CORPORA else args.replay
-        train += replay_texts(text, args.replay_texts, args.replay_length, args.seed)
-        random.Random(args.seed).shuffle(train)
-    write_jsonl(train, Path(args.out) / "train.jsonl")
-    write_jsonl(held_out, Path(args.out) / "heldout.jsonl")
-    print(f"wrote {args.out}/train.jsonl ({len(train):,} conversations) and heldout.jsonl ({len(held_out):,} records)")
+                text = corpus_path(args.replay) if args.replay in CORPORA else args.replay
+                train += replay_texts(text, args.replay_texts, args.replay_length, args.seed)
+                random.Random(args.seed).shuffle(train)
+            sets = {"train.jsonl": train, "heldout.jsonl": held_out}
+        write_sets(args.out, sets, args.force)
+    except LucidError as exc:
+        sys.exit(f"lucidlm.chat.synthetic: error: {exc}")
+    for name, records in sets.items():
+        print(f"wrote {Path(args.out) / name} ({len(records):,} records)")
 
 
-def write_tuning_sets(args, train: list[dict], held_out: list[dict]) -> None:
+def tuning_sets(args, train: list[dict], held_out: list[dict]) -> dict[str, list[dict]]:
     """The sets that tune a fine-tuned model further (`make tune-demo`), disjoint from the held-out set."""
+    sets = {}
     avoid = held_out_questions(held_out)
     if args.task_records is not None:
         sizes = tuple(int(size) for size in args.table_sizes.split(","))
@@ -257,28 +269,22 @@ def write_tuning_sets(args, train: list[dict], held_out: list[dict]) -> None:
                 for record in more_task_records("lookup", args.held_out_per_task, avoid, args.seed + 4 + size, (size,))
             ]
             avoid |= held_out_questions(tables)
-            write_jsonl(tables, Path(args.out) / "heldout-tables.jsonl")
-            print(f"wrote {args.out}/heldout-tables.jsonl ({len(tables):,} records, {args.table_sizes} names a table)")
+            sets["heldout-tables.jsonl"] = tables
         records = more_task_records(args.task, args.task_records, avoid, args.seed + 1, sizes)
         for offset, task in enumerate(TASKS):
             if task != args.task and args.mix_others:
                 records += more_task_records(task, args.mix_others, avoid, args.seed + 10 + offset)
         random.Random(args.seed).shuffle(records)
-        write_jsonl(records, Path(args.out) / f"{args.task}.jsonl")
-        print(f"wrote {args.out}/{args.task}.jsonl ({len(records):,} records)")
+        sets[f"{args.task}.jsonl"] = records
     if args.tool_calls is not None:
         held_out_multiply = more_task_records("multiply", args.held_out_per_task, set(), args.seed + 2)
         avoid |= held_out_questions(held_out_multiply)
         calls = [tool_conversation(r) for r in more_task_records("multiply", args.tool_calls, avoid, args.seed + 3)]
         # the six tasks' conversations as the model learned them, so that it keeps answering those itself
         mixed = calls + train[: args.tool_calls]
-        random.Random(args.seed).shuffle(mixed)
-        write_jsonl(mixed, Path(args.out) / "tools.jsonl")
-        write_jsonl(held_out_multiply, Path(args.out) / "heldout-multiply.jsonl")
-        print(
-            f"wrote {args.out}/tools.jsonl ({len(calls):,} calculator conversations and {args.tool_calls:,} of the "
-            f"six tasks) and heldout-multiply.jsonl ({len(held_out_multiply):,} records)"
-        )
+        random.Random(args.seed).shuffle(mixed)  # the calculator's conversations and the six tasks'
+        sets["tools.jsonl"], sets["heldout-multiply.jsonl"] = mixed, held_out_multiply
+    return sets
 
 
 if __name__ == "__main__":
