@@ -824,7 +824,8 @@ def main(argv: list[str] | None = None) -> int:
         "tutorial": run_tutorial,
     }
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, raise_terminated)
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, raise_terminated)
     try:
         status = handlers[args.command](args)
     except LucidError as exc:
@@ -833,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
         print(f"lucidlm {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130
+        return 128 + exc.signum if terminated else 130
     except BrokenPipeError:  # e.g. `lucidlm generate ... | head`
         return 0
     except OSError as exc:  # the file system said no: a path that is a file, a full disk, no permission

@@ -5,6 +5,8 @@ Every mistake a user can make (a missing file, a bad flag value, a checkpoint th
 that line and exits with status 2; anything else is a bug and keeps its traceback (exit status 1).
 """
 
+import signal
+
 
 class LucidError(Exception):
     """A problem with the user's input, explained in one line."""
@@ -27,9 +29,22 @@ class TokenizerError(LucidError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (what `kill`, systemd, Docker and CI send), raised where Ctrl-C raises KeyboardInterrupt, so that
-    it gets what Ctrl-C gets: a run saves or rolls back, a half-written output is removed. Exit status 143."""
+    """SIGTERM (what `kill`, systemd, Docker and CI send) or SIGHUP (the terminal closed), raised where Ctrl-C
+    raises KeyboardInterrupt, so that it gets what Ctrl-C gets: a run saves or rolls back, a half-written output
+    is removed. Exit status 128 + the signal: 143, 129."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # what stops a command as Ctrl-C does
+
+
+def interruption(signum: int) -> KeyboardInterrupt:
+    """What a stop signal raises: KeyboardInterrupt for Ctrl-C, Terminated for the others."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 def raise_terminated(signum, frame) -> None:
-    raise Terminated
+    raise Terminated(signum)

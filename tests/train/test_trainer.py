@@ -106,7 +106,7 @@ def test_damaged_or_missing_checkpoints_are_clear_errors(tmp_path, data_dir):
         train(data_dir, tmp_path / "run", tiny_config(34, max_steps=10), progress=False)
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_that_resumes(tmp_path, text_file, signum, status):
     """SIGTERM (kill, systemd, Docker, CI) gets what Ctrl-C gets, with its own exit status (issue 37)."""
     run = tmp_path / "run"

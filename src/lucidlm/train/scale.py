@@ -8,7 +8,7 @@ buys, with the best size marked. A run left out of the fit (`--check DEPTH:TOKEN
 predicts what it has not seen.
 
 A study grows in its directory as its runs finish: study.json holds its settings and every run that has
-finished, written after each one. Interrupted (Ctrl-C, SIGTERM), it keeps those and fits nothing; the same
+finished, written after each one. Interrupted (Ctrl-C, SIGTERM, SIGHUP), it keeps those and fits nothing; the same
 command again continues from them, training the rest (a run cut short starts over).
 """
 
@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from lucidlm.config import resolve_config
 from lucidlm.data.loader import open_split, read_meta
-from lucidlm.errors import ConfigError, Terminated
+from lucidlm.errors import ConfigError, interruption
 from lucidlm.evaluate import split_loss
 from lucidlm.files import read_json
 from lucidlm.outputs import SCALING_STUDY, growing_directory, real_path
@@ -79,7 +78,7 @@ def train_one(data_dir: Path, out: Path, run: GridRun, preset: str, overrides: l
     config = resolve_config(preset, overrides=[f"vocab_size={vocab}", *overrides, *settings])
     result = train(data_dir, out, config, progress=progress)
     if result.interrupted:  # the run saved where it was: the study stops too, and counts it as not finished
-        raise Terminated if result.interrupted == signal.SIGTERM else KeyboardInterrupt
+        raise interruption(result.interrupted)
     loss, _ = split_loss(result.model.eval(), np.asarray(open_split(data_dir, "val")))
     return {
         "depth": run.depth,

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from lucidlm.config import RunConfig, TrainConfig
 from lucidlm.data.loader import BatchLoader, Replayed, data_kind, is_chat_data, open_split, read_meta
 from lucidlm.device import pick_device
-from lucidlm.errors import CheckpointError, ConfigError, LucidError, Terminated
+from lucidlm.errors import STOP_SIGNALS, CheckpointError, ConfigError, LucidError, interruption
 from lucidlm.evaluate import bits_per_byte, tokens_per_byte
 from lucidlm.load import find_checkpoint, read_manifest
 from lucidlm.memory import keep_freed_memory
@@ -42,7 +42,7 @@ class TrainResult:
     best_val_loss: float | None
     tokens_per_second: float
     elapsed: float  # seconds of training steps: what a time budget counts
-    interrupted: int  # the signal that stopped the run early (SIGINT, SIGTERM), 0 if none
+    interrupted: int  # the signal that stopped the run early (SIGINT, SIGTERM, SIGHUP), 0 if none
     model: object  # the trained model at the last step: a lucidlm GPT, or a lucidlm.scratch GPT (NumPy backend)
     data_dir: Path | None = None  # the prepared data it trained on
     is_main: bool = True  # False in the torchrun processes other than rank 0
@@ -66,8 +66,6 @@ class StopRequest:
     """The first Ctrl-C (or SIGTERM) asks the loop to stop after the current step and save; a second one stops
     at once. `signal` is the one that asked (0 while none has)."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self) -> None:
         self.signal = 0
         self.previous = {}
@@ -78,12 +76,12 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self.previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            raise interruption(signum)
         self.signal = signum
 
     def __exit__(self, *exc) -> None:
