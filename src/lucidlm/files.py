@@ -21,6 +21,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from lucidlm.errors import LucidError
 
@@ -29,20 +30,29 @@ JSON_LIMIT = 64 * MiB  # lucidlm's own JSON (manifests, meta.json, a Hub tokeniz
 COUNT, NUMBER = "a whole number", "a number"
 
 
-def read_bytes(path: str | os.PathLike, limit: int, error: type[LucidError], give: str) -> bytes:
-    """The bytes of `path`, refused in one line (`error`, ending with `give`: what to give instead) if there
-    is no such file or it holds more than `limit` bytes. Devices and pipes are read up to the bound too."""
+def open_input(path: str | os.PathLike, error: type[LucidError], give: str) -> BinaryIO:
+    """`path` opened to read bytes, or `error` in one line ending with `give` (what to give instead)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        return open(path, "rb")
     except FileNotFoundError:
         raise error(f"{path}: no such file; {give}") from None
     except IsADirectoryError:
         raise error(f"{path} is a directory; {give}") from None
     except OSError as exc:
         raise error(f"cannot read {path} ({exc.strerror}); {give}") from None
+
+
+def too_large(path: str | os.PathLike, limit: int, error: type[LucidError], give: str) -> LucidError:
+    return error(f"{path} is larger than {limit / MiB:g} MiB, more than lucidlm reads here; {give}")
+
+
+def read_bytes(path: str | os.PathLike, limit: int, error: type[LucidError], give: str) -> bytes:
+    """The bytes of `path`, refused in one line (`error`, ending with `give`: what to give instead) if there
+    is no such file or it holds more than `limit` bytes. Devices and pipes are read up to the bound too."""
+    with open_input(path, error, give) as f:
+        data = f.read(limit + 1)
     if len(data) > limit:
-        raise error(f"{path} is larger than {limit / MiB:g} MiB, more than lucidlm reads here; {give}")
+        raise too_large(path, limit, error, give)
     return data
 
 
@@ -59,17 +69,9 @@ def read_lines(
 ) -> Iterator[tuple[int, str | None]]:
     """(line number, text) for each line of a UTF-8 file, read one line at a time, up to `limit` bytes in all (as
     `read_bytes`). A line longer than `line_limit` bytes is (number, None): skipped as it is read, never held."""
-    try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below, once the caller has read every line)
-    except FileNotFoundError:
-        raise error(f"{path}: no such file; {give}") from None
-    except IsADirectoryError:
-        raise error(f"{path} is a directory; {give}") from None
-    except OSError as exc:
-        raise error(f"cannot read {path} ({exc.strerror}); {give}") from None
     longest = limit if line_limit is None else line_limit
     read, number = 0, 0
-    with f:
+    with open_input(path, error, give) as f:
         while line := f.readline(longest + 1):
             number += 1
             read += len(line)
@@ -80,14 +82,15 @@ def read_lines(
                 if read > limit:
                     break
             if read > limit:
-                raise error(f"{path} is larger than {limit / MiB:g} MiB, more than lucidlm reads here; {give}")
+                raise too_large(path, limit, error, give)
             if too_long:
                 yield number, None
                 continue
             try:
-                yield number, line.decode("utf-8").removesuffix("\n").removesuffix("\r")
+                text = line.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise error(f"{path} line {number} is not UTF-8 text (at its byte {exc.start}); {give}") from None
+            yield number, text.removesuffix("\n").removesuffix("\r")
 
 
 def parse_json(text: str | bytes) -> object:
