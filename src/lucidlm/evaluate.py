@@ -216,7 +216,7 @@ def score_tasks(
         if record.choices is not None:
             prompt, _ = chat_prompt(tokenizer, record.messages)
             end = [tokenizer.eos_ids[0]] if tokenizer.eos_ids else []
-            scores = [reply_log_likelihood(model, prompt, tokenizer.encode(c) + end) for c in record.choices]
+            scores = [reply_log_likelihood(model, prompt, tokenizer.encode_ordinary(c) + end) for c in record.choices]
             reply = record.choices[max(range(len(scores)), key=scores.__getitem__)]
         else:
             reply, added = reply_with_tools(respond, record.messages, functions, rounds=4 if tools else 0)

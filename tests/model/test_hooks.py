@@ -105,3 +105,20 @@ def test_a_bad_hook_is_refused_and_leaves_no_hook_behind():
     with pytest.raises(ValueError, match=r"the hook at hook_embed returned shape \(2, 9\): \(2, 9, 32\)"):
         model.run_with_hooks(IDS, {"hook_embed": lambda x, name: x.sum(-1)})
     assert model.scope.current() is None
+
+
+def test_a_pass_with_hooks_runs_the_eager_blocks_even_where_compiled_ones_train():
+    """Compiled code runs unhooked (Dynamo cannot read the hooks' context variable), so a hooked pass with
+    gradients on, where training would take the compiled blocks, takes the eager ones and sees every point."""
+    model = model_for()
+
+    class NotToBeCalled(torch.nn.Module):
+        def forward(self, *args):
+            raise AssertionError("a hooked pass reached a compiled block")
+
+    model.compiled_blocks = [NotToBeCalled() for _ in model.transformer.h]
+    with torch.enable_grad():
+        _, cache = model.run_with_cache(IDS, ["blocks.1.hook_resid_post"])
+        with pytest.raises(AssertionError, match="reached a compiled block"):
+            model(IDS)  # without hooks, training's path
+    assert cache["blocks.1.hook_resid_post"].shape == (*IDS.shape, model.config.n_embd)

@@ -223,7 +223,7 @@ def prepare_chat(
         split = splits[split_of(index, val_fraction)]
         try:
             if "text" in record:
-                ids = tokenizer.encode(record["text"])
+                ids = tokenizer.encode_ordinary(record["text"])  # text, whatever it spells
                 for start in range(0, len(ids), context + 1):
                     window = ids[start : start + context + 1]
                     split.add(window, [1] * len(window))

@@ -288,7 +288,8 @@ class GPT(HookPoints, nn.Module):
         else:
             rope = (self.rope_cos[positions], self.rope_sin[positions])
         x = self.transformer.drop(x)
-        blocks = self.compiled_blocks if self.compiled_blocks and torch.is_grad_enabled() else self.transformer.h
+        compiled = self.compiled_blocks and torch.is_grad_enabled() and not self.scope.current()  # hooks run eager
+        blocks = self.compiled_blocks if compiled else self.transformer.h
         for block in blocks:
             x = block(x, rope, cache, mask)
         if cache is not None:

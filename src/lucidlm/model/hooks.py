@@ -81,6 +81,8 @@ class HookScope:
             ACTIVE_HOOKS.reset(token)
 
     def current(self) -> Hooks | None:
+        if torch.compiler.is_compiling():  # compiled code (training's blocks, the decoding step) runs unhooked
+            return None
         for scope, hooks in ACTIVE_HOOKS.get():
             if scope is self:
                 return hooks

@@ -104,8 +104,9 @@ class Tokenizer:
         return None
 
     def prompt_ids(self, text: str) -> list[int]:
-        """The ids of a prompt; a tokenizer whose model expects special tokens around it (an imported one) adds them."""
-        return self.encode(text)
+        """The ids of a prompt, read as text (`encode_ordinary`); a tokenizer whose model expects special tokens
+        around it (an imported one) adds them."""
+        return self.encode_ordinary(text)
 
     def to_dict(self) -> dict[str, Any]:
         """The content of tokenizer.json."""
