@@ -754,9 +754,9 @@ def run_lens(args: argparse.Namespace) -> None:
     missing = [f"--{name}" for name in needs[args.analysis] if getattr(args, name) is None]
     if missing:
         raise ConfigError(f"lens {args.analysis} needs {' and '.join(missing)}")
-    if args.png and args.analysis not in lens.DRAWN:
+    if args.png is not None and args.analysis not in lens.DRAWN:
         raise ConfigError(f"lens {args.analysis} has no picture; drop --png")
-    if args.png:
+    if args.png is not None:
         check_file_target(args.png, PNG_FILE, args.force, "--png")  # before the work, which may take a while
     model, tokenizer, _ = load_model(args.checkpoint, device=pick_device(args.device))
     ids = encode_prompt(tokenizer, args.prompt) if args.prompt is not None else None
@@ -785,7 +785,7 @@ def run_lens(args: argparse.Namespace) -> None:
         raise ConfigError(str(exc)) from None
     texts = ids if ids is not None else (clean if args.analysis == "patch" else None)
     print(json.dumps(result) if args.json else lens.table(args.analysis, result, tokenizer, texts))
-    if args.png:
+    if args.png is not None:
         with written_file(args.png, PNG_FILE, args.force, "--png") as tmp:
             lens.draw(args.analysis, result, tokenizer, texts, tmp)
 

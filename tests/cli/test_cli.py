@@ -250,6 +250,7 @@ def test_lens_writes_its_picture_by_the_rule_every_output_follows(tmp_path, text
         ("/dev/full", "/dev/full exists and is not a PNG picture"),
         (tmp_path / "notes.txt", "exists and is not a PNG picture; choose another --png"),
         (tmp_path / "notes.txt/x.png", "is a file, not a directory"),
+        ("", "is a directory; give --png a file name"),
     ]:
         refused = lucidlm(*logit, "--png", target, "--force")
         assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, target
