@@ -445,7 +445,8 @@ async function start() {
   }
   const c = config;
   $("model-name").textContent = `${description}: ${c.n_layer} layers, ${c.n_head} heads, width ${c.n_embd}, ${c.positions} positions, ${c.norm}, ${c.mlp}, vocabulary ${c.vocab_size}`;
-  lessons = manifest.lessons || null; // set when the page is part of a built tutorial
+  // set when the page is part of a built tutorial: a relative path of the site's (no scheme, so no javascript:)
+  lessons = typeof manifest.lessons === "string" && /^[\w./-]+$/.test(manifest.lessons) ? manifest.lessons : null;
   for (const id of ["temperature", "top-k", "top-p", "max-tokens"]) $(id).addEventListener("input", showSliders);
   $("prompt").value = manifest.prompt || "";
   $("generate").addEventListener("click", async () => {
