@@ -238,34 +238,43 @@ def test_lens_reads_a_trained_run_and_refuses_bad_requests_in_one_line(tmp_path,
         assert re.search(message, refused.stderr), refused.stderr
 
 
-def test_lens_writes_its_picture_by_the_rule_every_output_follows(tmp_path, text_file):
+def test_lens_writes_its_picture_by_the_rule_every_output_follows(tmp_path, text_file, capsys):
     """--png goes through outputs.py: a directory, a device, a user's file are refused; an earlier picture only
-    with --force (issue 47)."""
+    with --force (issue 47). In this process, but for the first refusal: one line, exit 2."""
+    from lucidlm.cli import build_parser, run_lens
+    from lucidlm.errors import ConfigError
+
     trained = lucidlm("train", "--data", text_file, "--out", tmp_path / "run", "--max-steps", 3, *TINY)
     assert trained.returncode == 0, trained.stderr
-    logit = ["lens", "logit", "--checkpoint", tmp_path / "run", "--device", "cpu", "--prompt", "First"]
+    logit = ["lens", "logit", "--checkpoint", str(tmp_path / "run"), "--device", "cpu", "--prompt", "First"]
+
+    def lens(*extra) -> None:
+        run_lens(build_parser().parse_args([*logit, *map(str, extra)]))
+
     (tmp_path / "notes.txt").write_text("mine")
+    refused = lucidlm(*logit, "--png", tmp_path / "notes.txt", "--force")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+    assert "exists and is not a PNG picture; choose another --png" in refused.stderr
     for target, message in [
         (tmp_path, "is a directory; give --png a file name"),
         ("/dev/full", "/dev/full exists and is not a PNG picture"),
-        (tmp_path / "notes.txt", "exists and is not a PNG picture; choose another --png"),
         (tmp_path / "notes.txt/x.png", "is a file, not a directory"),
         ("", "is a directory; give --png a file name"),
     ]:
-        refused = lucidlm(*logit, "--png", target, "--force")
-        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, target
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            lens("--png", target, "--force")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run", text_file.name]
     assert (tmp_path / "notes.txt").read_text() == "mine"
-    drawn = lucidlm(*logit, "--png", tmp_path / "pictures" / "lens")
-    assert drawn.returncode == 0, drawn.stderr
+    lens("--png", tmp_path / "pictures" / "lens")
     assert (tmp_path / "pictures" / "lens").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    again = lucidlm(*logit, "--png", tmp_path / "pictures" / "lens")
-    assert again.returncode == 2 and "already holds a PNG picture; pass --force to replace it" in again.stderr
-    assert lucidlm(*logit, "--png", tmp_path / "pictures" / "lens", "--force").returncode == 0
+    with pytest.raises(ConfigError, match="already holds a PNG picture; pass --force to replace it"):
+        lens("--png", tmp_path / "pictures" / "lens")
+    lens("--png", tmp_path / "pictures" / "lens", "--force")
     assert [p.name for p in (tmp_path / "pictures").iterdir()] == ["lens"]  # no temporary left
-    for extra, message in [(["--top", "0"], "top must be at least 1"), (["--top", "-3"], "top must be at least 1")]:
-        refused = lucidlm(*logit, *extra)
-        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
-    table = lucidlm("lens", "attribute", "--checkpoint", tmp_path / "run", "--prompt", "Fi", "--token", "n",
-                    "--png", tmp_path / "a.png")  # fmt: skip
-    assert table.returncode == 2 and "lens attribute has no picture; drop --png" in table.stderr
+    for top in (0, -3):
+        with pytest.raises(ConfigError, match="top must be at least 1"):
+            lens("--top", top)
+    attribute = ["lens", "attribute", "--checkpoint", str(tmp_path / "run"), "--prompt", "Fi", "--token", "n"]
+    with pytest.raises(ConfigError, match="lens attribute has no picture; drop --png"):
+        run_lens(build_parser().parse_args([*attribute, "--png", str(tmp_path / "a.png")]))
+    capsys.readouterr()

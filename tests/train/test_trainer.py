@@ -106,7 +106,7 @@ def test_damaged_or_missing_checkpoints_are_clear_errors(tmp_path, data_dir):
         train(data_dir, tmp_path / "run", tiny_config(34, max_steps=10), progress=False)
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_that_resumes(tmp_path, text_file, signum, status):
     """SIGTERM (kill, systemd, Docker, CI) gets what Ctrl-C gets, with its own exit status (issue 37)."""
     run = tmp_path / "run"
@@ -251,3 +251,31 @@ def test_numpy_backend_refuses_what_it_does_not_implement(tmp_path, data_dir):
     config.model.mlp = "swiglu"
     with pytest.raises(ConfigError, match="the NumPy backend does not support mlp='swiglu'"):
         train(data_dir, tmp_path / "run", config, progress=False)
+
+
+def test_sighup_stops_training_as_sigterm_does_with_status_129(monkeypatch):
+    """The terminal closing (SIGHUP) asks the loop to stop and save, as SIGTERM does; a second one ends it, and
+    the command exits 128 + 1."""
+    import os
+
+    from lucidlm import cli
+    from lucidlm.errors import Terminated
+    from lucidlm.train.trainer import StopRequest
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert stop.signal == signal.SIGHUP  # the loop saves and stops after this step
+        with pytest.raises(Terminated) as raised:
+            os.kill(os.getpid(), signal.SIGHUP)
+    assert raised.value.signum == signal.SIGHUP
+
+    def hung_up(args):
+        raise Terminated(signal.SIGHUP)
+
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(cli, "run_lessons", hung_up)
+    try:
+        assert cli.main(["lessons", "list"]) == 129
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
