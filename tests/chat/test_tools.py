@@ -5,6 +5,7 @@ and a model that calls the calculator through the server (the official `openai` 
 import contextlib
 import io
 import json
+import re
 
 import httpx
 import openai
@@ -320,15 +321,22 @@ def test_no_tool_error_ends_a_reply():
      ({"type": []}, 'has "type" []'), ("string", 'parameter "q" must be a JSON Schema object'),
      ({"type": "string", "description": 5}, 'parameter "q"\'s "description" must be text')],
 )  # fmt: skip
-def test_invalid_tool_schemas_are_named(tmp_path, base_run, parameter, problem):
+def test_invalid_tool_schemas_are_named(tmp_path, chat_tokenizer, parameter, problem):
     tool = {"type": "function", "function": {"name": "look", "parameters": {"properties": {"q": parameter}}}}
     assert problem in tools_problem([tool])
-    record = {"messages": CONVERSATION, "tools": [tool]}
-    write_jsonl(tmp_path / "chat.jsonl", [record])
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION, "tools": [tool]}])
+    with pytest.raises(DataError, match=re.escape(f"chat.jsonl line 1: {problem}")):
+        prepare_chat(tmp_path / "chat.jsonl", tmp_path / "data", chat_tokenizer, 64, progress=False)
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_invalid_tool_schema_is_one_line_from_the_command_line(tmp_path, base_run):
+    tool = {"type": "function", "function": {"name": "look", "parameters": {"properties": {"q": {"type": 5}}}}}
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION, "tools": [tool]}])
     result = run_lucidlm("data", "prepare", "--chat", tmp_path / "chat.jsonl", "--tokenizer-from", base_run,
                          "--out", tmp_path / "data")  # fmt: skip
-    assert result.returncode == 2 and "Traceback" not in result.stderr and problem in result.stderr
-    assert not (tmp_path / "data").exists()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert 'line 1: tools[0]\'s parameter "q" has "type" 5' in result.stderr and not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("description", [5, ["a"]])

@@ -222,9 +222,13 @@ def test_a_study_stopped_by_sigterm_fits_nothing_and_continues_from_its_finished
      (["--data", "NOTES"], "is a file, and this command reads a prepared data directory; prepare it first")],
 )  # fmt: skip
 def test_bad_scale_arguments_are_one_line(tmp_path, args, message):
+    from lucidlm.cli import build_parser, run_scale
+    from lucidlm.errors import LucidError
+
     (tmp_path / "notes.txt").write_text("some notes " * 100)
     args = [str(tmp_path / "notes.txt") if a == "NOTES" else a for a in args]
     data = [] if "--data" in args else ["--data", str(tmp_path)]
-    result = run_lucidlm("scale", *data, "--out", tmp_path / "study", *args)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(LucidError) as refused:
+        run_scale(build_parser().parse_args(["scale", *data, "--out", str(tmp_path / "study"), *args]))
+    assert message in str(refused.value) and "\n" not in str(refused.value)
     assert not (tmp_path / "study").exists()

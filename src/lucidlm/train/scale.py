@@ -31,7 +31,7 @@ from lucidlm.config import resolve_config
 from lucidlm.data.loader import open_split, read_meta
 from lucidlm.errors import ConfigError, interruption
 from lucidlm.evaluate import split_loss
-from lucidlm.files import read_json
+from lucidlm.files import COUNT, NUMBER, read_json
 from lucidlm.outputs import SCALING_STUDY, growing_directory, real_path
 from lucidlm.scaling import ScalingLaw, count_parameters, depth_shape, effective_tokens
 from lucidlm.train.checkpoint import write_json_atomic
@@ -139,6 +139,9 @@ def study(
 
 
 STUDY_FILE = "study.json"  # a study's settings and its finished runs, as they finish
+FINISHED_RUN = {  # what train_one reports of a run, as study.json keeps it
+    "depth": COUNT, "parameters": COUNT, "tokens": COUNT, "loss": NUMBER, "seconds": NUMBER, "compile_seconds": NUMBER
+}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -172,7 +175,7 @@ def read_study(path: Path) -> dict | None:
     if not SCALING_STUDY.holds(path):
         return None
     fix = f"remove {path} or choose another --out"
-    return read_json(path / STUDY_FILE, {"settings": dict, "finished": dict}, ConfigError, fix)
+    return read_json(path / STUDY_FILE, {"settings": dict, "finished": {"*": FINISHED_RUN}}, ConfigError, fix)
 
 
 def fit_points(points: list[dict], checks: list[dict], unique: int) -> ScalingLaw:
