@@ -2,8 +2,8 @@
 
 The names are TransformerLens's, so that people and notebooks carry over (`blocks.3.attn.hook_pattern`). A hook
 is a function `hook(activation, name)` that returns nothing (it looks) or a tensor of the same shape (which goes
-on in the activation's place). With no hook set, a point costs one test of an empty dictionary: the forward pass
-is the one it would be without them.
+on in the activation's place). With no hook set, a point costs one look at an empty tuple: the forward pass is
+the one it would be without them.
 
 Hooks belong to a call, not to the model: `GPT.run_with_hooks` sets them in a context variable for one forward
 pass (as TransformerLens's `hooks()` context does), where the model's modules find them through the `HookScope`
