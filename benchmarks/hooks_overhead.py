@@ -3,7 +3,7 @@ the lens's analyses on a GPT-2-124M-shaped model (random weights, 256 tokens, fp
 time of lesson 23, which grows an induction head and finds, ablates and patches it.
 
 Target: `run_with_cache` with every hook at most 1.3x a plain forward pass. With no hook set, the points are
-absent (one test of an empty dictionary each), so the plain pass is the one it was before hooks.
+absent (one look at an empty tuple each), so the plain pass is the one it was before hooks.
 
     python benchmarks/hooks_overhead.py      (about 3 minutes on 2 cores)
 """
