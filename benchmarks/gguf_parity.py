@@ -16,7 +16,7 @@ import torch
 from common import machine, write_results
 from llama_cpp import Llama
 
-from lucidlm.export.gguf import QUANTIZATIONS, export_gguf
+from lucidlm.interop.gguf import QUANTIZATIONS, export_gguf
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer
 

@@ -59,7 +59,7 @@ def run_cuda_tests() -> dict:
 
 
 def gpt2_training() -> dict:
-    from lucidlm.config import resolve_config
+    from lucidlm.run_config import resolve_config
     from lucidlm.train.backends import TorchBackend
     from lucidlm.train.distributed import Distributed
 
@@ -93,10 +93,10 @@ def gpt2_training() -> dict:
 
 
 def shakespeare(data) -> dict:
-    from lucidlm.config import resolve_config
     from lucidlm.data import open_split
     from lucidlm.evaluate import score
     from lucidlm.load import load_model
+    from lucidlm.run_config import resolve_config
     from lucidlm.train import train
 
     run = ROOT / "build" / "bench" / "gpu-shakespeare"

@@ -21,9 +21,9 @@ import torch
 from common import WORK, machine, machine_line, tiny_shakespeare_data, write_results
 
 import lucidlm.device
-from lucidlm.config import resolve_config
 from lucidlm.data import open_split, read_meta
 from lucidlm.evaluate import split_loss
+from lucidlm.run_config import resolve_config
 from lucidlm.train import train
 
 BUDGET = 120.0

@@ -25,19 +25,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.study:
         from lucidlm.data.loader import read_meta
-        from lucidlm.train.scale import fit_points
+        from lucidlm.train.scaling_study import fit_points
 
         study = json.loads((Path(args.study) / "scale.json").read_text())
         unique = read_meta(study["data"])["train_tokens"]
         study["law"] = fit_points(study["points"], study["checks"], unique).to_dict()
     else:
-        from lucidlm.train.scale import parse_runs
-        from lucidlm.train.scale import study as run_study
+        from lucidlm.train.scaling_study import parse_runs
+        from lucidlm.train.scaling_study import study as run_study
 
         grid, check = parse_runs(DEFAULT_GRID), parse_runs(DEFAULT_CHECK)
         study = run_study(tiny_shakespeare_data(), WORK / "scale", grid, check, force=True)
-    from lucidlm.scaling import ScalingLaw
-    from lucidlm.train.scale import draw
+    from lucidlm.scaling_law import ScalingLaw
+    from lucidlm.train.scaling_study import draw
 
     law, rows = study["law"], []
     draw(ScalingLaw(**law), study["points"], study["checks"], ROOT / "docs" / "scaling_law.png")

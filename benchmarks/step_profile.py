@@ -18,9 +18,9 @@ import torch
 from common import machine, peak_around, seconds, write_results
 from torch.profiler import profile
 
-from lucidlm.config import resolve_config
 from lucidlm.memory import keep_freed_memory
 from lucidlm.model import GPT
+from lucidlm.run_config import resolve_config
 from lucidlm.train.optim import make_optimizer
 
 CONFIGS = [("nanogpt-baby", "nanogpt-baby"), ("shakespeare-char (the preset)", "shakespeare-char")]

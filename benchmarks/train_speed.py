@@ -20,10 +20,10 @@ from functools import partial
 import torch
 from common import WORK, machine, peak_around, tiny_shakespeare_data, write_results
 
-from lucidlm.config import resolve_config
 from lucidlm.data import open_split
 from lucidlm.evaluate import split_loss
 from lucidlm.model import GPT
+from lucidlm.run_config import resolve_config
 from lucidlm.train import train
 from lucidlm.train.metrics import MetricsLog
 

@@ -26,10 +26,10 @@ from common import (
     write_results,
 )
 
-from lucidlm.config import PRESETS
-from lucidlm.export.web import export_web
+from lucidlm.interop.web import export_web
 from lucidlm.load import load_model
 from lucidlm.model import GPT, GPTConfig
+from lucidlm.run_config import PRESETS
 from lucidlm.tokenizers import load_tokenizer
 
 NEW_TOKENS, ROUNDS = 500, 3

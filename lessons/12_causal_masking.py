@@ -11,7 +11,7 @@
 import numpy as np
 
 from lucidlm.model import GPTConfig
-from lucidlm.scratch import GPT
+from lucidlm.scratch import NumpyGPT
 from lucidlm.scratch.layers import attention_forward
 
 rng = np.random.default_rng(0)
@@ -37,7 +37,7 @@ out2, _ = attention_forward(q, k2, v2)
 assert np.array_equal(out[..., :4, :], out2[..., :4, :])
 assert not np.allclose(out[..., 4:, :], out2[..., 4:, :])
 
-model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16), seed=0)  # NumPy's GPT
+model = NumpyGPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16), seed=0)  # NumPy's GPT
 tokens = np.array([[1, 2, 3, 4, 5, 6, 7, 8]])
 changed = tokens.copy()
 changed[0, 5:] = [9, 9, 9]

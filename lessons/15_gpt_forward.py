@@ -15,11 +15,11 @@
 import numpy as np
 
 from lucidlm.model import GPTConfig
-from lucidlm.scratch import GPT
+from lucidlm.scratch import NumpyGPT
 from lucidlm.scratch import layers as L
 
 config = GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=4, n_embd=32)
-model = GPT(config, dtype=np.float64, seed=0)
+model = NumpyGPT(config, dtype=np.float64, seed=0)
 p = model.params
 ids = np.random.default_rng(0).integers(0, 65, (2, 16))
 B, T = ids.shape

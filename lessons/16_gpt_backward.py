@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lucidlm.model import GPTConfig
-from lucidlm.scratch import GPT, to_torch
+from lucidlm.scratch import NumpyGPT, to_torch
 from lucidlm.scratch import layers as L
 from lucidlm.scratch.gradcheck import check_layer, relative_error
 
@@ -34,7 +34,7 @@ for name, forward, backward, inputs in [
 
 # %%
 config = GPTConfig(vocab_size=30, block_size=8, n_layer=2, n_head=2, n_embd=16)
-model = GPT(config, dtype=np.float64, seed=1)
+model = NumpyGPT(config, dtype=np.float64, seed=1)
 x, y = rng.integers(0, 30, (4, 8)), rng.integers(0, 30, (4, 8))
 _, loss = model.forward(x, y)
 grads = model.backward()

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from lucidlm.model import GPTConfig
-from lucidlm.scratch import GPT, AdamW, to_torch
+from lucidlm.scratch import AdamW, NumpyGPT, to_torch
 
 text = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n" * 30
 vocabulary = sorted(set(text))
 data = np.array([vocabulary.index(ch) for ch in text])
 config = GPTConfig(vocab_size=len(vocabulary), block_size=32, n_layer=2, n_head=2, n_embd=32)
-numpy_model = GPT(config, seed=0)
+numpy_model = NumpyGPT(config, seed=0)
 torch_model = to_torch(numpy_model).train()
 numpy_optimizer = AdamW(numpy_model.params, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
 torch_optimizer = torch.optim.AdamW(torch_model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from lucidlm.config import PRESETS, resolve_config
 from lucidlm.model import GPT, GPTConfig
-from lucidlm.scaling import ScalingLaw, effective_tokens
+from lucidlm.run_config import PRESETS, resolve_config
+from lucidlm.scaling_law import ScalingLaw, effective_tokens
 from lucidlm.train.recipe import SHAKESPEARE_LAW
 
 gpt2 = GPT(resolve_config("gpt2-small", overrides=["vocab_size=50257"]).model)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lucidlm.config import RunConfig, TrainConfig
 from lucidlm.data import Source, prepare
 from lucidlm.model import GPTConfig
+from lucidlm.run_config import RunConfig, TrainConfig
 
 # The suite runs on a 2-core CPU: keep PyTorch from oversubscribing it when pytest runs tests in parallel.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

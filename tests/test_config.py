@@ -1,7 +1,7 @@
 import pytest
 
-from lucidlm.config import PRESETS, RunConfig, parse_overrides, resolve_config
 from lucidlm.errors import ConfigError
+from lucidlm.run_config import PRESETS, RunConfig, parse_overrides, resolve_config
 
 
 def test_layers_preset_then_toml_then_set(tmp_path):

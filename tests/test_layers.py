@@ -17,16 +17,17 @@ SVG = Path(__file__).resolve().parents[1] / "docs" / "layers.svg"
 LAYERS = [
     ["lazy"],
     ["lucidlm", "errors"],  # the package itself only names what it re-exports (imported when first used)
-    ["files", "outputs", "memory"],
+    ["inputs", "memory"],
+    ["outputs", "web"],  # web: the browser's files and the HTTP guard both servers share
     ["tokenizers", "model"],
-    ["config", "data", "scratch", "scaling"],
-    ["device"],
+    ["run_config", "data", "scratch", "scaling_law"],
+    ["device", "runs"],
     ["generate", "lens"],
     ["chat", "explain"],  # the explainer reads each layer's stream as the logit lens does
-    ["evaluate", "export"],
+    ["evaluate", "interop"],
     ["load"],
     ["train", "serve"],
-    ["tutorial"],  # the course: its local runner is served (serve/http.py), its site holds the model page
+    ["tutorial"],  # the course: its site holds the model's page (interop/web.py)
     ["cli"],
     ["__main__"],
 ]

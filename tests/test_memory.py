@@ -8,7 +8,7 @@ import pytest
 # prints the minor page faults per step.
 STEPS = """
 import resource, sys, torch
-from lucidlm.config import resolve_config
+from lucidlm.run_config import resolve_config
 from lucidlm.memory import keep_freed_memory
 from lucidlm.model import GPT
 if sys.argv[1] == "keep":

@@ -9,9 +9,9 @@ __version__ = "0.1.0"
 _HOMES = {
     "GPT": "lucidlm.model",
     "GPTConfig": "lucidlm.model",
-    "PRESETS": "lucidlm.config",
-    "RunConfig": "lucidlm.config",
-    "TrainConfig": "lucidlm.config",
+    "PRESETS": "lucidlm.run_config",
+    "RunConfig": "lucidlm.run_config",
+    "TrainConfig": "lucidlm.run_config",
     "LucidError": "lucidlm.errors",
     "SamplingConfig": "lucidlm.generate",
     "generate_text": "lucidlm.generate",

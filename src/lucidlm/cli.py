@@ -93,7 +93,7 @@ DEFAULT_CHECK = "5:2e6"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lucidlm.config import PRESETS
+    from lucidlm.run_config import PRESETS
 
     parser = argparse.ArgumentParser(
         prog="lucidlm", description="Train, sample and evaluate GPT language models you can read end to end."
@@ -366,14 +366,15 @@ def run_lessons(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from lucidlm.export import ARCHITECTURES, export_hf, family
+    from lucidlm.interop.hf_export import export_hf
+    from lucidlm.interop.hf_layout import ARCHITECTURES, family
     from lucidlm.load import load_model
 
     if args.quantize and args.format != "gguf":
         raise ConfigError("--quantize is for --format gguf; a Hugging Face export is stored in float32")
     model, tokenizer, _ = load_model(args.checkpoint, args.which, dtype=args.dtype)
     if args.format == "web":
-        from lucidlm.export.web import export_web
+        from lucidlm.interop.web import export_web
 
         out = export_web(model, tokenizer, args.out, force=args.force)
         print(
@@ -382,7 +383,7 @@ def run_export(args: argparse.Namespace) -> None:
         )
         return
     if args.format == "gguf":
-        from lucidlm.export.gguf import export_gguf, ollama_modelfile
+        from lucidlm.interop.gguf import export_gguf, ollama_modelfile
 
         out = export_gguf(model, tokenizer, args.out, args.quantize or "f32", force=args.force)
         print(
@@ -434,7 +435,7 @@ def run_tutorial(args: argparse.Namespace) -> None:
     from lucidlm.tutorial.server import CellCap, RunnerLimits, containment, create_tutorial_app, new_token
 
     if args.build is not None:
-        from lucidlm.export.web import check_web_exportable, export_web
+        from lucidlm.interop.web import check_web_exportable, export_web
         from lucidlm.tutorial.site import build_tutorial_site
 
         write_model = None
@@ -675,7 +676,8 @@ def run_eval(args: argparse.Namespace) -> None:
     from lucidlm.chat.tools import check_tool_names
     from lucidlm.device import pick_device
     from lucidlm.evaluate import data_to_score, read_task_records, score
-    from lucidlm.load import ModelSource, checkpoint_step, find_checkpoint, load_model
+    from lucidlm.load import ModelSource, load_model
+    from lucidlm.runs import checkpoint_step, find_checkpoint
 
     source = ModelSource.parse(args.checkpoint, args.which)
     if args.tools and not args.tasks:
@@ -791,7 +793,7 @@ def run_lens(args: argparse.Namespace) -> None:
 
 
 def run_scale(args: argparse.Namespace) -> None:
-    from lucidlm.train.scale import parse_runs, study
+    from lucidlm.train.scaling_study import parse_runs, study
 
     overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
     grid, check = parse_runs(args.grid), parse_runs(args.check) if args.check else []

@@ -1,6 +1,6 @@
 """Loading a trained model for use: "RUN_DIR | RUN_DIR/checkpoints/step-N | hf:DIR" turned into a model and its
 tokenizer, in one place, from one parsed source (as nanochat's `checkpoint_manager.load_model`). Generate, chat,
-serve, eval, export and `--init-from` come here; train/checkpoint.py keeps what saving and resuming need."""
+serve, eval, export and `--init-from` come here; runs.py owns the run directory's format."""
 
 from __future__ import annotations
 
@@ -13,129 +13,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from lucidlm.config import RunConfig
-from lucidlm.data.corpus import sha256_file
 from lucidlm.errors import CheckpointError, ConfigError
-from lucidlm.export.hf import config_from_hf, load_hf_model, load_hf_tokenizer, read_hf_config
-from lucidlm.files import COUNT, NUMBER, read_json
+from lucidlm.interop.hf_import import load_hf_model, load_hf_tokenizer, read_hf_config
+from lucidlm.interop.hf_layout import config_from_hf
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.gpt import check_shapes
+from lucidlm.run_config import RunConfig
+from lucidlm.runs import find_checkpoint, read_run_config, split_checkpoint_path
 from lucidlm.tokenizers import Tokenizer, load_tokenizer
 
 HUB = "hf:"  # the prefix that names a Hugging Face model directory
-
-# --- reading a run directory: its manifests, checkpoints and settings ---------------------------------------
-
-POINTERS = ("latest", "best")
-MANIFEST = {
-    "checkpoint": str,
-    "step": COUNT,
-    "val_loss?": (NUMBER, None),
-    "files": {"*": {"bytes": COUNT, "sha256": str}},
-}
-STATE = {"step": COUNT, "elapsed?": NUMBER}
-
-
-def pointer_path(run_dir: Path, which: str) -> Path:
-    return Path(run_dir) / f"{which}.json"
-
-
-def read_manifest(run_dir: str | Path, which: str) -> dict:
-    path = pointer_path(Path(run_dir), which)
-    if not path.exists():
-        raise CheckpointError(
-            f"{run_dir} holds no {which} checkpoint ({path.name} is missing); "
-            "give a run directory that `lucidlm train --out` wrote"
-        )
-    return read_json(path, MANIFEST, CheckpointError, "delete it to fall back on the other checkpoint")
-
-
-def read_state(directory: Path) -> dict:
-    """A checkpoint's state.json: its step, elapsed time and whatever else the backend saved."""
-    return read_json(directory / "state.json", STATE, CheckpointError, "the checkpoint is damaged, train again")
-
-
-def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
-    """The directory of a complete checkpoint, its files checked against the manifest that names it.
-
-    `which` is "best" (falling back to "latest" when no evaluation has happened yet), "latest", or "step-N"
-    for the checkpoint of step N that a manifest names (a run keeps its latest and its best)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir} is not a directory; pass the --out directory of `lucidlm train`")
-    if which == "best" and not pointer_path(run_dir, "best").exists():
-        which = "latest"
-    if which in POINTERS:
-        manifest, source = read_manifest(run_dir, which), f"{which}.json"
-    else:
-        manifest, source = _manifest_of_step(run_dir, which), "the manifest that names it"
-    directory = run_dir / manifest["checkpoint"]
-    for name, expected in manifest["files"].items():
-        path = directory / name
-        if not path.exists() or path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
-            raise CheckpointError(
-                f"{path} is missing or does not match {source}; the checkpoint is "
-                "damaged, train again or restore the file"
-            )
-    return directory
-
-
-def _manifest_of_step(run_dir: Path, which: str) -> dict:
-    try:
-        step = int(which.removeprefix("step-"))
-        if not which.startswith("step-") or step < 0:
-            raise ValueError
-    except ValueError:
-        raise CheckpointError(f"--which {which}: say best, latest or step-N (e.g. step-500)") from None
-    kept = {}
-    for pointer in POINTERS:
-        if pointer_path(run_dir, pointer).exists():
-            manifest = read_manifest(run_dir, pointer)
-            kept[manifest["step"]] = manifest
-    if step not in kept:
-        steps = ", ".join(f"step-{s}" for s in sorted(kept)) or "none"
-        raise CheckpointError(f"{run_dir} has no checkpoint of step {step}; it keeps the latest and the best: {steps}")
-    return kept[step]
-
-
-def split_checkpoint_path(path: str | Path, which: str = "best") -> tuple[Path, str]:
-    """(run directory, which) for `--checkpoint`: a run directory, or one of its `checkpoints/step-N` folders."""
-    path = Path(path)
-    if path.parent.name == "checkpoints" and path.name.startswith("step-"):
-        step = path.name.removeprefix("step-")
-        if not step.isdigit():
-            raise CheckpointError(
-                f"{path} is not a complete checkpoint (one being written, or left by a killed run); give the run "
-                f"directory {path.parent.parent} or one of its checkpoints/step-N folders"
-            )
-        return path.parent.parent, f"step-{int(step)}"
-    return path, which
-
-
-def checkpoint_step(directory: Path) -> int:
-    """The step a checkpoint directory holds."""
-    return read_state(directory)["step"]
-
-
-RUN_CONFIG = {"model": dict, "train": dict, "data_sources?": [{"sha256": str}]}
-
-
-def read_run_config_json(run_dir: str | Path) -> dict:
-    """A run's config.json as JSON, checked for the parts every reader needs."""
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise CheckpointError(
-            f"{run_dir} is not a run directory (no config.json); pass the --out directory of `lucidlm train`"
-        )
-    return read_json(path, RUN_CONFIG, CheckpointError, "restore it from the run")
-
-
-def read_run_config(run_dir: str | Path) -> RunConfig:
-    try:
-        return RunConfig.from_dict(read_run_config_json(run_dir))
-    except (ConfigError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{Path(run_dir) / 'config.json'} is damaged ({exc}); restore it from the run") from None
-
 
 # --- a model for use ------------------------------------------------------------------------------------------
 

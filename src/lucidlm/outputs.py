@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lucidlm.errors import ConfigError
+from lucidlm.inputs import sha256_file
 
 FORCE = "--force"
 FORCE_HELP = "replace an earlier output of this same command (never anything else)"
@@ -191,14 +191,6 @@ def written_file(path: str | os.PathLike, kind: FileKind, force: bool = False, f
 GENERATED = ".lucidlm-generated.json"  # in a directory shared with the user's files: the sha256 of each file written
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _generated(directory: Path) -> dict[str, str]:
     """The files a command wrote into `directory` (which the user's files may share), by name: their sha256."""
     try:
@@ -218,7 +210,7 @@ def check_member(path: str | os.PathLike, force: bool, flag: str = "--out") -> N
         raise ConfigError(f"{path} is a directory; choose another {flag}")
     if not path.exists():
         return
-    if _generated(path.parent).get(path.name) != _sha256(path):
+    if _generated(path.parent).get(path.name) != sha256_file(path):
         raise ConfigError(
             f"{path} exists and is not a file lucidlm wrote (or it was changed since); choose another {flag} "
             f"(lucidlm never replaces files it did not write, even with {FORCE})"
@@ -239,7 +231,7 @@ def write_member(path: str | os.PathLike, content: str, force: bool, flag: str =
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    listed = {**_generated(path.parent), path.name: _sha256(path)}
+    listed = {**_generated(path.parent), path.name: sha256_file(path)}
     listing = _beside(path.parent / GENERATED, "tmp")
     listing.write_text(json.dumps(listed, indent=1) + "\n", encoding="utf-8")
     os.replace(listing, path.parent / GENERATED)

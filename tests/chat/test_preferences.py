@@ -72,7 +72,8 @@ def test_the_dpo_loss_and_its_gradient_match_trls_dpo_trainer(tmp_path, chat_tok
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from lucidlm.export.hf import export_hf, to_hf_state
+    from lucidlm.interop.hf_export import export_hf
+    from lucidlm.interop.hf_layout import to_hf_state
 
     config = GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_kv_head=1,
                        n_embd=32, positions="rope", norm="rmsnorm", mlp="swiglu")  # fmt: skip
@@ -253,7 +254,7 @@ def test_eval_writes_a_models_wrong_replies_as_pairs_that_prepare_reads(tmp_path
 
 
 def test_the_chosen_replies_cross_entropy_joins_the_dpo_loss_with_its_weight(tmp_path, chat_tokenizer):
-    from lucidlm.config import RunConfig, TrainConfig
+    from lucidlm.run_config import RunConfig, TrainConfig
     from lucidlm.train.backends import TorchBackend
     from lucidlm.train.distributed import Distributed
 

@@ -14,10 +14,10 @@ import torch
 
 from lucidlm.chat.repl import ChatSession
 from lucidlm.chat.template import chat_prompt
-from lucidlm.config import RunConfig, TrainConfig
 from lucidlm.generate import SamplingConfig, generate_ids
 from lucidlm.model import GPT, GPTConfig
-from lucidlm.train.checkpoint import save_checkpoint, write_json_atomic
+from lucidlm.run_config import RunConfig, TrainConfig
+from lucidlm.runs import save_checkpoint, write_json_atomic
 from tests.chat.conftest import ALPHABET, one_token_model
 
 BLOCK = 96

@@ -8,8 +8,9 @@ import transformers
 
 from lucidlm.chat import chat_prompt
 from lucidlm.chat.template import CHAT_TOKENS, OWN_CHAT_TEMPLATE, chat_template
-from lucidlm.export.hf import export_hf, load_hf_tokenizer
 from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.interop.hf_export import export_hf
+from lucidlm.interop.hf_import import load_hf_tokenizer
 from lucidlm.load import load_model, with_new_tokens
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer

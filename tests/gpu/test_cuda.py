@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from lucidlm.config import RunConfig, TrainConfig
 from lucidlm.generate import SamplingConfig, generate_ids
 from lucidlm.model import GPT, GPTConfig
+from lucidlm.run_config import RunConfig, TrainConfig
 from lucidlm.serve import Engine, Request
 from lucidlm.tokenizers import CharTokenizer
 from lucidlm.train.backends import TorchBackend

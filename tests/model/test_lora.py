@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lucidlm.config import RunConfig, TrainConfig
 from lucidlm.load import load_model
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.lora import LoRALinear, add_lora, merge_lora
+from lucidlm.run_config import RunConfig, TrainConfig
 from lucidlm.train.plan import carry_out, plan_run
 from tests.conftest import run_lucidlm, tiny_model_args
 

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from lucidlm.cli import main
-from lucidlm.data.corpus import sha256_file
 from lucidlm.errors import CheckpointError
+from lucidlm.inputs import sha256_file
 from lucidlm.load import load_model
 from lucidlm.train import checkpoint as checkpoint_module
 from lucidlm.train import train

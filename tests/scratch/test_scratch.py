@@ -9,7 +9,7 @@ import torch
 from lucidlm.errors import ConfigError
 from lucidlm.model import GPT as TorchGPT
 from lucidlm.model import GPTConfig
-from lucidlm.scratch import GPT, AdamW, clip_grad_norm, from_torch, to_torch
+from lucidlm.scratch import AdamW, NumpyGPT, clip_grad_norm, from_torch, to_torch
 from lucidlm.scratch import layers as L
 from lucidlm.scratch.gpt import rope_tables
 from lucidlm.scratch.gradcheck import check_layer, relative_error
@@ -120,7 +120,7 @@ def test_numpy_training_learns_and_samples_the_same_text_in_pytorch():
     text = "the cat sat on the mat. " * 20
     vocab = sorted(set(text))
     ids = np.array([vocab.index(ch) for ch in text])
-    model = GPT(GPTConfig(vocab_size=len(vocab), block_size=32, n_layer=2, n_head=2, n_embd=32), seed=1)
+    model = NumpyGPT(GPTConfig(vocab_size=len(vocab), block_size=32, n_layer=2, n_head=2, n_embd=32), seed=1)
     optimizer = AdamW(model.params, lr=5e-3, betas=(0.9, 0.99), weight_decay=0.0)
     batch_rng = np.random.default_rng(0)
     losses = []
@@ -146,9 +146,9 @@ def test_numpy_training_learns_and_samples_the_same_text_in_pytorch():
 
 def test_unsupported_configurations_are_named():
     with pytest.raises(ConfigError, match="mlp='swiglu' \\(use gelu or relu\\); norm|norm='rmsnorm'"):
-        GPT(GPTConfig(mlp="swiglu", norm="rmsnorm"))
+        NumpyGPT(GPTConfig(mlp="swiglu", norm="rmsnorm"))
     with pytest.raises(ConfigError, match="n_kv_head=1 .* --backend torch"):
-        GPT(GPTConfig(n_kv_head=1))
+        NumpyGPT(GPTConfig(n_kv_head=1))
 
 
 @pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallopt"), reason="the C library has no mallopt")
@@ -156,7 +156,7 @@ def test_a_training_step_reuses_freed_memory_instead_of_faulting_it_in_again():
     """Without keep_freed_memory a nanogpt-baby step makes about 11,000 minor page faults (glibc hands the
     freed activations back to the kernel); with it, the step reuses them and makes next to none."""
     config = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
-    model = GPT(config)  # the first GPT sets malloc's thresholds
+    model = NumpyGPT(config)  # the first GPT sets malloc's thresholds
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 65, (12, 64)), rng.integers(0, 65, (12, 64))
     for _ in range(2):  # the heap grows to its peak once

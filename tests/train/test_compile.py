@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from lucidlm.config import TrainConfig
 from lucidlm.device import training_compile
 from lucidlm.errors import ConfigError
+from lucidlm.run_config import TrainConfig
 from lucidlm.train import train
 
 from ..conftest import tiny_config

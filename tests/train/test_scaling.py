@@ -1,4 +1,4 @@
-"""Scaling laws (scaling.py, train/scale.py) and the recipe that sizes a time-budgeted run (train/recipe.py)."""
+"""Scaling laws (scaling_law.py, train/scaling_study.py) and the recipe that sizes a timed run (train/recipe.py)."""
 
 import json
 import math
@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from lucidlm.config import PRESETS, resolve_config
 from lucidlm.model import GPT, GPTConfig
-from lucidlm.scaling import (
+from lucidlm.run_config import PRESETS, resolve_config
+from lucidlm.scaling_law import (
     ScalingLaw,
     choose_depth,
     count_parameters,

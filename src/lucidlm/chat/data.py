@@ -28,10 +28,9 @@ from tqdm import tqdm
 
 from lucidlm.chat.template import CHAT_TOKENS, SpecialTextGuard, chat_template, missing_tool_tokens, render_template
 from lucidlm.chat.tools import tool_calls_problem, tools_problem, uses_tools
-from lucidlm.data.corpus import sha256_file
 from lucidlm.data.prepare import token_dtype, write_array
 from lucidlm.errors import ConfigError, DataError, TokenizerError
-from lucidlm.files import MiB, parse_json, read_lines
+from lucidlm.inputs import MiB, parse_json, read_lines, sha256_file
 from lucidlm.outputs import DATA_DIR, check_target, written_directory
 from lucidlm.tokenizers import Tokenizer
 

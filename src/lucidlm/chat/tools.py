@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from lucidlm.errors import ConfigError
-from lucidlm.files import parse_json
+from lucidlm.inputs import parse_json
 
 CALL_TOKEN = "<|call|>"  # opens a call in lucidlm's own template
 TOOL_TOKEN = "<|tool|>"  # opens a tool's result in lucidlm's own template

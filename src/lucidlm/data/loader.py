@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lucidlm.errors import DataError
-from lucidlm.files import COUNT, read_json
+from lucidlm.inputs import COUNT, read_json
 
 SPLITS = ("train", "val")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lucidlm.scratch.gpt import GPT as NumpyGPT
+from lucidlm.scratch.gpt import NumpyGPT
 
 
 def to_torch(model: NumpyGPT):

@@ -71,7 +71,7 @@ def rope_tables(length: int, head_dim: int, theta: float) -> tuple[np.ndarray, n
     return np.cos(np.concatenate([angle, angle], axis=-1)), np.concatenate([-np.sin(angle), np.sin(angle)], axis=-1)
 
 
-class GPT:
+class NumpyGPT:
     def __init__(self, config: GPTConfig, dtype: type = np.float32, seed: int = 0):
         check_supported(config)
         keep_freed_memory()

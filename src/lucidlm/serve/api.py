@@ -36,11 +36,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from lucidlm.model import GPT
 from lucidlm.serve.engine import Engine
 from lucidlm.serve.engine_process import EngineProcess
-from lucidlm.serve.http import BodyLimit, BrowserGuard, add_error_handlers
 from lucidlm.serve.inspector import add_inspector_routes
 from lucidlm.serve.openai import add_openai_routes
 from lucidlm.serve.schemas import ServerSettings
 from lucidlm.tokenizers import Tokenizer
+from lucidlm.web.http import BodyLimit, BrowserGuard, add_error_handlers
 
 
 def create_app(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from fastapi import FastAPI, Request
@@ -15,14 +14,13 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from lucidlm.explain import explain
-from lucidlm.export.web.model import PAGE_FILES
 from lucidlm.lens import ablation, head_scores, logit_lens
 from lucidlm.model import GPT
-from lucidlm.serve.http import STATIC, APIError, parse_body
 from lucidlm.serve.schemas import ServerSettings, encode_text
 from lucidlm.tokenizers import Tokenizer
+from lucidlm.web import MODEL_PAGE, MODEL_SCRIPTS, STATIC
+from lucidlm.web.http import APIError, parse_body
 
-WEB_STATIC = Path(__file__).parents[1] / "export" / "web" / "static"  # the explainer page, shared with the export
 EXPLAIN_TOKENS = 256  # the explainer's answer holds a (T, T) heatmap: the text's last 256 tokens at most
 LENS_TOKENS = 64  # the lens's grid has a column a token: the text's last 64 at most
 
@@ -110,11 +108,11 @@ def add_inspector_routes(app: FastAPI, model: GPT, tokenizer: Tokenizer, setting
 
     @app.get("/")
     async def inspector():
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(STATIC / "inspector.html")
 
     @app.get("/explain/")
     async def explainer():
-        return FileResponse(WEB_STATIC / "index.html")
+        return FileResponse(MODEL_PAGE)
 
     @app.get("/explain/model.json")
     async def explainer_model():
@@ -126,9 +124,9 @@ def add_inspector_routes(app: FastAPI, model: GPT, tokenizer: Tokenizer, setting
     async def explainer_file(name: str):
         if name == "style.css":
             return FileResponse(STATIC / name, media_type="text/css")
-        if name not in PAGE_FILES or not name.endswith(".js"):
+        if name not in MODEL_SCRIPTS:
             raise APIError(404, f"no such file: /explain/{name}")
-        return FileResponse(WEB_STATIC / name, media_type="text/javascript")
+        return FileResponse(STATIC / name, media_type="text/javascript")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -11,7 +11,6 @@ from lucidlm.chat.tools import CallHoldback, parse_tool_calls
 from lucidlm.errors import LucidError
 from lucidlm.serve.engine import Engine, TokenEvent
 from lucidlm.serve.engine_process import EngineProcess
-from lucidlm.serve.http import CLIENT_GONE, APIError, parse_body
 from lucidlm.serve.schemas import (
     ChatBody,
     CompletionBody,
@@ -22,6 +21,7 @@ from lucidlm.serve.schemas import (
 )
 from lucidlm.serve.streaming import Generation, sse
 from lucidlm.tokenizers import Tokenizer
+from lucidlm.web.http import CLIENT_GONE, APIError, parse_body
 
 
 def add_openai_routes(

@@ -16,8 +16,8 @@ from lucidlm.chat.tools import tool_calls_problem, tools_problem
 from lucidlm.errors import LucidError
 from lucidlm.generate import SamplingConfig, encode_prompt
 from lucidlm.model.config import shown_integer
-from lucidlm.serve.http import APIError
 from lucidlm.tokenizers import Tokenizer
+from lucidlm.web.http import APIError
 
 
 @dataclass

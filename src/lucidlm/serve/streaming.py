@@ -16,8 +16,8 @@ from lucidlm.generate import SamplingConfig
 from lucidlm.serve.engine import Engine, QueueFull, TokenEvent
 from lucidlm.serve.engine import Request as EngineRequest
 from lucidlm.serve.engine_process import EngineProcess, EngineStopped
-from lucidlm.serve.http import APIError, error_body
 from lucidlm.serve.schemas import SamplingFields
+from lucidlm.web.http import APIError, error_body
 
 
 class Generation:

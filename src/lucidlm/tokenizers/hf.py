@@ -20,7 +20,7 @@ from typing import Any
 import tokenizers
 
 from lucidlm.errors import TokenizerError
-from lucidlm.files import JSON_LIMIT, parse_json, read_text
+from lucidlm.inputs import JSON_LIMIT, parse_json, read_text
 from lucidlm.tokenizers.base import END_OF_TURN, Tokenizer, added_tokens_json
 
 # the keys of tokenizer_config.json that lucidlm uses, kept with the tokenizer in a run

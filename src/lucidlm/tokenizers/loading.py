@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lucidlm.errors import TokenizerError
-from lucidlm.files import JSON_LIMIT, parse_json, read_text
+from lucidlm.inputs import JSON_LIMIT, parse_json, read_text
 from lucidlm.tokenizers.base import Tokenizer
 from lucidlm.tokenizers.bpe import BPETokenizer
 from lucidlm.tokenizers.char import CharTokenizer  # noqa: F401  (registers the kind "char")

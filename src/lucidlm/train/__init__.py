@@ -1,6 +1,5 @@
-"""Training: the loop, the optimizer, the schedule, checkpoints and metrics."""
+"""Training: the loop, the optimizer, the schedule and metrics (the run directory is runs.py)."""
 
-from lucidlm.load import find_checkpoint
 from lucidlm.train.trainer import TrainResult, train
 
-__all__ = ["TrainResult", "find_checkpoint", "train"]
+__all__ = ["TrainResult", "train"]

@@ -13,12 +13,12 @@ from contextlib import nullcontext
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from lucidlm.config import RunConfig
 from lucidlm.data.loader import Replayed
 from lucidlm.device import autocast, training_compile, training_precision, use_compile_cache
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
 from lucidlm.model.lora import adapters_off, add_lora
+from lucidlm.run_config import RunConfig
 from lucidlm.tokenizers import Tokenizer
 from lucidlm.train.distributed import Distributed
 from lucidlm.train.objectives import dpo_loss, sequence_logprobs
@@ -214,8 +214,7 @@ class NumpyBackend:
     """lucidlm.scratch: the GPT with hand-written backward passes and AdamW, in NumPy, on the CPU."""
 
     def __init__(self, config: RunConfig, device: torch.device, group: Distributed, tokenizer: Tokenizer | None = None):
-        from lucidlm.scratch import GPT as NumpyGPT
-        from lucidlm.scratch import AdamW, check_supported
+        from lucidlm.scratch import AdamW, NumpyGPT, check_supported
 
         if device.type != "cpu":
             raise ConfigError(f"the NumPy backend runs on the CPU only, not {device}; use --device cpu")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.optim.adamw import adamw
 
-from lucidlm.config import TrainConfig
+from lucidlm.run_config import TrainConfig
 
 # The quintic's coefficients from Keller Jordan's Muon: chosen for the largest slope at zero, so that five steps
 # take even tiny singular values close to 1 (they end in roughly [0.7, 1.2], not exactly at 1, which does not hurt).

@@ -17,23 +17,16 @@ from pathlib import Path
 
 import torch
 
-from lucidlm.config import RunConfig, TrainConfig, parse_overrides, resolve_config
 from lucidlm.data.corpus import iter_text, text_sha256
 from lucidlm.data.loader import data_kind, read_meta
 from lucidlm.data.prepare import Source, prepare
 from lucidlm.errors import CheckpointError, ConfigError, DataError
-from lucidlm.load import (
-    ModelSource,
-    find_checkpoint,
-    load_base,
-    read_manifest,
-    read_run_config,
-    read_run_config_json,
-    read_state,
-)
+from lucidlm.load import ModelSource, load_base
 from lucidlm.model import GPTConfig
 from lucidlm.outputs import RUN_DIR, check_target, holds_run, run_directory
-from lucidlm.scaling import count_parameters
+from lucidlm.run_config import RunConfig, TrainConfig, parse_overrides, resolve_config
+from lucidlm.runs import find_checkpoint, read_manifest, read_run_config, read_run_config_json, read_state
+from lucidlm.scaling_law import count_parameters
 from lucidlm.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
 from lucidlm.train.schedule import time_progress
 from lucidlm.train.trainer import TrainResult, train
@@ -287,7 +280,7 @@ def _vocab_size(data: Path) -> int:
 def _recipe_applies(config: RunConfig, config_file: str | os.PathLike | None, overrides: list[str]) -> bool:
     """recipe=auto sizes a new run of the torch backend with a time budget, in one process, on a corpus of the
     size the law was fitted on or more, unless a size was set explicitly."""
-    from lucidlm.config import read_toml
+    from lucidlm.run_config import read_toml
     from lucidlm.train.recipe import SIZE_SETTINGS
 
     explicit = set(parse_overrides(overrides)["model"])

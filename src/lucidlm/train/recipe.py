@@ -20,9 +20,9 @@ from dataclasses import replace
 
 import torch
 
-from lucidlm.config import RunConfig
 from lucidlm.device import pick_device
-from lucidlm.scaling import DepthChoice, ScalingLaw, choose_depth, count_parameters, with_depth
+from lucidlm.run_config import RunConfig
+from lucidlm.scaling_law import DepthChoice, ScalingLaw, choose_depth, count_parameters, with_depth
 from lucidlm.train.backends import TorchBackend
 from lucidlm.train.distributed import Distributed
 

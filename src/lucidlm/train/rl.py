@@ -35,12 +35,12 @@ import torch
 
 from lucidlm.chat.data import ChatSplit, chat_tokenizer, check_output, longest_line, split_of, write_chat_data
 from lucidlm.chat.template import chat_prompt
-from lucidlm.config import TrainConfig
 from lucidlm.data.loader import open_split
 from lucidlm.errors import ConfigError, DataError, LucidError, TokenizerError
 from lucidlm.evaluate import read_task_records
-from lucidlm.files import parse_json
 from lucidlm.generate import SamplingConfig, sample_group
+from lucidlm.inputs import parse_json
+from lucidlm.run_config import TrainConfig
 from lucidlm.tokenizers import Tokenizer
 from lucidlm.train.objectives import clipped_policy_loss, group_advantages, token_logprobs
 

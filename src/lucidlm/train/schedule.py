@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from lucidlm.config import TrainConfig
+from lucidlm.run_config import TrainConfig
 
 
 def time_progress(step: int, elapsed: float, config: TrainConfig) -> float | None:

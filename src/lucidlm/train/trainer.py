@@ -17,17 +17,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lucidlm.config import RunConfig, TrainConfig
 from lucidlm.data.loader import BatchLoader, Replayed, data_kind, is_chat_data, open_split, read_meta
 from lucidlm.device import pick_device
 from lucidlm.errors import STOP_SIGNALS, CheckpointError, ConfigError, LucidError, interruption
 from lucidlm.evaluate import bits_per_byte, tokens_per_byte
-from lucidlm.load import find_checkpoint, read_manifest
 from lucidlm.memory import keep_freed_memory
+from lucidlm.run_config import RunConfig, TrainConfig
+from lucidlm.runs import find_checkpoint, load_training_state, read_manifest, save_checkpoint, write_json_atomic
 from lucidlm.tokenizers import load_tokenizer
 from lucidlm.train import distributed
 from lucidlm.train.backends import NumpyBackend, TorchBackend, make_backend
-from lucidlm.train.checkpoint import load_training_state, save_checkpoint, write_json_atomic
 from lucidlm.train.metrics import MetricsLog
 from lucidlm.train.rl import TaskLoader
 from lucidlm.train.schedule import learning_rate, time_progress

@@ -41,8 +41,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
-from lucidlm.serve.http import (
-    STATIC,
+from lucidlm.tutorial.lessons import lesson_files
+from lucidlm.tutorial.site import faq_page, index_page, lesson_entries, lesson_page
+from lucidlm.web import STYLE
+from lucidlm.web.http import (
     APIError,
     BodyLimit,
     BrowserGuard,
@@ -50,10 +52,8 @@ from lucidlm.serve.http import (
     error_response,
     parse_body,
 )
-from lucidlm.tutorial.lessons import lesson_files
-from lucidlm.tutorial.site import faq_page, index_page, lesson_entries, lesson_page
 
-PAGE = Path(__file__).parent / "static"  # the pages' scripts; their style sheet is the inspector's (serve/static)
+PAGE = Path(__file__).parent / "static"  # the course's scripts; the style sheet is the one of web/static
 COOKIE = "lucidlm_tutorial_token"
 MAX_BODY_BYTES = 2_000_000  # a lesson's code cells, as edited, with room to spare
 
@@ -566,7 +566,7 @@ def create_tutorial_app(token: str, limits: RunnerLimits | None = None) -> FastA
     stops: set[threading.Event] = set()  # one for each cell running or waiting now, which /api/stop sets
     turns = CellTurns()
     files = {name: PAGE / name for name in ("course.js", "server-python.js", "editor/codemirror.js")}
-    files["style.css"] = STATIC / "style.css"
+    files["style.css"] = STYLE
 
     @app.get("/")
     @app.get("/index.html")

@@ -27,11 +27,11 @@ from markupsafe import Markup
 
 from lucidlm import __version__
 from lucidlm.errors import ConfigError
-from lucidlm.export.web.model import STYLE
 from lucidlm.outputs import TUTORIAL_SITE, written_directory
 from lucidlm.tutorial.lessons import LIVE_LESSONS, lesson_files, lesson_number, lesson_sources, lesson_title
 from lucidlm.tutorial.markdown import inline_html, markdown_to_html
 from lucidlm.tutorial.runtime import DOWNLOADED, prepared_runtime, write_runtime
+from lucidlm.web import STYLE
 
 HERE = Path(__file__).parent
 FAQ = Path(__file__).resolve().parents[3] / "docs" / "FAQ.md"

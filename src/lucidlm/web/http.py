@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from lucidlm.files import parse_json
+from lucidlm.inputs import parse_json
 
-STATIC = Path(__file__).parent / "static"  # the pages' own files: the inspector, the tutorial, their style
 CLIENT_GONE = 499  # nginx's "client closed request": the status of an answer nobody reads
 
 

@@ -8,8 +8,10 @@ import transformers
 from safetensors.torch import load_file
 
 from lucidlm.errors import ConfigError
-from lucidlm.export import export_hf, family, load_hf, load_hf_tokenizer
 from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.interop.hf_export import export_hf
+from lucidlm.interop.hf_import import load_hf, load_hf_tokenizer
+from lucidlm.interop.hf_layout import family
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 

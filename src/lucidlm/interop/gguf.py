@@ -29,7 +29,7 @@ import torch
 
 from lucidlm.chat.template import chat_template
 from lucidlm.errors import ConfigError
-from lucidlm.export.hf import family, to_hf_state
+from lucidlm.interop.hf_layout import family, to_hf_state
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.outputs import GGUF_FILE, written_file
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer

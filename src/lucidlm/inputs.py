@@ -16,6 +16,7 @@ A shape is written as the data it describes:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -167,3 +168,12 @@ def read_json(path: str | os.PathLike, shape: object, error: type[LucidError], f
     if problem := shape_problem(data, shape):
         raise error(f"{path} is damaged: {problem}; {fix}")
     return data
+
+
+def sha256_file(path: Path) -> str:
+    """A file's sha256, read a MiB at a time: the check of data sources, checkpoints and generated files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()

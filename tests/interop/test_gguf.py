@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from lucidlm.errors import ConfigError
-from lucidlm.export.gguf import export_gguf, gguf_tensors, interleave_rope_rows
 from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.interop.gguf import export_gguf, gguf_tensors, interleave_rope_rows
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer
 

@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lucidlm.config import resolve_config
 from lucidlm.data.loader import open_split, read_meta
 from lucidlm.errors import ConfigError, interruption
 from lucidlm.evaluate import split_loss
-from lucidlm.files import COUNT, NUMBER, read_json
+from lucidlm.inputs import COUNT, NUMBER, read_json
 from lucidlm.outputs import SCALING_STUDY, growing_directory, real_path
-from lucidlm.scaling import ScalingLaw, count_parameters, depth_shape, effective_tokens
-from lucidlm.train.checkpoint import write_json_atomic
+from lucidlm.run_config import resolve_config
+from lucidlm.runs import write_json_atomic
+from lucidlm.scaling_law import ScalingLaw, count_parameters, depth_shape, effective_tokens
 from lucidlm.train.trainer import train
 
 WARMUP_SHARE = 5  # a run warms up over at most a fifth of its steps (the preset's 50 when it has 250 or more)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from lucidlm.errors import ConfigError
-from lucidlm.files import MiB, read_text
+from lucidlm.inputs import MiB, read_text
 from lucidlm.model.config import MAX_DIMENSION, GPTConfig, check_types, shown_integer
 
 # what a training step can minimise (train/objectives.py)

@@ -29,10 +29,8 @@ from lucidlm.outputs import WEB_EXPORT, written_directory
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer
 from lucidlm.tokenizers.bpe import SPLIT_PATTERNS
 from lucidlm.tokenizers.word import WORD_PATTERN
+from lucidlm.web import MODEL_PAGE, MODEL_SCRIPTS, STATIC
 
-STATIC = Path(__file__).parent / "static"
-PAGE_FILES = ("index.html", "explain.js", "gpt.js", "tokenizer.js", "lensview.js")
-STYLE = Path(__file__).resolve().parents[2] / "serve" / "static" / "style.css"
 # A page downloads all its weights before it shows anything, and runs them in JavaScript: beyond this a phone
 # waits too long and the page grows slow (a 50 MB float32 model is about 12M parameters).
 MAX_WEIGHT_BYTES = 50 * 2**20
@@ -143,7 +141,7 @@ def export_web(
             "lessons": lessons,
         }
         (site / "model.json").write_text(json.dumps(manifest), encoding="utf-8")
-        for name in PAGE_FILES:
+        shutil.copyfile(MODEL_PAGE, site / "index.html")
+        for name in (*MODEL_SCRIPTS, "style.css"):
             shutil.copyfile(STATIC / name, site / name)
-        shutil.copyfile(STYLE, site / "style.css")
     return Path(out)
