@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import ROOT, WORK, machine, machine_line, tiny_shakespeare_data, write_results
 
-from lucidlm.cli import DEFAULT_CHECK, DEFAULT_GRID
+from lucidlm.cli.scale import DEFAULT_CHECK, DEFAULT_GRID
 
 
 def main() -> None:

@@ -132,6 +132,22 @@ class TaskRecord:
     line: int = 0  # where it stands in its file, for errors that name it
 
 
+def preference_pairs(records: Sequence[TaskRecord], replies: Sequence[dict], source: str) -> list[dict]:
+    """Each wrong reply as a preference pair for DPO, in the form `data prepare --preferences` reads: the
+    record's answer chosen, the model's reply rejected."""
+    return [
+        {
+            "source": source,
+            "task": record.task,
+            "messages": record.messages,
+            "chosen": record.answer,
+            "rejected": reply["reply"],
+        }
+        for record, reply in zip(records, replies, strict=True)
+        if reply["reply"] != record.answer
+    ]
+
+
 def read_task_records(path: str | Path, line_limit: int | None = None) -> list[TaskRecord | None]:
     """`{"messages": [...], "answer": "..."}` lines, with an optional "task" (the table's row; default: the
     file's name) and "choices" (multiple choice, the answer among them). A bad line is a DataError naming it;

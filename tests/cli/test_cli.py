@@ -241,7 +241,8 @@ def test_lens_reads_a_trained_run_and_refuses_bad_requests_in_one_line(tmp_path,
 def test_lens_writes_its_picture_by_the_rule_every_output_follows(tmp_path, text_file, capsys):
     """--png goes through outputs.py: a directory, a device, a user's file are refused; an earlier picture only
     with --force (issue 47). In this process, but for the first refusal: one line, exit 2."""
-    from lucidlm.cli import build_parser, run_lens
+    from lucidlm.cli import build_parser
+    from lucidlm.cli.lens import run as run_lens
     from lucidlm.errors import ConfigError
 
     trained = lucidlm("train", "--data", text_file, "--out", tmp_path / "run", "--max-steps", 3, *TINY)

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
+from lucidlm import runs as checkpoint_module
 from lucidlm.cli import main
 from lucidlm.errors import CheckpointError
 from lucidlm.inputs import sha256_file
 from lucidlm.load import load_model
-from lucidlm.train import checkpoint as checkpoint_module
 from lucidlm.train import train
 
 from ..conftest import run_lucidlm, tiny_config, tiny_model_args

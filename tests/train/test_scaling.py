@@ -222,7 +222,8 @@ def test_a_study_stopped_by_sigterm_fits_nothing_and_continues_from_its_finished
      (["--data", "NOTES"], "is a file, and this command reads a prepared data directory; prepare it first")],
 )  # fmt: skip
 def test_bad_scale_arguments_are_one_line(tmp_path, args, message):
-    from lucidlm.cli import build_parser, run_scale
+    from lucidlm.cli import build_parser
+    from lucidlm.cli.scale import run as run_scale
     from lucidlm.errors import LucidError
 
     (tmp_path / "notes.txt").write_text("some notes " * 100)

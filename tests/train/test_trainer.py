@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from lucidlm import runs as checkpoint_module
 from lucidlm.data import Source, open_split, prepare
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.evaluate import split_loss
 from lucidlm.load import load_model
 from lucidlm.run_config import TrainConfig
 from lucidlm.runs import find_checkpoint
-from lucidlm.train import checkpoint as checkpoint_module
 from lucidlm.train import train
 from lucidlm.train.metrics import MetricsLog
 from lucidlm.train.schedule import learning_rate, time_progress

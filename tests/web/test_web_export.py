@@ -9,8 +9,8 @@ import torch
 from lucidlm.errors import ConfigError
 from lucidlm.explain import explain
 from lucidlm.generate import SamplingConfig, generate_ids
-from lucidlm.interop.web import export_web
 from lucidlm.interop import web as web_model
+from lucidlm.interop.web import export_web
 from lucidlm.lens import ablation, attention_scores, logit_lens, repeated_tokens
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer

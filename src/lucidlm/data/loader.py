@@ -27,6 +27,7 @@ import torch
 
 from lucidlm.errors import DataError
 from lucidlm.inputs import COUNT, read_json
+from lucidlm.tokenizers import Tokenizer
 
 SPLITS = ("train", "val")
 
@@ -79,6 +80,14 @@ def open_split(data_dir: str | Path, split: str, part: str = "") -> np.memmap:
             "meta.json gives; prepare the data again"
         )
     return data
+
+
+def opening_words(tokenizer: Tokenizer, data_dir: str | Path) -> str:
+    """A prompt the model can read, for the "Next:" hint after training: the start of its data's first line."""
+    text = tokenizer.decode(open_split(data_dir, "train")[:64].tolist())
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    words = line[:24].rsplit(" ", 1)[0] if len(line) > 24 else line
+    return words or text[:1]
 
 
 def is_chat_data(data_dir: str | Path) -> bool:
