@@ -8,8 +8,9 @@ import time
 
 from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
-from lucidlm.tutorial import server as tutorial_server
-from lucidlm.tutorial.server import RunnerLimits, create_tutorial_app
+from lucidlm.tutorial import sandbox
+from lucidlm.tutorial.runner import RunnerLimits
+from lucidlm.tutorial.server import create_tutorial_app
 
 from ..conftest import ARTIFACTS, require_chromium
 
@@ -67,12 +68,12 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
         page.evaluate("window.course.cells[0].setSource('while True:\\n    pass')")
         page.locator(".code-cell .run").first.click()
         time.sleep(1.0)
-        assert tutorial_server.RUNNING_CELLS  # the endless cell runs on this machine
+        assert sandbox.RUNNING_CELLS  # the endless cell runs on this machine
         page.click(".course-bar .stop")
         deadline = time.monotonic() + 3
-        while tutorial_server.RUNNING_CELLS and time.monotonic() < deadline:  # Stop ends the cell's process too
+        while sandbox.RUNNING_CELLS and time.monotonic() < deadline:  # Stop ends the cell's process too
             time.sleep(0.05)
-        assert not tutorial_server.RUNNING_CELLS
+        assert not sandbox.RUNNING_CELLS
         assert page.locator(".code-cell").first.get_attribute("data-state") == "stopped"
         rendered = {}
         for number in range(1, 28):  # every lesson's maths is laid out by the browser, none left as LaTeX

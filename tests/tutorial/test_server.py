@@ -13,16 +13,9 @@ import pytest
 from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
 from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_sources
-from lucidlm.tutorial.server import (
-    OUTPUT_KEEP,
-    CellCap,
-    RunnerLimits,
-    become_subreaper,
-    cell_group_prefix,
-    create_tutorial_app,
-    pid_namespace_command,
-    run_cells,
-)
+from lucidlm.tutorial.runner import OUTPUT_KEEP, RunnerLimits, run_cells
+from lucidlm.tutorial.sandbox import CellCap, become_subreaper, cell_group_prefix, pid_namespace_command
+from lucidlm.tutorial.server import create_tutorial_app
 
 TOKEN = "test-token-123"
 
@@ -217,7 +210,7 @@ time.sleep(30)
 def test_the_memory_limit_holds_for_the_cell_as_a_whole(monkeypatch, groups):
     """Three forked children of 400 MiB each held 1.2 GB under a 512 MiB limit (RLIMIT_AS is per process)."""
     if groups.startswith("none"):
-        monkeypatch.setattr("lucidlm.tutorial.server.cgroup_parents", lambda controller: [])
+        monkeypatch.setattr("lucidlm.tutorial.sandbox.cgroup_parents", lambda controller: [])
     result = run_cells([THREE_CHILDREN_OF_400_MIB], RunnerLimits(seconds=20, memory_mib=512))
     assert result["status"] == "error" and result["seconds"] < 15
     assert "memory limit of 512 MiB" in result["stderr"]
@@ -258,7 +251,7 @@ def contained(monkeypatch, request):
     if request.param == "namespace":
         yield
         return
-    monkeypatch.setattr("lucidlm.tutorial.server.pid_namespace_command", lambda: ())
+    monkeypatch.setattr("lucidlm.tutorial.sandbox.pid_namespace_command", lambda: ())
     become_subreaper()
     try:
         yield
@@ -274,7 +267,7 @@ def test_a_cell_that_escapes_its_group_and_session_is_still_killed_and_never_han
 ):
     """The escaped child holds the cell's stdout open: the second communicate() waited on it for ever."""
     if groups == "none":
-        monkeypatch.setattr("lucidlm.tutorial.server.cgroup_parents", lambda controller: [])
+        monkeypatch.setattr("lucidlm.tutorial.sandbox.cgroup_parents", lambda controller: [])
     code = ESCAPE + ("" if cell_exits else "time.sleep(120)\n")
     result = run_cells([code], RunnerLimits(seconds=3))
     assert result["stdout"] == "out\n" and result["seconds"] < 5.5

@@ -49,7 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from lucidlm.serve.server import bind, run_forever
-    from lucidlm.tutorial.server import CellCap, RunnerLimits, containment, create_tutorial_app, new_token
+    from lucidlm.tutorial.runner import RunnerLimits
+    from lucidlm.tutorial.sandbox import CellCap, containment
+    from lucidlm.tutorial.server import create_tutorial_app, new_token
 
     if args.build is not None:
         from lucidlm.interop.web import check_web_exportable, export_web
