@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from lucidlm.cli.common import (
     add_device_argument,
@@ -24,7 +27,7 @@ EXAMPLES = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("analysis", choices=["logit", "heads", "ablate", "attribute", "patch"])
+    parser.add_argument("analysis", choices=list(ANALYSES))
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR|hf:DIR")
     parser.add_argument("--prompt", help="logit, ablate, attribute: the text")
     parser.add_argument("--top", type=int, default=3, help="logit: the tokens shown per layer and position")
@@ -43,53 +46,86 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """One `lucidlm lens` analysis: the flags it cannot run without, whether its result has a picture (its
+    `panels`), and how it runs on the model from the arguments: (the typed result, the ids its table labels)."""
+
+    needs: tuple[str, ...]
+    picture: bool
+    compute: Callable[[Any, Any, argparse.Namespace], tuple[Any, list[int] | None]]
+
+
+def _logit(model, tokenizer, args):
+    from lucidlm.lens import logit_lens
+
+    ids = encode_prompt(tokenizer, args.prompt)
+    return logit_lens(model, ids, args.top), ids
+
+
+def _heads(model, tokenizer, args):
+    from lucidlm.lens import head_scores
+
+    return head_scores(model, args.length), None
+
+
+def _ablate(model, tokenizer, args):
+    from lucidlm.lens import ablation
+
+    ids = encode_prompt(tokenizer, args.prompt)
+    return ablation(model, ids, args.kind), ids
+
+
+def _attribute(model, tokenizer, args):
+    from lucidlm.lens import direct_logit_attribution, one_token
+
+    ids = encode_prompt(tokenizer, args.prompt)
+    position = args.position + len(ids) if args.position < 0 else args.position
+    token, other = one_token(tokenizer, args.token, "--token"), one_token(tokenizer, args.other, "--other")
+    return direct_logit_attribution(model, ids, position, token, other), ids
+
+
+def _patch(model, tokenizer, args):
+    from lucidlm.lens import one_token, patching
+
+    clean, corrupted = encode_prompt(tokenizer, args.clean), encode_prompt(tokenizer, args.corrupted)
+    answer, wrong = one_token(tokenizer, args.answer, "--answer"), one_token(tokenizer, args.wrong, "--wrong")
+    return patching(model, clean, corrupted, answer, wrong), clean
+
+
+ANALYSES = {
+    "logit": Analysis(("prompt",), True, _logit),
+    "heads": Analysis((), True, _heads),
+    "ablate": Analysis(("prompt",), True, _ablate),
+    "attribute": Analysis(("prompt", "token"), False, _attribute),
+    "patch": Analysis(("clean", "corrupted", "answer", "wrong"), True, _patch),
+}
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    from lucidlm.generate import encode_prompt as encode
+
+    return encode(tokenizer, text)
+
+
 def run(args: argparse.Namespace) -> None:
-    from lucidlm import lens
     from lucidlm.device import pick_device
-    from lucidlm.generate import encode_prompt
     from lucidlm.load import load_model
 
-    needs = {
-        "logit": ["prompt"],
-        "heads": [],
-        "ablate": ["prompt"],
-        "attribute": ["prompt", "token"],
-        "patch": ["clean", "corrupted", "answer", "wrong"],
-    }
-    missing = [f"--{name}" for name in needs[args.analysis] if getattr(args, name) is None]
+    analysis = ANALYSES[args.analysis]
+    missing = [f"--{name}" for name in analysis.needs if getattr(args, name) is None]
     if missing:
         raise ConfigError(f"lens {args.analysis} needs {' and '.join(missing)}")
-    if args.png is not None and args.analysis not in lens.DRAWN:
+    if args.png is not None and not analysis.picture:
         raise ConfigError(f"lens {args.analysis} has no picture; drop --png")
     if args.png is not None:
         check_file_target(args.png, PNG_FILE, args.force, "--png")  # before the work, which may take a while
     model, tokenizer, _ = load_model(args.checkpoint, device=pick_device(args.device))
-    ids = encode_prompt(tokenizer, args.prompt) if args.prompt is not None else None
     try:
-        if args.analysis == "logit":
-            result = lens.logit_lens(model, ids, args.top)
-        elif args.analysis == "heads":
-            result = lens.head_scores(model, args.length)
-        elif args.analysis == "ablate":
-            result = lens.ablation(model, ids, args.kind)
-        elif args.analysis == "attribute":
-            position = args.position + len(ids) if args.position < 0 else args.position
-            token, other = (
-                lens.one_token(tokenizer, text, flag)
-                for text, flag in ((args.token, "--token"), (args.other, "--other"))
-            )
-            result = lens.direct_logit_attribution(model, ids, position, token, other)
-        else:
-            clean, corrupted = (encode_prompt(tokenizer, text) for text in (args.clean, args.corrupted))
-            answer, wrong = (
-                lens.one_token(tokenizer, text, flag)
-                for text, flag in ((args.answer, "--answer"), (args.wrong, "--wrong"))
-            )
-            result = lens.patching(model, clean, corrupted, answer, wrong)
+        result, ids = analysis.compute(model, tokenizer, args)
     except ValueError as exc:  # an index, a length or a prompt the analysis cannot take
         raise ConfigError(str(exc)) from None
-    texts = ids if ids is not None else (clean if args.analysis == "patch" else None)
-    print(json.dumps(result) if args.json else lens.table(args.analysis, result, tokenizer, texts))
+    print(json.dumps(result.to_json()) if args.json else result.table(tokenizer, ids))
     if args.png is not None:
         with written_file(args.png, PNG_FILE, args.force, "--png") as tmp:
-            lens.draw(args.analysis, result, tokenizer, texts, tmp)
+            result.draw(tokenizer, ids, tmp)

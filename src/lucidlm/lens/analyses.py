@@ -1,34 +1,14 @@
-"""Looking inside a trained model: what it predicts at each layer, which heads copy, what breaks without them.
-
-Every analysis here reads or changes the forward pass through its hook points (model/hooks.py), so it works
-for every model lucidlm runs, a run you trained or a Hub model (`hf:DIR`):
-
-- `logit_lens`: the residual stream after each layer read out through the final norm and the unembedding
-  (nostalgebraist, 2020): the top tokens per layer and position, and where the model's own final prediction
-  stands at each layer (its probability and rank), with the KL divergence of each layer's reading from the
-  output.
-- `head_scores`: previous-token, duplicate-token and induction scores of every head, from its attention on
-  random tokens repeated once (Olsson et al., 2022): an induction head attends from a token's second copy to
-  the token that followed its first copy.
-- `ablation`: each head's and each MLP's worth, as the loss its removal adds over a text (zero-ablation, or
-  mean-ablation: its output replaced by its mean over the text).
-- `direct_logit_attribution`: each head's and each MLP's direct contribution to one token's logit (or to the
-  difference of two tokens' logits) at one position, through the final norm's scale as the pass computed it.
-- `patching`: a clean and a corrupted prompt of equal length; the clean run's residual stream patched into
-  the corrupted run at one (layer, position) at a time, and each head's output likewise, as the fraction of
-  the clean logit difference it restores.
-
-Shapes: L layers, H heads, T positions, V the vocabulary.
-"""
+"""The analyses: each reads or changes the forward pass through its hook points and returns a typed result
+(results.py). Shapes: L layers, H heads, T positions, V the vocabulary."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from lucidlm.lens.results import Ablation, Attribution, HeadScores, LogitLens, Patching
 from lucidlm.model import GPT
 
 
@@ -53,7 +33,7 @@ def read_out(model: GPT, residual: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def logit_lens(model: GPT, ids: list[int], top: int = 5) -> dict:
+def logit_lens(model: GPT, ids: list[int], top: int = 5) -> LogitLens:
     """For each of the L + 1 readings (after the embeddings, after each layer) and each position: the `top`
     tokens and their probabilities, and the probability and rank of the model's final prediction there; and
     each reading's mean KL divergence from the model's output, in nats."""
@@ -68,15 +48,15 @@ def logit_lens(model: GPT, ids: list[int], top: int = 5) -> dict:
     chosen = readings.gather(-1, predicted.expand(len(names), -1)[..., None])[..., 0]  # (L+1, T)
     rank = (readings > chosen[..., None]).sum(-1)  # 0 where the final prediction leads
     kl = (final.exp() * (final - readings)).sum(-1).mean(-1)  # KL(output || reading), averaged over positions
-    return {
-        "layers": ["embeddings", *(f"layer {layer}" for layer in range(model.config.n_layer))],
-        "top_tokens": tokens.tolist(),
-        "top_probabilities": probabilities.tolist(),
-        "prediction": predicted.tolist(),
-        "prediction_probability": chosen.exp().tolist(),
-        "prediction_rank": rank.tolist(),
-        "kl_to_output": kl.tolist(),
-    }
+    return LogitLens(
+        layers=["embeddings", *(f"layer {layer}" for layer in range(model.config.n_layer))],
+        top_tokens=tokens.tolist(),
+        top_probabilities=probabilities.tolist(),
+        prediction=predicted.tolist(),
+        prediction_probability=chosen.exp().tolist(),
+        prediction_rank=rank.tolist(),
+        kl_to_output=kl.tolist(),
+    )
 
 
 def repeated_tokens(vocab_size: int, width: int, lengths: list[int], generator: torch.Generator) -> torch.Tensor:
@@ -91,7 +71,7 @@ def repeated_tokens(vocab_size: int, width: int, lengths: list[int], generator: 
 
 
 @torch.inference_mode()
-def head_scores(model: GPT, length: int | None = None, batch: int = 4, seed: int = 0) -> dict:
+def head_scores(model: GPT, length: int | None = None, batch: int = 4, seed: int = 0) -> HeadScores:
     """Previous-token, duplicate-token and induction scores (L, H) on `batch` sequences of `length` random
     tokens followed by the same tokens again (at most block_size in all): `attention_scores` on
     `repeated_tokens`."""
@@ -101,11 +81,11 @@ def head_scores(model: GPT, length: int | None = None, batch: int = 4, seed: int
         raise ValueError(f"length must lie in 2..{config.block_size // 2} (half of block_size)")
     generator = torch.Generator().manual_seed(seed)
     ids = repeated_tokens(config.vocab_size, 2 * length, [length] * batch, generator)  # (B, 2 * length)
-    return {**attention_scores(model, ids.tolist(), length), "length": length, "batch": batch}
+    return HeadScores(**attention_scores(model, ids.tolist(), length), length=length, batch=batch)
 
 
 @torch.inference_mode()
-def attention_scores(model: GPT, rows: list[list[int]], length: int) -> dict:
+def attention_scores(model: GPT, rows: list[list[int]], length: int) -> dict[str, list[list[float]]]:
     """Each head's mean attention (L, H), over the rows (B, 2 * length: tokens, then the same again) and the
     repeated half's positions i, to one place: i - 1 (the previous token), i - length (the same token's first
     copy), i - length + 1 (the token after that copy, the induction score)."""
@@ -131,7 +111,7 @@ def mean_loss(model: GPT, ids: torch.Tensor, hooks: dict) -> float:
 
 
 @torch.inference_mode()
-def ablation(model: GPT, ids: list[int], kind: str = "zero") -> dict:
+def ablation(model: GPT, ids: list[int], kind: str = "zero") -> Ablation:
     """The loss over `ids` with nothing removed, and the loss each head (L, H) and each MLP (L,) adds when its
     output is replaced by zeros (`zero`) or by its mean over the text's positions (`mean`)."""
     if kind not in ("zero", "mean"):
@@ -163,11 +143,13 @@ def ablation(model: GPT, ids: list[int], kind: str = "zero") -> dict:
         for layer in range(config.n_layer)
     ]
     mlps = [mean_loss(model, tokens, {name: replacement}) - base for name in mlp_names]
-    return {"kind": kind, "loss": base, "heads": heads, "mlps": mlps}
+    return Ablation(kind=kind, loss=base, heads=heads, mlps=mlps)
 
 
 @torch.inference_mode()
-def direct_logit_attribution(model: GPT, ids: list[int], position: int, token: int, other: int | None = None) -> dict:
+def direct_logit_attribution(
+    model: GPT, ids: list[int], position: int, token: int, other: int | None = None
+) -> Attribution:
     """Each component's direct contribution to the logit of `token` (minus that of `other`, when given) at
     `position`: the embeddings, each head (L, H) through its slice of the output projection, each MLP, and the
     biases, each divided by the final norm's scale at that position as the pass computed it (and centred, for
@@ -218,20 +200,20 @@ def direct_logit_attribution(model: GPT, ids: list[int], position: int, token: i
         bias += float(norm.bias.float() @ bias_direction.float())
     final = logits[0, position].float()
     total = float(final[token] - (final[other] if other is not None else 0))
-    return {
-        "token": token,
-        "other": other,
-        "position": position,
-        "embeddings": embeddings,
-        "heads": heads,
-        "mlps": mlps,
-        "biases": bias,
-        "total": total,
-    }
+    return Attribution(
+        token=token,
+        other=other,
+        position=position,
+        embeddings=embeddings,
+        heads=heads,
+        mlps=mlps,
+        biases=bias,
+        total=total,
+    )
 
 
 @torch.inference_mode()
-def patching(model: GPT, clean: list[int], corrupted: list[int], answer: int, wrong: int) -> dict:
+def patching(model: GPT, clean: list[int], corrupted: list[int], answer: int, wrong: int) -> Patching:
     """How much of the clean run's logit difference (answer - wrong, at the last position) each patch brings
     back into the corrupted run: the residual stream before each layer at each position (L, T), and each
     head's output at every position (L, H). 1 is the clean difference, 0 the corrupted one."""
@@ -270,132 +252,6 @@ def patching(model: GPT, clean: list[int], corrupted: list[int], answer: int, wr
     heads = [
         [restored({name: patch(name, (slice(None), slice(None), h))}) for h in range(config.n_head)] for name in z_names
     ]
-    return {
-        "clean_difference": clean_difference,
-        "corrupted_difference": corrupted_difference,
-        "residual": residual,
-        "heads": heads,
-    }
-
-
-# --- for the command line: tokens by their text, tables, pictures -------------------------------------------
-
-
-def one_token(tokenizer, text: str | None, flag: str) -> int | None:
-    """The id of a text that is exactly one token (None for None); anything else is a ValueError naming `flag`."""
-    if text is None:
-        return None
-    ids = tokenizer.encode(text)
-    if len(ids) != 1:
-        raise ValueError(f"{flag} {text!r} is {len(ids)} tokens; give a text that is one token (e.g. ' the')")
-    return ids[0]
-
-
-def shown(tokenizer, token: int) -> str:
-    return repr(tokenizer.decode([token]))[1:-1][:8]
-
-
-def grid(title: str, rows: list[str], columns: list[str], values: list[list[float]], width: int = 8) -> str:
-    lines = [title, " " * 10 + "".join(f"{c:>{width}}" for c in columns)]
-    lines += [f"{row:<10}" + "".join(f"{v:>{width}.3f}" for v in line) for row, line in zip(rows, values, strict=True)]
-    return "\n".join(lines)
-
-
-def table(kind: str, result: dict, tokenizer, ids: list[int] | None) -> str:
-    """The result of one analysis as text for a terminal."""
-    if kind == "logit":
-        last = slice(-12, None)  # the last 12 positions fit a terminal
-        header = " " * 11 + "".join(f"{shown(tokenizer, t):>13}" for t in ids[last])
-        lines = ["each layer's most likely next token and its probability, at each of the last positions", header]
-        for name, tokens, probabilities in zip(
-            result["layers"], result["top_tokens"], result["top_probabilities"], strict=True
-        ):
-            cells = [
-                f"{shown(tokenizer, t[0]):>8} {p[0]:.2f}"
-                for t, p in zip(tokens[last], probabilities[last], strict=True)
-            ]
-            lines.append(f"{name:<11}" + "".join(f"{cell:>13}" for cell in cells))
-        kl = ", ".join(f"{value:.3f}" for value in result["kl_to_output"])
-        return "\n".join([*lines, f"KL from the output, layer by layer (nats): {kl}"])
-    if kind == "heads":
-        layers = [f"layer {layer}" for layer in range(len(result["induction"]))]
-        heads = [f"head {head}" for head in range(len(result["induction"][0]))]
-        ranked = sorted(
-            ((score, layer, head) for layer, row in enumerate(result["induction"]) for head, score in enumerate(row)),
-            reverse=True,
-        )
-        best = ", ".join(f"{layer}.{head} ({score:.2f})" for score, layer, head in ranked[:3])
-        return "\n\n".join(
-            [
-                grid("induction scores", layers, heads, result["induction"], 9),
-                grid("previous-token scores", layers, heads, result["previous_token"], 9),
-                f"the strongest induction heads (layer.head): {best}",
-            ]
-        )
-    if kind == "ablate":
-        layers = [f"layer {layer}" for layer in range(len(result["heads"]))]
-        heads = [f"head {head}" for head in range(len(result["heads"][0]))]
-        mlps = ", ".join(f"{value:+.3f}" for value in result["mlps"])
-        return "\n".join(
-            [
-                f"loss {result['loss']:.4f}; the loss each {result['kind']}-ablated part adds:",
-                grid("heads", layers, heads, result["heads"], 9),
-                f"MLPs, layer by layer: {mlps}",
-            ]
-        )
-    if kind == "attribute":
-        parts = [("embeddings", result["embeddings"]), ("biases", result["biases"])]
-        parts += [
-            (f"head {layer}.{head}", value)
-            for layer, row in enumerate(result["heads"])
-            for head, value in enumerate(row)
-        ]
-        parts += [(f"mlp {layer}", value) for layer, value in enumerate(result["mlps"])]
-        parts.sort(key=lambda part: -abs(part[1]))
-        lines = [f"the logit{' difference' if result['other'] is not None else ''}: {result['total']:.4f}, made of:"]
-        return "\n".join(lines + [f"  {name:<14}{value:+.4f}" for name, value in parts[:12]])
-    layers = [f"layer {layer}" for layer in range(len(result["residual"]))]
-    positions = [shown(tokenizer, t) for t in ids]
-    heads = [f"head {head}" for head in range(len(result["heads"][0]))]
-    return "\n\n".join(
-        [
-            f"logit difference: clean {result['clean_difference']:.3f}, corrupted {result['corrupted_difference']:.3f}",
-            grid("the fraction restored by patching the residual stream before each layer, at each position", layers,
-                 positions, result["residual"]),
-            grid("the fraction restored by patching each head's output", layers, heads, result["heads"], 9),
-        ]
-    )  # fmt: skip
-
-
-DRAWN = ("logit", "heads", "ablate", "patch")  # the analyses with a picture
-
-
-def draw(kind: str, result: dict, tokenizer, ids: list[int] | None, path: str | Path) -> None:
-    """The analysis as a heatmap PNG written to `path` (whatever its name ends in): the logit lens's grid, the
-    head scores, the ablation, the patching."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = {
-        "logit": [("probability of the final prediction, by layer and position", result.get("prediction_probability"))],
-        "heads": [(f"{name.replace('_', '-')} score", result.get(name))
-                  for name in ("previous_token", "duplicate_token", "induction")],
-        "ablate": [(f"loss added by {result.get('kind')}-ablating each head", result.get("heads"))],
-        "patch": [("fraction restored: residual before each layer, per position", result.get("residual")),
-                  ("fraction restored: each head's output", result.get("heads"))],
-    }  # fmt: skip
-    figure, axes = plt.subplots(1, len(panels[kind]), figsize=(5.5 * len(panels[kind]), 4), dpi=100, squeeze=False)
-    for axis, (title, values) in zip(axes[0], panels[kind], strict=True):
-        image = axis.imshow(values, cmap="viridis", aspect="auto")
-        axis.set_title(title, fontsize=9)
-        axis.set_ylabel("layer (0: the embeddings)" if kind == "logit" else "layer")
-        if kind in ("logit", "patch") and "position" in title and ids is not None:
-            axis.set_xticks(range(len(ids)), [shown(tokenizer, t) for t in ids], rotation=90, fontsize=7)
-        else:
-            axis.set_xlabel("head")
-        figure.colorbar(image, ax=axis)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
+    return Patching(
+        clean_difference=clean_difference, corrupted_difference=corrupted_difference, residual=residual, heads=heads
+    )
