@@ -17,7 +17,8 @@ import torch
 import transformers
 from common import machine, write_results
 
-from lucidlm.generate import SamplingConfig, compile_decoding, generate_ids
+from lucidlm.decode import SamplingConfig
+from lucidlm.generate import compile_decoding, generate_ids
 from lucidlm.interop.hf_export import export_hf
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import CharTokenizer

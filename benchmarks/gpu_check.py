@@ -117,7 +117,8 @@ def shakespeare(data) -> dict:
 
 
 def decoding() -> dict:
-    from lucidlm.generate import SamplingConfig, generate_ids
+    from lucidlm.decode import SamplingConfig
+    from lucidlm.generate import generate_ids
     from lucidlm.model import GPT, GPTConfig
     from lucidlm.serve import Engine, Request
     from lucidlm.tokenizers import BPETokenizer

@@ -22,8 +22,9 @@ import transformers
 from common import machine, write_results
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from lucidlm.decode import SamplingConfig
 from lucidlm.evaluate import split_loss
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.generate import generate_ids
 from lucidlm.load import load_model
 from lucidlm.model.onednn import decode_with_onednn
 from lucidlm.train.plan import carry_out, plan_run

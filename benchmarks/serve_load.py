@@ -95,7 +95,7 @@ def median_run(runs: list[dict]) -> dict:
 def engine_alone() -> dict[int, float]:
     """Tokens/s of the decoding engine with no HTTP in the way, per client count (median of ROUNDS
     interleaved runs): the ceiling of the served figures."""
-    from lucidlm.generate import SamplingConfig
+    from lucidlm.decode import SamplingConfig
     from lucidlm.serve import Engine, Request
 
     model, tokenizer = baby_model()

@@ -13,7 +13,8 @@
 # %%
 import torch
 
-from lucidlm.generate import SamplingConfig, filter_logits, generate_ids
+from lucidlm.decode import SamplingConfig, filter_logits
+from lucidlm.generate import generate_ids
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import CharTokenizer
 

@@ -14,7 +14,8 @@
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.decode import SamplingConfig
+from lucidlm.generate import generate_ids
 from lucidlm.model import GPT, GPTConfig
 
 torch.manual_seed(0)

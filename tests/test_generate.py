@@ -1,17 +1,9 @@
 import pytest
 import torch
 
+from lucidlm.decode import SamplingConfig, StopStreamer, filter_logits, sample_next
 from lucidlm.errors import ConfigError, TokenizerError
-from lucidlm.generate import (
-    SamplingConfig,
-    StopStreamer,
-    compile_decoding,
-    encode_prompt,
-    filter_logits,
-    generate_ids,
-    generate_text,
-    sample_next,
-)
+from lucidlm.generate import compile_decoding, encode_prompt, generate_ids, generate_text
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer
 

@@ -22,8 +22,9 @@ LAYERS = [
     ["tokenizers", "model"],
     ["run_config", "data", "scratch", "scaling_law"],
     ["device", "runs"],
-    ["generate", "lens"],
-    ["chat", "explain"],  # the explainer reads each layer's stream as the logit lens does
+    ["decode", "lens"],  # decode: the one decoding step of generate, chat, eval, GRPO and the server
+    ["generate", "explain"],  # the explainer reads each layer's stream as the logit lens does
+    ["chat"],
     ["evaluate", "interop"],
     ["load"],
     ["train", "serve"],

@@ -31,9 +31,10 @@ from tqdm import tqdm
 
 from lucidlm.data.corpus import iter_text
 from lucidlm.data.loader import open_split
+from lucidlm.decode import SamplingConfig
 from lucidlm.device import autocast
 from lucidlm.errors import ConfigError, DataError
-from lucidlm.generate import SamplingConfig, generate_text
+from lucidlm.generate import generate_text
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer, load_tokenizer
 

@@ -14,7 +14,8 @@ import torch
 
 from lucidlm.chat.repl import ChatSession
 from lucidlm.chat.template import chat_prompt
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.decode import SamplingConfig
+from lucidlm.generate import generate_ids
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.run_config import RunConfig, TrainConfig
 from lucidlm.runs import save_checkpoint, write_json_atomic

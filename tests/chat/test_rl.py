@@ -10,8 +10,9 @@ import torch
 
 from lucidlm.chat.data import prepare_chat
 from lucidlm.chat.template import CHAT_TOKENS
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import ConfigError, DataError, LucidError
-from lucidlm.generate import SamplingConfig, sample_group
+from lucidlm.generate import sample_group
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import CharTokenizer
 from lucidlm.train.objectives import clipped_policy_loss, group_advantages, sequence_logprobs, token_logprobs

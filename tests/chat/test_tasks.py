@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from lucidlm.chat.template import chat_prompt
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import DataError
 from lucidlm.evaluate import TaskRecord, normalise_answer, read_task_records, score_tasks
-from lucidlm.generate import SamplingConfig, generate_text
+from lucidlm.generate import generate_text
 from lucidlm.model import GPT, GPTConfig
 from tests.chat.conftest import write_jsonl
 from tests.chat.test_repl import write_run
@@ -119,8 +120,8 @@ def test_sampled_replies_repeat_with_the_seed(tmp_path, model, chat_tokenizer):
     write_jsonl(tmp_path / "t.jsonl", [{"messages": [{"role": "user", "content": f"Hi {c}"}], "answer": "x"}
                                         for c in "abcdef"])  # fmt: skip
     args = ["eval", "--checkpoint", tmp_path / "run", "--tasks", tmp_path / "t.jsonl", "--json", "--max-new-tokens", 5]
+    from lucidlm.decode import seed_generator
     from lucidlm.evaluate import read_task_records
-    from lucidlm.generate import seed_generator
 
     records = read_task_records(tmp_path / "t.jsonl")
     hot = SamplingConfig(temperature=1.5)

@@ -8,7 +8,8 @@ import transformers
 
 from lucidlm.chat import chat_prompt
 from lucidlm.chat.template import CHAT_TOKENS, OWN_CHAT_TEMPLATE, chat_template
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.decode import SamplingConfig
+from lucidlm.generate import generate_ids
 from lucidlm.interop.hf_export import export_hf
 from lucidlm.interop.hf_import import load_hf_tokenizer
 from lucidlm.load import load_model, with_new_tokens

@@ -28,9 +28,9 @@ from lucidlm.chat.tools import (
     template_messages,
     tools_problem,
 )
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import ConfigError, DataError
 from lucidlm.evaluate import TaskRecord, score_tasks
-from lucidlm.generate import SamplingConfig
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
 from tests.chat.conftest import ALPHABET, write_jsonl

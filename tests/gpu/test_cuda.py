@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.decode import SamplingConfig
+from lucidlm.generate import generate_ids
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.run_config import RunConfig, TrainConfig
 from lucidlm.serve import Engine, Request

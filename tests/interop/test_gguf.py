@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import ConfigError
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.generate import generate_ids
 from lucidlm.interop.gguf import export_gguf, gguf_tensors, interleave_rope_rows
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer

@@ -7,8 +7,9 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import ConfigError
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.generate import generate_ids
 from lucidlm.interop.hf_export import export_hf
 from lucidlm.interop.hf_import import load_hf, load_hf_tokenizer
 from lucidlm.interop.hf_layout import family

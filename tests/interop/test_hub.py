@@ -16,8 +16,9 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from lucidlm.chat import chat_prompt, render_template
 from lucidlm.chat.template import chat_template
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import LucidError
-from lucidlm.generate import SamplingConfig, generate_ids, generate_text
+from lucidlm.generate import generate_ids, generate_text
 from lucidlm.lens import direct_logit_attribution, logit_lens
 from lucidlm.load import load_model
 from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
@@ -355,7 +356,8 @@ def test_the_server_chats_through_the_models_template(hub_dir):
 MEASURE_LOAD = """
 import json, sys
 from pathlib import Path
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.decode import SamplingConfig
+from lucidlm.generate import generate_ids
 from lucidlm.model.onednn import decode_with_onednn
 from lucidlm.load import load_model
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.decode import SamplingConfig
+from lucidlm.generate import generate_ids
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.model.onednn import ONEDNN_AT, OneDNNLinear, can_use_onednn, decode_with_onednn
 

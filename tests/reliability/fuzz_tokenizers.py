@@ -19,8 +19,8 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["lucidlm"]):
+    from lucidlm.decode import StopStreamer
     from lucidlm.errors import LucidError, TokenizerError
-    from lucidlm.generate import StopStreamer
     from lucidlm.tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 
 BPE = BPETokenizer.train(["hello world, hello there; the theme of the thing"] * 3, vocab_size=280)

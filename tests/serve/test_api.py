@@ -8,7 +8,8 @@ import openai
 import pytest
 import torch
 
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.decode import SamplingConfig
+from lucidlm.generate import generate_ids
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.decode import SamplingConfig
+from lucidlm.generate import generate_ids
 from lucidlm.model.onednn import OneDNNLinear, decode_with_onednn
 from lucidlm.serve import Engine, QueueFull, Request
 

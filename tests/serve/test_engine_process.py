@@ -6,7 +6,7 @@ import threading
 import openai
 import pytest
 
-from lucidlm.generate import SamplingConfig
+from lucidlm.decode import SamplingConfig
 from lucidlm.serve import BackgroundServer, Engine, EngineProcess, QueueFull, Request, ServerSettings, create_app
 
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from lucidlm.generate import SamplingConfig
+from lucidlm.decode import SamplingConfig
 from lucidlm.serve import BackgroundServer, Engine, EngineProcess, Request, ServerSettings, create_app
 
 BASE = {"model": "tiny", "prompt": "Hello", "max_tokens": 4}

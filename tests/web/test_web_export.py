@@ -7,9 +7,10 @@ from collections.abc import Mapping
 import pytest
 import torch
 
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import ConfigError
 from lucidlm.explain import explain
-from lucidlm.generate import SamplingConfig, generate_ids
+from lucidlm.generate import generate_ids
 from lucidlm.interop import web as web_model
 from lucidlm.interop.web import export_web
 from lucidlm.lens import ablation, attention_scores, logit_lens, repeated_tokens

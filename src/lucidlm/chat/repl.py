@@ -20,8 +20,9 @@ import torch
 
 from lucidlm.chat.template import chat_prompt
 from lucidlm.chat.tools import built_in_tools, reply_with_tools
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import LucidError, Terminated
-from lucidlm.generate import SamplingConfig, generate_text
+from lucidlm.generate import generate_text
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer
 

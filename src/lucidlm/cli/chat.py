@@ -40,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from lucidlm.chat.repl import ChatSession, run_chat
     from lucidlm.chat.template import chat_template
+    from lucidlm.decode import SamplingConfig
     from lucidlm.device import pick_device
-    from lucidlm.generate import SamplingConfig
     from lucidlm.load import load_model
     from lucidlm.model.onednn import decode_with_onednn
 

@@ -37,7 +37,7 @@ def sampling_generator(device, seed: int | None):
     """The random generator sampling draws from: seeded when asked (same seed, same text), else fresh."""
     import torch
 
-    from lucidlm.generate import seed_generator
+    from lucidlm.decode import seed_generator
 
     generator = torch.Generator(device=device)
     if seed is None:

@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def print_task_scores(model, tokenizer, records, args: argparse.Namespace) -> None:
+    from lucidlm.decode import SamplingConfig
     from lucidlm.evaluate import preference_pairs, score_tasks
-    from lucidlm.generate import SamplingConfig
 
     if args.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be at least 1")

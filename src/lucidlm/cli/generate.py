@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from lucidlm.decode import SamplingConfig
     from lucidlm.device import pick_device
-    from lucidlm.generate import SamplingConfig, compile_decoding, encode_prompt, generate_text
+    from lucidlm.generate import compile_decoding, encode_prompt, generate_text
     from lucidlm.load import load_model
     from lucidlm.model.onednn import decode_with_onednn
 

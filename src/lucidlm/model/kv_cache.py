@@ -111,17 +111,30 @@ class SlotKVCache(CacheMemory):
         """The rows the next forward pass reads and extends."""
         self.rows, self._positions = slice(start, stop), None
 
+    def common_length(self) -> int | None:
+        """The length the selected rows share, or None: rows at one length take KVCache's plain path (a
+        slice to write, no mask for one new token), so one sequence decodes here as fast as in a KVCache."""
+        lengths = self.lengths[self.rows]
+        return lengths[0] if lengths and min(lengths) == max(lengths) else None
+
     def positions(self, new: int) -> torch.Tensor:
-        """Each selected row's next `new` positions. (B, new)"""
-        if self._positions is None or self._positions.shape[1] != new:  # asked once per layer: build it once
-            device = self.device
-            starts = torch.tensor(self.lengths[self.rows], device=device)
-            self._positions = starts[:, None] + torch.arange(new, device=device)
+        """Each selected row's next `new` positions: (B, new), or (new,) when the rows share a length."""
+        if self._positions is None or self._positions.shape[-1] != new:  # asked once per layer: build it once
+            device, length = self.device, self.common_length()
+            if length is not None:
+                self._positions = torch.arange(length, length + new, device=device)
+            else:
+                starts = torch.tensor(self.lengths[self.rows], device=device)
+                self._positions = starts[:, None] + torch.arange(new, device=device)
         return self._positions
 
-    def attention_mask(self, new: int) -> torch.Tensor:
+    def attention_mask(self, new: int) -> torch.Tensor | None:
         """(B, 1, new, end): a query sees the keys at or before its own position in its own row; rows
-        shorter than the longest selected one also hide the stale keys past their end."""
+        shorter than the longest selected one also hide the stale keys past their end. Rows of one length
+        need KVCache's mask (none for one new token, or a plain causal pass from position 0)."""
+        length = self.common_length()
+        if length is not None:
+            return None if length == 0 or new == 1 else causal_mask(length, new, self.device)
         query_position = self.positions(new)  # (B, new)
         key_position = torch.arange(self.end(new), device=self.device)
         return (key_position <= query_position[..., None]).unsqueeze(1)
@@ -131,11 +144,15 @@ class SlotKVCache(CacheMemory):
         end = self.end(new)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
-        row = torch.arange(B, device=k.device)[:, None]  # (B, 1)
-        position = self.positions(new)  # (B, new)
         keys, values = self.keys[layer][self.rows], self.values[layer][self.rows]  # views (B, K, max_len, D)
-        keys[row, :, position] = k.transpose(1, 2)  # each row writes at its own positions
-        values[row, :, position] = v.transpose(1, 2)
+        length = self.common_length()
+        if length is not None:
+            keys[:, :, length:end], values[:, :, length:end] = k, v
+        else:
+            row = torch.arange(B, device=k.device)[:, None]  # (B, 1)
+            position = self.positions(new)  # (B, new)
+            keys[row, :, position] = k.transpose(1, 2)  # each row writes at its own positions
+            values[row, :, position] = v.transpose(1, 2)
         return keys[:, :, :end], values[:, :, :end]
 
     def advance(self, n: int) -> None:
@@ -192,3 +209,10 @@ class StaticKVCache(CacheMemory):
 
     def reset(self) -> None:
         self.position.zero_()
+
+    # SlotKVCache's interface, for the one decoding loop (decode.py), over the one row this cache has
+    def select(self, start: int, stop: int) -> None:
+        """Its one row is every pass's."""
+
+    def clear(self, row: int) -> None:
+        self.reset()

@@ -1,14 +1,14 @@
 """The decoding engine behind `lucidlm serve`: every busy request advances by one token per batched step.
 
 Decoding one token costs about as much for 8 sequences as for 1 on a small model (the time goes to reading
-the weights and to Python, not to arithmetic), so the engine keeps all requests in one `SlotKVCache` and
-runs them through the model together. Requests join and leave between steps:
+the weights and to Python, not to arithmetic), so the engine keeps every request in a row of one decoder
+(decode.py: the one decoding step that `generate`, chat and GRPO use too) and advances them together.
+Requests join and leave between steps:
 
     step:  admit waiting requests (each reads its prompt into a free row of the cache: "prefill")
-           shift the context of rows whose window is full (generate.shifted_context: keep the newer half)
-           one forward pass over every busy row, each fed the token it sampled last  -> logits (B, vocab)
-           each request samples its next token with its own random generator, and reports it
-           requests that are finished (stop string, end-of-text, max_tokens) or cancelled leave
+           the decoder's step: shift full windows, one forward pass over every busy row, each row samples
+           its next token with its own random generator and its stop rules
+           each request reports its token; requests that are finished or cancelled leave
 
 A request's random generator is its own and its row's numbers do not depend on the other rows, so with a
 seed a request gives the same text alone or among others.
@@ -28,15 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lucidlm.device import autocast
-from lucidlm.generate import (
-    SamplingConfig,
-    StopStreamer,
-    prompt_window,
-    sample_next,
-    seed_generator,
-    shifted_context,
-)
+from lucidlm.decode import Decoder, Row, SamplingConfig, StopStreamer, seed_generator
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer
 
@@ -71,12 +63,8 @@ class Request:
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's; k: and the k most likely
     cancelled: bool = False
     failed: bool = False  # decoding it raised; it has had its error event and leaves at once
-    # filled in by the engine
-    generated: list[int] = field(default_factory=list)
-    context: list[int] = field(default_factory=list)  # the tokens in this request's cache row
-    pending: int = 0  # the token to feed at the next step
-    generator: torch.Generator | None = None
-    streamer: StopStreamer | None = None
+    generated: list[int] = field(default_factory=list)  # filled in by the engine
+    row: Row | None = None  # its row in the decoder, while it is there
     engine_id: int = -1  # EngineProcess's number for it in messages to its process
 
 
@@ -85,10 +73,9 @@ class Engine:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.device = model.lm_head.weight.device
-        self.cache = model.new_cache(max_batch, slots=True)
-        self.active: list[Request] = []  # active[i] lives in row i of the cache
+        self.decoder = Decoder(model, max_batch)
         self.waiting: deque[Request] = deque()
-        self.end_of_text = set(tokenizer.eos_ids)
+        self.end_of_text = frozenset(tokenizer.eos_ids)
         self.steps = 0
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -110,6 +97,11 @@ class Engine:
     def cancel(self, request: Request) -> None:
         """The request leaves at the next step (its row is freed) and gets no more events."""
         request.cancelled = True
+
+    @property
+    def active(self) -> list[Request]:
+        """The requests decoding now, in the order of their rows."""
+        return [row.owner for row in self.decoder.rows]
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) request counts."""
@@ -157,35 +149,18 @@ class Engine:
         self.steps += 1
         self._drop_cancelled()
         self._admit()
-        block_size = self.model.config.block_size
-        for row, request in enumerate(self.active):
-            if len(request.context) == block_size:
-                with self._failing_alone(request):
-                    self._prefill(row, request, shifted_context(request.context, block_size))
         self._drop_failed()
-        if not self.active:
+        if not self.decoder.rows:
             return
-        self.cache.select(0, len(self.active))
-        tokens = torch.tensor([[r.pending] for r in self.active], device=self.device)  # (B, 1)
-        with autocast(self.device):
-            logits, _ = self.model(tokens, cache=self.cache)
-        logits = logits[:, -1].float()  # (B, vocab)
-        for request in self.active:
-            request.context.append(request.pending)
-        logprobs = logits.log_softmax(dim=-1) if any(r.top_logprobs is not None for r in self.active) else None
-        finished = []
-        for row, (request, token) in enumerate(zip(self.active, self._sample(logits), strict=True)):
-            if request.failed:
-                continue
+        self.decoder.step(failed=lambda row, exc: self._fail(row.owner, exc))
+        for row in list(self.decoder.rows):
+            request: Request = row.owner
             with self._failing_alone(request):
-                event = self._event(request, token, logprobs[row] if logprobs is not None else None)
-                if event.finish_reason is not None:
-                    finished.append(request)
-                else:
-                    request.pending = token
-                request.on_event(event)
-        for request in finished:
-            self._remove(request)
+                request.on_event(
+                    TokenEvent(row.text, row.generated[-1], row.logprob, row.top, finish_reason=row.finish_reason)
+                )
+            if row.finish_reason is not None:
+                self._remove(request)
 
     @contextlib.contextmanager
     def _failing_alone(self, request: Request) -> Iterator[None]:
@@ -199,35 +174,12 @@ class Engine:
         if request.failed:
             return
         request.failed = True
+        if request.row is not None:
+            request.row.failed = True
         with contextlib.suppress(Exception):  # a callback that raises cannot be told more
             request.on_event(
                 TokenEvent("", finish_reason="error", error=f"decoding failed ({type(exc).__name__}: {exc})")
             )
-
-    def _sample(self, logits: torch.Tensor) -> list[int]:
-        """Every row's next token: rows with the same sampling settings in one call, each row drawing its
-        random number from its own request's generator."""
-        groups: list[tuple[SamplingConfig, list[int]]] = []
-        for row, request in enumerate(self.active):
-            for config, rows in groups:
-                if config == request.sampling:
-                    rows.append(row)
-                    break
-            else:
-                groups.append((request.sampling, [row]))
-        tokens = [0] * len(self.active)
-        for config, rows in groups:
-            try:
-                uniforms = None
-                if config.temperature > 0:
-                    draws = [torch.rand(1, generator=self.active[r].generator, device=self.device) for r in rows]
-                    uniforms = torch.cat(draws)
-                for row, token in zip(rows, sample_next(logits[rows], config, None, uniforms).tolist(), strict=True):
-                    tokens[row] = token
-            except Exception as exc:  # these settings broke: the requests that share them fail, not the others
-                for row in rows:
-                    self._fail(self.active[row], exc)
-        return tokens
 
     def _admit(self) -> None:
         with self._wakeup:
@@ -236,48 +188,23 @@ class Engine:
                 request = self.waiting.popleft()
                 if not request.cancelled:
                     joining.append(request)
-        block_size = self.model.config.block_size
         for request in joining:
-            row = len(self.active)
-            self.active.append(request)
+            request.row = Row(
+                request.sampling,
+                request.max_tokens,
+                ends=self.end_of_text,
+                top_logprobs=request.top_logprobs,
+                owner=request,
+                generated=request.generated,
+            )
             with self._failing_alone(request):
-                request.generator = torch.Generator(device=self.device)
+                request.row.generator = torch.Generator(device=self.device)
                 if request.seed is None:
-                    request.generator.seed()
+                    request.row.generator.seed()
                 else:
-                    seed_generator(request.generator, request.seed)
-                request.streamer = StopStreamer(self.tokenizer, request.stop)
-                prompt = prompt_window(request.prompt, block_size)
-                self._prefill(row, request, prompt[:-1])
-                request.pending = prompt[-1]
-
-    def _prefill(self, row: int, request: Request, context: list[int]) -> None:
-        """Make row `row` of the cache hold exactly `context` (the next step feeds `request.pending`)."""
-        self.cache.clear(row)
-        request.context = list(context)
-        if context:
-            self.cache.select(row, row + 1)
-            with autocast(self.device):
-                self.model(torch.tensor([context], device=self.device), cache=self.cache)
-
-    def _event(self, request: Request, token: int, logprobs: torch.Tensor | None) -> TokenEvent:
-        request.generated.append(token)
-        event = TokenEvent(text="", token=token)
-        if logprobs is not None:
-            event.logprob = float(logprobs[token])
-            if request.top_logprobs:
-                values, ids = torch.topk(logprobs, min(request.top_logprobs, logprobs.numel()))
-                event.top = list(zip(ids.tolist(), values.tolist(), strict=True))
-        if token in self.end_of_text:
-            event.text, event.finish_reason = request.streamer.finish(), "stop"
-            return event
-        event.text = request.streamer.push(token)
-        if request.streamer.stopped:
-            event.finish_reason = "stop"
-        elif len(request.generated) >= request.max_tokens:
-            event.text += request.streamer.finish()
-            event.finish_reason = "length"
-        return event
+                    seed_generator(request.row.generator, request.seed)
+                request.row.streamer = StopStreamer(self.tokenizer, request.stop)
+                self.decoder.add(request.row, request.prompt)
 
     def _drop_cancelled(self) -> None:
         for request in [r for r in self.active if r.cancelled]:
@@ -288,10 +215,6 @@ class Engine:
             self._remove(request)
 
     def _remove(self, request: Request) -> None:
-        """Free the request's row; the last busy row moves into the gap so busy rows stay at the front."""
-        row, last = self.active.index(request), len(self.active) - 1
-        if row != last:
-            self.cache.move(last, row)
-            self.active[row] = self.active[last]
-        self.cache.clear(last)
-        self.active.pop()
+        if request.row in self.decoder.rows:
+            self.decoder.remove(request.row)
+        request.row = None

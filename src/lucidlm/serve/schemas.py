@@ -13,8 +13,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from lucidlm.chat.tools import tool_calls_problem, tools_problem
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import LucidError
-from lucidlm.generate import SamplingConfig, encode_prompt
+from lucidlm.generate import encode_prompt
 from lucidlm.model.config import shown_integer
 from lucidlm.tokenizers import Tokenizer
 from lucidlm.web.http import APIError

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from lucidlm.generate import SamplingConfig
+from lucidlm.decode import SamplingConfig
 from lucidlm.serve.engine import Engine, QueueFull, TokenEvent
 from lucidlm.serve.engine import Request as EngineRequest
 from lucidlm.serve.engine_process import EngineProcess, EngineStopped

@@ -36,9 +36,10 @@ import torch
 from lucidlm.chat.data import ChatSplit, chat_tokenizer, check_output, longest_line, split_of, write_chat_data
 from lucidlm.chat.template import chat_prompt
 from lucidlm.data.loader import open_split
+from lucidlm.decode import SamplingConfig
 from lucidlm.errors import ConfigError, DataError, LucidError, TokenizerError
 from lucidlm.evaluate import read_task_records
-from lucidlm.generate import SamplingConfig, sample_group
+from lucidlm.generate import sample_group
 from lucidlm.inputs import parse_json
 from lucidlm.run_config import TrainConfig
 from lucidlm.tokenizers import Tokenizer
