@@ -274,7 +274,7 @@ def test_sighup_stops_training_as_sigterm_does_with_status_129(monkeypatch):
         raise Terminated(signal.SIGHUP)
 
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    monkeypatch.setattr(cli, "run_lessons", hung_up)
+    monkeypatch.setattr("lucidlm.cli.lessons.run", hung_up)
     try:
         assert cli.main(["lessons", "list"]) == 129
     finally:

@@ -18,10 +18,10 @@ from lucidlm.device import autocast, training_compile, training_precision, use_c
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.model import GPT
 from lucidlm.model.lora import adapters_off, add_lora
-from lucidlm.run_config import RunConfig
+from lucidlm.run_config import RunConfig, TrainConfig
 from lucidlm.tokenizers import Tokenizer
 from lucidlm.train.distributed import Distributed
-from lucidlm.train.objectives import dpo_loss, sequence_logprobs
+from lucidlm.train.objectives import DPO, NextToken, Objective
 from lucidlm.train.optim import make_optimizer
 from lucidlm.train.rl import GRPO, TaskBatch
 
@@ -39,13 +39,12 @@ class TorchBackend:
         self.model_config = config.model
         self.model = GPT(config.model).to(device)
         train = config.train
-        self.objective, self.dpo_beta, self.dpo_nll = train.objective, train.dpo_beta, train.dpo_nll
+        self.objective = make_objective(train, tokenizer)
         self.replay_coef = train.replay_coef
-        # DPO's frozen reference, the model training starts from (load_weights). A LoRA run whose embeddings stay
-        # frozen needs no copy: its reference is the model with the adapters off.
-        self.needs_reference = train.objective == "dpo" or (train.objective == "grpo" and train.kl_coef > 0)
+        # The objective's frozen reference, the model training starts from (load_weights). A LoRA run whose
+        # embeddings stay frozen needs no copy: its reference is the model with the adapters off.
+        self.needs_reference = self.objective.needs_reference
         self.reference: GPT | None = None
-        self.grpo = GRPO(tokenizer, train) if train.objective == "grpo" else None
         self.metrics: dict[str, float] = {}  # what the last step reported beside its loss
         self.lora = bool(train.lora_rank)
         if self.lora:  # the model is frozen but for its adapters (and, for new tokens, its embeddings)
@@ -54,7 +53,7 @@ class TorchBackend:
             )
         self.optimizer = make_optimizer(self.model, train, device.type)
         self.compiled, self.compile_reason = training_compile(device, train.compile, train.max_steps, train.time_budget)
-        if self.grpo is not None and self.compiled:
+        if train.objective == "grpo" and self.compiled:
             self.compiled, self.compile_reason = False, "GRPO's batches change shape every step; the blocks run eager"
         if self.compiled:
             self.compile_cache = use_compile_cache()
@@ -69,32 +68,13 @@ class TorchBackend:
             self.forward = self.ddp
 
     def objective_loss(self, batch: Batch | TaskBatch | Replayed) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """What a step minimises on one batch (train/objectives.py), and what it reports beside the loss."""
+        """What a step minimises on one batch (the objective's loss), and what it reports beside the loss."""
         if isinstance(batch, Replayed):  # the objective's loss, plus the replay data's next-token loss
-            loss, metrics = self.objective_loss(batch.batch)
+            loss, metrics = self.objective.loss(self, batch.batch)
             replay_loss = self.forward(*batch.replay)[1]
             metrics["replay_loss"] = replay_loss.detach()
             return loss + self.replay_coef * replay_loss, metrics
-        if self.grpo is not None:  # the batch is prompts: sample and score the replies first
-            self.model.eval()
-            rollouts = self.grpo.rollouts(self.model, batch)
-            self.model.train()
-            reference = self.reference_logits if self.needs_reference else None
-            return self.grpo.loss(lambda x: self.forward(x)[0], reference, rollouts)
-        x, y = batch
-        if self.objective == "dpo":  # x holds B chosen sequences, then their B rejected ones
-            policy = sequence_logprobs(self.forward(x)[0], y)  # (2B,)
-            reference = sequence_logprobs(self.reference_logits(x), y)
-            pairs = x.shape[0] // 2
-            loss, metrics = dpo_loss(
-                policy[:pairs], policy[pairs:], reference[:pairs], reference[pairs:], self.dpo_beta
-            )
-            if self.dpo_nll:  # the chosen replies' cross-entropy, a mean over their tokens
-                chosen_nll = -policy[:pairs].sum() / (y[:pairs] >= 0).sum().clamp(min=1)
-                loss = loss + self.dpo_nll * chosen_nll
-                metrics["chosen_nll"] = chosen_nll.detach()
-            return loss, metrics
-        return self.forward(x, y)[1], {}
+        return self.objective.loss(self, batch)
 
     @torch.no_grad()
     def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,16 +124,10 @@ class TorchBackend:
 
     @torch.no_grad()
     def eval_scores(self, batch: Batch | TaskBatch) -> dict[str, float]:
-        """{"loss": the objective's loss on one batch, and what it reports beside it}; for GRPO, the pass@1 of
-        greedy replies, and 1 - pass@1 as the loss."""
+        """{"loss": the objective's loss on one batch, and what it reports beside it} (GRPO: its pass@1)."""
         self.model.eval()
         with autocast(self.device, self.precision):
-            if self.grpo is not None:
-                scores = self.grpo.pass_at_1(self.model, batch)
-                scores = {"loss": 1 - scores["pass_at_1"], **scores}
-            else:
-                loss, metrics = self.objective_loss(batch)
-                scores = {"loss": loss.item(), **{name: float(value) for name, value in metrics.items()}}
+            scores = self.objective.scores(self, batch)
         self.model.train()
         return scores
 
@@ -291,3 +265,12 @@ def make_backend(
     config: RunConfig, device: torch.device, group: Distributed, tokenizer: Tokenizer
 ) -> TorchBackend | NumpyBackend:
     return BACKENDS[config.train.backend](config, device, group, tokenizer)
+
+
+def make_objective(train: TrainConfig, tokenizer: Tokenizer | None) -> Objective:
+    """What a step minimises, by the `objective` setting (`tokenizer`: the data's, which GRPO's rewards read)."""
+    if train.objective == "dpo":
+        return DPO(train.dpo_beta, train.dpo_nll)
+    if train.objective == "grpo":
+        return GRPO(tokenizer, train)
+    return NextToken()

@@ -13,13 +13,83 @@
   kl_coef times an estimate of the KL divergence to the reference (Schulman's k3: exp(d) - d - 1, d = log
   pi_ref - log pi, which is never negative).
 
-These functions take log-probabilities, so the lessons and the tests can check them on numbers worked by hand.
+The functions take log-probabilities, so the lessons and the tests can check them on numbers worked by hand.
+Each objective is one small class the backend drives (`Objective`): its loss on one batch, what it reports
+beside it, and its validation scores; GRPO's, which samples, is train/rl.py's `GRPO`.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
+
+Metrics = dict[str, torch.Tensor]
+
+
+class Policy(Protocol):
+    """What an objective sees of the model being trained (train/backends.py's TorchBackend)."""
+
+    model: torch.nn.Module  # the plain model, for sampling
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, loss) through the training wrapper (DDP, the compiled blocks)."""
+
+    def reference_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen reference's logits (B, T, V): the model the run started from."""
+
+
+class Objective(Protocol):
+    needs_reference: bool  # whether the loss reads a frozen reference model
+
+    def loss(self, policy: Policy, batch) -> tuple[torch.Tensor, Metrics]:
+        """What a step minimises on one batch, and what it reports beside the loss."""
+
+    def scores(self, policy: Policy, batch) -> dict[str, float]:
+        """{"loss": ..., and the rest} on one validation batch, under no_grad with the model in eval mode."""
+
+
+class NextToken:
+    """Pretraining and supervised fine-tuning: the mean cross-entropy of the learned targets (-1: not learned)."""
+
+    needs_reference = False
+
+    def loss(self, policy: Policy, batch) -> tuple[torch.Tensor, Metrics]:
+        x, y = batch
+        return policy.forward(x, y)[1], {}
+
+    def scores(self, policy: Policy, batch) -> dict[str, float]:
+        return loss_scores(*self.loss(policy, batch))
+
+
+class DPO:
+    """Preference pairs: a batch holds B chosen sequences, then their B rejected ones; `nll` weighs the chosen
+    replies' cross-entropy added to the loss (RPO)."""
+
+    needs_reference = True
+
+    def __init__(self, beta: float, nll: float):
+        self.beta, self.nll = beta, nll
+
+    def loss(self, policy: Policy, batch) -> tuple[torch.Tensor, Metrics]:
+        x, y = batch
+        logprobs = sequence_logprobs(policy.forward(x)[0], y)  # (2B,)
+        reference = sequence_logprobs(policy.reference_logits(x), y)
+        pairs = x.shape[0] // 2
+        loss, metrics = dpo_loss(logprobs[:pairs], logprobs[pairs:], reference[:pairs], reference[pairs:], self.beta)
+        if self.nll:  # the chosen replies' cross-entropy, a mean over their tokens
+            chosen_nll = -logprobs[:pairs].sum() / (y[:pairs] >= 0).sum().clamp(min=1)
+            loss = loss + self.nll * chosen_nll
+            metrics["chosen_nll"] = chosen_nll.detach()
+        return loss, metrics
+
+    def scores(self, policy: Policy, batch) -> dict[str, float]:
+        return loss_scores(*self.loss(policy, batch))
+
+
+def loss_scores(loss: torch.Tensor, metrics: Metrics) -> dict[str, float]:
+    return {"loss": loss.item(), **{name: float(value) for name, value in metrics.items()}}
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from lucidlm.generate import sample_group
 from lucidlm.inputs import parse_json
 from lucidlm.run_config import TrainConfig
 from lucidlm.tokenizers import Tokenizer
-from lucidlm.train.objectives import clipped_policy_loss, group_advantages, token_logprobs
+from lucidlm.train.objectives import Policy, clipped_policy_loss, group_advantages, token_logprobs
 
 Reward = Callable[[str, str], float]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -198,12 +198,27 @@ class Rollouts:
 
 
 class GRPO:
-    """What objective=grpo needs beside the model: the tokenizer (a reward reads text), the reward, the settings."""
+    """objective=grpo (train/objectives.py's Objective): the batch is prompts, whose replies it samples and scores
+    with the reward (which reads their text, through the tokenizer) before the clipped loss."""
 
     def __init__(self, tokenizer: Tokenizer, train: TrainConfig):
         self.tokenizer, self.settings = tokenizer, train
         self.reward = load_reward(train.reward)
         self.end_ids = list(tokenizer.eos_ids)
+        self.needs_reference = train.kl_coef > 0
+
+    def loss(self, policy: Policy, batch: TaskBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sample and score the replies with the model in eval mode, then the clipped objective on them."""
+        policy.model.eval()
+        rollouts = self.rollouts(policy.model, batch)
+        policy.model.train()
+        reference = policy.reference_logits if self.needs_reference else None
+        return self.clipped_loss(lambda x: policy.forward(x)[0], reference, rollouts)
+
+    def scores(self, policy: Policy, batch: TaskBatch) -> dict[str, float]:
+        """The pass@1 of greedy replies, and 1 - pass@1 as the loss."""
+        scores = self.pass_at_1(policy.model, batch)
+        return {"loss": 1 - scores["pass_at_1"], **scores}
 
     def reply_text(self, reply: list[int]) -> str:
         if reply and reply[-1] in self.end_ids:
@@ -239,7 +254,7 @@ class GRPO:
         advantages = group_advantages(reward_table).flatten()
         return Rollouts(inputs.to(device), targets.to(device), advantages.to(device), reward_table, lengths)
 
-    def loss(
+    def clipped_loss(
         self, logits: Callable[[torch.Tensor], torch.Tensor], reference_logits: Callable | None, rollouts: Rollouts
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The clipped objective on the rollouts, from the policy's logits (and the reference's, for the KL

@@ -15,22 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from lucidlm.data.loader import BatchLoader, Replayed, data_kind, is_chat_data, open_split, read_meta
+from lucidlm.data.loader import BatchLoader, Replayed, data_kind, is_chat_data, read_meta
 from lucidlm.device import pick_device
 from lucidlm.errors import STOP_SIGNALS, CheckpointError, ConfigError, LucidError, interruption
-from lucidlm.evaluate import bits_per_byte, tokens_per_byte
 from lucidlm.memory import keep_freed_memory
 from lucidlm.run_config import RunConfig, TrainConfig
 from lucidlm.runs import find_checkpoint, load_training_state, read_manifest, save_checkpoint, write_json_atomic
-from lucidlm.tokenizers import load_tokenizer
+from lucidlm.tokenizers import Tokenizer, load_tokenizer
 from lucidlm.train import distributed
 from lucidlm.train.backends import NumpyBackend, TorchBackend, make_backend
-from lucidlm.train.metrics import MetricsLog
+from lucidlm.train.reporting import Progress, Reporter
 from lucidlm.train.rl import TaskLoader
 from lucidlm.train.schedule import learning_rate, time_progress
-from lucidlm.train.tracking import open_tracker
 
 
 @dataclass
@@ -88,8 +85,6 @@ class StopRequest:
             signal.signal(signum, previous)
 
 
-# what the progress bar shows beside the loss, where an objective reports it
-SHOWN_METRICS = ("reward_margin", "reward_accuracy", "reward", "kl", "replay_loss")
 EVAL_PASSES = 100  # an evaluation that reads the validation split more often than this is a typo
 
 
@@ -126,220 +121,207 @@ def train(
     state dict in our names, e.g. from `--init-from`) instead of a fresh initialisation. `notes` go into
     config.json beside the settings (what recipe=auto measured and chose). Under torchrun, every
     process calls this; rank 0 alone writes."""
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    train_config = config.train
+    data_dir, run_dir, settings = Path(data_dir), Path(run_dir), config.train
     check_data_fits(config, data_dir)
-    group = distributed.start(train_config.device)
-    device = pick_device(train_config.device)
+    group = distributed.start(settings.device)
+    device = pick_device(settings.device)
     keep_freed_memory()
-    torch.manual_seed(train_config.seed)
-
-    def windows(directory: str | Path) -> BatchLoader:
-        return BatchLoader(
-            directory,
-            config.model.block_size,
-            train_config.batch_size,
-            train_config.seed,
-            rank=group.rank,
-            micro_steps=train_config.grad_accum,
-            device=device,
-        )
-
-    if data_kind(data_dir) == "tasks":
-        loader = TaskLoader(data_dir, train_config.batch_size, train_config.seed, group.rank, train_config.grad_accum)
-    else:
-        loader = windows(data_dir)
-    # supervised data replayed beside a tuning objective's batches (TrainConfig.replay_data)
-    replay = None if train_config.replay_data is None else windows(train_config.replay_data)
+    torch.manual_seed(settings.seed)
+    loader, replay = make_loaders(data_dir, config, group.rank, device)
     tokenizer = load_tokenizer(data_dir / "tokenizer.json")
     backend = make_backend(config, device, group, tokenizer)
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
-    step, elapsed, best_val_loss, val_loss = 0, 0.0, math.inf, None
-
-    if init_weights is not None:  # a fine-tune's start, or a LoRA run's frozen base (on resume too)
-        backend.load_weights(init_weights)
-    if resume:
-        directory = find_checkpoint(run_dir, "latest")
-        _check_same_tokenizer(data_dir, run_dir)
-        weights, tensors, state = load_training_state(directory)
-        backend.restore(weights, tensors, state)
-        step, elapsed = state["step"], state["elapsed"]
-        best_val_loss, val_loss = state["best_val_loss"] or math.inf, state["val_loss"]
-    elif (run_dir / "latest.json").exists():
-        raise CheckpointError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
-    if group.is_main and progress is not False and notes and "recipe" in notes:
-        recipe = notes["recipe"]
-        tqdm.write(f"recipe=auto chose depth {recipe['depth']}: {recipe['why']}")
-        tqdm.write(
-            f"aiming at a val loss near {recipe['predicted_val_loss']:.2f} (the law's prediction, fitted on "
-            "Tiny Shakespeare: text like it lands near it)"
-        )
-    compile_seconds = 0.0
-    if backend.compiled:
-        if group.is_main and progress is not False:
-            tqdm.write(f"compiling the blocks before the clock starts ({backend.compile_reason})")
-        compile_seconds = backend.compile_now(loader.batch("train", step, 0))
-        if group.is_main and progress is not False:
-            tqdm.write(
-                f"compiled in {compile_seconds:.1f}s, outside the training time; the cache in "
-                f"{backend.compile_cache} makes later runs of this shape start faster"
-            )
+    state = start_state(backend, data_dir, run_dir, resume, init_weights)
+    report = Reporter(run_dir, data_dir, config, tokenizer, group.is_main, progress, state, resume)
+    compile_seconds = prepare_run(backend, device, loader, state, report, notes)
     if group.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            metrics.truncate_after(step)
-        else:
-            metrics.path.unlink(missing_ok=True)
-            tokenizer.save(run_dir / "tokenizer.json")
-        # the data's sources and their sha256, so that --resume can tell the same data from other data
-        sources = read_meta(data_dir)["sources"]
-        # what dtype=auto and compile=auto became, and why
-        precision = {"dtype": backend.precision, "why": backend.precision_reason}
-        compiled = {"blocks": backend.compiled, "why": backend.compile_reason, "seconds": round(compile_seconds, 1)}
-        write_json_atomic(
-            run_dir / "config.json",
-            {
-                **config.to_dict(),
-                "data": str(data_dir),
-                "data_sources": sources,
-                "precision": precision,
-                "compiled": compiled,
-                **(notes or {}),
-            },
-        )
+        write_run_files(run_dir, data_dir, config, tokenizer, backend, compile_seconds, notes, resume)
+    tokens_per_step = settings.batch_size * settings.grad_accum * config.model.block_size * group.world_size
 
-    # bits per byte beside the loss, so that runs of different tokenizers compare (chat data scores the replies
-    # alone, whose bytes are not the split's: no bpb there); only the main process logs it
-    val_ratio = None
-    if group.is_main and data_kind(data_dir) == "text":
-        val_ratio = tokens_per_byte(tokenizer, open_split(data_dir, "val"))
-
-    def val_bpb() -> float | None:
-        return None if val_ratio is None or val_loss is None else bits_per_byte(val_loss, val_ratio, 1)
-
-    tracker = open_tracker(train_config.tracker, run_dir, config.to_dict()) if group.is_main else None
-    tokens_per_step = train_config.batch_size * train_config.grad_accum * config.model.block_size * group.world_size
-    budget = train_config.time_budget
-
-    def out_of_time() -> bool:
-        return budget is not None and time_progress(step, elapsed, train_config) >= 1
-
-    # seconds of the budget; with min_steps, the percent done (the seconds or the steps, whichever end later)
-    bar_unit = "step" if budget is None else "%" if train_config.min_steps else "s"
-
-    def bar_position() -> int:
-        if bar_unit == "step":
-            return step
-        if bar_unit == "%":
-            return min(100, round(100 * time_progress(step, elapsed, train_config)))
-        return round(elapsed)
-
-    val_extra: dict[str, float] = {}  # what the objective reports beside the val loss (DPO's margin and accuracy)
-
-    def evaluate_and_save(interrupted: bool = False) -> None:
-        nonlocal best_val_loss, val_loss, val_extra
-        if not interrupted:
-            scores = estimate_val_scores(backend, loader, train_config.eval_batches)
-            scores = {name: group.mean(value, device) for name, value in scores.items()}
-            val_loss, val_extra = scores.pop("loss"), scores
-        if not group.is_main:
-            return
-        if not interrupted:
-            bpb = {} if val_bpb() is None else {"val_bpb": val_bpb()}
-            extra = {f"val_{name}": value for name, value in val_extra.items()}
-            metrics.append({"step": step, "val_loss": val_loss, **bpb, **extra, "elapsed": round(elapsed, 3)})
-            if tracker is not None:
-                series = {"val/loss": val_loss, **({"val/bpb": bpb["val_bpb"]} if bpb else {})}
-                tracker.log({**series, **{f"val/{name}": value for name, value in val_extra.items()}}, step)
-        is_best = not interrupted and val_loss < best_val_loss
-        best_val_loss = min(best_val_loss, val_loss) if val_loss is not None else best_val_loss
-        weights, tensors, extra = backend.state()
-        progress_state = {
-            "elapsed": elapsed,
-            "val_loss": val_loss,
-            "best_val_loss": None if math.isinf(best_val_loss) else best_val_loss,
-            **extra,
-        }
-        save_checkpoint(run_dir, step, weights, tensors, progress_state, is_best)
-
-    bar = tqdm(
-        total={"step": train_config.max_steps, "%": 100, "s": round(budget or 0)}[bar_unit],
-        initial=step if bar_unit == "step" else 0,
-        unit=bar_unit,
-        dynamic_ncols=True,
-        disable=not group.is_main or (None if progress is None else not progress),
-        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
-    )
-    if group.is_main and progress is not False:
-        bar.write(f"products in {backend.precision} on {device.type}: {backend.precision_reason}")
-    rate_tokens, rate_time = 0, 0.0
-    last_evaluated = step if resume else -1
     with StopRequest() as stop:
         # Every process must take the same decision to stop, or the others would wait for it forever.
-        stopping = group.any(stop.requested or out_of_time(), device)
-        while step < train_config.max_steps and not stopping:
+        while state.step < settings.max_steps and not group.any(stop.requested or out_of_time(state, settings), device):
+            # the step: the batch is a pure function of (seed, step, rank, micro-step)
             started = time.perf_counter()
-            lr = learning_rate(step, elapsed, train_config)
-            batches = [loader.batch("train", step, micro) for micro in range(train_config.grad_accum)]
+            lr = learning_rate(state.step, state.elapsed, settings)
+            batches = [loader.batch("train", state.step, micro) for micro in range(settings.grad_accum)]
             if replay is not None:
-                batches = [Replayed(batch, replay.batch("train", step, micro)) for micro, batch in enumerate(batches)]
-            train_loss = group.mean(backend.train_step(batches, lr, train_config.grad_clip), device)
-            step += 1
+                batches = [Replayed(batch, replay.batch("train", state.step, i)) for i, batch in enumerate(batches)]
+            loss = group.mean(backend.train_step(batches, lr, settings.grad_clip), device)
             seconds = time.perf_counter() - started
-            elapsed += seconds
-            rate_tokens, rate_time = rate_tokens + tokens_per_step, rate_time + seconds
-            if not math.isfinite(train_loss):
-                raise LucidError(
-                    f"the loss became {train_loss} at step {step}; {_after_divergence(run_dir, train_config)}"
-                )
+            state.step, state.elapsed = state.step + 1, state.elapsed + seconds
+            state.rate_tokens, state.rate_seconds = state.rate_tokens + tokens_per_step, state.rate_seconds + seconds
+            if not math.isfinite(loss):
+                raise LucidError(f"the loss became {loss} at step {state.step}; {_after_divergence(run_dir, settings)}")
             step_metrics = {name: group.mean(value, device) for name, value in backend.metrics.items()}
-            if group.is_main:
-                grad_norm = float(backend.grad_norm)
-                record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm, **step_metrics}
-                metrics.append({**record, "elapsed": round(elapsed, 3)})
-                if tracker is not None:
-                    tokens_per_second = tokens_per_step / seconds
-                    tracker.log(
-                        {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                         "train/tokens_per_second": tokens_per_second,
-                         **{f"train/{name}": value for name, value in step_metrics.items()}}, step
-                    )  # fmt: skip
-            bar.update(bar_position() - bar.n)
-            shown = "".join(f" {name} {value:.3g}" for name, value in step_metrics.items() if name in SHOWN_METRICS)
-            bar.set_postfix_str(
-                f"step {step} loss {train_loss:.4f}{shown} lr {lr:.2e} {rate_tokens / rate_time:,.0f} tok/s",
-                refresh=False,
-            )
-            if step % train_config.eval_interval == 0:
-                evaluate_and_save()
-                last_evaluated = step
-                if group.is_main:
-                    bpb = "" if val_bpb() is None else f" ({val_bpb():.4f} bits/byte)"
-                    extra = "".join(f", {name.replace('_', ' ')} {value:.4g}" for name, value in val_extra.items())
-                    bar.write(f"step {step}: val loss {val_loss:.4f}{bpb}{extra}, {elapsed:.0f}s")
-            stopping = group.any(stop.requested or out_of_time(), device)
-        if step != last_evaluated:
-            evaluate_and_save(interrupted=stop.requested)
-    bar.close()
-    if tracker is not None:
-        tracker.close()
-    if group.is_main:
-        metrics.plot(run_dir / "loss.png")
+            report.step(state, loss, lr, float(backend.grad_norm), step_metrics)
+            # evaluation and saving
+            if state.step % settings.eval_interval == 0:
+                evaluate(backend, loader, settings.eval_batches, group, device, state)
+                report.evaluation(state, line=True)
+                save(backend, run_dir, state, group.is_main)
+        # the stop: what the last step gave is evaluated and saved, unless a signal stopped the run
+        if state.step != state.last_evaluated:
+            if not stop.requested:
+                evaluate(backend, loader, settings.eval_batches, group, device, state)
+                report.evaluation(state, line=False)
+            save(backend, run_dir, state, group.is_main, evaluated=not stop.requested)
+
+    report.close()
     backend.close()
     distributed.stop()
     return TrainResult(
         run_dir=run_dir,
-        step=step,
-        val_loss=val_loss,
-        best_val_loss=None if math.isinf(best_val_loss) else best_val_loss,
-        tokens_per_second=rate_tokens / rate_time if rate_time else 0.0,
-        elapsed=elapsed,
+        step=state.step,
+        val_loss=state.val_loss,
+        best_val_loss=None if math.isinf(state.best_val_loss) else state.best_val_loss,
+        tokens_per_second=state.tokens_per_second,
+        elapsed=state.elapsed,
         compile_seconds=compile_seconds,
         interrupted=stop.signal,
         model=backend.model,
         data_dir=data_dir,
         is_main=group.is_main,
     )
+
+
+# --- the parts of the loop ------------------------------------------------------------------------------------
+
+
+def make_loaders(
+    data_dir: Path, config: RunConfig, rank: int, device: torch.device
+) -> tuple[BatchLoader | TaskLoader, BatchLoader | None]:
+    """The batches of the data (windows of tokens, or task prompts), and of the supervised data a tuning
+    objective replays beside its own (TrainConfig.replay_data), if any."""
+    settings = config.train
+
+    def windows(directory: str | Path) -> BatchLoader:
+        block_size, batch_size, seed = config.model.block_size, settings.batch_size, settings.seed
+        return BatchLoader(directory, block_size, batch_size, seed, rank, settings.grad_accum, device)
+
+    if data_kind(data_dir) == "tasks":
+        loader = TaskLoader(data_dir, settings.batch_size, settings.seed, rank, settings.grad_accum)
+    else:
+        loader = windows(data_dir)
+    return loader, None if settings.replay_data is None else windows(settings.replay_data)
+
+
+def start_state(
+    backend: TorchBackend | NumpyBackend,
+    data_dir: Path,
+    run_dir: Path,
+    resume: bool,
+    init_weights: dict[str, torch.Tensor] | None,
+) -> Progress:
+    """The weights training starts from (fresh, given, or the latest checkpoint's with its optimizer state) and
+    where the run stands."""
+    if init_weights is not None:  # a fine-tune's start, or a LoRA run's frozen base (on resume too)
+        backend.load_weights(init_weights)
+    if not resume:
+        if (run_dir / "latest.json").exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a run; add --resume to continue it, or choose another --out"
+            )
+        return Progress()
+    directory = find_checkpoint(run_dir, "latest")
+    _check_same_tokenizer(data_dir, run_dir)
+    weights, tensors, saved = load_training_state(directory)
+    backend.restore(weights, tensors, saved)
+    best = saved["best_val_loss"]
+    return Progress(
+        step=saved["step"],
+        elapsed=saved["elapsed"],
+        val_loss=saved["val_loss"],
+        best_val_loss=math.inf if best is None else best,
+        last_evaluated=saved["step"],
+    )
+
+
+def prepare_run(
+    backend: TorchBackend | NumpyBackend,
+    device: torch.device,
+    loader: BatchLoader | TaskLoader,
+    state: Progress,
+    report: Reporter,
+    notes: dict | None,
+) -> float:
+    """Say what was chosen, and compile the blocks before the clock starts; returns the seconds compiling took."""
+    if notes and "recipe" in notes:
+        recipe = notes["recipe"]
+        report.note(f"recipe=auto chose depth {recipe['depth']}: {recipe['why']}")
+        report.note(
+            f"aiming at a val loss near {recipe['predicted_val_loss']:.2f} (the law's prediction, fitted on "
+            "Tiny Shakespeare: text like it lands near it)"
+        )
+    compile_seconds = 0.0
+    if backend.compiled:
+        report.note(f"compiling the blocks before the clock starts ({backend.compile_reason})")
+        compile_seconds = backend.compile_now(loader.batch("train", state.step, 0))
+        report.note(
+            f"compiled in {compile_seconds:.1f}s, outside the training time; the cache in "
+            f"{backend.compile_cache} makes later runs of this shape start faster"
+        )
+    report.note(f"products in {backend.precision} on {device.type}: {backend.precision_reason}")
+    return compile_seconds
+
+
+def write_run_files(
+    run_dir: Path,
+    data_dir: Path,
+    config: RunConfig,
+    tokenizer: Tokenizer,
+    backend: TorchBackend | NumpyBackend,
+    compile_seconds: float,
+    notes: dict | None,
+    resume: bool,
+) -> None:
+    """config.json (the settings, the data's sources and their sha256, so that --resume can tell the same data
+    from other data, and what dtype=auto and compile=auto became, and why) and, for a new run, tokenizer.json."""
+    if not resume:
+        tokenizer.save(run_dir / "tokenizer.json")
+    compiled = {"blocks": backend.compiled, "why": backend.compile_reason, "seconds": round(compile_seconds, 1)}
+    write_json_atomic(
+        run_dir / "config.json",
+        {
+            **config.to_dict(),
+            "data": str(data_dir),
+            "data_sources": read_meta(data_dir)["sources"],
+            "precision": {"dtype": backend.precision, "why": backend.precision_reason},
+            "compiled": compiled,
+            **(notes or {}),
+        },
+    )
+
+
+def out_of_time(state: Progress, settings: TrainConfig) -> bool:
+    return settings.time_budget is not None and time_progress(state.step, state.elapsed, settings) >= 1
+
+
+def evaluate(
+    backend: TorchBackend | NumpyBackend,
+    loader: BatchLoader | TaskLoader,
+    batches: int,
+    group: distributed.Distributed,
+    device: torch.device,
+    state: Progress,
+) -> None:
+    """The val scores, averaged over the processes, into `state`."""
+    scores = estimate_val_scores(backend, loader, batches)
+    scores = {name: group.mean(value, device) for name, value in scores.items()}
+    state.val_loss, state.val_extra = scores.pop("loss"), scores
+    state.last_evaluated = state.step
+
+
+def save(
+    backend: TorchBackend | NumpyBackend, run_dir: Path, state: Progress, is_main: bool, evaluated: bool = True
+) -> None:
+    """The checkpoint of this step (and the best one, where this step's val loss is the lowest yet)."""
+    if not is_main:
+        return
+    is_best = evaluated and state.val_loss < state.best_val_loss
+    if state.val_loss is not None:
+        state.best_val_loss = min(state.best_val_loss, state.val_loss)
+    weights, tensors, extra = backend.state()
+    save_checkpoint(run_dir, state.step, weights, tensors, {**state.saved(), **extra}, is_best)
 
 
 # The weights a tuning objective puts on parts of its loss, each used where a run has that part. Published recipes
