@@ -20,7 +20,7 @@ from lucidlm.model import GPT, GPTConfig
 from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer, WordTokenizer, load_tokenizer
 from tests.chat.conftest import write_jsonl
-from tests.export.test_hub import hub_tokenizer
+from tests.interop.test_hub import hub_tokenizer
 
 TEXT = (  # every character the conversations below write, so that the char vocabulary reads them
     "the cat sat on the mat <|> what is 12 plus 30? it is 42. Be brief, be kind! system user assistant call tool "

@@ -74,7 +74,7 @@ def test_a_token_whose_text_is_html_is_shown_as_text_and_runs_nothing(tmp_path, 
     from lucidlm.model import GPT, GPTConfig
     from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
     from lucidlm.tokenizers import load_tokenizer
-    from tests.export.test_hub import hub_tokenizer
+    from tests.interop.test_hub import hub_tokenizer
 
     hostile = '<img src=x onerror="window.pwned = 1">'
     hub = hub_tokenizer("gpt2")
