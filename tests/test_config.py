@@ -71,3 +71,20 @@ def test_the_former_name_engine_still_reads_as_backend(tmp_path):
     (tmp_path / "old.toml").write_text('[train]\nengine = "numpy"\n')
     assert resolve_config(config_file=tmp_path / "old.toml").train.backend == "numpy"
     assert resolve_config(overrides=["train.engine=numpy"]).train.backend == "numpy"
+
+
+def test_the_training_settings_come_in_sections_and_a_section_may_name_one():
+    """TrainConfig is its sections (batch, optimizer, schedule, lora, objective, runtime), each setting in one;
+    `--set` takes a setting by itself or after its section's name, and no other section's."""
+    from dataclasses import fields
+
+    from lucidlm.run_config import TrainConfig
+
+    sections = TrainConfig.sections()
+    assert list(sections) == ["batch", "optimizer", "schedule", "lora", "objective", "runtime"]
+    names = [name for section in sections.values() for name in section]
+    assert sorted(names) == sorted(f.name for f in fields(TrainConfig)) and len(names) == len(set(names))
+    assert "lr" in sections["optimizer"] and "warmup_steps" in sections["schedule"]
+    assert parse_overrides(["optimizer.lr=3e-4", "schedule.warmup_steps=5"])["train"] == {"lr": 3e-4, "warmup_steps": 5}
+    with pytest.raises(ConfigError, match="--set optimizer.warmup_steps: unknown setting"):
+        parse_overrides(["optimizer.warmup_steps=5"])

@@ -7,60 +7,136 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 from lucidlm.errors import ConfigError
 from lucidlm.inputs import MiB, read_text
 from lucidlm.model.config import MAX_DIMENSION, GPTConfig, check_types, shown_integer
 
-# what a training step can minimise (train/objectives.py)
-OBJECTIVES = ("next_token", "dpo", "grpo")
+
+@dataclass
+class BatchSettings:
+    """What a step and an evaluation read."""
+
+    batch_size: int = 12
+    grad_accum: int = 1  # micro-batches per optimizer step
+    eval_interval: int = 250
+    eval_batches: int = 20
+    seed: int = 1337
+
+    def check_batches(self) -> None:
+        positive = ("batch_size", "grad_accum", "eval_interval", "eval_batches")
+        check_positive(self, positive, largest={"eval_interval": 2**63 - 1})
+        check_ranges(self, [("seed", 0 <= self.seed < 2**64, "must lie in [0, 2**64)")])
 
 
 @dataclass
-class TrainConfig:
-    batch_size: int = 12
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 2000  # stop after this many optimizer steps
-    decay_steps: int | None = None  # length of the cosine schedule; None means max_steps
-    optimizer: str = "adamw"  # or "muon": Muon for the blocks' matrices, AdamW for the rest (train/optim.py)
-    newton_schulz_steps: int = 5  # Muon's orthogonalisation steps; 3 is cheaper and enough for short CPU runs
-    muon_momentum: float = 0.95  # Muon's gradient average; AdamW's is beta1
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
+class OptimizerSettings:
+    """train/optim.py: AdamW, or Muon for the blocks' matrices and AdamW for the rest."""
+
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    lr: float = 1e-3  # the schedule's peak
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 turns clipping off
-    eval_interval: int = 250
-    eval_batches: int = 20
-    seed: int = 1337
+    newton_schulz_steps: int = 5  # Muon's orthogonalisation steps; 3 is cheaper and enough for short CPU runs
+    muon_momentum: float = 0.95  # Muon's gradient average; AdamW's is beta1
+
+    def check_optimizer(self) -> None:
+        check_positive(self, ("newton_schulz_steps",))
+        check_ranges(
+            self,
+            [
+                ("lr", self.lr > 0, "must be positive"),
+                ("weight_decay", self.weight_decay >= 0, "must be 0 or more"),
+                ("beta1", 0 <= self.beta1 < 1, "must lie in [0, 1)"),
+                ("beta2", 0 <= self.beta2 < 1, "must lie in [0, 1)"),
+                ("grad_clip", self.grad_clip >= 0, "must be 0 (no clipping) or more"),
+                ("muon_momentum", 0 <= self.muon_momentum < 1, "must lie in [0, 1)"),
+            ],
+        )
+
+
+@dataclass
+class ScheduleSettings:
+    """train/schedule.py: warmup and cosine decay, by steps or by the clock; and how long the run is."""
+
+    max_steps: int = 2000  # stop after this many optimizer steps
+    decay_steps: int | None = None  # length of the cosine schedule; None means max_steps
+    warmup_steps: int = 100
+    min_lr: float = 1e-4
     time_budget: float | None = None  # seconds of training; the schedule then runs to this time
     # with a time budget: train at least this many steps, past the budget on a machine too slow to take them in it
     min_steps: int | None = None
-    device: str = "auto"
-    dtype: str = "auto"  # the products' precision: auto (bf16 where the device does it fast), fp32 or bf16
-    # torch.compile for the blocks: auto (where a compiler is there and the run is long: device.training_compile),
-    # true or false
-    compile: str = "auto"
-    backend: str = "torch"  # or "numpy": lucidlm.scratch, the hand-written backward pass (formerly "engine")
-    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on a frozen --init-from model (model/lora.py)
+    # auto: a run with a time budget measures this machine and trains the depth that the scaling law predicts
+    # best for the budget (train/recipe.py); fixed: the model's size as the settings give it
+    recipe: Literal["fixed", "auto"] = "fixed"
+    # with recipe=auto: the val loss to reach; where the law says the time budget falls short of it on this
+    # machine, the budget stretches to what it takes (`make demo`'s promise on a slow CPU)
+    target_loss: float | None = None
+
+    def check_schedule(self, lr: float) -> None:
+        check_positive(self, ("max_steps",), largest={"max_steps": 2**63 - 1})
+        check_ranges(
+            self,
+            [
+                ("decay_steps", self.decay_steps is None or self.decay_steps >= 1, "must be a positive integer"),
+                ("warmup_steps", self.warmup_steps >= 0, "must be 0 or more"),
+                ("min_lr", 0 <= self.min_lr <= lr, f"must lie in [0, lr={lr}]"),
+                (
+                    "time_budget",
+                    self.time_budget is None or self.time_budget > 0,
+                    "must be a positive number of seconds",
+                ),
+                ("target_loss", self.target_loss is None or self.target_loss > 0, "must be a positive loss"),
+                ("min_steps", self.min_steps is None or self.min_steps >= 1, "must be a positive integer"),
+            ],
+        )
+        if self.target_loss is not None and (self.recipe != "auto" or self.time_budget is None):
+            raise ConfigError(
+                "target_loss stretches a time budget that recipe=auto sizes: add --time-budget and "
+                "--set recipe=auto, or drop target_loss"
+            )
+        if self.min_steps is not None and self.time_budget is None:
+            raise ConfigError(
+                "min_steps makes a time budget train at least that many steps: add --time-budget, "
+                "or give the steps alone with --max-steps"
+            )
+
+
+@dataclass
+class LoRASettings:
+    """model/lora.py: adapters on a frozen --init-from model."""
+
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on a frozen --init-from model
     lora_alpha: float = 16.0  # the adapters' scale is lora_alpha / lora_rank
     lora_targets: str = "attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj"  # the layers of each block that get adapters
     # with LoRA, also train the token embedding and the output layer: set by `train` when the data added tokens
     # (a chat template's), whose rows the frozen model could not learn otherwise
     lora_embeddings: bool = False
-    # auto: a run with a time budget measures this machine and trains the depth that the scaling law predicts
-    # best for the budget (train/recipe.py); fixed: the model's size as the settings give it
-    recipe: str = "fixed"
-    # with recipe=auto: the val loss to reach; where the law says the time budget falls short of it on this
-    # machine, the budget stretches to what it takes (`make demo`'s promise on a slow CPU)
-    target_loss: float | None = None
-    tracker: str = "none"  # or tensorboard, wandb, trackio: the series also streamed there (train/tracking.py)
-    # what a step minimises (train/objectives.py): next_token (pretraining, SFT), dpo (preference data from
-    # `data prepare --preferences`) or grpo (task data from `data prepare --tasks`); dpo and grpo tune a trained
-    # model (--init-from), which is also their frozen reference
-    objective: str = "next_token"
+
+    def check_lora(self) -> None:
+        check_ranges(
+            self,
+            [
+                ("lora_rank", self.lora_rank >= 0, "must be 0 (full fine-tuning) or a positive rank such as 8"),
+                ("lora_alpha", self.lora_alpha > 0, "must be positive"),
+            ],
+        )
+        if self.lora_rank:
+            from lucidlm.model.lora import parse_targets
+
+            parse_targets(self.lora_targets)
+
+
+@dataclass
+class ObjectiveSettings:
+    """train/objectives.py: what a step minimises. next_token (pretraining, SFT), dpo (preference data from `data
+    prepare --preferences`) or grpo (task data from `data prepare --tasks`); dpo and grpo tune a trained model
+    (--init-from), which is also their frozen reference."""
+
+    objective: Literal["next_token", "dpo", "grpo"] = "next_token"
     dpo_beta: float = 0.1  # dpo: how far the policy may move from the reference (the reward's scale)
     # dpo: the weight of the chosen replies' cross-entropy added to the loss (RPO, Pang et al. 2024): DPO alone
     # may lower the chosen reply's likelihood too, as long as the rejected one's falls faster
@@ -79,91 +155,95 @@ class TrainConfig:
     replay_data: str | None = None
     replay_coef: float = 1.0
 
+    def check_objective(self) -> None:
+        check_positive(self, ("group_size", "max_reply_tokens"))
+        check_ranges(
+            self,
+            [
+                ("dpo_beta", self.dpo_beta > 0, "must be positive, e.g. 0.1"),
+                ("dpo_nll", self.dpo_nll >= 0, "must be 0 (DPO alone) or more, e.g. 1.0"),
+                ("sample_temperature", 0 < self.sample_temperature <= 10, "must lie in (0, 10], e.g. 1.0"),
+                ("grpo_clip", 0 < self.grpo_clip < 1, "must lie in (0, 1), e.g. 0.2"),
+                ("kl_coef", self.kl_coef >= 0, "must be 0 (no penalty) or more"),
+                ("replay_coef", self.replay_coef > 0, "must be positive, e.g. 1.0"),
+                (
+                    "group_size",
+                    self.objective != "grpo" or self.group_size >= 2,
+                    "must be 2 or more: a group is its own baseline",
+                ),
+            ],
+        )
+        if self.replay_data is not None and self.objective == "next_token":
+            raise ConfigError(
+                "replay_data is for objective=dpo or grpo; to train next-token on two sources, prepare them into one "
+                "data directory (data prepare --input takes several files)"
+            )
+
+
+@dataclass
+class RuntimeSettings:
+    """Where and how a step is computed."""
+
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    dtype: Literal["auto", "fp32", "bf16"] = (
+        "auto"  # the products' precision: auto (bf16 where the device does it fast)
+    )
+    # torch.compile for the blocks: auto (where a compiler is there and the run is long: device.training_compile)
+    compile: Literal["auto", "true", "false"] = "auto"
+    backend: Literal["torch", "numpy"] = "torch"  # numpy: lucidlm.scratch, the hand-written backward pass
+    tracker: Literal["none", "tensorboard", "wandb", "trackio"] = "none"  # where the series also go (tracking.py)
+
+    def check_runtime(self) -> None:
+        if self.dtype == "bf16" and self.backend == "numpy":
+            raise ConfigError("the numpy backend computes in float32; drop dtype=bf16 or use backend=torch")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device {self.device!r} is not one of: auto, cpu, cuda, mps")
+
+
+@dataclass
+class TrainConfig(RuntimeSettings, ObjectiveSettings, LoRASettings, ScheduleSettings, OptimizerSettings, BatchSettings):
+    """Every training setting, in its section (the classes above); a setting keeps its one flat name, the one
+    `--set name=value`, TOML files and config.json use."""
+
     def __post_init__(self) -> None:
         """Every training setting's type and range, checked here and nowhere else, so that a bad value from
         a preset, a TOML file, `--set` or a damaged config.json is one clear error before anything runs."""
         if isinstance(self.compile, bool):  # runs and TOML files from before compile=auto
             self.compile = str(self.compile).lower()
         check_types(self)
-        positive = ("batch_size", "grad_accum", "max_steps", "newton_schulz_steps", "eval_interval", "eval_batches")
-        for name in (*positive, "group_size", "max_reply_tokens"):
-            largest = 2**63 - 1 if name in ("max_steps", "eval_interval") else MAX_DIMENSION
-            if not 1 <= getattr(self, name) <= largest:
-                raise ConfigError(
-                    f"{name}={shown_integer(getattr(self, name))} must be a positive integer of at most {largest:,}"
-                )
-        ranges = [
-            ("decay_steps", self.decay_steps is None or self.decay_steps >= 1, "must be a positive integer"),
-            ("warmup_steps", self.warmup_steps >= 0, "must be 0 or more"),
-            ("lr", self.lr > 0, "must be positive"),
-            ("min_lr", 0 <= self.min_lr <= self.lr, f"must lie in [0, lr={self.lr}]"),
-            ("weight_decay", self.weight_decay >= 0, "must be 0 or more"),
-            ("beta1", 0 <= self.beta1 < 1, "must lie in [0, 1)"),
-            ("beta2", 0 <= self.beta2 < 1, "must lie in [0, 1)"),
-            ("grad_clip", self.grad_clip >= 0, "must be 0 (no clipping) or more"),
-            ("muon_momentum", 0 <= self.muon_momentum < 1, "must lie in [0, 1)"),
-            ("seed", 0 <= self.seed < 2**64, "must lie in [0, 2**64)"),
-            ("time_budget", self.time_budget is None or self.time_budget > 0, "must be a positive number of seconds"),
-            ("target_loss", self.target_loss is None or self.target_loss > 0, "must be a positive loss"),
-            ("min_steps", self.min_steps is None or self.min_steps >= 1, "must be a positive integer"),
-            ("lora_rank", self.lora_rank >= 0, "must be 0 (full fine-tuning) or a positive rank such as 8"),
-            ("lora_alpha", self.lora_alpha > 0, "must be positive"),
-            ("dpo_beta", self.dpo_beta > 0, "must be positive, e.g. 0.1"),
-            ("dpo_nll", self.dpo_nll >= 0, "must be 0 (DPO alone) or more, e.g. 1.0"),
-            ("sample_temperature", 0 < self.sample_temperature <= 10, "must lie in (0, 10], e.g. 1.0"),
-            ("grpo_clip", 0 < self.grpo_clip < 1, "must lie in (0, 1), e.g. 0.2"),
-            ("kl_coef", self.kl_coef >= 0, "must be 0 (no penalty) or more"),
-            ("replay_coef", self.replay_coef > 0, "must be positive, e.g. 1.0"),
-            (
-                "group_size",
-                self.objective != "grpo" or self.group_size >= 2,
-                "must be 2 or more: a group is its own baseline",
-            ),
-        ]
-        for name, ok, rule in ranges:
-            if not ok:
-                raise ConfigError(f"{name}={getattr(self, name)!r} {rule}")
-        if self.optimizer not in ("adamw", "muon"):
-            raise ConfigError(f"optimizer {self.optimizer!r} is not one of: adamw, muon")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective {self.objective!r} is not one of: {', '.join(OBJECTIVES)}")
-        if self.replay_data is not None and self.objective == "next_token":
-            raise ConfigError(
-                "replay_data is for objective=dpo or grpo; to train next-token on two sources, prepare them into one "
-                "data directory (data prepare --input takes several files)"
-            )
+        self.check_batches()
+        self.check_optimizer()
+        self.check_schedule(self.lr)
+        self.check_lora()
+        self.check_objective()
+        self.check_runtime()
         if self.objective != "next_token" and self.backend == "numpy":
             raise ConfigError(f"objective={self.objective} is for the torch backend; drop backend=numpy")
-        if self.backend not in ("torch", "numpy"):
-            raise ConfigError(f"backend {self.backend!r} is not one of: torch, numpy")
-        if self.tracker not in ("none", "tensorboard", "wandb", "trackio"):
-            raise ConfigError(f"tracker {self.tracker!r} is not one of: none, tensorboard, wandb, trackio")
-        if self.recipe not in ("fixed", "auto"):
-            raise ConfigError(f"recipe {self.recipe!r} is not one of: fixed, auto")
-        if self.target_loss is not None and (self.recipe != "auto" or self.time_budget is None):
-            raise ConfigError(
-                "target_loss stretches a time budget that recipe=auto sizes: add --time-budget and "
-                "--set recipe=auto, or drop target_loss"
-            )
-        if self.min_steps is not None and self.time_budget is None:
-            raise ConfigError(
-                "min_steps makes a time budget train at least that many steps: add --time-budget, "
-                "or give the steps alone with --max-steps"
-            )
-        if self.compile not in ("auto", "true", "false"):
-            raise ConfigError(f"compile {self.compile!r} is not one of: auto, true, false")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"dtype {self.dtype!r} is not one of: auto, fp32, bf16")
-        if self.dtype == "bf16" and self.backend == "numpy":
-            raise ConfigError("the numpy backend computes in float32; drop dtype=bf16 or use backend=torch")
-        if self.lora_rank:
-            from lucidlm.model.lora import parse_targets
+        if self.lora_rank and self.backend == "numpy":
+            raise ConfigError("LoRA adapters are for the torch backend; drop lora_rank or use backend=torch")
 
-            parse_targets(self.lora_targets)
-            if self.backend == "numpy":
-                raise ConfigError("LoRA adapters are for the torch backend; drop lora_rank or use backend=torch")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"device {self.device!r} is not one of: auto, cpu, cuda, mps")
+    @classmethod
+    def sections(cls) -> dict[str, list[str]]:
+        """Each section's name and the settings in it, in the order of its class."""
+        return {
+            section.__name__.removesuffix("Settings").lower(): [f.name for f in fields(section)]
+            for section in reversed(cls.__mro__[1:-1])
+        }
+
+
+def check_positive(settings, names: tuple[str, ...], largest: dict[str, int] | None = None) -> None:
+    for name in names:
+        most = (largest or {}).get(name, MAX_DIMENSION)
+        if not 1 <= getattr(settings, name) <= most:
+            raise ConfigError(
+                f"{name}={shown_integer(getattr(settings, name))} must be a positive integer of at most {most:,}"
+            )
+
+
+def check_ranges(settings, ranges: list[tuple[str, bool, str]]) -> None:
+    for name, ok, rule in ranges:
+        if not ok:
+            raise ConfigError(f"{name}={getattr(settings, name)!r} {rule}")
 
 
 @dataclass
@@ -316,7 +396,8 @@ def parse_value(name: str, annotation: str, raw: str) -> object:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, dict]:
-    """`["n_layer=6", "train.lr=3e-4"]` -> `{"model": {"n_layer": 6}, "train": {"lr": 0.0003}}`."""
+    """`["n_layer=6", "train.lr=3e-4"]` -> `{"model": {"n_layer": 6}, "train": {"lr": 0.0003}}`. A setting may
+    be named by itself, or after "model.", "train." or its section of the training settings ("optimizer.lr")."""
     types = _field_types()
     result: dict[str, dict] = {"model": {}, "train": {}}
     for pair in pairs:
@@ -325,7 +406,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, dict]:
         key, raw = pair.split("=", 1)
         name = key.strip().split(".")[-1]
         name = FORMER_NAMES.get(name, name)
-        if name not in types or ("." in key and key.split(".")[0] != types[name][0]):
+        prefix = key.strip().split(".")[0] if "." in key else None
+        in_section = prefix in TrainConfig.sections() and name in TrainConfig.sections()[prefix]
+        if name not in types or (prefix is not None and prefix != types[name][0] and not in_section):
             raise ConfigError(f"--set {key}: unknown setting; known: {', '.join(sorted(types))}")
         section, annotation = types[name]
         result[section][name] = parse_value(name, annotation, raw.strip())

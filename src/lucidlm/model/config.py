@@ -8,6 +8,7 @@ so a lesson can change one part and keep everything else equal.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import asdict, dataclass, fields
 
 from lucidlm.errors import ConfigError
@@ -44,9 +45,17 @@ LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_m
 
 
 def check_types(config) -> None:
-    """Every field of the dataclass `config` against its annotation (TYPE_CHECKS), as one clear error."""
+    """Every field of the dataclass `config` against its annotation (TYPE_CHECKS, or the choices of a
+    `Literal`), as one clear error."""
+    hints = None
     for field in fields(config):
         value = getattr(config, field.name)
+        if field.type.startswith("Literal["):
+            hints = hints or typing.get_type_hints(type(config))
+            choices = typing.get_args(hints[field.name])
+            if value not in choices or not isinstance(value, str):
+                raise ConfigError(f"{field.name} {value!r} is not one of: {', '.join(choices)}")
+            continue
         if not TYPE_CHECKS[field.type](value):
             kind = "a finite number" if "float" in field.type else f"of type {field.type}"
             raise ConfigError(f"{field.name}={value!r} is not {kind}")
