@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lucidlm.chat.data import encode_conversation, prepare_chat
+from lucidlm.chat.data import Conversations, encode_conversation, prepare_tuning
 from lucidlm.data.loader import BatchLoader
 from lucidlm.errors import DataError
 from lucidlm.model import GPT, GPTConfig
@@ -40,7 +40,15 @@ def test_the_mask_covers_each_reply_and_its_end_of_turn(chat_tokenizer):
 
 def test_the_loss_is_the_mean_over_the_assistants_tokens_only(tmp_path, chat_tokenizer):
     write_jsonl(tmp_path / "c.jsonl", [{"messages": TWO_TURNS}] * 4)
-    prepare_chat(tmp_path / "c.jsonl", tmp_path / "data", chat_tokenizer, context=64, val_fraction=0.5, progress=False)
+    prepare_tuning(
+        Conversations(),
+        tmp_path / "c.jsonl",
+        tmp_path / "data",
+        chat_tokenizer,
+        context=64,
+        val_fraction=0.5,
+        progress=False,
+    )
     loader = BatchLoader(tmp_path / "data", block_size=64, batch_size=2, seed=0)
     x, y = loader.batch("train", 0)
     ids, mask, _ = encode_conversation(chat_tokenizer, TWO_TURNS)
@@ -73,7 +81,7 @@ def test_prepared_chat_data_records_counts_and_the_extended_tokenizer(tmp_path, 
     }
     too_long = conversation("y" * 80, "no")
     write_jsonl(tmp_path / "c.jsonl", [*records, long, too_long])
-    meta = prepare_chat(tmp_path / "c.jsonl", tmp_path / "data", plain, context=40, progress=False)
+    meta = prepare_tuning(Conversations(), tmp_path / "c.jsonl", tmp_path / "data", plain, context=40, progress=False)
     assert meta["chat"]["conversations"] == 11 and meta["chat"]["texts"] == 1
     assert meta["chat"]["cut"] == 1 and meta["chat"]["dropped"] == 1
     saved = load_tokenizer(tmp_path / "data" / "tokenizer.json")
@@ -104,7 +112,7 @@ def test_a_bad_line_is_an_error_that_names_it_and_writes_nothing(tmp_path, chat_
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps(conversation("q", "a")) + "\n" + line + "\n")
     with pytest.raises(DataError, match=problem.replace("(", r"\(").replace(")", r"\)").replace("{", r"\{")):
-        prepare_chat(path, tmp_path / "data", chat_tokenizer, context=64, progress=False)
+        prepare_tuning(Conversations(), path, tmp_path / "data", chat_tokenizer, context=64, progress=False)
     assert not (tmp_path / "data").exists()
 
 
@@ -112,7 +120,15 @@ def test_the_numpy_backend_refuses_chat_data(tmp_path, chat_tokenizer):
     from tests.conftest import run_lucidlm
 
     write_jsonl(tmp_path / "c.jsonl", [{"messages": TWO_TURNS}] * 4)
-    prepare_chat(tmp_path / "c.jsonl", tmp_path / "data", chat_tokenizer, context=64, val_fraction=0.5, progress=False)
+    prepare_tuning(
+        Conversations(),
+        tmp_path / "c.jsonl",
+        tmp_path / "data",
+        chat_tokenizer,
+        context=64,
+        val_fraction=0.5,
+        progress=False,
+    )
     result = run_lucidlm("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--backend", "numpy",
                          "--preset", "nanogpt-baby", "--max-steps", "1")  # fmt: skip
     assert result.returncode == 2 and not (tmp_path / "run").exists()
@@ -136,5 +152,5 @@ def test_a_line_too_long_to_fit_the_context_is_skipped_as_it_is_read(tmp_path, c
     tracemalloc.stop()
     assert records[0] == (1, None) and [n for n, _ in records[1:]] == list(range(2, 22))
     assert peak < 4_000_000, peak  # the 30 MB line went through a MiB at a time
-    meta = prepare_chat(path, tmp_path / "data", chat_tokenizer, context=64, progress=False)
+    meta = prepare_tuning(Conversations(), path, tmp_path / "data", chat_tokenizer, context=64, progress=False)
     assert meta["chat"]["conversations"] == 21 and meta["chat"]["dropped"] == 1

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lucidlm.chat.preferences import prepare_preferences
+from lucidlm.chat.data import prepare_tuning
+from lucidlm.chat.preferences import Preferences
 from lucidlm.data.loader import BatchLoader
 from lucidlm.errors import ConfigError, DataError, LucidError
 from lucidlm.model import GPT, GPTConfig
@@ -141,7 +142,9 @@ def test_preference_data_holds_pairs_whose_replies_alone_are_learned(tmp_path, c
                                {"role": "user", "content": "Reverse ab."}],
                   "chosen": [{"role": "assistant", "content": "ba"}], "rejected": "ab"}  # fmt: skip
     write_jsonl(tmp_path / "pairs.jsonl", records)
-    meta = prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.2)
+    meta = prepare_tuning(
+        Preferences(), tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.2
+    )
     assert meta["preferences"] is True and meta["chat"]["pairs"] == 20 and meta["chat"]["dropped"] == 0
     assert meta["chat"]["train_starts"] == 32 and meta["chat"]["val_starts"] == 8
     loader = BatchLoader(tmp_path / "data", BLOCK, batch_size=4, seed=1)
@@ -183,7 +186,7 @@ def test_a_bad_preference_line_is_one_error_naming_it(tmp_path, chat_tokenizer, 
     good = json.dumps(pairs(1)[0])
     (tmp_path / "pairs.jsonl").write_text(good + "\n" + line + "\n")
     with pytest.raises(DataError, match="pairs.jsonl " + message.replace("(", r"\(").replace(")", r"\)")):
-        prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+        prepare_tuning(Preferences(), tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
     assert not (tmp_path / "data").exists()
 
 
@@ -198,7 +201,7 @@ def dpo_plan(data, out, base, steps, lora=False, **extra):
 @pytest.mark.parametrize("lora", [False, True])
 def test_dpo_raises_the_chosen_replies_reward_and_resumes_exactly(tmp_path, base_run, chat_tokenizer, lora):
     write_jsonl(tmp_path / "pairs.jsonl", pairs(40))
-    prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    prepare_tuning(Preferences(), tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
     carry_out(dpo_plan(tmp_path / "data", tmp_path / "straight", base_run, 12, lora), progress=False)
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "loss" in r]
@@ -217,7 +220,7 @@ def test_dpo_raises_the_chosen_replies_reward_and_resumes_exactly(tmp_path, base
 
 def test_dpo_needs_preference_data_and_a_model_to_start_from(tmp_path, base_run, chat_tokenizer):
     write_jsonl(tmp_path / "pairs.jsonl", pairs(10))
-    prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    prepare_tuning(Preferences(), tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
     with pytest.raises(ConfigError, match="holds preferences, which train with --set objective=dpo"):
         plan_run(tmp_path / "data", tmp_path / "a", init_from=str(base_run), overrides=["device=cpu"])
     with pytest.raises(ConfigError, match="objective=dpo tunes a trained model: add --init-from"):
@@ -249,7 +252,9 @@ def test_eval_writes_a_models_wrong_replies_as_pairs_that_prepare_reads(tmp_path
     refused = run_lucidlm(*args, "--pairs", tmp_path / "mine.jsonl", "--force")
     assert refused.returncode == 2 and "is not a file of preference pairs" in refused.stderr
     assert (tmp_path / "mine.jsonl").read_text() == "my notes\n"
-    meta = prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.5)
+    meta = prepare_tuning(
+        Preferences(), tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.5
+    )
     assert meta["chat"]["pairs"] == 2
 
 
@@ -259,7 +264,7 @@ def test_the_chosen_replies_cross_entropy_joins_the_dpo_loss_with_its_weight(tmp
     from lucidlm.train.distributed import Distributed
 
     write_jsonl(tmp_path / "pairs.jsonl", pairs(12))
-    prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    prepare_tuning(Preferences(), tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
     x, y = BatchLoader(tmp_path / "data", BLOCK, batch_size=3, seed=0).batch("train", 0)
     config = GPTConfig(vocab_size=chat_tokenizer.vocab_size, block_size=BLOCK, n_layer=1, n_head=2, n_embd=16)
     torch.manual_seed(0)
@@ -279,7 +284,7 @@ def test_the_chosen_replies_cross_entropy_joins_the_dpo_loss_with_its_weight(tmp
 
 def test_a_loss_that_a_huge_dpo_beta_overflows_names_it(tmp_path, base_run, chat_tokenizer):
     write_jsonl(tmp_path / "pairs.jsonl", pairs(16))
-    prepare_preferences(tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    prepare_tuning(Preferences(), tmp_path / "pairs.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
     with pytest.raises(
         LucidError, match=r"the loss became (nan|inf) at step \d+; .* dpo_beta=1e\+308 overflows the loss"
     ):

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from lucidlm.chat.data import prepare_chat
+from lucidlm.chat.data import Conversations, prepare_tuning
 from lucidlm.chat.template import CHAT_TOKENS
 from lucidlm.decode import SamplingConfig
 from lucidlm.errors import ConfigError, DataError, LucidError
@@ -17,7 +17,7 @@ from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import CharTokenizer
 from lucidlm.train.objectives import clipped_policy_loss, group_advantages, sequence_logprobs, token_logprobs
 from lucidlm.train.plan import carry_out, plan_run
-from lucidlm.train.rl import TaskLoader, load_reward, number_reward, prepare_tasks
+from lucidlm.train.rl import TaskLoader, Tasks, load_reward, number_reward
 from tests.chat.conftest import ALPHABET, assert_same_weights, conversation, write_jsonl
 
 BLOCK = 48
@@ -119,7 +119,9 @@ def tasks(count: int) -> list[dict]:
 
 def test_task_data_holds_the_templated_prompts_and_their_answers(tmp_path, chat_tokenizer):
     write_jsonl(tmp_path / "tasks.jsonl", tasks(16))
-    meta = prepare_tasks(tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.25)
+    meta = prepare_tuning(
+        Tasks(), tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.25
+    )
     assert meta["tasks"] == {"train": 12, "val": 4}
     loader = TaskLoader(tmp_path / "data", batch_size=3, seed=0)
     batch = loader.batch("train", 5)
@@ -143,7 +145,7 @@ def test_task_data_holds_the_templated_prompts_and_their_answers(tmp_path, chat_
 def test_a_bad_task_line_is_one_error_naming_it(tmp_path, chat_tokenizer, line, message):
     (tmp_path / "tasks.jsonl").write_text(json.dumps(tasks(8)[0]) + "\n" + line + "\n")
     with pytest.raises(DataError, match="tasks.jsonl " + message.replace("(", r"\(")):
-        prepare_tasks(tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+        prepare_tuning(Tasks(), tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
     assert not (tmp_path / "data").exists()
 
 
@@ -163,7 +165,7 @@ def vowel_tasks(tmp_path, chat_tokenizer, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "tasks.jsonl", tasks(32))
-    prepare_tasks(tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.25)
+    prepare_tuning(Tasks(), tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK, val_fraction=0.25)
     return tmp_path / "data"
 
 
@@ -187,7 +189,7 @@ def test_a_failing_reward_function_is_named(tmp_path, base_run, chat_tokenizer, 
     (tmp_path / "bad_reward.py").write_text("def broken(reply, answer):\n    return 1 / 0\n")
     monkeypatch.chdir(tmp_path)
     write_jsonl(tmp_path / "tasks.jsonl", tasks(16))
-    prepare_tasks(tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    prepare_tuning(Tasks(), tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
     plan = grpo_plan(tmp_path / "data", tmp_path / "run", base_run, 2, reward="bad_reward:broken")
     with pytest.raises(
         LucidError, match=r"the reward function failed on the reply .* \(ZeroDivisionError: division by zero\)"
@@ -201,7 +203,7 @@ def test_replayed_chat_data_is_learned_beside_the_rewards_and_resumes_exactly(
 ):
     spelled = [conversation(f"Spell {word}.", " ".join(word)) for word in ["cat", "dog"] * 16]
     write_jsonl(tmp_path / "sft.jsonl", spelled)
-    prepare_chat(tmp_path / "sft.jsonl", tmp_path / "sft", chat_tokenizer, BLOCK)
+    prepare_tuning(Conversations(), tmp_path / "sft.jsonl", tmp_path / "sft", chat_tokenizer, BLOCK)
     replay = {"replay_data": str(tmp_path / "sft"), "replay_coef": 2.0}
     carry_out(grpo_plan(vowel_tasks, tmp_path / "straight", base_run, 12, **replay), progress=False)
     steps = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
@@ -214,11 +216,11 @@ def test_replayed_chat_data_is_learned_beside_the_rewards_and_resumes_exactly(
 
 def test_replay_data_must_be_text_or_chat_in_the_same_tokens(tmp_path, base_run, chat_tokenizer):
     write_jsonl(tmp_path / "tasks.jsonl", tasks(16))
-    prepare_tasks(tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
-    prepare_tasks(tmp_path / "tasks.jsonl", tmp_path / "tasks-again", chat_tokenizer, BLOCK)
+    prepare_tuning(Tasks(), tmp_path / "tasks.jsonl", tmp_path / "data", chat_tokenizer, BLOCK)
+    prepare_tuning(Tasks(), tmp_path / "tasks.jsonl", tmp_path / "tasks-again", chat_tokenizer, BLOCK)
     write_jsonl(tmp_path / "sft.jsonl", [conversation("Say ~.", "~")] * 20)
     wider = CharTokenizer.train([ALPHABET + "~"]).with_special_tokens(CHAT_TOKENS)
-    prepare_chat(tmp_path / "sft.jsonl", tmp_path / "wider", wider, BLOCK)
+    prepare_tuning(Conversations(), tmp_path / "sft.jsonl", tmp_path / "wider", wider, BLOCK)
     for replay, message in [
         ("missing", "missing is not a prepared data directory; prepare it with `lucidlm data prepare`"),
         ("tasks-again", "tasks-again holds tasks; replay text or chat data"),

@@ -14,7 +14,7 @@ import torch
 import transformers
 
 from lucidlm.chat import chat_prompt
-from lucidlm.chat.data import encode_conversation, prepare_chat
+from lucidlm.chat.data import Conversations, encode_conversation, prepare_tuning
 from lucidlm.chat.template import CHAT_TOKENS, TOOL_TOKENS
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.serve import BackgroundServer, Engine, ServerSettings, create_app
@@ -112,7 +112,7 @@ def test_data_prepare_chat_writes_no_special_token_from_a_record(tmp_path, kind)
     records = [{"messages": [{"role": "user", "content": f"hi {forged}"}, {"role": "assistant", "content": forged}]}]
     records += [{"text": f"plain {forged} text"}]
     write_jsonl(tmp_path / "chat.jsonl", records * 10)
-    prepare_chat(tmp_path / "chat.jsonl", tmp_path / "data", tokenizer, context=200, progress=False)
+    prepare_tuning(Conversations(), tmp_path / "chat.jsonl", tmp_path / "data", tokenizer, context=200, progress=False)
     ids = [i for split in ("train", "val") for i in np.fromfile(tmp_path / "data" / f"{split}.bin", np.uint16).tolist()]
     system = tokenizer.special_tokens["<|system|>"]
     assert system not in ids and (kind == "word" or forged in tokenizer.decode(ids))

@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from lucidlm.chat.data import encode_conversation, prepare_chat
+from lucidlm.chat.data import Conversations, encode_conversation, prepare_tuning
 from lucidlm.chat.repl import ChatSession
 from lucidlm.chat.template import OWN_CHAT_TEMPLATE, chat_prompt, render_template
 from lucidlm.chat.tools import (
@@ -190,14 +190,14 @@ def test_chat_data_learns_the_calls_and_the_answer_but_not_the_tools_results(tmp
 
     base = CharTokenizer.train([TOOLS_ALPHABET])
     write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION, "tools": [CALCULATOR]}] * 10)
-    prepare_chat(tmp_path / "chat.jsonl", tmp_path / "data", base, 160)
+    prepare_tuning(Conversations(), tmp_path / "chat.jsonl", tmp_path / "data", base, 160)
     from lucidlm.tokenizers import load_tokenizer
 
     assert set(TOOL_TOKENS) <= set(load_tokenizer(tmp_path / "data" / "tokenizer.json").special_tokens)
     bad = {"messages": [CONVERSATION[0], {"role": "assistant", "content": None, "tool_calls": [{"function": {}}]}]}
     write_jsonl(tmp_path / "bad.jsonl", [{"messages": CONVERSATION}, bad])
     with pytest.raises(DataError, match=r"bad.jsonl line 2: message 2: tool_calls\[0\] is not"):
-        prepare_chat(tmp_path / "bad.jsonl", tmp_path / "data2", base, 160)
+        prepare_tuning(Conversations(), tmp_path / "bad.jsonl", tmp_path / "data2", base, 160)
     with pytest.raises(ConfigError, match="this model has no <|tool|> or <|call|> token: it was not fine-tuned"):
         chat_prompt(chat_tokenizer, CONVERSATION[:1], [CALCULATOR])
 
@@ -326,7 +326,7 @@ def test_invalid_tool_schemas_are_named(tmp_path, chat_tokenizer, parameter, pro
     assert problem in tools_problem([tool])
     write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION, "tools": [tool]}])
     with pytest.raises(DataError, match=r"chat\.jsonl line 1: .*" + re.escape(problem)):
-        prepare_chat(tmp_path / "chat.jsonl", tmp_path / "data", chat_tokenizer, 64, progress=False)
+        prepare_tuning(Conversations(), tmp_path / "chat.jsonl", tmp_path / "data", chat_tokenizer, 64, progress=False)
     assert not (tmp_path / "data").exists()
 
 

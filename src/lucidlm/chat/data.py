@@ -26,7 +26,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from lucidlm.chat.template import CHAT_TOKENS, SpecialTextGuard, chat_template, missing_tool_tokens, render_template
+from lucidlm.chat.template import (
+    CHAT_TOKENS,
+    SpecialTextGuard,
+    chat_template,
+    missing_tool_tokens,
+    render_template,
+    template_tokens,
+)
 from lucidlm.chat.tools import tool_calls_problem, tools_problem, uses_tools
 from lucidlm.data.prepare import token_dtype, write_array
 from lucidlm.errors import ConfigError, DataError, TokenizerError
@@ -116,7 +123,7 @@ def encode_conversation(
     template = chat_template(tokenizer)
     if not template:
         raise ConfigError("the tokenizer has no chat template; prepare chat data with --tokenizer-from a run or hf:DIR")
-    special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
+    special = template_tokens(tokenizer)
     guard = SpecialTextGuard(tokenizer, messages, tools)  # text that spells a special token stays text
     messages, tools = guard.hide(messages), guard.hide(tools)
     ids: list[int] = []
@@ -192,7 +199,90 @@ def fit_to_context(
     return ids[: fitting[-1]], mask[: fitting[-1]]
 
 
-def prepare_chat(
+class RecordKind:
+    """One kind of tuning record (conversations here; preference pairs in chat/preferences.py, tasks in
+    train/rl.py): how its file is read and how one record becomes the sequences of its split."""
+
+    unit = "record"  # what the progress bar counts
+    total: str | None = None  # the counter of records read, unread ones included, if the kind keeps one
+
+    def read(self, path: str | os.PathLike, line_limit: int) -> list[tuple[int, object]]:
+        """(line number, record) for each line; None for a line too long for the context, skipped unread."""
+        raise NotImplementedError
+
+    def tokenizer(self, tokenizer: Tokenizer, records: list[tuple[int, object]]) -> Tokenizer:
+        return chat_tokenizer(tokenizer)
+
+    def counts(self) -> dict[str, int]:
+        return {"dropped": 0}
+
+    def add(
+        self, tokenizer: Tokenizer, record, context: int, where: str, split: ChatSplit, name: str, counts: dict
+    ) -> None:
+        """Encode one record into `split` (the one called `name`), or count it dropped."""
+        raise NotImplementedError
+
+    def empty_split(self, path, name: str, counts: dict, context: int) -> str:
+        """The error when a split has nothing in it."""
+        raise NotImplementedError
+
+    def written(self, splits: dict[str, ChatSplit], counts: dict, context: int) -> tuple[dict, dict, dict]:
+        """(meta.json's "chat", other files by name, more meta) for the finished splits."""
+        learned = {name: sum(split.mask) for name, split in splits.items()}
+        return {"context": context, **counts, "learned_tokens": learned}, {}, {}
+
+
+class Conversations(RecordKind):
+    """`data prepare --chat`: a conversation (messages, optionally tools) a line, or a {"text"} line. A conversation
+    longer than `context` + 1 tokens (one training window) is cut after its last reply that fits, or dropped
+    when not even its first reply fits; a text is cut into windows, all learned."""
+
+    unit, total = "line", "conversations"
+
+    def read(self, path, line_limit):
+        return list(read_conversations(path, text=True, line_limit=line_limit))
+
+    def tokenizer(self, tokenizer, records):
+        tools = any(
+            record and "messages" in record and uses_tools(record["messages"], record.get("tools"))
+            for _, record in records
+        )
+        return chat_tokenizer(tokenizer, tools)
+
+    def counts(self):
+        return {"conversations": 0, "texts": 0, "cut": 0, "dropped": 0}
+
+    def add(self, tokenizer, record, context, where, split, name, counts):
+        try:
+            if "text" in record:
+                ids = tokenizer.encode_ordinary(record["text"])  # text, whatever it spells
+                for start in range(0, len(ids), context + 1):
+                    window = ids[start : start + context + 1]
+                    split.add(window, [1] * len(window))
+                counts["texts"] += 1
+                return
+            ids, mask, ends = encode_conversation(tokenizer, record["messages"], record.get("tools"))
+        except TokenizerError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if not ends:
+            raise DataError(f"{where}: the conversation has no assistant message to learn")
+        fitted = fit_to_context(ids, mask, ends, context + 1)
+        counts["conversations"] += 1
+        if fitted is None:
+            counts["dropped"] += 1
+            return
+        counts["cut"] += len(fitted[0]) < len(ids)
+        split.add(*fitted)
+
+    def empty_split(self, path, name, counts, context):
+        return (
+            f"{path}: the {name} split has no conversation ({counts['conversations']} read, "
+            f"{counts['dropped']} longer than the context of {context}); give more conversations"
+        )
+
+
+def prepare_tuning(
+    kind: RecordKind,
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
     tokenizer: Tokenizer,
@@ -201,65 +291,28 @@ def prepare_chat(
     force: bool = False,
     progress: bool | None = None,
 ) -> dict:
-    """Encode the conversations of `path` into a chat data directory; returns its meta.json. A conversation
-    longer than `context` + 1 tokens (one training window) is cut after its last reply that fits, or dropped
-    when not even its first reply fits. The validation split takes every conversation that brings the running
+    """Encode the records of `path` (of `kind`) through the model's tokenizer and chat template into a data
+    directory for tuning; returns its meta.json. The validation split takes every record that brings the running
     count of `val_fraction * i` past a whole number, so it is spread through the file."""
     check_output(out_dir, val_fraction, force)
-    records = list(read_conversations(path, text=True, line_limit=longest_line(tokenizer, context)))
-    tools = any(
-        record and "messages" in record and uses_tools(record["messages"], record.get("tools")) for _, record in records
-    )
-    tokenizer = chat_tokenizer(tokenizer, tools)
+    records = kind.read(path, longest_line(chat_tokenizer(tokenizer), context))
+    tokenizer = kind.tokenizer(tokenizer, records)
     splits = {"train": ChatSplit(), "val": ChatSplit()}
-    counts = {"conversations": 0, "texts": 0, "cut": 0, "dropped": 0}
+    counts = kind.counts()
     disable = None if progress is None else not progress
-    for index, (number, record) in enumerate(tqdm(records, desc="encoding", unit="line", disable=disable)):
+    for index, (number, record) in enumerate(tqdm(records, desc="encoding", unit=kind.unit, disable=disable)):
         if record is None:  # a line too long to fit the context, skipped unread
-            counts["conversations"] += 1
             counts["dropped"] += 1
+            if kind.total:
+                counts[kind.total] += 1
             continue
-        split = splits[split_of(index, val_fraction)]
-        try:
-            if "text" in record:
-                ids = tokenizer.encode_ordinary(record["text"])  # text, whatever it spells
-                for start in range(0, len(ids), context + 1):
-                    window = ids[start : start + context + 1]
-                    split.add(window, [1] * len(window))
-                counts["texts"] += 1
-                continue
-            ids, mask, ends = encode_conversation(tokenizer, record["messages"], record.get("tools"))
-        except TokenizerError as exc:
-            raise DataError(f"{path} line {number}: {exc}") from None
-        if not ends:
-            raise DataError(f"{path} line {number}: the conversation has no assistant message to learn")
-        fitted = fit_to_context(ids, mask, ends, context + 1)
-        counts["conversations"] += 1
-        if fitted is None:
-            counts["dropped"] += 1
-            continue
-        counts["cut"] += len(fitted[0]) < len(ids)
-        split.add(*fitted)
+        name = split_of(index, val_fraction)
+        kind.add(tokenizer, record, context, f"{path} line {number}", splits[name], name, counts)
     for name, split in splits.items():
         if not split.starts:
-            raise DataError(
-                f"{path}: the {name} split has no conversation ({counts['conversations']} read, "
-                f"{counts['dropped']} longer than the context of {context}); give more conversations"
-            )
-    meta = write_chat_data(
-        out_dir,
-        force,
-        tokenizer,
-        splits,
-        val_fraction,
-        path,
-        {
-            "context": context,
-            **counts,
-            "learned_tokens": {name: sum(split.mask) for name, split in splits.items()},
-        },
-    )
-    return meta
+            raise DataError(kind.empty_split(path, name, counts, context))
+    chat_meta, files, extra = kind.written(splits, counts, context)
+    return write_chat_data(out_dir, force, tokenizer, splits, val_fraction, path, chat_meta, files, **extra)
 
 
 def write_chat_data(

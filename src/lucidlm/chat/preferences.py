@@ -13,21 +13,7 @@ the replies under DPO).
 
 from __future__ import annotations
 
-import os
-
-from tqdm import tqdm
-
-from lucidlm.chat.data import (
-    ChatSplit,
-    chat_tokenizer,
-    check_output,
-    conversation_problem,
-    encode_conversation,
-    longest_line,
-    read_conversations,
-    split_of,
-    write_chat_data,
-)
+from lucidlm.chat.data import RecordKind, conversation_problem, encode_conversation, read_conversations
 from lucidlm.errors import DataError, TokenizerError
 from lucidlm.tokenizers import Tokenizer
 
@@ -57,31 +43,19 @@ def encode_reply(tokenizer: Tokenizer, messages: list[dict], reply: list[dict]) 
     return ids, mask
 
 
-def prepare_preferences(
-    path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    tokenizer: Tokenizer,
-    context: int,
-    val_fraction: float = 0.1,
-    force: bool = False,
-    progress: bool | None = None,
-) -> dict:
-    """Encode the pairs of `path` into a data directory for objective=dpo; returns its meta.json. A pair either
-    of whose sequences is longer than `context` + 1 tokens is dropped (cutting a reply would change what is
-    compared)."""
-    check_output(out_dir, val_fraction, force)
-    tokenizer = chat_tokenizer(tokenizer)
-    splits = {"train": ChatSplit(), "val": ChatSplit()}
-    counts = {"pairs": 0, "dropped": 0}
-    line_limit = longest_line(tokenizer, context)
-    records = list(read_conversations(path, extra_keys=(*REPLIES, *NOTES), line_limit=line_limit))
-    disable = None if progress is None else not progress
-    for index, (number, record) in enumerate(tqdm(records, desc="encoding", unit="pair", disable=disable)):
-        if record is None:  # a line too long to fit the context, skipped unread
-            counts["pairs"] += 1
-            counts["dropped"] += 1
-            continue
-        where = f"{path} line {number}"
+class Preferences(RecordKind):
+    """`data prepare --preferences`, for objective=dpo. A pair either of whose sequences is longer than `context` +
+    1 tokens is dropped (cutting a reply would change what is compared)."""
+
+    unit, total = "pair", "pairs"
+
+    def read(self, path, line_limit):
+        return list(read_conversations(path, extra_keys=(*REPLIES, *NOTES), line_limit=line_limit))
+
+    def counts(self):
+        return {"pairs": 0, "dropped": 0}
+
+    def add(self, tokenizer, record, context, where, split, name, counts):
         sequences = []
         for key in REPLIES:
             reply = reply_messages(record.get(key))
@@ -98,16 +72,16 @@ def prepare_preferences(
         counts["pairs"] += 1
         if max(len(ids) for ids, _ in sequences) > context + 1:
             counts["dropped"] += 1
-            continue
-        split = splits[split_of(index, val_fraction)]
+            return
         for ids, mask in sequences:
             split.add(ids, mask)
-    for name, split in splits.items():
-        if not split.starts:
-            raise DataError(
-                f"{path}: the {name} split has no pair ({counts['pairs']} read, {counts['dropped']} longer than "
-                f"the context of {context}); give more pairs"
-            )
-    learned = {name: sum(split.mask) for name, split in splits.items()}
-    chat_meta = {"context": context, **counts, "learned_tokens": learned}
-    return write_chat_data(out_dir, force, tokenizer, splits, val_fraction, path, chat_meta, preferences=True)
+
+    def empty_split(self, path, name, counts, context):
+        return (
+            f"{path}: the {name} split has no pair ({counts['pairs']} read, {counts['dropped']} longer than "
+            f"the context of {context}); give more pairs"
+        )
+
+    def written(self, splits, counts, context):
+        chat_meta, files, _ = super().written(splits, counts, context)
+        return chat_meta, files, {"preferences": True}

@@ -35,11 +35,13 @@ from lucidlm.errors import ConfigError
 from lucidlm.generate import encode_prompt
 from lucidlm.tokenizers import Tokenizer
 from lucidlm.tokenizers.base import END_OF_TURN
+from lucidlm.tokenizers.hf import HFTokenizer
 
 # The turns of lucidlm's own template: one special token opens each role's message, END_OF_TURN ends every turn.
 # A model that calls tools has two more (chat/tools.py): TOOL_TOKEN opens a tool's result, CALL_TOKEN a call.
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 CHAT_TOKENS = (*ROLE_TOKENS.values(), END_OF_TURN)
+NAMED_TOKENS = ("bos_token", "eos_token")  # the special tokens a Hub template may write by name
 # The same template in Jinja2, the form `transformers`' `apply_chat_template` runs (written into HF exports).
 # Offered tools are written into the system turn, one a line as a signature, `name(argument: type, ...):
 # description`, which costs a small model far fewer tokens than their JSON Schema; a call is
@@ -183,19 +185,29 @@ def strings_in(value: object) -> Iterator[str]:
             yield from strings_in(item)
 
 
+def hub_template(tokenizer: Tokenizer) -> str | None:
+    """The chat template a Hub tokenizer's files carried, if any (lucidlm's own tokenizers carry none)."""
+    return tokenizer.hub_chat_template if isinstance(tokenizer, HFTokenizer) else None
+
+
+def template_tokens(tokenizer: Tokenizer) -> dict[str, str | None]:
+    """The texts a Hub template writes by name (`bos_token`, `eos_token`), from the tokenizer's files."""
+    return {key: tokenizer.token_text(key) if isinstance(tokenizer, HFTokenizer) else None for key in NAMED_TOKENS}
+
+
 def chat_template(tokenizer: Tokenizer) -> str | None:
     """The Jinja2 template a model speaks: the one its tokenizer came with (a Hub model's); else lucidlm's own
     where the tokenizer holds its turn tokens (a model fine-tuned for chat, GPT-2 given them included); else None
     (a base model, which gets plain lines)."""
-    if tokenizer.hub_chat_template:
-        return tokenizer.hub_chat_template
+    if hub_template(tokenizer):
+        return hub_template(tokenizer)
     return OWN_CHAT_TEMPLATE if all(token in tokenizer.special_tokens for token in CHAT_TOKENS) else None
 
 
 def missing_tool_tokens(tokenizer: Tokenizer) -> list[str]:
     """The tool tokens lucidlm's own template needs and the tokenizer lacks (none for a Hub template, which writes
     tools its own way)."""
-    if tokenizer.hub_chat_template:
+    if hub_template(tokenizer):
         return []
     return [token for token in TOOL_TOKENS if token not in tokenizer.special_tokens]
 
@@ -221,9 +233,9 @@ def chat_prompt(
     template = chat_template(tokenizer)
     if template:
         check_tool_tokens(tokenizer, messages, tools)
-        special = {key: tokenizer.token_text(key) for key in ("bos_token", "eos_token")}
         guard = SpecialTextGuard(tokenizer, messages, tools)
-        ids = guard.encode(render_template(template, guard.hide(messages), tools=guard.hide(tools), **special))
+        hidden = guard.hide(messages)
+        ids = guard.encode(render_template(template, hidden, tools=guard.hide(tools), **template_tokens(tokenizer)))
         openers = [token for token in TURN_OPENERS if token in tokenizer.special_tokens]
         return ids, openers if template == OWN_CHAT_TEMPLATE else []
     if tools:

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
 
 def run_prepare_chat(args: argparse.Namespace) -> None:
     """--chat, --preferences or --tasks: data for tuning a model, through its tokenizer and chat template."""
-    from lucidlm.chat.data import prepare_chat
+    from lucidlm.chat.data import Conversations, prepare_tuning
     from lucidlm.load import load_source_tokenizer
 
     flag = "--chat" if args.chat else "--preferences" if args.preferences else "--tasks"
@@ -79,9 +79,10 @@ def run_prepare_chat(args: argparse.Namespace) -> None:
         raise ConfigError(f"--tokenizer and --vocab-size do not apply to {flag}: the tokenizer is the model's")
     tokenizer, context = load_source_tokenizer(args.tokenizer_from)
     if args.preferences:
-        from lucidlm.chat.preferences import prepare_preferences
+        from lucidlm.chat.preferences import Preferences
 
-        meta = prepare_preferences(args.preferences, args.out, tokenizer, context, args.val_fraction, force=args.force)
+        pairs = Preferences()
+        meta = prepare_tuning(pairs, args.preferences, args.out, tokenizer, context, args.val_fraction, args.force)
         chat = meta["chat"]
         print(
             f"wrote {args.out}: {chat['pairs'] - chat['dropped']:,} pairs of replies ({meta['train_tokens']:,} train + "
@@ -90,16 +91,16 @@ def run_prepare_chat(args: argparse.Namespace) -> None:
         )
         return None
     if args.tasks:
-        from lucidlm.train.rl import prepare_tasks
+        from lucidlm.train.rl import Tasks
 
-        meta = prepare_tasks(args.tasks, args.out, tokenizer, context, args.val_fraction, force=args.force)
+        meta = prepare_tuning(Tasks(), args.tasks, args.out, tokenizer, context, args.val_fraction, args.force)
         tasks = meta["tasks"]
         print(
             f"wrote {args.out}: {tasks['train']:,} training and {tasks['val']:,} held-out prompts; "
             "train with --set objective=grpo"
         )
         return None
-    meta = prepare_chat(args.chat, args.out, tokenizer, context, args.val_fraction, force=args.force)
+    meta = prepare_tuning(Conversations(), args.chat, args.out, tokenizer, context, args.val_fraction, args.force)
     chat = meta["chat"]
     print(
         f"wrote {args.out}: {chat['conversations']:,} conversations and {chat['texts']:,} texts, "

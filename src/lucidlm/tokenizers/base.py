@@ -74,12 +74,6 @@ class Tokenizer:
         """The tokens that end a text (generation stops at them): the end of a turn, where the tokenizer has it."""
         return [self.special_tokens[END_OF_TURN]] if END_OF_TURN in self.special_tokens else []
 
-    @property
-    def hub_chat_template(self) -> str | None:
-        """The Jinja2 chat template that came with the tokenizer's files (a Hub model's), if any. Which template
-        a model speaks is chat.template.chat_template's to say."""
-        return None
-
     def encode_with_specials(self, text: str) -> list[int]:
         """Like `encode`, but the texts of special tokens become those tokens (what a rendered template needs)."""
         if not self.special_tokens:
@@ -98,10 +92,6 @@ class Tokenizer:
         and word tokenizers, and a Hub one, never read special tokens from text: this is their `encode`; BPE's
         `encode` refuses them unless told, as tiktoken's does.)"""
         return self.encode(text)
-
-    def token_text(self, key: str) -> str | None:
-        """The text of a named special token ("bos_token", "eos_token") that a chat template writes, if any."""
-        return None
 
     def prompt_ids(self, text: str) -> list[int]:
         """The ids of a prompt, read as text (`encode_ordinary`); a tokenizer whose model expects special tokens

@@ -53,6 +53,8 @@ class HFTokenizer(Tokenizer):
 
     @property
     def hub_chat_template(self) -> str | None:
+        """The Jinja2 chat template that came in tokenizer_config.json, if any. Which template a model speaks is
+        chat.template.chat_template's to say."""
         template = self.config.get("chat_template")
         if isinstance(template, list):  # several named templates: the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), None)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lucidlm.chat.data import ChatSplit, chat_tokenizer, check_output, longest_line, split_of, write_chat_data
+from lucidlm.chat.data import RecordKind
 from lucidlm.chat.template import chat_prompt
 from lucidlm.data.loader import open_split
 from lucidlm.decode import SamplingConfig
@@ -98,47 +98,37 @@ def call_reward(reward: Reward, reply: str, answer: str) -> float:
 # --- task data ----------------------------------------------------------------------------------------------
 
 
-def prepare_tasks(
-    path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    tokenizer: Tokenizer,
-    context: int,
-    val_fraction: float = 0.1,
-    force: bool = False,
-) -> dict:
-    """Write the prompts of a task file (eval --tasks' records) as the model's template writes them, with their
-    answers, into a data directory for objective=grpo; returns its meta.json. A prompt that leaves no room in the
+class Tasks(RecordKind):
+    """`data prepare --tasks`, for objective=grpo: the prompts of a task file (eval --tasks' records) as the
+    model's template writes them, with their answers in {split}.answers.jsonl. A prompt that leaves no room in the
     context for a reply is dropped."""
-    check_output(out_dir, val_fraction, force)
-    tokenizer = chat_tokenizer(tokenizer)
-    splits = {"train": ChatSplit(), "val": ChatSplit()}
-    answers: dict[str, list[str]] = {"train": [], "val": []}
-    dropped = 0
-    for index, record in enumerate(read_task_records(path, longest_line(tokenizer, context))):
-        if record is None:  # a line too long to fit the context, skipped unread
-            dropped += 1
-            continue
+
+    def __init__(self) -> None:
+        self.answers: dict[str, list[str]] = {"train": [], "val": []}
+
+    def read(self, path, line_limit):
+        return [(None if record is None else record.line, record) for record in read_task_records(path, line_limit)]
+
+    def add(self, tokenizer, record, context, where, split, name, counts):
         if record.choices is not None:
-            raise DataError(
-                f"{path} line {record.line}: a multiple-choice record is for eval --tasks; give an answer alone"
-            )
+            raise DataError(f"{where}: a multiple-choice record is for eval --tasks; give an answer alone")
         try:
             prompt, _ = chat_prompt(tokenizer, record.messages)
         except TokenizerError as exc:
-            raise DataError(f"{path} line {record.line}: {exc}") from None
+            raise DataError(f"{where}: {exc}") from None
         if len(prompt) >= context:
-            dropped += 1
-            continue
-        split = split_of(index, val_fraction)
-        splits[split].add(prompt, [0] * len(prompt))
-        answers[split].append(json.dumps({"answer": record.answer, "task": record.task}) + "\n")
-    for name, split in splits.items():
-        if not split.starts:
-            raise DataError(f"{path}: the {name} split has no prompt ({dropped} longer than the context); give more")
-    counts = {name: len(split.starts) for name, split in splits.items()}
-    files = {f"{name}.answers.jsonl": "".join(lines) for name, lines in answers.items()}
-    chat_meta = {"context": context, "dropped": dropped}
-    return write_chat_data(out_dir, force, tokenizer, splits, val_fraction, path, chat_meta, files, tasks=counts)
+            counts["dropped"] += 1
+            return
+        split.add(prompt, [0] * len(prompt))
+        self.answers[name].append(json.dumps({"answer": record.answer, "task": record.task}) + "\n")
+
+    def empty_split(self, path, name, counts, context):
+        return f"{path}: the {name} split has no prompt ({counts['dropped']} longer than the context); give more"
+
+    def written(self, splits, counts, context):
+        files = {f"{name}.answers.jsonl": "".join(lines) for name, lines in self.answers.items()}
+        tasks = {name: len(split.starts) for name, split in splits.items()}
+        return {"context": context, **counts}, files, {"tasks": tasks}
 
 
 @dataclass
