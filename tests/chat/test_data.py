@@ -40,15 +40,7 @@ def test_the_mask_covers_each_reply_and_its_end_of_turn(chat_tokenizer):
 
 def test_the_loss_is_the_mean_over_the_assistants_tokens_only(tmp_path, chat_tokenizer):
     write_jsonl(tmp_path / "c.jsonl", [{"messages": TWO_TURNS}] * 4)
-    prepare_tuning(
-        Conversations(),
-        tmp_path / "c.jsonl",
-        tmp_path / "data",
-        chat_tokenizer,
-        context=64,
-        val_fraction=0.5,
-        progress=False,
-    )
+    prepare_tuning(Conversations(), tmp_path / "c.jsonl", tmp_path / "data", chat_tokenizer, 64, 0.5, progress=False)
     loader = BatchLoader(tmp_path / "data", block_size=64, batch_size=2, seed=0)
     x, y = loader.batch("train", 0)
     ids, mask, _ = encode_conversation(chat_tokenizer, TWO_TURNS)
@@ -120,15 +112,7 @@ def test_the_numpy_backend_refuses_chat_data(tmp_path, chat_tokenizer):
     from tests.conftest import run_lucidlm
 
     write_jsonl(tmp_path / "c.jsonl", [{"messages": TWO_TURNS}] * 4)
-    prepare_tuning(
-        Conversations(),
-        tmp_path / "c.jsonl",
-        tmp_path / "data",
-        chat_tokenizer,
-        context=64,
-        val_fraction=0.5,
-        progress=False,
-    )
+    prepare_tuning(Conversations(), tmp_path / "c.jsonl", tmp_path / "data", chat_tokenizer, 64, 0.5, progress=False)
     result = run_lucidlm("train", "--data", tmp_path / "data", "--out", tmp_path / "run", "--backend", "numpy",
                          "--preset", "nanogpt-baby", "--max-steps", "1")  # fmt: skip
     assert result.returncode == 2 and not (tmp_path / "run").exists()
