@@ -73,8 +73,8 @@ def autocast(device: torch.device, precision: str | None = None) -> contextlib.A
     return contextlib.nullcontext()
 
 
-# `compile=auto` compiles runs at least this long: a shorter one does not win back the compile (about 30 s for
-# the shakespeare-char preset on 2 CPU cores from an empty cache, 4 s from a warm one; docs/benchmarks.md)
+# `compile=auto` compiles runs at least this long: a shorter one does not win back the time the compile takes
+# (docs/benchmarks.md measures it, cold cache and warm)
 COMPILE_MIN_STEPS = 500
 COMPILE_MIN_SECONDS = 60.0
 

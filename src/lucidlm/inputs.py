@@ -1,10 +1,10 @@
 """Reading the files lucidlm is handed, in one place: with a bound on their size, and JSON checked against the
 shape lucidlm expects, so that a damaged or hostile file is one line naming the file and the field.
 
-What is bounded: `--config /dev/zero` or `--tasks /dev/zero` read until memory ran out. What is checked: a
-`latest.json` without `step`, a `"step": "20"`, a `best.json` whose file entry is a number, a truncated
-`state.json`, an integer of thousands of digits (Python refuses to parse one with a ValueError of its own);
-each was a KeyError, TypeError or ValueError traceback somewhere later.
+A file with no end (`--config /dev/zero`) must not be read until memory runs out, and a file of the wrong
+shape (a `latest.json` without `step`, a `"step": "20"`, a truncated `state.json`, an integer of thousands of
+digits, which Python refuses with a ValueError of its own) must not become a KeyError, TypeError or ValueError
+traceback somewhere later (docs/reliability.md lists the cases).
 
 A shape is written as the data it describes:
 - a type (`str`, `dict`, `list`), COUNT (a whole number, 0 or more) or NUMBER (any finite int or float);

@@ -22,9 +22,9 @@ def keep_freed_memory() -> bool:
     A training step allocates its activations afresh every step (every NumPy operation returns a new array;
     PyTorch's CPU tensors come from malloc too). By default glibc gives a freed block of more than 128 KiB
     straight back to the kernel (munmap, or trimming the top of the heap), and the next step's block of the same
-    size is faulted in again, one zeroed 4 KiB page at a time: about 11,000 page faults per nanogpt-baby step in
-    the NumPy backend (a third of its time) and about 1,000 in PyTorch's (7 ms of 55). With both thresholds
-    raised, freed blocks are reused and a step makes next to none. This is process-wide (the process then keeps
+    size is faulted in again, one zeroed 4 KiB page at a time: thousands of page faults per small step, a large
+    part of the NumPy backend's time (docs/benchmarks.md). With both thresholds raised, freed blocks are reused
+    and a step makes next to none. This is process-wide (the process then keeps
     its peak heap); the trainer and the NumPy GPT call it. Returns False where the C library has no mallopt
     (macOS, musl) or cannot be reached (WebAssembly, where a course page runs the NumPy GPT), which changes
     nothing else.

@@ -280,9 +280,8 @@ PRESETS: dict[str, dict[str, dict]] = {
     },
     # The recipe `make demo` trains: nanoGPT's baby width and depth with two heads of 64 and block 256, in the
     # Llama layout (rotary positions, RMSNorm, SwiGLU) with QK-norm and an untied head, Muon (3 Newton-Schulz
-    # steps) for the blocks' matrices, spending a time budget. On Tiny Shakespeare, 120 s on 2 cores reach a
-    # whole-split val loss of about 1.49-1.51 where the nanogpt-baby recipe reaches 1.76-1.81 (docs/benchmarks.md
-    # says how each part was chosen).
+    # steps) for the blocks' matrices, spending a time budget; each part earned its place by the val loss it
+    # reaches in that budget (docs/benchmarks.md has the figures, by machine).
     "shakespeare-char": {
         "model": dict(
             n_layer=4,

@@ -14,7 +14,7 @@ NAME = "scale"
 HELP = "fit a scaling law L(N, D) to a grid of short runs, and draw it"
 GUIDE = "docs/guides/training.md"
 EXAMPLES = """examples:
-  lucidlm scale --data data/shakespeare-char --out runs/scale   (the default grid: about 15 minutes on 2 cores)
+  lucidlm scale --data data/shakespeare-char --out runs/scale   (the default grid: ten short runs)
   lucidlm scale --data data/mine --out runs/scale-mine --grid 2:300000,3:300000,4:300000,2:1e6,3:1e6,4:1e6 \\
       --check 3:2e6     (fit on six runs, and see how well the law predicts a seventh)"""
 DEFAULT_GRID = "2:3e5,2:1.2e6,3:3e5,3:1.2e6,3:3e6,4:3e5,4:1.2e6,4:3e6,6:3e5,6:1.2e6"

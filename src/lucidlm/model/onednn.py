@@ -2,14 +2,13 @@
 
 At batch 1 a decoding step multiplies one vector by every weight matrix once, so its speed is the speed at
 which the weights stream from memory. An `nn.Linear` weight is stored as (out, in) rows, and the product
-PyTorch calls for it on the CPU (MKL's matrix-vector kernel, on one thread) reads that layout at about 13 GB/s
-on this project's 2-core machine. oneDNN's inner product, which ships inside PyTorch and which
-`torch.compile`'s CPU backend uses, reads the same memory, unchanged, at 18-27 GB/s. On GPT-2 small that takes
-greedy decoding from 24 to about 40 tokens/s (benchmarks/hub_gpt2.py).
+PyTorch calls for it on the CPU (MKL's matrix-vector kernel, on one thread) streams that layout more slowly
+than oneDNN's inner product, which ships inside PyTorch and which `torch.compile`'s CPU backend uses, reads
+the same memory, unchanged (benchmarks/hub_gpt2.py and docs/benchmarks.md give the rates).
 
-oneDNN's call costs about 12 microseconds more than MKL's, which a matrix in the cache does not win back: only
-weights of at least ONEDNN_AT numbers (2 MB in float32; from a width of about 420 up) go through it, so baby
-models keep `nn.Linear` throughout.
+oneDNN's call has a larger fixed cost than MKL's, which a matrix in the cache does not win back: only weights
+of at least ONEDNN_AT numbers (2 MB in float32; from a width of about 420 up) go through it, so baby models
+keep `nn.Linear` throughout.
 
 oneDNN has no backward pass for this product, so only the commands that decode (generate, serve) switch their
 model over, after loading it; training, evaluation and export keep `nn.Linear`. The weights are shared, not

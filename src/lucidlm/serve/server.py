@@ -16,8 +16,7 @@ from lucidlm.errors import ConfigError
 def decoding_threads() -> int:
     """PyTorch threads for a CPU server: all cores but one, which is left to the HTTP side (parsing, JSON,
     sockets). Decoding small batches gains little from the last core, and a PyTorch thread that has to wait
-    for a busy core stalls every matmul (benchmarks/serve_load.py: 16 clients, 1,506 -> 2,329 tokens/s on 2
-    cores when PyTorch gives up one of them)."""
+    for a busy core stalls every matmul (benchmarks/serve_load.py measures what giving one up gains)."""
     return max(1, (os.cpu_count() or 2) - 1)
 
 
