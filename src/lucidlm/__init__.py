@@ -13,7 +13,7 @@ _HOMES = {
     "RunConfig": "lucidlm.run_config",
     "TrainConfig": "lucidlm.run_config",
     "LucidError": "lucidlm.errors",
-    "SamplingConfig": "lucidlm.generate",
+    "SamplingConfig": "lucidlm.decode",
     "generate_text": "lucidlm.generate",
     "CharTokenizer": "lucidlm.tokenizers",
     "Tokenizer": "lucidlm.tokenizers",
