@@ -221,8 +221,10 @@ class Decoder:
         self.cache.clear(last)
         self.rows.pop()
 
+    @torch.inference_mode()
     def forward(self, start: int, stop: int, tokens: torch.Tensor, step: Callable | None = None) -> torch.Tensor:
-        """Logits (rows, T, vocab) of `tokens` (rows, T) read into the cache rows start..stop-1."""
+        """Logits (rows, T, vocab) of `tokens` (rows, T) read into the cache rows start..stop-1. Under inference
+        mode always: a compiled step traced with autograd on gives wrong tokens over a StaticKVCache."""
         self.cache.select(start, stop)
         with autocast(self.device):
             logits, _ = (self.model if step is None else step)(tokens, cache=self.cache)

@@ -92,6 +92,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return tokenizer.prompt_ids(prompt)
 
 
+@torch.inference_mode()
 def generate_text(
     model: GPT,
     tokenizer: Tokenizer,
