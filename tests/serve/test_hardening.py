@@ -80,10 +80,10 @@ def test_a_request_whose_decoding_raises_fails_alone_in_the_engine_process(model
 class FaultyEngine(Engine):
     """An engine whose report of any token of a prompt starting with "!" raises, as a bug would."""
 
-    def _event(self, request, token, logprobs):
+    def _event(self, request):
         if self.tokenizer.decode(request.prompt[:1]) == "!":
             raise RuntimeError("injected fault")
-        return super()._event(request, token, logprobs)
+        return super()._event(request)
 
 
 def test_over_http_a_failing_request_is_a_500_while_4_streams_finish(model, tokenizer):

@@ -156,11 +156,14 @@ class Engine:
         for row in list(self.decoder.rows):
             request: Request = row.owner
             with self._failing_alone(request):
-                request.on_event(
-                    TokenEvent(row.text, row.generated[-1], row.logprob, row.top, finish_reason=row.finish_reason)
-                )
+                request.on_event(self._event(request))
             if row.finish_reason is not None:
                 self._remove(request)
+
+    def _event(self, request: Request) -> TokenEvent:
+        """What the request learns of the token its row took in this step."""
+        row = request.row
+        return TokenEvent(row.text, row.generated[-1], row.logprob, row.top, finish_reason=row.finish_reason)
 
     @contextlib.contextmanager
     def _failing_alone(self, request: Request) -> Iterator[None]:
