@@ -9,7 +9,7 @@ import time
 from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
 from lucidlm.tutorial import sandbox
-from lucidlm.tutorial.runner import RunnerLimits
+from lucidlm.tutorial.kernel import KernelLimits
 from lucidlm.tutorial.server import create_tutorial_app
 
 from ..conftest import ARTIFACTS, require_chromium
@@ -44,7 +44,7 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
     sock.close()
-    app = create_tutorial_app("browser-token", RunnerLimits(seconds=30))
+    app = create_tutorial_app("browser-token", KernelLimits(seconds=30))
     with BackgroundServer(app, port=port) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/?token=browser-token")

@@ -26,9 +26,12 @@ EXAMPLES = """examples:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=port_number, default=8890)
     parser.add_argument("--time-limit", type=float, default=30.0, help="seconds a cell may run (default 30)")
-    parser.add_argument("--memory-limit", type=int, default=4096, help="MiB a cell may use (default 4096)")
+    parser.add_argument("--memory-limit", type=int, default=4096, help="MiB a lesson's kernel may use (default 4096)")
     parser.add_argument(
-        "--process-limit", type=int, default=256, help="processes and threads a cell may run (default 256)"
+        "--process-limit", type=int, default=256, help="processes and threads a kernel may run (default 256)"
+    )
+    parser.add_argument(
+        "--kernels", type=int, default=3, help="lessons' kernels kept at once (default 3; each is one Python)"
     )
     parser.add_argument("--no-browser", action="store_true", help="only print the URL")
     parser.add_argument(
@@ -49,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from lucidlm.serve.server import bind, run_forever
-    from lucidlm.tutorial.runner import RunnerLimits
+    from lucidlm.tutorial.kernel import KernelLimits
     from lucidlm.tutorial.sandbox import CellCap, containment
     from lucidlm.tutorial.server import create_tutorial_app, new_token
 
@@ -74,8 +77,8 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError("--lessons and --checkpoint are for --build")
     if not (math.isfinite(args.time_limit) and args.time_limit > 0):
         raise ConfigError(f"--time-limit must be a finite number of seconds above 0 (got {args.time_limit:g})")
-    if args.memory_limit < 256 or args.process_limit < 16:
-        raise ConfigError("--memory-limit must be at least 256 MiB and --process-limit at least 16")
+    if args.memory_limit < 256 or args.process_limit < 16 or args.kernels < 1:
+        raise ConfigError("--memory-limit must be at least 256 MiB, --process-limit at least 16, --kernels at least 1")
     sock = bind("127.0.0.1", args.port)
     port, token = sock.getsockname()[1], new_token()
     url = f"http://127.0.0.1:{port}/?token={token}"
@@ -84,9 +87,10 @@ def run(args: argparse.Namespace) -> None:
         import webbrowser
 
         webbrowser.open(url)
-    limits = RunnerLimits(seconds=args.time_limit, memory_mib=args.memory_limit, processes=args.process_limit)
+    limits = KernelLimits(args.time_limit, args.memory_limit, args.process_limit, args.kernels)
     print(
-        f"each cell: {limits.seconds:g} s, {limits.memory_mib} MiB, {limits.processes} processes "
-        f"(the process cap: {CellCap.probe()}; containment: {containment()})"
+        f"each cell: {limits.seconds:g} s; each lesson's kernel: {limits.memory_mib} MiB, {limits.processes} "
+        f"processes, {limits.kernels} kernels at once (the process cap: {CellCap.probe()}; containment: "
+        f"{containment()})"
     )
     run_forever(create_tutorial_app(token, limits), sock)

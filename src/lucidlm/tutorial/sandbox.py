@@ -89,9 +89,9 @@ class CellCap:
             return int(dict(line.split() for line in text.splitlines()).get(key, 0))
         return 0
 
-    def reached(self) -> bool:
-        """Whether a fork was refused because of the cap (known for the control group only)."""
-        return self._counter("pids", "pids.events", "max") > 0
+    def refused_forks(self) -> int:
+        """How many forks the cap has refused (known for the control group only)."""
+        return self._counter("pids", "pids.events", "max")
 
     def memory_exceeded(self) -> bool:
         """Whether the kernel killed a process of the cell for going over the memory group's limit."""

@@ -136,6 +136,7 @@ def lesson_page(
         live=entry["live"],
         runner=runner,
         download_mb=download_mb,
+        lessons=entries,
         previous=entries[index - 1] if index else None,
         next=entries[index + 1] if index + 1 < len(entries) else None,
     )

@@ -2,11 +2,15 @@
 // to run. Where it runs is the page's runner: the Python in this page in a built site (runtime/python.js), or
 // this machine under `lucidlm tutorial` (server-python.js); both have run(code), stop() and started. Running a
 // cell first runs the cells above it that have not run. Under each cell, what it printed (a built site's
-// build-time output until then) and its claims: each `assert` of the cell, held, failed, or not reached.
+// build-time output until then) and its claims: each `assert` of the cell, held, failed, or not reached; a
+// failed cell marks the line where it failed, and the cells below that were to run say they did not. The bar
+// ends with what happened: how many cells ran and for how long, or which cell failed and where.
 //
 // window.course is the page's interface for scripts and tests: runAll(), stop(), reset() and the cells (each
 // with source() and setSource(text), what its editor holds).
-import { EditorView, basicSetup, keymap, python as pythonSyntax } from "./editor/codemirror.js";
+import {
+  Decoration, EditorView, StateEffect, StateField, basicSetup, keymap, python as pythonSyntax,
+} from "./editor/codemirror.js";
 
 const article = document.querySelector("article.lesson");
 const bar = document.querySelector(".course-bar");
@@ -23,11 +27,30 @@ function claimsOf(source) {
   return source.split("\n").flatMap((line, i) => (/^\s*assert\b/.test(line) ? [{ line: i + 1, text: line.trim() }] : []));
 }
 
-// Where a traceback says the cell stopped: the last line it names in the cell's own code ("<turn N>").
+// Where a traceback says the cell stopped: the last line it names in the cell's own code. The traceback
+// starts at the cell (tutorial/cells.py), so the cell's own file is the first one it names: "<cell N>".
 function failedLine(stderr) {
-  const lines = [...stderr.matchAll(/File "<turn \d+>", line (\d+)/g)];
-  return lines.length ? Number(lines[lines.length - 1][1]) : null;
+  const frames = [...stderr.matchAll(/File "(<cell \d+>)", line (\d+)/g)];
+  const own = frames.filter((frame) => frame[1] === frames[0]?.[1]);
+  return own.length ? Number(own[own.length - 1][2]) : null;
 }
+
+// The failed line's mark in the editor: set with a line number, cleared with null (and by any edit).
+const markFailedLine = StateEffect.define();
+const failedLineField = StateField.define({
+  create: () => Decoration.none,
+  update(marks, transaction) {
+    if (transaction.docChanged) return Decoration.none;
+    for (const effect of transaction.effects) {
+      if (!effect.is(markFailedLine)) continue;
+      if (effect.value === null || effect.value > transaction.state.doc.lines) return Decoration.none;
+      const line = transaction.state.doc.line(effect.value);
+      return Decoration.set([Decoration.line({ class: "failed-line" }).range(line.from)]);
+    }
+    return marks;
+  },
+  provide: (field) => EditorView.decorations.from(field),
+});
 
 const cells = [...article.querySelectorAll(".code-cell")].map((element, index) => {
   const original = element.querySelector("pre.code").textContent;
@@ -37,6 +60,7 @@ const cells = [...article.querySelectorAll(".code-cell")].map((element, index) =
       keymap.of([{ key: "Mod-Enter", run: () => (runUpTo(index), true) }]), // before basicSetup's keys
       basicSetup,
       pythonSyntax(),
+      failedLineField,
       EditorView.updateListener.of((update) => {
         if (update.docChanged) localStorage.setItem(storageKey(index), update.state.doc.toString());
       }),
@@ -56,6 +80,7 @@ const cells = [...article.querySelectorAll(".code-cell")].map((element, index) =
   return {
     element, original, live, claims, built: element.querySelector(".built"),
     source: () => editor.state.doc.toString(),
+    markLine: (line) => editor.dispatch({ effects: markFailedLine.of(line) }),
     setSource: (text) => editor.dispatch({ changes: { from: 0, to: editor.state.doc.length, insert: text } }),
   };
 });
@@ -105,8 +130,22 @@ async function runCell(cell) {
   const outcome = { ok: result.ok, stderr, assertion: /\nAssertionError\b/.test(`\n${stderr}`) };
   showClaims(cell, result.stopped ? null : outcome);
   cell.element.dataset.state = result.stopped ? "stopped" : result.ok ? "ok" : "error";
-  cell.element.dataset.seconds = ((performance.now() - started) / 1000).toFixed(2);
-  return result;
+  const seconds = (performance.now() - started) / 1000;
+  cell.element.dataset.seconds = seconds.toFixed(2);
+  const line = result.ok || result.stopped ? null : failedLine(stderr);
+  cell.markLine(line);
+  return { ...result, line, seconds };
+}
+
+// A cell that was to run after one that failed: it says so, above its build-time output.
+function markSkipped(cell, failedNumber) {
+  cell.element.dataset.state = "skipped";
+  cell.live.innerHTML = "";
+  const note = document.createElement("p");
+  note.className = "skipped";
+  note.textContent = `Not run: cell ${failedNumber} above failed, and this cell builds on it.`;
+  cell.live.appendChild(note);
+  if (cell.built) cell.built.hidden = false;
 }
 
 function setBusy(value) {
@@ -122,17 +161,29 @@ async function runUpTo(last, all = false) {
   setBusy(true);
   if (!python.started) status.textContent = "starting…";
   try {
+    let count = 0, seconds = 0;
+    let summary = "";
     for (let index = 0; index <= last; index++) {
       if (index < last && ran.has(index) && !all) continue;
-      const { ok, stopped } = await runCell(cells[index]);
+      status.textContent = `Running cell ${index + 1} of ${cells.length}…`;
+      const { ok, stopped, ended, line, seconds: took } = await runCell(cells[index]);
+      count += 1;
+      seconds += took;
+      if (stopped || ended) ran = new Set(); // a fresh interpreter next time
+      else ran.add(index);
       if (stopped) {
-        ran = new Set(); // a fresh interpreter next time
+        summary = `Cell ${index + 1} stopped: ${stopped}. The next Run starts afresh.`;
         break;
       }
-      ran.add(index);
-      status.textContent = "Running: the cells share their variables, as in a notebook.";
-      if (!ok && index < last) break; // the cells below build on this one
+      if (!ok) {
+        summary = `Cell ${index + 1} failed${line ? ` at line ${line}` : ""}` +
+          (ended ? "; its Python was ended, and the next Run starts afresh." : ".");
+        for (let below = index + 1; below <= last; below++) markSkipped(cells[below], index + 1);
+        break; // the cells below build on this one
+      }
     }
+    status.textContent = summary ||
+      `${count} cell${count === 1 ? "" : "s"} ran in ${seconds.toFixed(1)} s; the cells share their variables, as in a notebook.`;
   } catch (error) {
     status.textContent = error.message;
     ran = new Set();
@@ -156,6 +207,7 @@ function reset() {
     cell.live.innerHTML = "";
     if (cell.built) cell.built.hidden = false;
     delete cell.element.dataset.state;
+    cell.markLine(null);
     showClaims(cell, null);
   });
   status.textContent = "Reset: the lesson as written, run afresh on the next Run.";

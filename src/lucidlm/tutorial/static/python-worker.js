@@ -2,7 +2,9 @@
 // calls of browser_wasi_shim. A long cell blocks this worker, never the page; the page stops a cell by ending
 // the worker and starting a fresh one (python.js).
 //
-// In:  {code}                 a cell's source, run in the interpreter's one namespace, as a notebook's kernel
+// In:  {code}                 a cell's source, run in the interpreter's one namespace, as a notebook's kernel, by
+//                              lucidlm.tutorial.cells.run_cell (the traceback from the cell's own code, and a
+//                              failed assert's values), as `lucidlm tutorial`'s kernel runs it
 // Out: {kind: "text", stream: "stdout" | "stderr", text}   output as it is written
 //      {kind: "image", name, bytes}   a PNG the cell wrote, or rewrote, in the working directory
 //      {kind: "done", ok}             the cell ended: ok is false when it raised (the traceback is on stderr)
@@ -60,8 +62,26 @@ async function start() {
   wasi.inst = instance;
   instance.exports._initialize();
   python = instance.exports;
-  turn("import os, sys\nos.chdir('/work')\nsys.path.insert(0, '/lib/lucidlm/lucidlm.zip')\ndel os, sys");
+  turn(SETUP);
 }
+
+// Run once, before the first cell. tqdm's monitor is a thread, which this Python cannot start (the warning
+// would say so above a lesson's output). A cell that failed has printed its error: the excepthook says no more.
+const SETUP = `import os, sys
+os.chdir('/work')
+sys.path.insert(0, '/lib/lucidlm/lucidlm.zip')
+import tqdm
+tqdm.tqdm.monitor_interval = 0
+from lucidlm.tutorial.cells import CellFailed as __lucidlm_failed__, run_cell as __lucidlm_run_cell__
+def __lucidlm_excepthook__(kind, value, traceback, default=sys.excepthook):
+    if kind is not __lucidlm_failed__:
+        default(kind, value, traceback)
+sys.excepthook = __lucidlm_excepthook__
+del os, sys, tqdm`;
+let cellsRun = 0;
+
+// A cell's source as a Python string literal: JSON's string escapes are Python's too.
+const runCell = (code) => turn(`__lucidlm_run_cell__(${JSON.stringify(code)}, globals(), "<cell ${++cellsRun}>")`);
 
 function sendNewFigures() {
   for (const [name, entry] of work.dir.contents) {
@@ -80,7 +100,7 @@ onmessage = async ({ data }) => {
     postMessage({ kind: "failed", message: `Python did not start: ${error.message}` });
     return;
   }
-  const ok = turn(data.code) === 0;
+  const ok = runCell(data.code) === 0;
   sendNewFigures();
   postMessage({ kind: "done", ok });
 };
