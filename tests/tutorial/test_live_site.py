@@ -95,6 +95,8 @@ def test_a_live_lesson_runs_in_the_page_as_it_ran_at_build_time(page, origin, nu
         claims = cell.locator(".claims li")
         assert claims.count() == cell.locator(".claims li.held").count()  # every assert of the cell held
     assert "lesson" in page.locator(".code-cell").last.locator(".live").inner_text()
+    summary = page.locator(".python-status").inner_text()  # the bar says what happened
+    assert re.fullmatch(rf"{cells.count()} cells? ran in \d+\.\d s; .*", summary), summary
 
 
 def test_an_edit_runs_survives_a_reload_and_goes_on_reset(page, origin):
@@ -145,7 +147,14 @@ def test_a_syntax_error_or_a_failed_claim_shows_and_the_page_goes_on(page, origi
     page.wait_for_function("document.querySelector('.code-cell').dataset.state === 'error'", timeout=60_000)
     states = [item.get_attribute("class") for item in first.locator(".claims li").all()]
     assert states == ["held", "failed", "not-reached"]
-    assert "AssertionError: a is not 2" in first.locator(".live pre.error").inner_text()
+    error = first.locator(".live pre.error").inner_text()
+    assert "AssertionError: a is not 2\n  where a = 1" in error  # the values it compared (issue 49)
+    assert first.locator(".cm-line.failed-line").inner_text() == "assert a == 2, 'a is not 2'"
+    assert page.locator(".python-status").inner_text() == "Cell 1 failed at line 3."
+    run_all(page)  # the cells below the failed one say they did not run
+    second = page.locator(".code-cell").nth(1)
+    assert second.get_attribute("data-state") == "skipped"
+    assert second.locator(".skipped").inner_text() == "Not run: cell 1 above failed, and this cell builds on it."
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "live-lesson.png"), full_page=True)
 
