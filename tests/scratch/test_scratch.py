@@ -9,7 +9,7 @@ import torch
 from lucidlm.errors import ConfigError
 from lucidlm.model import GPT as TorchGPT
 from lucidlm.model import GPTConfig
-from lucidlm.scratch import AdamW, NumpyGPT, clip_grad_norm, from_torch, to_torch
+from lucidlm.scratch import AdamW, KVCache, NumpyGPT, clip_grad_norm, from_torch, to_torch
 from lucidlm.scratch import layers as L
 from lucidlm.scratch.gpt import rope_tables
 from lucidlm.scratch.gradcheck import check_layer, relative_error
@@ -181,3 +181,48 @@ def test_the_twins_share_rope_tables_and_rotation():
     x = normal(2, 3, 7, 8)
     rotated, _ = L.rope_forward(x, cos, sin)
     np.testing.assert_allclose(rotated, apply_rope(torch.tensor(x), torch_cos.double(), torch_sin.double()), atol=1e-6)
+
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+def test_decoding_over_a_kv_cache_gives_the_recomputed_logits_and_tokens(positions):
+    config = GPTConfig(vocab_size=20, block_size=12, n_layer=2, n_head=2, n_embd=16, positions=positions)
+    model = NumpyGPT(config, dtype=np.float64, seed=3)
+    tokens = [1, 5, 2, 7, 3, 3, 9, 4]
+    whole, _ = model.forward(np.array([tokens]))
+    kv = KVCache()
+    stepped = [model.forward(np.array([tokens[:3]]), kv=kv)[0][0]]  # the prompt at once, then token by token
+    stepped += [model.forward(np.array([[t]]), kv=kv)[0][0] for t in tokens[3:]]
+    np.testing.assert_allclose(np.concatenate(stepped), whole[0], atol=1e-12)
+    assert kv.length == len(tokens) and model.caches is None  # decoding keeps nothing for backward
+    # past the window of 12 the context shifts; the cache refills and the tokens stay the recomputed ones
+    for temperature in (0, 1.0):
+        cached = model.generate(tokens, 20, temperature, rng=np.random.default_rng(1))
+        recomputed = model.generate(tokens, 20, temperature, rng=np.random.default_rng(1), use_cache=False)
+        assert cached == recomputed
+
+
+def test_numpy_sampling_keeps_and_picks_what_lucidlm_decode_does():
+    from lucidlm.decode import SamplingConfig, filter_logits, sample_next
+    from lucidlm.scratch import sampling
+
+    logits = np.random.default_rng(0).normal(0, 2, size=(200, 50))
+    for settings in [dict(temperature=0.7), dict(top_k=5), dict(top_p=0.9), dict(temperature=1.3, top_k=9, top_p=0.5)]:
+        theirs = filter_logits(torch.tensor(logits), SamplingConfig(**settings)).numpy()
+        ours = np.stack([sampling.filter_logits(row, **settings) for row in logits])
+        np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+        np.testing.assert_allclose(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)], atol=1e-12)
+        uniforms = np.random.default_rng(1).random(len(logits))
+        picked = sample_next(torch.tensor(logits), SamplingConfig(**settings), None, torch.tensor(uniforms))
+
+        fixed = FixedUniforms(uniforms)  # the same numbers, one per row, for the NumPy sampler
+        assert [sampling.sample_next(row, fixed, **settings) for row in logits] == picked.tolist()
+
+
+class FixedUniforms:
+    """A stand-in for np.random.Generator whose random() returns the given numbers in turn."""
+
+    def __init__(self, numbers: np.ndarray):
+        self.numbers = iter(numbers)
+
+    def random(self) -> float:
+        return next(self.numbers)

@@ -32,6 +32,7 @@ from lucidlm.scratch.layers import (
     rope_backward,
     rope_forward,
 )
+from lucidlm.scratch.sampling import sample_next
 
 ACTIVATIONS = {"gelu": (gelu_forward, gelu_backward), "relu": (relu_forward, relu_backward)}
 
@@ -127,17 +128,23 @@ class NumpyGPT:
         return sum(p.size for name, p in self.params.items() if name != "transformer.wpe.weight")
 
     # --- forward ------------------------------------------------------------------------------------------
-    def block_forward(self, x: np.ndarray, layer: str) -> tuple[np.ndarray, dict]:
+    def block_forward(self, x: np.ndarray, layer: str, kv: KVCache | None = None) -> tuple[np.ndarray, dict]:
+        """x (B, T, C) -> (B, T, C), and what the backward pass needs. With `kv`, x holds the positions after
+        those cached: their keys and values join the cache, and the queries attend over all of them."""
         p, c = self.params, self.config
         B, T, C = x.shape
         H, D = c.n_head, c.head_dim
+        start = kv.length if kv is not None else 0
         cache = {}
         h, cache["ln_1"] = layernorm_forward(x, p[layer + "ln_1.weight"], p.get(layer + "ln_1.bias"), c.norm_eps)
         qkv, cache["c_attn"] = linear_forward(h, p[layer + "attn.c_attn.weight"], p.get(layer + "attn.c_attn.bias"))
         q, k, v = (part.reshape(B, T, H, D).transpose(0, 2, 1, 3) for part in np.split(qkv, 3, axis=-1))
         if c.positions == "rope":
-            q, cache["rope_q"] = rope_forward(q, self.rope[0][:T], self.rope[1][:T])
-            k, cache["rope_k"] = rope_forward(k, self.rope[0][:T], self.rope[1][:T])
+            cos, sin = self.rope[0][start : start + T], self.rope[1][start : start + T]
+            q, cache["rope_q"] = rope_forward(q, cos, sin)
+            k, cache["rope_k"] = rope_forward(k, cos, sin)
+        if kv is not None:
+            k, v = kv.append(layer, k, v)  # (B, H, start + T, D)
         y, cache["attention"] = attention_forward(q, k, v)  # (B, H, T, D)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
         attended, cache["attn_proj"] = linear_forward(
@@ -150,22 +157,26 @@ class NumpyGPT:
         h, cache["mlp_proj"] = linear_forward(h, p[layer + "mlp.c_proj.weight"], p.get(layer + "mlp.c_proj.bias"))
         return x + h, cache
 
-    def forward(self, idx: np.ndarray, targets: np.ndarray | None = None) -> tuple[np.ndarray, float | None]:
+    def forward(
+        self, idx: np.ndarray, targets: np.ndarray | None = None, kv: KVCache | None = None
+    ) -> tuple[np.ndarray, float | None]:
         """Logits (B, T, V) for token ids (B, T), and the mean cross-entropy when targets are given.
-        What the backward pass needs is kept in self.caches."""
+        What the backward pass needs is kept in self.caches. With `kv` (decoding), idx holds the tokens that
+        follow the cached ones, and the cache grows by them."""
         p, c = self.params, self.config
         B, T = idx.shape
-        if T > c.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size={c.block_size}")
+        start = kv.length if kv is not None else 0
+        if start + T > c.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size={c.block_size}")
         caches: dict = {}
         x, caches["wte"] = embedding_forward(idx, p["transformer.wte.weight"])
         if c.positions == "learned":
             positions, caches["wpe"] = embedding_forward(
-                np.broadcast_to(np.arange(T), (B, T)), p["transformer.wpe.weight"]
+                np.broadcast_to(np.arange(start, start + T), (B, T)), p["transformer.wpe.weight"]
             )
             x = x + positions
         for i in range(c.n_layer):
-            x, caches[i] = self.block_forward(x, f"transformer.h.{i}.")
+            x, caches[i] = self.block_forward(x, f"transformer.h.{i}.", kv)
         x, caches["ln_f"] = layernorm_forward(
             x, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"), c.norm_eps
         )
@@ -173,7 +184,9 @@ class NumpyGPT:
         loss = None
         if targets is not None:
             loss, caches["loss"] = crossentropy_forward(logits, targets)
-        self.caches = caches
+        self.caches = caches if kv is None else None  # decoding keeps nothing for a backward pass
+        if kv is not None:
+            kv.length += T
         return logits, loss
 
     # --- backward -----------------------------------------------------------------------------------------
@@ -232,28 +245,50 @@ class NumpyGPT:
         self.caches = None
         return {name: grads[name] for name in self.params}
 
-    # --- sampling -----------------------------------------------------------------------------------------
+    # --- sampling ---------------------------------------------------------------------------------------
     def generate(
         self,
         idx: list[int],
         max_new_tokens: int,
         temperature: float = 1.0,
         top_k: int | None = None,
+        top_p: float | None = None,
         rng: np.random.Generator | None = None,
+        use_cache: bool = True,
     ) -> list[int]:
-        """Append tokens one by one, recomputing the whole (cropped) context each time. 0 temperature: greedy."""
+        """Append tokens one by one (sampling.sample_next; 0 temperature: greedy). With `use_cache`, the prompt
+        runs once and each step runs only the newest token over a KVCache; without, each step recomputes the
+        whole context. Past the window, the context keeps its last block_size tokens (and the cache refills)."""
         rng = rng or np.random.default_rng()
-        tokens = list(idx)
+        tokens, kv = list(idx), None
         for _ in range(max_new_tokens):
-            logits, _ = self.forward(np.array([tokens[-self.config.block_size :]]))
-            logits = logits[0, -1].astype(np.float64)
-            if temperature == 0:
-                tokens.append(int(logits.argmax()))
-                continue
-            logits = logits / temperature
-            if top_k is not None and top_k < len(logits):
-                logits[logits < np.sort(logits)[-top_k]] = -np.inf
-            probabilities = np.exp(logits - logits.max())
-            tokens.append(int(rng.choice(len(logits), p=probabilities / probabilities.sum())))
+            window = tokens[-self.config.block_size :]
+            if not use_cache:
+                logits, _ = self.forward(np.array([window]))
+            elif kv is None or kv.length == self.config.block_size:
+                kv = KVCache()
+                logits, _ = self.forward(np.array([window]), kv=kv)
+            else:
+                logits, _ = self.forward(np.array([window[-1:]]), kv=kv)
+            tokens.append(sample_next(logits[0, -1], rng, temperature, top_k, top_p))
         self.caches = None
         return tokens[len(idx) :]
+
+
+class KVCache:
+    """Each layer's keys and values so far, (B, H, length, D) each, for decoding one token at a time."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, np.ndarray] = {}
+        self.values: dict[str, np.ndarray] = {}
+        self.length = 0
+
+    def append(self, layer: str, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add the new positions' keys and values to the layer's; returns all of them."""
+        if layer in self.keys:
+            k, v = np.concatenate([self.keys[layer], k], axis=2), np.concatenate([self.values[layer], v], axis=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def numel(self) -> int:
+        return sum(k.size + v.size for k, v in zip(self.keys.values(), self.values.values(), strict=True))

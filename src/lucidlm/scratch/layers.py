@@ -144,10 +144,11 @@ def rope_backward(dout: np.ndarray, cache: tuple) -> np.ndarray:
 
 
 def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """Causal softmax(q k^T / sqrt(D)) v for every head at once. q, k, v: (B, H, T, D) -> (B, H, T, D)."""
-    T, D = q.shape[-2], q.shape[-1]
-    scores = q @ k.swapaxes(-1, -2) / math.sqrt(D)  # (B, H, T, T)
-    scores += np.triu(np.full((T, T), -np.inf, dtype=scores.dtype), k=1)  # the future gets weight exp(-inf) = 0
+    """Causal softmax(q k^T / sqrt(D)) v for every head at once. q: (B, H, T, D); k, v: (B, H, S, D) with S >= T,
+    the last T of the S positions being q's (with a KV cache, the first S - T are the cached ones) -> (B, H, T, D)."""
+    (T, D), S = q.shape[-2:], k.shape[-2]
+    scores = q @ k.swapaxes(-1, -2) / math.sqrt(D)  # (B, H, T, S)
+    scores += np.triu(np.full((T, S), -np.inf, dtype=scores.dtype), k=1 + S - T)  # the future: exp(-inf) = 0
     scores -= scores.max(axis=-1, keepdims=True)  # softmax is unchanged by a shift, and exp cannot overflow
     weights = np.exp(scores, out=scores)  # in place: the scores are not needed again
     weights /= weights.sum(axis=-1, keepdims=True)
