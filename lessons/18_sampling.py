@@ -8,55 +8,53 @@
 # - **top-k**: keep only the $k$ most likely tokens, renormalise, sample.
 # - **top-p** (nucleus): keep the smallest set of most likely tokens whose probabilities reach $p$.
 #
-# Below, a small GPT learns a short text for a few seconds; then the same prompt is continued each way.
+# Below, a small GPT learns a short text for a few seconds (the NumPy GPT of lessons 15-17); then the same
+# prompt is continued each way. `lucidlm generate` does the same in PyTorch (`--temperature`, `--top-k`,
+# `--top-p`); the tests hold the two samplers to the same tokens.
 
 # %%
-import torch
+import numpy as np
 
-from lucidlm.decode import SamplingConfig, filter_logits
-from lucidlm.generate import generate_ids
-from lucidlm.model import GPT, GPTConfig
+from lucidlm.model.config import GPTConfig
+from lucidlm.scratch import AdamW, NumpyGPT
+from lucidlm.scratch.sampling import filter_logits
 from lucidlm.tokenizers import CharTokenizer
 
 text = (
     "ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n"
 ) * 20
 tokenizer = CharTokenizer.train([text])
-data = torch.tensor(tokenizer.encode(text))
-torch.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=48))
-optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+data = np.array(tokenizer.encode(text))
+model = NumpyGPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=48), seed=0)
+optimizer = AdamW(model.params, lr=3e-3)
+rng = np.random.default_rng(0)
 for _ in range(200):
-    starts = torch.randint(0, len(data) - 65, (8,))
-    x = torch.stack([data[s : s + 64] for s in starts])
-    y = torch.stack([data[s + 1 : s + 65] for s in starts])
-    loss = model(x, y)[1]
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-model.eval()
-print(f"trained 200 steps, loss {loss.item():.3f}\n")
+    starts = rng.integers(0, len(data) - 49, 8)
+    x = np.stack([data[s : s + 48] for s in starts])
+    y = np.stack([data[s + 1 : s + 49] for s in starts])
+    _, loss = model.forward(x, y)
+    optimizer.step(model.backward())
+print(f"trained 200 steps, loss {loss:.3f}\n")
 prompt = tokenizer.encode("JULIET:\nO ")
 
 
-def continue_with(config: SamplingConfig, seed: int = 0) -> str:
-    generator = torch.Generator().manual_seed(seed)
-    return tokenizer.decode(generate_ids(model, prompt, 40, config, generator))
+def continue_with(seed: int = 0, **sampling) -> str:
+    return tokenizer.decode(model.generate(prompt, 40, rng=np.random.default_rng(seed), **sampling))
 
 
-for label, config in [
-    ("greedy", SamplingConfig(temperature=0)),
-    ("T = 0.5", SamplingConfig(temperature=0.5)),
-    ("T = 2.0", SamplingConfig(temperature=2.0)),
-    ("top-k 3", SamplingConfig(top_k=3)),
-    ("top-p 0.9", SamplingConfig(top_p=0.9)),
+for label, sampling in [
+    ("greedy", dict(temperature=0)),
+    ("T = 0.5", dict(temperature=0.5)),
+    ("T = 2.0", dict(temperature=2.0)),
+    ("top-k 3", dict(top_k=3)),
+    ("top-p 0.9", dict(top_p=0.9)),
 ]:
-    print(f"{label:9} | O {continue_with(config)!r}")
+    print(f"{label:9} | O {continue_with(**sampling)!r}")
 
-greedy = continue_with(SamplingConfig(temperature=0))
+greedy = continue_with(temperature=0)
 assert greedy.startswith("Romeo, Romeo, wherefore art thou Romeo?")
-assert continue_with(SamplingConfig(top_k=1), seed=1) == greedy  # top-1 sampling is greedy
-assert continue_with(SamplingConfig(temperature=1.0), seed=7) == continue_with(SamplingConfig(temperature=1.0), seed=7)
+assert continue_with(seed=1, top_k=1) == greedy  # top-1 sampling is greedy
+assert continue_with(seed=7, temperature=1.0) == continue_with(seed=7, temperature=1.0)  # a seed repeats
 
 # %% [markdown]
 # ## What top-k and top-p keep
@@ -64,15 +62,15 @@ assert continue_with(SamplingConfig(temperature=1.0), seed=7) == continue_with(S
 # cover probability $p$: few when the model is sure, many when it is not.
 
 # %%
-with torch.no_grad():
-    logits = model(torch.tensor([tokenizer.encode("ROMEO:\nBut s")]))[0][:, -1]
-probabilities = logits.softmax(-1)[0]
-for config in (SamplingConfig(top_k=3), SamplingConfig(top_p=0.5), SamplingConfig(top_p=0.99)):
-    kept = torch.isfinite(filter_logits(logits, config))[0]
-    print(f"{config}: keeps {int(kept.sum())} tokens holding {probabilities[kept].sum():.3f} of the probability")
-kept = torch.isfinite(filter_logits(logits, SamplingConfig(top_p=0.9)))[0]
+logits = model.forward(np.array([tokenizer.encode("ROMEO:\nBut s")]))[0][0, -1].astype(np.float64)
+probabilities = np.exp(logits - logits.max())
+probabilities /= probabilities.sum()
+for sampling in (dict(top_k=3), dict(top_p=0.5), dict(top_p=0.99)):
+    kept = np.isfinite(filter_logits(logits, **sampling))
+    print(f"{sampling}: keeps {kept.sum()} tokens holding {probabilities[kept].sum():.3f} of the probability")
+kept = np.isfinite(filter_logits(logits, top_p=0.9))
 assert probabilities[kept].sum() >= 0.9
 smaller = probabilities[kept].sum() - probabilities[kept].min()
 assert smaller < 0.9  # and no token could be dropped: it is the smallest such set
-assert int(torch.isfinite(filter_logits(logits, SamplingConfig(top_k=3)))[0].sum()) == 3
+assert np.isfinite(filter_logits(logits, top_k=3)).sum() == 3
 print("lesson 18 ok: greedy, temperature, top-k and top-p, on a trained model")

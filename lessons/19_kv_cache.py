@@ -8,42 +8,60 @@
 #
 # Work for $n$ new tokens after a prompt of $p$, with $N$ parameters: without a cache step $t$ processes all
 # $t$ tokens, about $2N \cdot t$ FLOPs, $\sum_t 2Nt \approx N (p + n)^2$ in all; with the cache each step costs about
-# $2N$ plus attention over $t$ cached positions, $\approx 2Nn$ in all. Below, PyTorch's FLOP counter counts both.
+# $2N$ plus attention over $t$ cached positions, $\approx 2Nn$ in all. Below, the NumPy GPT decodes both ways,
+# and we count the FLOPs of every forward pass it makes (`lucidlm generate` decodes with a cache in PyTorch).
 
 # %%
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+import time
 
-from lucidlm.decode import SamplingConfig
-from lucidlm.generate import generate_ids
-from lucidlm.model import GPT, GPTConfig
+import numpy as np
 
-torch.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=65, block_size=256, n_layer=4, n_head=4, n_embd=128)).eval()
+from lucidlm.model.config import GPTConfig
+from lucidlm.scratch import KVCache, NumpyGPT
+
+config = GPTConfig(vocab_size=65, block_size=256, n_layer=4, n_head=4, n_embd=128)
+model = NumpyGPT(config, seed=0)
 prompt, new = list(range(8)), 120
+# the weights of the matrix products: every matrix but the position table, which is only looked up
+matrices = sum(p.size for name, p in model.params.items() if p.ndim == 2 and "wpe" not in name)
 
 
-@torch.no_grad()
-def without_cache() -> list[int]:
-    tokens = list(prompt)
+def forward_flops(positions: int, attended: int) -> int:
+    """A forward pass over `positions` new tokens that attend over `attended` positions: each weight matrix is
+    one multiply and one add per position (the head too: it is the token embedding), and attention's two
+    products, q k^T and weights @ v, are 2 * attended * n_embd each per position and layer."""
+    return 2 * matrices * positions + 4 * config.n_layer * positions * attended * config.n_embd
+
+
+def without_cache() -> tuple[list[int], int]:
+    tokens, flops = list(prompt), 0
     for _ in range(new):
-        logits, _ = model(torch.tensor([tokens]))  # the whole sequence, every step
+        logits, _ = model.forward(np.array([tokens]))  # the whole sequence, every step
+        flops += forward_flops(len(tokens), len(tokens))
         tokens.append(int(logits[0, -1].argmax()))
-    return tokens[len(prompt) :]
+    return tokens[len(prompt) :], flops
 
 
-def with_cache() -> list[int]:
-    return list(generate_ids(model, prompt, new, SamplingConfig(temperature=0)))
+def with_cache() -> tuple[list[int], int]:
+    kv = KVCache()
+    logits, _ = model.forward(np.array([prompt]), kv=kv)  # the prompt once
+    tokens, flops = [int(logits[0, -1].argmax())], forward_flops(len(prompt), len(prompt))
+    while len(tokens) < new:
+        logits, _ = model.forward(np.array([tokens[-1:]]), kv=kv)  # then only the newest token
+        flops += forward_flops(1, kv.length)
+        tokens.append(int(logits[0, -1].argmax()))
+    return tokens, flops
 
 
 counts = {}
-for name, function in (("without cache", without_cache), ("with KV cache", with_cache)):
-    with FlopCounterMode(display=False) as counter:
-        tokens = function()
-    counts[name] = (counter.get_total_flops(), tokens)
-    print(f"{name:14}: {counter.get_total_flops() / 1e9:6.2f} GFLOPs for {new} tokens")
+for name, decode in (("without cache", without_cache), ("with KV cache", with_cache)):
+    started = time.perf_counter()
+    tokens, flops = decode()
+    counts[name] = (flops, tokens)
+    print(f"{name:14}: {flops / 1e9:6.3f} GFLOPs for {new} tokens, {time.perf_counter() - started:.2f} s here")
 (slow_flops, slow_tokens), (fast_flops, fast_tokens) = counts["without cache"], counts["with KV cache"]
 assert slow_tokens == fast_tokens  # the same text
+assert slow_tokens == model.generate(prompt, new, temperature=0)  # NumpyGPT.generate decodes with the cache
 print(f"same tokens: {slow_tokens == fast_tokens}; the cache does {slow_flops / fast_flops:.1f}x less work")
 assert slow_flops > 10 * fast_flops
 
@@ -52,8 +70,9 @@ assert slow_flops > 10 * fast_flops
 # Grouped-query attention (lesson 13) shrinks exactly this.
 
 # %%
-cache = model.new_cache(batch_size=1)
-per_token = 2 * model.config.n_layer * model.config.n_kv_head * model.config.head_dim
-assert cache.numel() == per_token * model.config.block_size
-print(f"cache: {per_token} numbers per token, {cache.numel() * 4 / 1024:.0f} KiB for the whole window")
+kv = KVCache()
+model.forward(np.array([prompt]), kv=kv)
+per_token = 2 * config.n_layer * config.n_kv_head * config.head_dim
+assert kv.numel() == per_token * len(prompt)
+print(f"cache: {per_token} numbers per token, {per_token * config.block_size * 4 / 1024:.0f} KiB for the whole window")
 print("lesson 19 ok: same tokens, far fewer FLOPs")

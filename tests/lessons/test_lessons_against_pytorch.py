@@ -51,3 +51,19 @@ def test_lesson_17s_loss_curve_is_pytorchs_on_the_same_batches(run_lesson):
         optimizer.step()
         losses.append(loss.item())
     np.testing.assert_allclose(lesson["losses"], losses, atol=1e-3)  # float32 rounding only
+
+
+def test_lesson_19s_flop_count_of_the_weights_is_pytorchs_flop_counters(run_lesson):
+    """The matrix products with the weights, as PyTorch's FlopCounterMode counts them in lucidlm's GPT (it sees
+    no attention FLOPs there: the CPU attention kernel runs below what it counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lucidlm.model import GPT
+
+    lesson = run_lesson(19)
+    model = GPT(lesson["config"]).eval()
+    for positions in (1, 8, 100):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, positions, dtype=torch.long))
+        attention = 4 * lesson["config"].n_layer * positions * positions * lesson["config"].n_embd
+        assert lesson["forward_flops"](positions, positions) - attention == counter.get_total_flops()
