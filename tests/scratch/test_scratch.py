@@ -226,3 +226,23 @@ class FixedUniforms:
 
     def random(self) -> float:
         return next(self.numbers)
+
+
+def test_a_loss_mask_and_a_gradient_given_on_the_logits_equal_pytorch_autograd():
+    """targets of -1 are left out of the loss (as lucidlm's GPT's ignore_index), and backward(dlogits) gives
+    the gradients of any loss whose gradient on the logits is dlogits (the NumPy DPO of lesson 26)."""
+    config = GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8)
+    model = NumpyGPT(config, dtype=np.float64, seed=2)
+    x = np.random.default_rng(0).integers(0, 11, (3, 6))
+    y = np.where(np.arange(6) < 2, -1, np.random.default_rng(1).integers(0, 11, (3, 6)))  # a prompt masked
+    weights = np.random.default_rng(2).normal(size=(3, 6, 11))
+    reference = to_torch(model)
+    logits, loss = reference(torch.from_numpy(x), torch.from_numpy(y))
+    (loss + (logits * torch.from_numpy(weights)).sum()).backward()
+    _, our_loss = model.forward(x, y)
+    masked = model.backward()
+    model.forward(x)
+    given = model.backward(weights)
+    assert abs(our_loss - loss.item()) < 1e-12
+    for name, parameter in reference.named_parameters():
+        np.testing.assert_allclose(masked[name] + given[name], parameter.grad.numpy(), rtol=1e-7, atol=1e-12)

@@ -226,12 +226,15 @@ class NumpyGPT:
         store(("ln_1.weight", "ln_1.bias"), dparams)
         return dx_mid + dh
 
-    def backward(self) -> dict[str, np.ndarray]:
-        """Gradients of the last forward's loss with respect to every parameter, by name."""
-        if self.caches is None or "loss" not in self.caches:
-            raise RuntimeError("call forward(idx, targets) before backward()")
+    def backward(self, dlogits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Gradients of the last forward's loss with respect to every parameter, by name. With `dlogits`
+        (B, T, V), those of another loss, of which dlogits is the gradient with respect to the logits (DPO's,
+        lesson 26)."""
+        if self.caches is None or (dlogits is None and "loss" not in self.caches):
+            raise RuntimeError("call forward(idx, targets) before backward(), or forward(idx) before backward(dlogits)")
         caches, c, grads = self.caches, self.config, {}
-        dlogits = crossentropy_backward(1.0, caches["loss"])
+        if dlogits is None:
+            dlogits = crossentropy_backward(1.0, caches["loss"])
         dx, dwte_head, _ = linear_backward(dlogits, caches["lm_head"])
         dx, grads["transformer.ln_f.weight"], dbias = layernorm_backward(dx, caches["ln_f"])
         if dbias is not None:

@@ -169,16 +169,21 @@ def attention_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.n
 
 
 def crossentropy_forward(logits: np.ndarray, targets: np.ndarray) -> tuple[float, tuple]:
-    """Mean of -log softmax(logits)[target] over all positions. logits (B, T, V), targets (B, T)."""
+    """Mean of -log softmax(logits)[target] over the positions whose target is not -1, as PyTorch's
+    cross_entropy with ignore_index=-1 (lucidlm's loss mask: lesson 24). logits (B, T, V), targets (B, T)."""
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)
-    return float(-picked.mean()), (log_probs, targets)
+    kept = targets != -1
+    safe = np.where(kept, targets, 0)[..., None]  # (B, T, 1): any index where the target is ignored
+    picked = np.take_along_axis(log_probs, safe, axis=-1)[..., 0]
+    return float(-(picked * kept).sum() / kept.sum()), (log_probs, safe, kept)
 
 
 def crossentropy_backward(dloss: float, cache: tuple) -> np.ndarray:
-    """The gradient of softmax + cross-entropy together is simply (probabilities - one_hot) / N."""
-    log_probs, targets = cache
+    """The gradient of softmax + cross-entropy together is simply (probabilities - one_hot) / N, and 0 where
+    the target is ignored."""
+    log_probs, safe, kept = cache
     dlogits = np.exp(log_probs)
-    np.put_along_axis(dlogits, targets[..., None], np.take_along_axis(dlogits, targets[..., None], -1) - 1, -1)
-    return dlogits * (dloss / targets.size)
+    np.put_along_axis(dlogits, safe, np.take_along_axis(dlogits, safe, -1) - 1, -1)
+    dlogits *= kept[..., None]
+    return dlogits * (dloss / int(kept.sum()))  # a Python number: the dtype stays the logits'
