@@ -67,3 +67,49 @@ def test_lesson_19s_flop_count_of_the_weights_is_pytorchs_flop_counters(run_less
             model(torch.zeros(1, positions, dtype=torch.long))
         attention = 4 * lesson["config"].n_layer * positions * positions * lesson["config"].n_embd
         assert lesson["forward_flops"](positions, positions) - attention == counter.get_total_flops()
+
+
+def test_lesson_26s_dpo_loss_and_its_gradient_are_the_trainers(run_lesson):
+    """The lesson's NumPy DPO (loss, the chain rule to the logits, the GPT's backward) against lucidlm's
+    `dpo_loss` and `sequence_logprobs` under autograd, on the lesson's pairs from its starting weights."""
+    from lucidlm.train.objectives import dpo_loss, sequence_logprobs
+
+    lesson = run_lesson(26)
+    x, y, pairs = lesson["x"], lesson["y"], lesson["pairs"]
+    policy = lesson["NumpyGPT"](lesson["config"], dtype=np.float64, seed=1)  # weights apart from the reference's
+    reference_logprobs, _ = lesson["sequence_logprobs"](lesson["reference"].forward(x)[0].astype(np.float64), y)
+    logprobs, dlogits = lesson["sequence_logprobs"](policy.forward(x)[0], y)
+    loss, dlogprobs, _ = lesson["dpo_loss"](
+        logprobs[:pairs], logprobs[pairs:], reference_logprobs[:pairs], reference_logprobs[pairs:], 0.5
+    )
+    ours = policy.backward(dlogprobs[:, None, None] * dlogits)
+
+    twin = to_torch(policy)
+    theirs = sequence_logprobs(twin(torch.from_numpy(x))[0], torch.from_numpy(y))
+    np.testing.assert_allclose(logprobs, theirs.detach().numpy(), rtol=1e-6)  # the trainer's are float32
+    reference = torch.from_numpy(reference_logprobs)
+    torch_loss, _ = dpo_loss(theirs[:pairs], theirs[pairs:], reference[:pairs], reference[pairs:], 0.5)
+    torch_loss.backward()
+    assert abs(loss - torch_loss.item()) < 1e-6
+    for name, parameter in twin.named_parameters():
+        np.testing.assert_allclose(ours[name], parameter.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_lesson_25s_adapted_model_is_lucidlms_lora_model(run_lesson):
+    """The lesson's trained A and B, put into lucidlm's LoRALinear layers around its frozen weights: the
+    PyTorch model (adapters' two paths) gives the lesson's merged logits."""
+    from lucidlm.model.lora import add_lora
+
+    lesson = run_lesson(25)
+    base = NumpyGPT(lesson["config"], seed=0)
+    base.params = {name: weight.copy() for name, weight in lesson["frozen"].items()}
+    twin = to_torch(base)
+    add_lora(twin, lesson["rank"], lesson["alpha"], ",".join(lesson["targets"]))
+    modules = dict(twin.named_modules())
+    with torch.no_grad():
+        for name, (A, B) in lesson["adapters"].items():
+            layer = modules[name.removesuffix(".weight")]
+            layer.lora_A.copy_(torch.from_numpy(A))
+            layer.lora_B.copy_(torch.from_numpy(B))
+        logits = twin(torch.from_numpy(lesson["x"]))[0].numpy()
+    np.testing.assert_allclose(logits, lesson["merged_logits"], atol=1e-4)
