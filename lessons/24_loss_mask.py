@@ -18,12 +18,13 @@
 # without it, the gradient that the question's positions get (exactly none), and what each model learns.
 
 # %%
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from lucidlm.chat.data import encode_conversation
 from lucidlm.chat.template import CHAT_TOKENS, OWN_CHAT_TEMPLATE, render_template
-from lucidlm.model import GPT, GPTConfig
+from lucidlm.model.config import GPTConfig
+from lucidlm.scratch import AdamW, NumpyGPT
+from lucidlm.scratch.layers import crossentropy_backward, crossentropy_forward
 from lucidlm.tokenizers import CharTokenizer
 
 conversation = [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5"}]
@@ -42,24 +43,25 @@ assert len(ids) == 1 + len("What is 2 plus 3?") + 1 + 1 + 1 + 1
 
 # %% [markdown]
 # ## The masked loss
-# The targets are the sequence shifted by one; a masked-out target is written $-1$, which
-# `cross_entropy(..., ignore_index=-1)` skips. The mean is then over the learned targets alone, exactly the
-# formula above, computed here by hand beside it.
+# The targets are the sequence shifted by one; a masked-out target is written $-1$, which the loss skips (as
+# PyTorch's `cross_entropy(..., ignore_index=-1)` in `lucidlm train`). The mean is then over the learned targets
+# alone, exactly the formula above, computed here by hand beside it.
 
 # %%
-torch.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32))
-x = torch.tensor([ids[:-1]])
-targets = torch.tensor([ids[1:]])
-masked = torch.where(torch.tensor([mask[1:]]) == 1, targets, -1)
-logits, masked_loss = model(x, masked)
-log_probabilities = F.log_softmax(logits[0], dim=-1)
-picked = log_probabilities[torch.arange(len(ids) - 1), targets[0]]
-by_hand = -(picked * torch.tensor(mask[1:])).sum() / sum(mask[1:])
+config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32)
+model = NumpyGPT(config, seed=0)
+x = np.array([ids[:-1]])
+targets = np.array([ids[1:]])
+masked = np.where(np.array([mask[1:]]) == 1, targets, -1)
+logits, masked_loss = model.forward(x, masked)
+shifted = logits[0] - logits[0].max(axis=-1, keepdims=True)
+log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+picked = log_probabilities[np.arange(len(ids) - 1), targets[0]]
+by_hand = -(picked * np.array(mask[1:])).sum() / sum(mask[1:])
 full_loss = -picked.mean()
-print(f"masked loss {masked_loss.item():.4f} (by hand {by_hand.item():.4f}), every token {full_loss.item():.4f}")
-assert abs(masked_loss.item() - by_hand.item()) < 1e-5
-assert abs(model(x, targets)[1].item() - full_loss.item()) < 1e-5
+print(f"masked loss {masked_loss:.4f} (by hand {by_hand:.4f}), every token {full_loss:.4f}")
+assert abs(masked_loss - by_hand) < 1e-5
+assert abs(model.forward(x, targets)[1] - full_loss) < 1e-5
 
 # %% [markdown]
 # ## The question's positions get no gradient
@@ -67,9 +69,8 @@ assert abs(model(x, targets)[1].item() - full_loss.item()) < 1e-5
 # learned position (lesson 15) and exactly zero elsewhere: nothing pushes the model to predict the user's words.
 
 # %%
-logits = logits.detach().requires_grad_()
-F.cross_entropy(logits[0], masked[0], ignore_index=-1).backward()
-per_position = logits.grad[0].abs().sum(-1)
+_, cache = crossentropy_forward(logits, masked)
+per_position = np.abs(crossentropy_backward(1.0, cache)[0]).sum(axis=-1)
 learned_positions = [t for t, m in enumerate(mask[1:]) if m]
 assert all(per_position[t] == 0 for t in range(len(ids) - 1) if t not in learned_positions)
 assert all(per_position[t] > 0 for t in learned_positions)
@@ -87,34 +88,35 @@ questions = [(f"What is {a} plus {b}?", str(a + b)) for a, b in [(2, 3), (4, 1),
 encoded = [encode_conversation(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
            for q, a in questions]  # fmt: skip
 width = max(len(ids) for ids, _, _ in encoded)
-x = torch.zeros(len(encoded), width - 1, dtype=torch.long)
-all_targets = torch.full((len(encoded), width - 1), -1)
-reply_targets = torch.full((len(encoded), width - 1), -1)
+x = np.zeros((len(encoded), width - 1), dtype=np.int64)
+all_targets = np.full((len(encoded), width - 1), -1)
+reply_targets = np.full((len(encoded), width - 1), -1)
 for row, (ids, mask, _) in enumerate(encoded):
-    x[row, : len(ids) - 1] = torch.tensor(ids[:-1])
-    all_targets[row, : len(ids) - 1] = torch.tensor(ids[1:])
-    reply_targets[row, : len(ids) - 1] = torch.where(torch.tensor(mask[1:]) == 1, torch.tensor(ids[1:]), -1)
+    x[row, : len(ids) - 1] = ids[:-1]
+    all_targets[row, : len(ids) - 1] = ids[1:]
+    reply_targets[row, : len(ids) - 1] = np.where(np.array(mask[1:]) == 1, ids[1:], -1)
+
+
+def probabilities(model: NumpyGPT, prompt: list[int]) -> np.ndarray:
+    """The model's next-token distribution after `prompt`."""
+    logits = model.forward(np.array([prompt]))[0][0, -1].astype(np.float64)
+    weights = np.exp(logits - logits.max())
+    return weights / weights.sum()
+
 
 trained = {}
 for name, y in (("masked", reply_targets), ("every token", all_targets)):
-    torch.manual_seed(1)
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = model(x, y)[1]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    trained[name] = model.eval()
-
-user, assistant = tokenizer.special_tokens["<|user|>"], tokenizer.special_tokens["<|assistant|>"]
-for name, model in trained.items():
-    with torch.no_grad():
-        replies = []
-        for (ids, _, _), (_, answer) in zip(encoded, questions, strict=True):
-            prompt = ids[: ids.index(assistant) + 1]
-            replies.append(tokenizer.decode([int(model(torch.tensor([prompt]))[0][0, -1].argmax())]) == answer)
-        p_question = model(torch.tensor([[user]]))[0][0, -1].softmax(-1)[tokenizer.encode("W")[0]].item()
+    model = NumpyGPT(config, seed=1)  # the same start for both
+    optimizer = AdamW(model.params, lr=3e-3)
+    for _ in range(300):
+        _, loss = model.forward(x, y)
+        optimizer.step(model.backward())
+    user, assistant = tokenizer.special_tokens["<|user|>"], tokenizer.special_tokens["<|assistant|>"]
+    replies = []
+    for (ids, _, _), (_, answer) in zip(encoded, questions, strict=True):
+        prompt = ids[: ids.index(assistant) + 1]
+        replies.append(tokenizer.decode([int(probabilities(model, prompt).argmax())]) == answer)
+    p_question = probabilities(model, [user])[tokenizer.encode("W")[0]]
     trained[name] = (sum(replies), p_question)
     print(f"{name:12}: {sum(replies)} of {len(questions)} replies right; p('W' after <|user|>) = {p_question:.3f}")
 assert trained["masked"][0] == len(questions) and trained["every token"][0] == len(questions)

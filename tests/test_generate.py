@@ -3,9 +3,10 @@ import torch
 
 from lucidlm.decode import SamplingConfig, StopStreamer, filter_logits, sample_next
 from lucidlm.errors import ConfigError, TokenizerError
-from lucidlm.generate import compile_decoding, encode_prompt, generate_ids, generate_text
+from lucidlm.generate import compile_decoding, generate_ids, generate_text
 from lucidlm.model import GPT, GPTConfig
 from lucidlm.tokenizers import BPETokenizer, CharTokenizer
+from lucidlm.tokenizers.base import encode_prompt
 
 
 def tiny_model(**overrides) -> GPT:

@@ -11,9 +11,10 @@ import torch
 
 from lucidlm.decode import Decoder, Row, SamplingConfig, StopStreamer
 from lucidlm.device import missing_compiler, use_compile_cache
-from lucidlm.errors import ConfigError, TokenizerError
+from lucidlm.errors import ConfigError
 from lucidlm.model import GPT
 from lucidlm.tokenizers import Tokenizer
+from lucidlm.tokenizers.base import encode_prompt
 
 
 def compile_decoding(model: GPT) -> Callable:
@@ -74,22 +75,6 @@ def sample_group(
     while any(row.finish_reason is None for row in rows):
         decoder.step()
     return [row.generated for row in rows]
-
-
-def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
-    """Token ids for `prompt`. Symbols the vocabulary lacks are an error that lists them, except for a
-    vocabulary with an unknown token (the word tokenizer's <unk>), which reads them as that token."""
-    unknown = tokenizer.unknown_symbols(prompt)
-    if unknown and tokenizer.unknown_token is None:
-        shown = " ".join(repr(s) for s in unknown[:20])
-        raise TokenizerError(
-            f"the prompt contains {len(unknown)} symbol(s) the model's vocabulary lacks: {shown}; "
-            "remove or replace them"
-        )
-    if not prompt:
-        # An empty prompt starts from a newline, the most neutral start a text has, when the vocabulary has one.
-        return tokenizer.prompt_ids("\n") if not tokenizer.unknown_symbols("\n") else [0]
-    return tokenizer.prompt_ids(prompt)
 
 
 @torch.inference_mode()

@@ -113,3 +113,16 @@ def test_lesson_25s_adapted_model_is_lucidlms_lora_model(run_lesson):
             layer.lora_B.copy_(torch.from_numpy(B))
         logits = twin(torch.from_numpy(lesson["x"]))[0].numpy()
     np.testing.assert_allclose(logits, lesson["merged_logits"], atol=1e-4)
+
+
+def test_lesson_24s_masked_loss_is_the_pytorch_gpts(run_lesson):
+    """The NumPy loss with targets of -1 left out, on the lesson's batch of conversations, against lucidlm's
+    GPT (ignore_index=-1) with the same weights."""
+    lesson = run_lesson(24)
+    model, x = lesson["model"], lesson["x"]
+    twin = to_torch(model)
+    for targets in (lesson["reply_targets"], lesson["all_targets"]):
+        with torch.no_grad():
+            theirs = twin(torch.from_numpy(x), torch.from_numpy(targets))[1].item()
+        assert abs(model.forward(x, targets)[1] - theirs) < 1e-5
+    assert (lesson["reply_targets"] == -1).sum() > (lesson["all_targets"] == -1).sum()  # the mask left some out

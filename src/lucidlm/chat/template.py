@@ -32,10 +32,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lucidlm.chat.tools import CALL_TOKEN, TOOL_TOKEN, TOOL_TOKENS, template_messages, uses_tools
 from lucidlm.errors import ConfigError
-from lucidlm.generate import encode_prompt
 from lucidlm.tokenizers import Tokenizer
-from lucidlm.tokenizers.base import END_OF_TURN
-from lucidlm.tokenizers.hf import HFTokenizer
+from lucidlm.tokenizers.base import END_OF_TURN, encode_prompt
 
 # The turns of lucidlm's own template: one special token opens each role's message, END_OF_TURN ends every turn.
 # A model that calls tools has two more (chat/tools.py): TOOL_TOKEN opens a tool's result, CALL_TOKEN a call.
@@ -187,12 +185,13 @@ def strings_in(value: object) -> Iterator[str]:
 
 def hub_template(tokenizer: Tokenizer) -> str | None:
     """The chat template a Hub tokenizer's files carried, if any (lucidlm's own tokenizers carry none)."""
-    return tokenizer.hub_chat_template if isinstance(tokenizer, HFTokenizer) else None
+    return getattr(tokenizer, "hub_chat_template", None)  # HFTokenizer's; read so, the page's Python needs no Rust
 
 
 def template_tokens(tokenizer: Tokenizer) -> dict[str, str | None]:
     """The texts a Hub template writes by name (`bos_token`, `eos_token`), from the tokenizer's files."""
-    return {key: tokenizer.token_text(key) if isinstance(tokenizer, HFTokenizer) else None for key in NAMED_TOKENS}
+    token_text = getattr(tokenizer, "token_text", None)  # HFTokenizer's
+    return {key: token_text(key) if token_text else None for key in NAMED_TOKENS}
 
 
 def chat_template(tokenizer: Tokenizer) -> str | None:

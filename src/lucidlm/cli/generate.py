@@ -42,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from lucidlm.decode import SamplingConfig
     from lucidlm.device import pick_device
-    from lucidlm.generate import compile_decoding, encode_prompt, generate_text
+    from lucidlm.generate import compile_decoding, generate_text
     from lucidlm.load import load_model
     from lucidlm.model.onednn import decode_with_onednn
+    from lucidlm.tokenizers.base import encode_prompt
 
     if args.max_new_tokens < 1 or args.num_samples < 1:
         raise ConfigError("--max-new-tokens and --num-samples must be at least 1")

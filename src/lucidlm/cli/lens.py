@@ -103,7 +103,7 @@ ANALYSES = {
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:
-    from lucidlm.generate import encode_prompt as encode
+    from lucidlm.tokenizers.base import encode_prompt as encode
 
     return encode(tokenizer, text)
 

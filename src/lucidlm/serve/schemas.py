@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict
 from lucidlm.chat.tools import tool_calls_problem, tools_problem
 from lucidlm.decode import SamplingConfig
 from lucidlm.errors import LucidError
-from lucidlm.generate import encode_prompt
 from lucidlm.model.config import shown_integer
 from lucidlm.tokenizers import Tokenizer
+from lucidlm.tokenizers.base import encode_prompt
 from lucidlm.web.http import APIError
 
 

@@ -152,3 +152,19 @@ def added_tokens_json(special_tokens: dict[str, int]) -> list[dict[str, Any]]:
         }
         for text, index in special_tokens.items()
     ]
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """Token ids for `prompt`. Symbols the vocabulary lacks are an error that lists them, except for a
+    vocabulary with an unknown token (the word tokenizer's <unk>), which reads them as that token."""
+    unknown = tokenizer.unknown_symbols(prompt)
+    if unknown and tokenizer.unknown_token is None:
+        shown = " ".join(repr(s) for s in unknown[:20])
+        raise TokenizerError(
+            f"the prompt contains {len(unknown)} symbol(s) the model's vocabulary lacks: {shown}; "
+            "remove or replace them"
+        )
+    if not prompt:
+        # An empty prompt starts from a newline, the most neutral start a text has, when the vocabulary has one.
+        return tokenizer.prompt_ids("\n") if not tokenizer.unknown_symbols("\n") else [0]
+    return tokenizer.prompt_ids(prompt)

