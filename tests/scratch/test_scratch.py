@@ -246,3 +246,24 @@ def test_a_loss_mask_and_a_gradient_given_on_the_logits_equal_pytorch_autograd()
     assert abs(our_loss - loss.item()) < 1e-12
     for name, parameter in reference.named_parameters():
         np.testing.assert_allclose(masked[name] + given[name], parameter.grad.numpy(), rtol=1e-7, atol=1e-12)
+
+
+def test_the_hook_points_hold_the_pytorch_gpts_values_and_a_hook_changes_the_pass():
+    config = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    model = NumpyGPT(config, dtype=np.float64, seed=4)
+    x = np.random.default_rng(0).integers(0, 13, (2, 8))
+    logits, kept = model.run_with_cache(x)
+    twin = to_torch(model)
+    names = [f"blocks.{layer}.{point}" for layer in range(2) for point in
+             ("hook_resid_pre", "attn.hook_pattern", "attn.hook_z", "hook_resid_post")]  # fmt: skip
+    _, theirs = twin.run_with_cache(torch.from_numpy(x), names)
+    assert sorted(kept) == sorted(names)
+    for name in names:
+        np.testing.assert_allclose(kept[name], theirs[name].detach().numpy(), atol=1e-6, err_msg=name)
+    ablated = model.run_with_hooks(x, {"blocks.1.attn.hook_z": lambda z: z * np.array([1.0, 0.0])[:, None]})
+    with torch.no_grad():
+        theirs_ablated = twin.run_with_hooks(
+            torch.from_numpy(x), {"blocks.1.attn.hook_z": lambda z, name: z * torch.tensor([1.0, 0.0])[:, None]}
+        )
+    np.testing.assert_allclose(ablated, theirs_ablated.numpy(), atol=1e-10)
+    assert not np.allclose(ablated, logits) and model.hooks == {} and model.kept is None

@@ -8,6 +8,7 @@ ReLU, bias on or off, a head tied to the token embedding, no dropout.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -82,6 +83,8 @@ class NumpyGPT:
             cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta)
             self.rope = (cos.astype(self.dtype), sin.astype(self.dtype))
         self.caches: dict | None = None
+        self.hooks: dict[str, Callable[[np.ndarray], np.ndarray]] = {}  # hook point -> fn(value) -> value
+        self.kept: dict[str, np.ndarray] | None = None  # the values run_with_cache keeps
 
     def initial_parameters(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """GPT-2's initialisation: N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 L)), gains 1, biases 0."""
@@ -127,6 +130,33 @@ class NumpyGPT:
     def num_params(self) -> int:
         return sum(p.size for name, p in self.params.items() if name != "transformer.wpe.weight")
 
+    # --- hook points: TransformerLens's names, as lucidlm.model.GPT's (inference only: a hook that changes a
+    # value is not seen by the backward pass) --------------------------------------------------------------
+    def hook(self, name: str, value: np.ndarray) -> np.ndarray:
+        """The value at hook point `name`, or what the hook set for it returns; kept by run_with_cache."""
+        if name in self.hooks:
+            value = self.hooks[name](value)
+        if self.kept is not None:
+            self.kept[name] = value
+        return value
+
+    def run_with_cache(self, idx: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits, and the value at every hook point of the pass (residual streams, head outputs, patterns)."""
+        self.kept = {}
+        try:
+            logits, _ = self.forward(idx)
+            return logits, self.kept
+        finally:
+            self.kept, self.caches = None, None
+
+    def run_with_hooks(self, idx: np.ndarray, hooks: dict[str, Callable[[np.ndarray], np.ndarray]]) -> np.ndarray:
+        """Logits of a pass in which each hook point of `hooks` passes on what its function returns."""
+        self.hooks = hooks
+        try:
+            return self.forward(idx)[0]
+        finally:
+            self.hooks, self.caches = {}, None
+
     # --- forward ------------------------------------------------------------------------------------------
     def block_forward(self, x: np.ndarray, layer: str, kv: KVCache | None = None) -> tuple[np.ndarray, dict]:
         """x (B, T, C) -> (B, T, C), and what the backward pass needs. With `kv`, x holds the positions after
@@ -135,6 +165,8 @@ class NumpyGPT:
         B, T, C = x.shape
         H, D = c.n_head, c.head_dim
         start = kv.length if kv is not None else 0
+        point = "blocks." + layer.split(".")[2] + "."  # transformer.h.3. -> blocks.3.
+        x = self.hook(point + "hook_resid_pre", x)
         cache = {}
         h, cache["ln_1"] = layernorm_forward(x, p[layer + "ln_1.weight"], p.get(layer + "ln_1.bias"), c.norm_eps)
         qkv, cache["c_attn"] = linear_forward(h, p[layer + "attn.c_attn.weight"], p.get(layer + "attn.c_attn.bias"))
@@ -146,7 +178,9 @@ class NumpyGPT:
         if kv is not None:
             k, v = kv.append(layer, k, v)  # (B, H, start + T, D)
         y, cache["attention"] = attention_forward(q, k, v)  # (B, H, T, D)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
+        self.hook(point + "attn.hook_pattern", cache["attention"][3])  # (B, H, T, S): to read, not to change
+        y = self.hook(point + "attn.hook_z", y.transpose(0, 2, 1, 3))  # (B, T, H, D): each head's output
+        y = y.reshape(B, T, C)
         attended, cache["attn_proj"] = linear_forward(
             y, p[layer + "attn.c_proj.weight"], p.get(layer + "attn.c_proj.bias")
         )
@@ -155,7 +189,7 @@ class NumpyGPT:
         h, cache["c_fc"] = linear_forward(h, p[layer + "mlp.c_fc.weight"], p.get(layer + "mlp.c_fc.bias"))
         h, cache["activation"] = ACTIVATIONS[c.mlp][0](h)
         h, cache["mlp_proj"] = linear_forward(h, p[layer + "mlp.c_proj.weight"], p.get(layer + "mlp.c_proj.bias"))
-        return x + h, cache
+        return self.hook(point + "hook_resid_post", x + h), cache
 
     def forward(
         self, idx: np.ndarray, targets: np.ndarray | None = None, kv: KVCache | None = None
