@@ -15,57 +15,70 @@
 #
 # $$\mathrm{KL}(p \,\|\, q_\ell) = \sum_v p_v \left(\log p_v - \log q_{\ell,v}\right).$$
 #
-# Below, a 4-layer GPT trains for a few seconds on sentences from a small grammar, and the lens is read by
-# hand through the model's hook points (`run_with_cache`, the names TransformerLens uses), then checked
-# against `lucidlm lens logit`'s numbers.
+# Below, a 4-layer GPT (the NumPy one) trains for a few seconds on sentences from a small grammar, and the lens
+# is read by hand through the model's hook points (`run_with_cache`, the names TransformerLens uses).
+# `lucidlm lens logit` reads the same lens from a PyTorch run; the tests hold the two to the same numbers.
 
 # %%
 import random
 from itertools import pairwise
 
-import torch
+import numpy as np
 
-from lucidlm.lens import logit_lens
-from lucidlm.model import GPT, GPTConfig
+from lucidlm.model.config import GPTConfig
+from lucidlm.scratch import AdamW, NumpyGPT
+from lucidlm.scratch.layers import layernorm_forward
 
 random.seed(0)
-torch.manual_seed(0)
 subjects, verbs, places = ["the cat", "a dog", "the bird", "my fox"], ["sat", "ran", "slept"], ["mat", "tree", "bed"]
 text = " ".join(
     f"{random.choice(subjects)} {random.choice(verbs)} on the {random.choice(places)}." for _ in range(3000)
 )
 vocabulary = sorted(set(text))
-data = torch.tensor([vocabulary.index(ch) for ch in text])
-config = GPTConfig(vocab_size=len(vocabulary), block_size=64, n_layer=4, n_head=2, n_embd=64)
-model = GPT(config)
-optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-windows = data[: len(data) // 65 * 65].view(-1, 65)  # the text cut into windows of 64 + 1 characters
-for _ in range(300):
-    batch = windows[torch.randint(0, len(windows), (16,))]
-    loss = model(batch[:, :-1], batch[:, 1:])[1]  # each character predicts the next
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-print(f"trained 300 steps: loss {loss.item():.3f} nats per character")
-assert loss.item() < 0.8  # the grammar leaves little to guess: a word's letters, then its successor
+data = np.array([vocabulary.index(ch) for ch in text])
+config = GPTConfig(vocab_size=len(vocabulary), block_size=32, n_layer=4, n_head=2, n_embd=64)
+model = NumpyGPT(config, seed=0)
+optimizer = AdamW(model.params, lr=3e-3, weight_decay=0.0)
+windows = data[: len(data) // 33 * 33].reshape(-1, 33)  # the text cut into windows of 32 + 1 characters
+rng = np.random.default_rng(0)
+for _ in range(150):
+    batch = windows[rng.integers(0, len(windows), 8)]
+    _, loss = model.forward(batch[:, :-1], batch[:, 1:])  # each character predicts the next
+    optimizer.step(model.backward())
+print(f"trained 150 steps: loss {loss:.3f} nats per character")
+assert loss < 0.8  # the grammar leaves little to guess: a word's letters, then its successor
 
 # %% [markdown]
 # The residual stream before the first block (`blocks.0.hook_resid_pre`, the embeddings) and after each block
-# (`blocks.{l}.hook_resid_post`) comes out of one forward pass, and each is read through `ln_f` and `lm_head`.
+# (`blocks.{l}.hook_resid_post`) comes out of one forward pass, and each is read through the final norm and the
+# unembedding (tied to the token embedding, so $W_U = W_E$).
+
 
 # %%
-model.eval()
-prompt = "the bird ran on the tree. my fox slept on the mat."
-ids = torch.tensor([[vocabulary.index(ch) for ch in prompt]])
-names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(config.n_layer)]
-with torch.no_grad():
-    logits, cache = model.run_with_cache(ids, names)
-    readings = [model.lm_head(model.transformer.ln_f(cache[name])) for name in names]  # each (1, T, V)
-assert torch.allclose(readings[-1], logits, atol=1e-5)  # after the last layer, the lens is the output
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
-output = logits[0].log_softmax(-1)  # (T, V)
-kl = [(output.exp() * (output - reading[0].log_softmax(-1))).sum(-1).mean().item() for reading in readings]
-for name, value in zip(["embeddings", *(f"layer {layer}" for layer in range(config.n_layer))], kl, strict=True):
+
+def lens(stream: np.ndarray) -> np.ndarray:
+    """A residual stream read out as logits: ln_f, then the unembedding."""
+    p = model.params
+    normed, _ = layernorm_forward(stream, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"), config.norm_eps)
+    return normed @ p["transformer.wte.weight"].T
+
+
+prompt = "a dog ran. my fox sat on the mat"
+ids = np.array([[vocabulary.index(ch) for ch in prompt]])
+names = ["blocks.0.hook_resid_pre"] + [f"blocks.{layer}.hook_resid_post" for layer in range(config.n_layer)]
+logits, cache = model.run_with_cache(ids)
+readings = [lens(cache[name]) for name in names]  # each (1, T, V)
+assert np.allclose(readings[-1], logits, atol=1e-5)  # after the last layer, the lens is the output
+
+output = log_softmax(logits[0].astype(np.float64))  # (T, V)
+kl = [float((np.exp(output) * (output - log_softmax(reading[0].astype(np.float64)))).sum(-1).mean())
+      for reading in readings]  # fmt: skip
+layers = ["embeddings", *(f"layer {layer}" for layer in range(config.n_layer))]
+for name, value in zip(layers, kl, strict=True):
     print(f"{name:>10}: KL to the output {value:.4f} nats")
 assert all(earlier > later for earlier, later in pairwise(kl))  # the readings come closer layer by layer
 assert abs(kl[-1]) < 1e-6
@@ -75,15 +88,14 @@ assert abs(kl[-1]) < 1e-6
 # next. At each layer, the lens's top guess for the character after each position:
 
 # %%
-lens = logit_lens(model, ids[0].tolist(), top=1)
-assert all(
-    abs(a - b) < 1e-5 for a, b in zip(lens["kl_to_output"], kl, strict=True)
-)  # `lucidlm lens logit` reads the same
 shown = slice(prompt.index("on the m"), len(prompt))
 print("position:  " + "".join(f"{ch!r:>5}" for ch in prompt[shown]))
-for layer, tops in zip(lens["layers"], lens["top_tokens"], strict=True):
-    print(f"{layer:>10}: " + "".join(f"{vocabulary[t[0]]!r:>5}" for t in tops[shown]))
-probability = [sum(p) / len(p) for p in lens["prediction_probability"]]
+predicted = output.argmax(-1)  # (T,) the model's own next character at each position
+probability = []
+for layer, reading in zip(layers, readings, strict=True):
+    guesses = log_softmax(reading[0].astype(np.float64))
+    print(f"{layer:>10}: " + "".join(f"{vocabulary[t]!r:>5}" for t in guesses.argmax(-1)[shown]))
+    probability.append(float(np.exp(guesses[np.arange(len(predicted)), predicted]).mean()))
 print("the final guess's mean probability, layer by layer:", " ".join(f"{p:.2f}" for p in probability))
 assert probability[-1] > probability[0]  # the embeddings alone rarely hold the answer; the last layer does
 
@@ -92,4 +104,5 @@ assert probability[-1] > probability[0]  # the embeddings alone rarely hold the 
 # token's own vector reads out as that token. The first block already moves most positions to the right next
 # character; the later ones settle what the first could not, such as which place follows "on the ".
 
+# %%
 print("lesson 22 ok: the last layer's lens is the output, and the lens's KL to it falls layer by layer")

@@ -126,3 +126,14 @@ def test_lesson_24s_masked_loss_is_the_pytorch_gpts(run_lesson):
             theirs = twin(torch.from_numpy(x), torch.from_numpy(targets))[1].item()
         assert abs(model.forward(x, targets)[1] - theirs) < 1e-5
     assert (lesson["reply_targets"] == -1).sum() > (lesson["all_targets"] == -1).sum()  # the mask left some out
+
+
+def test_lesson_22s_lens_is_lucidlm_lens_logit(run_lesson):
+    from lucidlm.lens import logit_lens
+
+    lesson = run_lesson(22)
+    twin = to_torch(lesson["model"]).eval()
+    lens = logit_lens(twin, lesson["ids"][0].tolist(), top=1)
+    np.testing.assert_allclose(lens["kl_to_output"], lesson["kl"], atol=1e-4)
+    probability = [sum(p) / len(p) for p in lens["prediction_probability"]]
+    np.testing.assert_allclose(probability, lesson["probability"], atol=1e-4)
