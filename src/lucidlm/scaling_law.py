@@ -24,8 +24,6 @@ import itertools
 import math
 from dataclasses import asdict, dataclass, replace
 
-import torch
-
 from lucidlm.model.config import GPTConfig
 
 REPEAT_DECAY = 15.4  # R*: how many repetitions of a corpus it takes for their worth to fall by 1/e
@@ -74,6 +72,8 @@ class ScalingLaw:
     def fit(cls, points: list[tuple[float, float, float]], delta: float = 1e-3) -> ScalingLaw:
         """The law through `points` (parameters, tokens, loss): Huber loss on log L, L-BFGS from a grid of
         starting points, the best end kept (Hoffmann et al., 2022, approach 3)."""
+        import torch  # here: the law's other uses (lesson 21, in the page's Python too) need no PyTorch
+
         if len(points) < 5:
             raise ValueError(f"a law of five numbers needs at least 5 runs, not {len(points)}")
         data = torch.tensor(points, dtype=torch.float64)
@@ -125,6 +125,8 @@ def with_depth(config: GPTConfig, depth: int) -> GPTConfig:
 def count_parameters(config: GPTConfig) -> int:
     """The model's parameters (each tied tensor once), from models of one and two blocks built on PyTorch's meta
     device (shapes only, no memory), so that n_layer=10**9 costs no more than n_layer=1."""
+    import torch
+
     from lucidlm.model import GPT
 
     with torch.device("meta"):

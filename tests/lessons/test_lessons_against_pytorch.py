@@ -137,3 +137,16 @@ def test_lesson_22s_lens_is_lucidlm_lens_logit(run_lesson):
     np.testing.assert_allclose(lens["kl_to_output"], lesson["kl"], atol=1e-4)
     probability = [sum(p) / len(p) for p in lens["prediction_probability"]]
     np.testing.assert_allclose(probability, lesson["probability"], atol=1e-4)
+
+
+def test_lesson_21s_counts_and_law_are_lucidlms(run_lesson):
+    """Its parameter count is lucidlm's GPT's; its NumPy fit of the scaling law predicts what the law that
+    train/recipe.py sizes runs with (ScalingLaw.fit's, L-BFGS on a Huber loss, on these runs) predicts."""
+    from lucidlm.scaling_law import count_parameters, effective_tokens
+    from lucidlm.train.recipe import SHAKESPEARE_LAW
+
+    lesson = run_lesson(21)
+    assert lesson["parameters"](lesson["c"]) == count_parameters(lesson["c"])
+    for _, n, d, _ in [*lesson["runs"], lesson["left_out"]]:
+        tokens = effective_tokens(d, lesson["UNIQUE"])
+        assert abs(lesson["law"].loss(n, tokens) - SHAKESPEARE_LAW.loss(n, tokens)) < 0.02
