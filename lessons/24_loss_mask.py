@@ -108,7 +108,7 @@ trained = {}
 for name, y in (("masked", reply_targets), ("every token", all_targets)):
     model = NumpyGPT(config, seed=1)  # the same start for both
     optimizer = AdamW(model.params, lr=3e-3)
-    for _ in range(300):
+    for _ in range(400):
         _, loss = model.forward(x, y)
         optimizer.step(model.backward())
     user, assistant = tokenizer.special_tokens["<|user|>"], tokenizer.special_tokens["<|assistant|>"]

