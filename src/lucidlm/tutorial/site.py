@@ -28,7 +28,14 @@ from markupsafe import Markup
 from lucidlm import __version__
 from lucidlm.errors import ConfigError
 from lucidlm.outputs import TUTORIAL_SITE, written_directory
-from lucidlm.tutorial.lessons import LIVE_LESSONS, lesson_files, lesson_number, lesson_sources, lesson_title
+from lucidlm.tutorial.lessons import (
+    LIVE_LESSONS,
+    NEEDS_PYTORCH,
+    lesson_files,
+    lesson_number,
+    lesson_sources,
+    lesson_title,
+)
 from lucidlm.tutorial.markdown import inline_html, markdown_to_html
 from lucidlm.tutorial.runtime import DOWNLOADED, prepared_runtime, write_runtime
 from lucidlm.web import STYLE
@@ -134,6 +141,7 @@ def lesson_page(
         status=entry["status"],
         number=entry["number"],
         live=entry["live"],
+        why=NEEDS_PYTORCH.get(entry["number"], ""),
         runner=runner,
         download_mb=download_mb,
         lessons=entries,
