@@ -1,14 +1,18 @@
-"""The course in the browser (issue 35): `tutorial --build`'s live lessons run by the Python in the page.
+"""The course in the browser (issues 35 and 49): `tutorial --build`'s live lessons run by the Python in the page,
+and every lesson under `lucidlm tutorial`.
 
-Measured on a site of the live lessons, served locally, in headless Chromium:
+Measured on the built site (all lessons), served locally, in headless Chromium:
+- the time `--build` takes (every lesson run once; the runtime's preparation is cached);
 - the page weight, compressed as a static host sends it (text gzipped; python.wasm.gz and the zips as they
   are), to read a lesson and then on the first Run;
 - the time from pressing Run on a fresh page to the first cell's output (the download from localhost, the
   interpreter's compilation and start, NumPy's import and the cell), median of 3;
 - each live lesson's cells run in the page (Run all on a started interpreter), against the same cells in
-  CPython on this machine (one process, the lesson run as a script with its start-up left out).
+  CPython on this machine (one process, the lesson run as a script with its start-up left out);
+- every lesson's Run all under `lucidlm tutorial` with its default limits (a kernel per page), from the click
+  to the last cell's end, the kernel's start included.
 
-    python benchmarks/course_in_browser.py      (about 2 minutes on 2 cores)
+    python benchmarks/course_in_browser.py      (about 5 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from pathlib import Path
 
 from common import CHROMIUM, CHROMIUM_FLAGS, WORK, machine, machine_line, serving, write_results
 
-from lucidlm.tutorial.lessons import LIVE_LESSONS, find_lesson, lesson_title
+from lucidlm.serve import BackgroundServer
+from lucidlm.tutorial.kernel import KernelLimits
+from lucidlm.tutorial.lessons import LIVE_LESSONS, find_lesson, lesson_files, lesson_number, lesson_title
 from lucidlm.tutorial.runtime import DOWNLOADED
+from lucidlm.tutorial.server import create_tutorial_app
 from lucidlm.tutorial.site import build_tutorial_site
 
 ROUNDS = 3
@@ -49,11 +56,14 @@ def cpython_seconds(number: int, scratch: Path) -> float:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    lessons = sorted(LIVE_LESSONS)
-    site = build_tutorial_site(WORK / "course-site", lessons, force=(WORK / "course-site").exists(), progress=False)
+    lessons, every = sorted(LIVE_LESSONS), [lesson_number(path) for path in lesson_files()]
+    started = time.perf_counter()
+    site = build_tutorial_site(WORK / "course-site", None, force=(WORK / "course-site").exists(), progress=False)
+    build_s = time.perf_counter() - started
     reading = [site / "lessons" / "01.html", site / "style.css", site / "course.js", site / "editor" / "codemirror.js"]
     first_run = [site / "runtime" / name for name in DOWNLOADED]
-    first_run += [site / "runtime" / name for name in ("python.js", "python-worker.js")]
+    first_run += [site / "runtime" / name for name in ("python.js", "python-worker.js", "mpl-data.json")]
+    first_run += sorted(path for path in (site / "runtime" / "mpl-data").rglob("*") if path.is_file())
     first_run += sorted((site / "runtime" / "shim").glob("*.js"))
     weight = {"reading": sum(map(sent_bytes, reading)), "first_run": sum(map(sent_bytes, first_run))}
     first_output, browser_seconds = [], {}
@@ -80,6 +90,7 @@ def main() -> None:
             cells = page.evaluate("[...document.querySelectorAll('.code-cell')].map((c) => +c.dataset.seconds)")
             browser_seconds[number] = sum(cells)
         version = browser.version
+        tutorial_seconds = run_all_under_the_tutorial(browser, every)
         browser.close()
     scratch = WORK / "course-cpython"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -88,21 +99,38 @@ def main() -> None:
         "machine": machine(),
         "chromium": version,
         "bytes_sent": weight,
+        "build_s": round(build_s, 1),
         "first_output_s": [round(s, 2) for s in first_output],
-        "lessons": {n: {"browser_s": round(browser_seconds[n], 3), "cpython_s": round(cpython[n], 3)} for n in lessons},
+        "lessons": {
+            n: {
+                "browser_s": round(browser_seconds[n], 3) if n in browser_seconds else None,
+                "cpython_s": round(cpython[n], 3) if n in cpython else None,
+                "tutorial_s": round(tutorial_seconds[n], 2),
+            }
+            for n in every
+        },
     }
-    rows = [
-        f"| {n}. {lesson_title(find_lesson(n))} | {browser_seconds[n]:.2f} s | {cpython[n]:.2f} s | "
-        f"{browser_seconds[n] / cpython[n]:.1f}x |"
-        for n in lessons
-    ]
+
+    def cell(seconds: float | None) -> str:
+        return f"{seconds:.2f} s" if seconds is not None else "(PyTorch)"
+
+    rows = []
+    for n in every:
+        page, here = browser_seconds.get(n), cpython.get(n)
+        ratio = f"{page / here:.1f}x" if page is not None else ""
+        rows.append(
+            f"| {n}. {lesson_title(find_lesson(n))} | {cell(page)} | {cell(here)} | {ratio} | "
+            f"{tutorial_seconds[n]:.1f} s |"
+        )
     total_browser, total_cpython = sum(browser_seconds.values()), sum(cpython.values())
     table = "\n".join(
         [
             "## The course in the browser (`benchmarks/course_in_browser.py`)",
             "",
-            f"The {len(lessons)} live lessons of `lucidlm tutorial --build`, served locally, in headless Chromium "
-            f"{version}; CPython {sys.version.split()[0]} on the same machine for comparison. " + machine_line(),
+            f"The {len(lessons)} live lessons of {len(every)} of `lucidlm tutorial --build`, served locally, in "
+            f"headless Chromium {version}; CPython {sys.version.split()[0]} on the same machine for comparison; "
+            "and every lesson's Run all under `lucidlm tutorial` (default limits, a kernel per page, its start "
+            "included). " + machine_line(),
             "",
             "| | |",
             "|---|---:|",
@@ -111,15 +139,37 @@ def main() -> None:
             f"{weight['first_run'] / 1e6:.1f} MB |",
             f"| from Run on a fresh page to the first cell's output (median of {ROUNDS}) | "
             f"{statistics.median(first_output):.1f} s |",
+            f"| `lucidlm tutorial --build` of all {len(every)} lessons (`make site`; the runtime's preparation "
+            f"cached) | {build_s:.0f} s |",
             "",
-            "| lesson | in the page | CPython | ratio |",
-            "|---|---:|---:|---:|",
+            "| lesson | Run all in the page | CPython | ratio | Run all under `lucidlm tutorial` |",
+            "|---|---:|---:|---:|---:|",
             *rows,
-            f"| all {len(lessons)} | {total_browser:.1f} s | {total_cpython:.1f} s | "
-            f"{total_browser / total_cpython:.1f}x |",
+            f"| all | {total_browser:.1f} s | {total_cpython:.1f} s | {total_browser / total_cpython:.1f}x | "
+            f"{sum(tutorial_seconds.values()):.0f} s |",
         ]
     )
     write_results("course_in_browser", results, table)
+
+
+def run_all_under_the_tutorial(browser, numbers: list[int]) -> dict[int, float]:
+    """Each lesson's Run all in `lucidlm tutorial` with its default limits: the seconds from the click to the
+    end; every cell must end ok."""
+    token, seconds = "benchmark-token", {}
+    with BackgroundServer(create_tutorial_app(token, KernelLimits())) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/?token={token}")
+        for number in numbers:
+            page.goto(f"{url}/lessons/{number:02d}.html")
+            page.wait_for_selector("body[data-course=ready]", state="attached")
+            started = time.perf_counter()
+            page.click(".course-bar .run-all")
+            page.wait_for_function("document.body.dataset.running === 'false'", timeout=600_000)
+            seconds[number] = time.perf_counter() - started
+            states = page.evaluate("[...document.querySelectorAll('.code-cell')].map((c) => c.dataset.state)")
+            assert set(states) == {"ok"}, (number, states, page.locator(".python-status").inner_text())
+        page.close()
+    return seconds
 
 
 if __name__ == "__main__":
