@@ -16,6 +16,10 @@ require_chromium()
 
 NUMBER = re.compile(r"-?\d+\.\d+(?:e[-+]?\d+)?|-?\d+e[-+]?\d+")
 NOT_LIVE = 23  # needs PyTorch: its page shows the build's output only
+# Lessons whose printed numbers the page cannot reproduce from the build: they train a model (the page's NumPy
+# rounds float32 sums in another order, and training grows the difference into other losses and other sampled
+# text) or time something. Their claims must all hold in the page all the same.
+ROUNDING_GROWS = {17, 18, 19, 21, 22, 24, 25, 26}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,8 @@ def test_a_live_lesson_runs_in_the_page_as_it_ran_at_build_time(page, origin, nu
         assert cell.get_attribute("data-state") == "ok", cell.locator(".live").inner_text()
         live = cell.locator(".live pre.result:not(.error)")
         text = live.inner_text() if live.count() else ""
-        assert same_up_to_rounding(text.rstrip("\n"), built[index]), (index, text, built[index])
+        if number not in ROUNDING_GROWS:
+            assert same_up_to_rounding(text.rstrip("\n"), built[index]), (index, text, built[index])
         claims = cell.locator(".claims li")
         assert claims.count() == cell.locator(".claims li.held").count()  # every assert of the cell held
     assert "lesson" in page.locator(".code-cell").last.locator(".live").inner_text()
