@@ -127,8 +127,7 @@ class Kernel:
         ]
         for reader in self.readers:
             reader.start()
-        self.cells_run, self.ended = 0, ""
-        self.last_used = time.monotonic()
+        self.ended = ""  # why the kernel ended, once it has
 
     # --- output -----------------------------------------------------------------------------------------------
     def _read_pipe(self, pipe, stream: str) -> None:
@@ -152,7 +151,7 @@ class Kernel:
         stopped; any status but ok and error ends the kernel."""
         if self.ended:
             raise RuntimeError(f"the kernel has ended ({self.ended})")
-        self.last_used, started = time.monotonic(), time.perf_counter()
+        started = time.perf_counter()
         with self.output_lock:
             self.output, self.on_output = {"stdout": CappedText(), "stderr": CappedText()}, on_output
         status, notes, images = "ok", [], []
@@ -181,7 +180,6 @@ class Kernel:
             notes.append(f"the cell reached the kernel's limit of {self.limits.processes} processes and threads")
         if ends_kernel or self.process.poll() is not None or tasks > self.limits.processes:
             self.close(status, notes)
-        self.cells_run += 1
         with self.output_lock:
             self.on_output = None
             if notes and on_output is not None:  # the notes show at once, as the head of stderr
