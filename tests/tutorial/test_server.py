@@ -256,6 +256,7 @@ def running_commands() -> list[str]:
 def test_a_memory_hog_hits_the_limit():
     result = run_cells(["x = bytearray(4 * 2**30)"], KernelLimits(seconds=30, memory_mib=1024))
     assert result["status"] == "error" and "memory limit of 1024 MiB" in result["stderr"]
+    assert "(`lucidlm tutorial --memory-limit MIB` raises it)" in result["stderr"]  # the setting, named
 
 
 # --- issue 18: a cell cannot hurt the machine or hang the server ----------------------------------------------

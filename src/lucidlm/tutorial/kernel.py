@@ -41,6 +41,8 @@ from lucidlm.tutorial import sandbox
 OUTPUT_KEEP = 256 * 1024  # bytes of a cell's stdout, and of its stderr, kept at each end; the middle is cut
 MAX_IMAGES, MAX_IMAGE_BYTES = 16, 4 * 2**20  # PNGs a cell may return, and the size of each
 LIMIT_HINT = "`lucidlm tutorial --time-limit SECONDS` raises it"
+MEMORY_HINT = "`lucidlm tutorial --memory-limit MIB` raises it"
+PROCESS_HINT = "`lucidlm tutorial --process-limit N` raises it"
 # Cells take turns across the server (server.CellTurns), so one kernel computes at a time and may use every
 # core; OpenMP's threads spin only briefly after a cell, then sleep. (OMP_WAIT_POLICY=PASSIVE, which makes them
 # sleep at once, cost PyTorch's small operations 60%: lesson 23's training took 28 s instead of 18.)
@@ -177,7 +179,8 @@ class Kernel:
                 status, ends_kernel = "error", True
         tasks = self.family.usage()[1]
         if self.cap.refused_forks() > refused or tasks > self.limits.processes:
-            notes.append(f"the cell reached the kernel's limit of {self.limits.processes} processes and threads")
+            processes = self.limits.processes
+            notes.append(f"the cell reached the kernel's limit of {processes} processes and threads ({PROCESS_HINT})")
         if ends_kernel or self.process.poll() is not None or tasks > self.limits.processes:
             self.close(status, notes)
         with self.output_lock:
@@ -217,7 +220,8 @@ class Kernel:
             return "error"
         if (resident > self.limits.memory_mib * 2**20) if self.watch_memory else self.cap.memory_exceeded():
             memory = self.limits.memory_mib
-            notes.append(f"the cell's processes together used more than the kernel's memory limit of {memory} MiB")
+            used = f"the cell's processes together used more than the kernel's memory limit of {memory} MiB"
+            notes.append(f"{used} ({MEMORY_HINT})")
             return "error"
         if stop is not None and stop.is_set():
             notes.append("stopped at the page's request")
@@ -247,7 +251,8 @@ class Kernel:
         for reader in self.readers:  # a process that escaped the kill could hold a pipe open for ever
             reader.join(timeout=1.0)
         if notes is not None and memory_hit and not any("memory" in note for note in notes):
-            notes.append(f"the cell needed more than the kernel's memory limit of {self.limits.memory_mib} MiB")
+            memory = self.limits.memory_mib
+            notes.append(f"the cell needed more than the kernel's memory limit of {memory} MiB ({MEMORY_HINT})")
         for pipe in (self.process.stdin, self.process.stdout, self.process.stderr):
             with contextlib.suppress(OSError):
                 pipe.close()
