@@ -149,8 +149,9 @@ class Kernel:
     # --- a cell -----------------------------------------------------------------------------------------------
     def run(self, code: str, on_output: Output | None = None, stop: threading.Event | None = None) -> dict:
         """Run one cell; its output goes to `on_output` as it comes (the head of each stream; the rest is in
-        the result). Returns {status, stdout, stderr, images, seconds}, status one of ok, error, timeout,
-        stopped; any status but ok and error ends the kernel."""
+        the result). Returns {status, stdout, stderr, stdout_rest, stderr_rest, images, seconds, ended}, status
+        one of ok, error, timeout, stopped; a timeout, Stop, or a limit the kernel reached (an error with a note)
+        ends the kernel."""
         if self.ended:
             raise RuntimeError(f"the kernel has ended ({self.ended})")
         started = time.perf_counter()
@@ -183,15 +184,16 @@ class Kernel:
             notes.append(f"the cell reached the kernel's limit of {processes} processes and threads ({PROCESS_HINT})")
         if ends_kernel or self.process.poll() is not None or tasks > self.limits.processes:
             self.close(status, notes)
+        said = "".join(f"\n{note}" for note in notes)
         with self.output_lock:
             self.on_output = None
-            if notes and on_output is not None:  # the notes show at once, as the head of stderr
-                on_output("stderr", "".join(f"\n{note}" for note in notes))
+            if said and on_output is not None:  # the notes show at once, as the head of stderr
+                on_output("stderr", said)
             stdout, stderr = self.output["stdout"], self.output["stderr"]
         return {
             "status": status,
             "stdout": stdout.text(),
-            "stderr": stderr.text() + "".join(f"\n{note}" for note in notes),
+            "stderr": stderr.text() + said,
             "stdout_rest": stdout.rest(),
             "stderr_rest": stderr.rest(),
             "images": images,

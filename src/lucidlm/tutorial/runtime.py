@@ -169,10 +169,9 @@ def write_runtime(site: Path, prepared: Path) -> dict[str, int]:
         shutil.copyfile(prepared / name, runtime / name)
     package_zip(runtime / "lucidlm.zip")
     shutil.copytree(prepared / "mpl-data", runtime / "mpl-data")
-    listed = sorted(path.relative_to(runtime / "mpl-data").as_posix() for path in (runtime / "mpl-data").rglob("*"))
-    (runtime / "mpl-data.json").write_text(
-        json.dumps([name for name in listed if (runtime / "mpl-data" / name).is_file()])
-    )
+    data = runtime / "mpl-data"
+    listed = sorted(path.relative_to(data).as_posix() for path in data.rglob("*") if path.is_file())
+    (runtime / "mpl-data.json").write_text(json.dumps(listed))
     for script in ("python.js", "python-worker.js"):
         shutil.copyfile(HERE / "static" / script, runtime / script)
     shutil.copytree(SHIM, runtime / "shim")  # with its two licence files

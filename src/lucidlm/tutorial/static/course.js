@@ -87,7 +87,7 @@ const cells = [...article.querySelectorAll(".code-cell")].map((element, index) =
 
 function showClaims(cell, outcome) {
   cell.claims.innerHTML = "";
-  const failed = outcome && !outcome.ok ? failedLine(outcome.stderr) : null;
+  const failed = outcome && !outcome.ok ? outcome.line : null;
   for (const claim of claimsOf(cell.source())) {
     const item = document.createElement("li");
     let state = "unchecked";
@@ -127,12 +127,12 @@ async function runCell(cell) {
     note.textContent = `${result.stopped}: the interpreter was ended, and the next Run starts a fresh one`;
     cell.live.appendChild(note);
   }
-  const outcome = { ok: result.ok, stderr, assertion: /\nAssertionError\b/.test(`\n${stderr}`) };
+  const line = result.ok || result.stopped ? null : failedLine(stderr);
+  const outcome = { ok: result.ok, line, assertion: /\nAssertionError\b/.test(`\n${stderr}`) };
   showClaims(cell, result.stopped ? null : outcome);
   cell.element.dataset.state = result.stopped ? "stopped" : result.ok ? "ok" : "error";
   const seconds = (performance.now() - started) / 1000;
   cell.element.dataset.seconds = seconds.toFixed(2);
-  const line = result.ok || result.stopped ? null : failedLine(stderr);
   cell.markLine(line);
   return { ...result, line, seconds };
 }
