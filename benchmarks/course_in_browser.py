@@ -28,7 +28,7 @@ from common import CHROMIUM, CHROMIUM_FLAGS, WORK, machine, machine_line, servin
 
 from lucidlm.serve import BackgroundServer
 from lucidlm.tutorial.kernel import KernelLimits
-from lucidlm.tutorial.lessons import LIVE_LESSONS, find_lesson, lesson_files, lesson_number, lesson_title
+from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, lesson_title
 from lucidlm.tutorial.runtime import DOWNLOADED
 from lucidlm.tutorial.server import create_tutorial_app
 from lucidlm.tutorial.site import build_tutorial_site
@@ -56,7 +56,7 @@ def cpython_seconds(number: int, scratch: Path) -> float:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    lessons, every = sorted(LIVE_LESSONS), [lesson_number(path) for path in lesson_files()]
+    lessons = [lesson_number(path) for path in lesson_files()]
     started = time.perf_counter()
     site = build_tutorial_site(WORK / "course-site", None, force=(WORK / "course-site").exists(), progress=False)
     build_s = time.perf_counter() - started
@@ -90,7 +90,7 @@ def main() -> None:
             cells = page.evaluate("[...document.querySelectorAll('.code-cell')].map((c) => +c.dataset.seconds)")
             browser_seconds[number] = sum(cells)
         version = browser.version
-        tutorial_seconds = run_all_under_the_tutorial(browser, every)
+        tutorial_seconds = run_all_under_the_tutorial(browser, lessons)
         browser.close()
     scratch = WORK / "course-cpython"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -103,31 +103,24 @@ def main() -> None:
         "first_output_s": [round(s, 2) for s in first_output],
         "lessons": {
             n: {
-                "browser_s": round(browser_seconds[n], 3) if n in browser_seconds else None,
-                "cpython_s": round(cpython[n], 3) if n in cpython else None,
+                "browser_s": round(browser_seconds[n], 3),
+                "cpython_s": round(cpython[n], 3),
                 "tutorial_s": round(tutorial_seconds[n], 2),
             }
-            for n in every
+            for n in lessons
         },
     }
-
-    def cell(seconds: float | None) -> str:
-        return f"{seconds:.2f} s" if seconds is not None else "(PyTorch)"
-
-    rows = []
-    for n in every:
-        page, here = browser_seconds.get(n), cpython.get(n)
-        ratio = f"{page / here:.1f}x" if page is not None else ""
-        rows.append(
-            f"| {n}. {lesson_title(find_lesson(n))} | {cell(page)} | {cell(here)} | {ratio} | "
-            f"{tutorial_seconds[n]:.1f} s |"
-        )
+    rows = [
+        f"| {n}. {lesson_title(find_lesson(n))} | {browser_seconds[n]:.2f} s | {cpython[n]:.2f} s | "
+        f"{browser_seconds[n] / cpython[n]:.1f}x | {tutorial_seconds[n]:.1f} s |"
+        for n in lessons
+    ]
     total_browser, total_cpython = sum(browser_seconds.values()), sum(cpython.values())
     table = "\n".join(
         [
             "## The course in the browser (`benchmarks/course_in_browser.py`)",
             "",
-            f"The {len(lessons)} live lessons of {len(every)} of `lucidlm tutorial --build`, served locally, in "
+            f"The {len(lessons)} lessons of `lucidlm tutorial --build`, every one live, served locally, in "
             f"headless Chromium {version}; CPython {sys.version.split()[0]} on the same machine for comparison; "
             "and every lesson's Run all under `lucidlm tutorial` (default limits, a kernel per page, its start "
             "included). " + machine_line(),
@@ -139,7 +132,7 @@ def main() -> None:
             f"{weight['first_run'] / 1e6:.1f} MB |",
             f"| from Run on a fresh page to the first cell's output (median of {ROUNDS}) | "
             f"{statistics.median(first_output):.1f} s |",
-            f"| `lucidlm tutorial --build` of all {len(every)} lessons (`make site`; the runtime's preparation "
+            f"| `lucidlm tutorial --build` of all {len(lessons)} lessons (`make site`; the runtime's preparation "
             f"cached) | {build_s:.0f} s |",
             "",
             "| lesson | Run all in the page | CPython | ratio | Run all under `lucidlm tutorial` |",

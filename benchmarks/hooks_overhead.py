@@ -1,6 +1,5 @@
 """What looking inside costs (issue 34): a plain forward pass, the same pass with every hook point cached, and
-the lens's analyses on a GPT-2-124M-shaped model (random weights, 256 tokens, fp32, 2 threads), and the wall
-time of lesson 23, which grows an induction head and finds, ablates and patches it.
+the lens's analyses on a GPT-2-124M-shaped model (random weights, 256 tokens, fp32, 2 threads).
 
 Target: `run_with_cache` with every hook at most 1.3x a plain forward pass. With no hook set, the points are
 absent (one look at an empty tuple each), so the plain pass is the one it was before hooks.
@@ -11,11 +10,7 @@ absent (one look at an empty tuple each), so the plain pass is the one it was be
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 from common import machine, machine_line, write_results
@@ -32,7 +27,6 @@ SHAPES = {
     ),
 }  # fmt: skip
 ROUNDS = 7
-INDUCTION_LESSON = Path(__file__).resolve().parents[1] / "lessons" / "23_induction_heads.py"
 
 
 def median_ms(work, rounds: int = ROUNDS) -> float:
@@ -65,10 +59,6 @@ def main() -> None:
     started = time.perf_counter()
     ablation(model, tokens)
     sweep_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:  # as the tests run it: its own process, a bare directory
-        subprocess.run([sys.executable, str(INDUCTION_LESSON)], check=True, capture_output=True, cwd=scratch)
-    lesson_seconds = time.perf_counter() - started
     gpt2_ratio = rows[-1]["cached_ms"] / rows[-1]["plain_ms"]
     verdict = "met" if gpt2_ratio <= 1.3 else "missed"
     lines = [
@@ -88,17 +78,12 @@ def main() -> None:
         f"Target: run_with_cache at most 1.3x a plain pass: {verdict} at the GPT-2 shape ({gpt2_ratio:.2f}x); the "
         "baby shape's pass is about 2 ms, and its extra millisecond is the Python of its hook points and the "
         "written-out attention.",
-        "",
-        f"Lesson 23 (induction heads: 1,000 training steps of a 2-layer attention-only model, then the head "
-        f"scores, the ablations and the patching) took {lesson_seconds:.1f} s of wall time, Python's start "
-        "included.",
     ]
     results = {
         "machine": machine(),
         "rows": rows,
         "lens_seconds": lens_seconds,
         "ablation_seconds": sweep_seconds,
-        "induction_lesson_seconds": lesson_seconds,
     }
     write_results("hooks_overhead", results, "\n".join(lines))
 

@@ -150,3 +150,25 @@ def test_lesson_21s_counts_and_law_are_lucidlms(run_lesson):
     for _, n, d, _ in [*lesson["runs"], lesson["left_out"]]:
         tokens = effective_tokens(d, lesson["UNIQUE"])
         assert abs(lesson["law"].loss(n, tokens) - SHAKESPEARE_LAW.loss(n, tokens)) < 0.02
+
+
+def test_lesson_23s_head_scores_ablation_and_patching_are_lucidlm_lens(run_lesson):
+    """The NumPy lesson's scores, mean-ablation and residual patching, read through the NumPy GPT's hook points,
+    are what lucidlm.lens (`lucidlm lens heads`, `patch`) and the PyTorch GPT's hooks give on the same weights."""
+    from lucidlm.lens import attention_scores, patching
+
+    lesson = run_lesson(23)
+    twin, test, n = to_torch(lesson["model"]), lesson["test"], lesson["n"]
+    scores = attention_scores(twin, test.tolist(), n)
+    for kind, per_layer in lesson["scores"].items():
+        np.testing.assert_allclose([row[0] for row in scores[kind]], per_layer, atol=1e-5)
+    name = "blocks.1.attn.hook_z"
+    with torch.no_grad():
+        ids = torch.from_numpy(test)
+        _, cache = twin.run_with_cache(ids, [name])
+        mean = cache[name].mean(dim=(0, 1), keepdim=True)
+        ablated = twin.run_with_hooks(ids, {name: lambda z, _: mean.expand_as(z)}).numpy()
+    np.testing.assert_allclose(lesson["loss_per_half"](ablated), lesson["without_head"](1), atol=1e-4)
+    clean, corrupted = lesson["clean"][0].tolist(), lesson["corrupted"][0].tolist()
+    patched = patching(twin, clean, corrupted, int(lesson["answer"]), int(lesson["wrong"]))
+    np.testing.assert_allclose(patched["residual"], lesson["residual"], atol=1e-3)

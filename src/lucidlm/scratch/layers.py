@@ -65,9 +65,9 @@ def layernorm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, eps: float = 1e-5
 ) -> tuple[np.ndarray, tuple]:
     """Normalise each position's C channels to mean 0 and variance 1, then scale and shift."""
-    mean = x.mean(axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt(x.var(axis=-1, keepdims=True) + eps)  # reciprocal of the standard deviation
-    normalized = (x - mean) * rstd
+    normalized = x - x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt((normalized * normalized).mean(axis=-1, keepdims=True) + eps)  # 1 / standard deviation
+    normalized *= rstd
     out = normalized * weight
     if bias is not None:
         out += bias

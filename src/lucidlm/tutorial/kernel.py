@@ -45,7 +45,7 @@ MEMORY_HINT = "`lucidlm tutorial --memory-limit MIB` raises it"
 PROCESS_HINT = "`lucidlm tutorial --process-limit N` raises it"
 # Cells take turns across the server (server.CellTurns), so one kernel computes at a time and may use every
 # core; OpenMP's threads spin only briefly after a cell, then sleep. (OMP_WAIT_POLICY=PASSIVE, which makes them
-# sleep at once, cost PyTorch's small operations 60%: lesson 23's training took 28 s instead of 18.)
+# sleep at once, cost PyTorch's small operations 60%: docs/benchmarks.md.)
 KERNEL_ENVIRONMENT = {"PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
 
 

@@ -14,15 +14,6 @@ from pathlib import Path
 from lucidlm.errors import LucidError
 
 LESSONS_DIR = Path(__file__).resolve().parents[3] / "lessons"
-# The lessons that need PyTorch, and why: the page says so. The others need nothing but NumPy and lucidlm's
-# pure-Python parts (lucidlm.scratch, the tokenizers, the chat template): a built site runs them in the browser
-# (runtime.py), and tests/lessons runs each with PyTorch blocked, so that none of them can start to need it
-# without a test failing.
-NEEDS_PYTORCH = {
-    23: "it trains a two-layer model for 1,000 steps until its induction heads form, about 20 s in PyTorch on "
-    "two cores; the page's NumPy, on one thread in WebAssembly, would take minutes",
-}
-LIVE_LESSONS = frozenset(range(1, 28)) - set(NEEDS_PYTORCH)
 
 
 def lesson_files(directory: Path = LESSONS_DIR) -> list[Path]:

@@ -189,7 +189,7 @@ def create_tutorial_app(token: str, limits: KernelLimits | None = None) -> FastA
     add_error_handlers(app)
 
     # The built site's pages (site.py), every lesson live, its cells run here; and the files they load, by name.
-    entries = lesson_entries(lesson_files(), "server")
+    entries = lesson_entries(lesson_files())
     stops: dict[str, set[threading.Event]] = {}  # kernel -> one for each of its cells running or waiting now
     turns = CellTurns()
     files = {name: PAGE / name for name in ("course.js", "server-python.js", "editor/codemirror.js")}

@@ -1,7 +1,7 @@
 """`lucidlm tutorial --build SITE`: the lessons as static pages, with their maths rendered and the output and
-figures of running them, so the course reads on any device without Python; and the lessons that need only
-NumPy (LIVE_LESSONS) run in the page: each code cell editable, run by a Python in the browser (runtime.py,
-course.js), with nothing installed.
+figures of running them, so the course reads on any device without Python; and every lesson runs in the page
+(each needs only NumPy and lucidlm's pure-Python parts): each code cell editable, run by a Python in the
+browser (runtime.py, course.js), with nothing installed.
 
 Each lesson runs once, as the script it is, in a temporary directory. A line with a random marker after each
 code cell splits its output by cell and says which PNG files were written by then, so each figure shows below
@@ -29,8 +29,6 @@ from lucidlm import __version__
 from lucidlm.errors import ConfigError
 from lucidlm.outputs import TUTORIAL_SITE, written_directory
 from lucidlm.tutorial.lessons import (
-    LIVE_LESSONS,
-    NEEDS_PYTORCH,
     lesson_files,
     lesson_number,
     lesson_sources,
@@ -106,16 +104,14 @@ def title_html(path: Path) -> Markup:
 TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
 
 
-def lesson_entries(paths: list[Path], runner: str) -> list[dict]:
-    """What the pages say of each lesson: its number, title, page, and whether its cells run here (with the
-    "browser" runner, the LIVE_LESSONS; with "server", `lucidlm tutorial`'s, every one)."""
+def lesson_entries(paths: list[Path]) -> list[dict]:
+    """What the pages say of each lesson: its number, title and page."""
     return [
         {
             "number": lesson_number(p),
             "title_html": title_html(p),
             "page": f"{lesson_number(p):02d}.html",
             "path": p,
-            "live": runner == "server" or lesson_number(p) in LIVE_LESSONS,
             "status": "ok",
         }
         for p in paths
@@ -140,8 +136,6 @@ def lesson_page(
         cells=cells,
         status=entry["status"],
         number=entry["number"],
-        live=entry["live"],
-        why=NEEDS_PYTORCH.get(entry["number"], ""),
         runner=runner,
         download_mb=download_mb,
         lessons=entries,
@@ -177,17 +171,15 @@ def build_tutorial_site(
     if numbers is not None and len(paths) != len(set(numbers)):
         known = {lesson_number(p) for p in lesson_files()}
         raise ConfigError(f"there is no lesson {min(set(numbers) - known)}; the lessons are 1 to {max(known)}")
-    entries = lesson_entries(paths, "browser")
+    entries = lesson_entries(paths)
     # before the lessons run: a missing runtime is an error now, not minutes later
-    prepared = prepared_runtime() if any(entry["live"] for entry in entries) else None
+    prepared = prepared_runtime()
     with written_directory(out, TUTORIAL_SITE, force) as site:
         (site / "lessons").mkdir()
-        download_mb = None
-        if prepared is not None:
-            sizes = write_runtime(site, prepared)
-            download_mb = round(sum(sizes[name] for name in DOWNLOADED) / 1e6, 1)
-            shutil.copyfile(HERE / "static" / "course.js", site / "course.js")
-            shutil.copytree(HERE / "static" / "editor", site / "editor")  # CodeMirror, with its licences
+        sizes = write_runtime(site, prepared)
+        download_mb = round(sum(sizes[name] for name in DOWNLOADED) / 1e6, 1)
+        shutil.copyfile(HERE / "static" / "course.js", site / "course.js")
+        shutil.copytree(HERE / "static" / "editor", site / "editor")  # CodeMirror, with its licences
         model_page = None
         if write_model is not None:
             write_model(site / "model")
@@ -205,7 +197,6 @@ def build_tutorial_site(
         failed = [e["number"] for e in entries if e["status"] != "ok"]
         manifest = {
             "lessons": [e["number"] for e in entries],
-            "live": [e["number"] for e in entries if e["live"]],
             "failed": failed,
             "built": datetime.date.today().isoformat(),
         }
