@@ -43,7 +43,11 @@ words = {
 
 
 def cosine(u: np.ndarray, v: np.ndarray) -> float:
+    """The cosine of the angle between vectors u and v (1-D, the same length): their dot product divided by
+    both lengths, a Python float in [-1, 1]."""
+    ### BEGIN SOLUTION
     return float(u @ v / (np.sqrt(u @ u) * np.sqrt(v @ v)))
+    ### END SOLUTION
 
 
 for other in ("dog", "king", "london"):

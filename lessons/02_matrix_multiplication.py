@@ -21,6 +21,9 @@ B = np.array([[7.0, 8.0],
 
 
 def matmul_by_hand(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A (m, n) times B (n, p) -> C (m, p), each cell C[i, j] the dot product of row i of A and column j of B,
+    written as loops (not @)."""
+    ### BEGIN SOLUTION
     m, n = A.shape
     n2, p = B.shape
     assert n == n2, f"inner sizes differ: {n} and {n2}"
@@ -29,6 +32,7 @@ def matmul_by_hand(A: np.ndarray, B: np.ndarray) -> np.ndarray:
         for j in range(p):
             C[i, j] = sum(A[i, k] * B[k, j] for k in range(n))  # row i . column j
     return C
+    ### END SOLUTION
 
 
 C = matmul_by_hand(A, B)

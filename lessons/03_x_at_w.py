@@ -20,7 +20,16 @@ X = rng.normal(size=(B, n))  # four inputs, one per row
 W = rng.normal(size=(n, m))
 b = rng.normal(size=m)
 
-Y = X @ W + b  # the bias is added to every row (broadcasting)
+
+
+def linear(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A layer applied to every row of X: X (..., n) with W (n, m) and b (m,) -> (..., m)."""
+    ### BEGIN SOLUTION
+    return X @ W + b  # the bias is added to every row (broadcasting)
+    ### END SOLUTION
+
+
+Y = linear(X, W, b)
 print("X:", X.shape, " W:", W.shape, " Y = X @ W + b:", Y.shape)
 for row in range(B):
     one_at_a_time = X[row] @ W + b
@@ -36,7 +45,7 @@ assert np.allclose(Y.T, W.T @ X.T + b[:, None])
 # %%
 T, C = 5, 3
 tokens = rng.normal(size=(B, T, C))
-out = tokens @ W  # (B, T, C) @ (C, m) -> (B, T, m)
+out = linear(tokens, W, np.zeros(m))  # (B, T, C) @ (C, m) -> (B, T, m)
 assert out.shape == (B, T, m)
 assert np.allclose(out[2, 4], tokens[2, 4] @ W)
 print("(B, T, C) @ (C, m) ->", out.shape)

@@ -23,7 +23,16 @@ assert ids == [4, 0, 3, 2, 4, 1]  # "the" is id 4 both times it appears
 
 V, C = len(vocabulary), 3
 E = np.random.default_rng(0).normal(size=(V, C))  # the embedding table, learned in training
-looked_up = E[ids]  # (6, 3): one row per token
+
+
+def embed(ids: list[int], table: np.ndarray) -> np.ndarray:
+    """The embedding of each token id: row ids[t] of the table (V, C), for a (T, C) result."""
+    ### BEGIN SOLUTION
+    return table[ids]
+    ### END SOLUTION
+
+
+looked_up = embed(ids, E)  # (6, 3): one row per token
 one_hot = np.eye(V)[ids]  # (6, V)
 assert np.allclose(one_hot @ E, looked_up)
 assert np.array_equal(looked_up[0], looked_up[4])  # the same token, the same vector

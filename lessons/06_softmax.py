@@ -14,9 +14,13 @@ import numpy as np
 
 
 def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities over the last axis of z (..., V): exp(z / temperature), normalised to sum to 1, without
+    overflowing for large z."""
+    ### BEGIN SOLUTION
     z = np.asarray(z, dtype=float) / temperature
-    e = np.exp(z - z.max())
-    return e / e.sum()
+    e = np.exp(z - z.max(axis=-1, keepdims=True))  # the largest becomes exp(0) = 1: nothing overflows
+    return e / e.sum(axis=-1, keepdims=True)
+    ### END SOLUTION
 
 
 logits = np.array([2.0, 1.0, 0.1])

@@ -15,9 +15,13 @@ import numpy as np
 
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The mean of -log softmax(logits)[target] over N positions: logits (N, V), targets (N,) ints, a float.
+    Computed from the logits (log-sum-exp), so that large logits neither overflow nor give log(0)."""
+    ### BEGIN SOLUTION
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     return float(-log_probs[np.arange(len(targets)), targets].mean())
+    ### END SOLUTION
 
 
 V = 65

@@ -40,16 +40,24 @@ print("without positions: attention(shuffled x) == shuffled attention(x)")
 # With the sinusoidal table added, the same shuffle no longer gives shuffled outputs: position now matters.
 
 # %%
-table = np.array(
-    [
+def sinusoidal_table(T: int, C: int) -> np.ndarray:
+    """The (T, C) table of "Attention is all you need": row t, channels 2i and 2i + 1 (i < C / 2) hold
+    sin(t / 10000^(2i/C)) and cos(t / 10000^(2i/C))."""
+    ### BEGIN SOLUTION
+    return np.array(
         [
-            np.sin(t / 10000 ** (2 * i / C)) if k == 0 else np.cos(t / 10000 ** (2 * i / C))
-            for i in range(C // 2)
-            for k in (0, 1)
+            [
+                np.sin(t / 10000 ** (2 * i / C)) if k == 0 else np.cos(t / 10000 ** (2 * i / C))
+                for i in range(C // 2)
+                for k in (0, 1)
+            ]
+            for t in range(T)
         ]
-        for t in range(T)
-    ]
-)
+    )
+    ### END SOLUTION
+
+
+table = sinusoidal_table(T, C)
 # (tests/lessons/test_lessons_against_pytorch.py checks that lucidlm's PyTorch GPT builds this same table)
 with_positions = self_attention(x[order] + table)
 assert not np.allclose(with_positions, self_attention(x + table)[order])

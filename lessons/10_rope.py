@@ -25,13 +25,17 @@ q, k = rng.normal(size=D), rng.normal(size=D)
 
 
 def rotate(x: np.ndarray, position: int) -> np.ndarray:
-    half = D // 2
-    theta = 10000.0 ** (-np.arange(half) * 2 / D)
+    """x (D,), D even, at `position`: each pair (x_i, x_(i + D/2)) turned by the angle position * theta_i,
+    theta_i = 10000^(-2i/D), counter-clockwise (the matrix above)."""
+    ### BEGIN SOLUTION
+    half = x.shape[-1] // 2
+    theta = 10000.0 ** (-np.arange(half) * 2 / x.shape[-1])
     angle = position * theta
     first, second = x[:half], x[half:]
     return np.concatenate(
         [first * np.cos(angle) - second * np.sin(angle), first * np.sin(angle) + second * np.cos(angle)]
     )
+    ### END SOLUTION
 
 
 for m, n in [(3, 1), (10, 8), (102, 100)]:

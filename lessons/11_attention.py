@@ -50,8 +50,18 @@ T, C, d = 5, 12, 4
 X = rng.normal(size=(T, C))
 Wq, Wk, Wv = (rng.normal(size=(C, d)) for _ in range(3))
 Q, K, V = X @ Wq, X @ Wk, X @ Wv
+
+
+def attention(Q: np.ndarray, K: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """softmax(Q K^T / sqrt(d)) V, no mask: Q (T, d), K (S, d), V (S, d_v) -> (T, d_v), each row's weights over
+    the S keys summing to 1."""
+    ### BEGIN SOLUTION
+    return softmax(Q @ K.T / np.sqrt(Q.shape[-1])) @ V
+    ### END SOLUTION
+
+
 weights = softmax(Q @ K.T / np.sqrt(d))  # (T, T)
-out = weights @ V  # (T, d)
+out = attention(Q, K, V)  # (T, d)
 assert np.allclose(weights.sum(axis=1), 1.0)
 assert np.allclose(out[2], sum(weights[2, j] * V[j] for j in range(T)))
 

@@ -14,10 +14,24 @@ from lucidlm.model import GPTConfig
 from lucidlm.scratch import NumpyGPT
 from lucidlm.scratch.layers import attention_forward
 
+
+
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Attention in which position t sees positions 0..t only: q, k, v (T, d) -> (T, d). The scores above the
+    diagonal (a key after the query) are -inf before the softmax, so their weights are exactly 0."""
+    ### BEGIN SOLUTION
+    T, d = q.shape
+    scores = q @ k.T / np.sqrt(d) + np.triu(np.full((T, T), -np.inf), k=1)  # the diagonal stays: t sees t
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return weights / weights.sum(axis=-1, keepdims=True) @ v
+    ### END SOLUTION
+
+
 rng = np.random.default_rng(0)
 T, d = 6, 4
 q, k, v = (rng.normal(size=(1, 1, T, d)) for _ in range(3))
-out, cache = attention_forward(q, k, v)
+out, cache = attention_forward(q, k, v)  # lucidlm's, for every batch row and head at once
+assert np.allclose(causal_attention(q[0, 0], k[0, 0], v[0, 0]), out[0, 0])
 weights = cache[3][0, 0]
 print("attention weights (row = query, column = key):")
 print(np.round(weights, 2))

@@ -33,12 +33,16 @@ for h in range(H):
 
 
 # all heads at once
-def split_heads(x: np.ndarray) -> np.ndarray:
-    return x.reshape(B, T, H, D).transpose(0, 2, 1, 3)  # (B, H, T, D)
+def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
+    """x (B, T, C) -> (B, n_head, T, C / n_head): head h gets channels h D to (h + 1) D of every position."""
+    ### BEGIN SOLUTION
+    B, T, C = x.shape
+    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+    ### END SOLUTION
 
 
-weights = softmax(split_heads(q) @ split_heads(k).transpose(0, 1, 3, 2) / np.sqrt(D) + mask)  # (B, H, T, T)
-together = (weights @ split_heads(v)).transpose(0, 2, 1, 3).reshape(B, T, C)
+weights = softmax(split_heads(q, H) @ split_heads(k, H).transpose(0, 1, 3, 2) / np.sqrt(D) + mask)  # (B, H, T, T)
+together = (weights @ split_heads(v, H)).transpose(0, 2, 1, 3).reshape(B, T, C)
 assert np.allclose(loop, together)
 print("loop over heads == reshape form; max difference", np.abs(loop - together).max())
 print("weights shape (B, H, T, T):", weights.shape)
@@ -51,7 +55,7 @@ assert not np.allclose(weights[0, 0], weights[0, 1])  # each head has its own pa
 # %%
 KV = 1  # one key/value head shared by all three query heads
 k_shared, v_shared = k[..., :D], v[..., :D]
-gqa = softmax(split_heads(q) @ np.repeat(k_shared[:, None], H, axis=1).transpose(0, 1, 3, 2) / np.sqrt(D) + mask)
+gqa = softmax(split_heads(q, H) @ np.repeat(k_shared[:, None], H, axis=1).transpose(0, 1, 3, 2) / np.sqrt(D) + mask)
 assert gqa.shape == (B, H, T, T)
 print(
     f"grouped-query: {H} query heads share {KV} key/value head; the cache stores {KV * D} numbers per token "

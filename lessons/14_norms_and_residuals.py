@@ -28,7 +28,11 @@ def relu(z: np.ndarray) -> np.ndarray:
 
 
 def layernorm(x: np.ndarray) -> np.ndarray:
+    """Each row of x (..., C) shifted to mean 0 and scaled to variance 1 (1e-5 added to the variance, so that
+    a constant row gives zeros, not a division by zero); no gain or bias."""
+    ### BEGIN SOLUTION
     return (x - x.mean(axis=-1, keepdims=True)) / np.sqrt(x.var(axis=-1, keepdims=True) + 1e-5)
+    ### END SOLUTION
 
 
 def run(kind: str) -> list[float]:

@@ -1,0 +1,225 @@
+"""The exercises, lesson by lesson: each one's cases and hints.
+
+A case's expected value comes from a reference that is not the lesson's own solution: NumPy itself, or
+lucidlm.scratch, whose layers the tests hold to PyTorch autograd. Beside random cases of several shapes, each
+exercise has the cases where wrong code is commonly wrong (large logits for a softmax, a constant row for a
+norm, a non-square matrix for a transpose), and says which mistake each one catches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lucidlm.exercises.checks import Case, Exercise
+from lucidlm.scratch.gpt import rope_tables
+from lucidlm.scratch.layers import attention_forward, crossentropy_forward, layernorm_forward
+
+
+def cosine_cases(rng: np.random.Generator) -> list[Case]:
+    u, v = rng.normal(size=5), rng.normal(size=5)
+    return [
+        Case("two random vectors of 5", (u, v), float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))),
+        Case("a vector and itself", (u, u), 1.0, why="a vector's cosine with itself is 1"),
+        Case("a vector and 3 times it", (u, 3 * u), 1.0, why="divide by both lengths: scaling changes nothing"),
+        Case("opposite vectors", (u, -2 * u), -1.0),
+        Case("perpendicular vectors", (np.array([1.0, 0.0]), np.array([0.0, 2.0])), 0.0),
+    ]
+
+
+def matmul_cases(rng: np.random.Generator) -> list[Case]:
+    pairs = [((2, 3), (3, 4)), ((3, 3), (3, 3)), ((1, 5), (5, 1)), ((4, 1), (1, 2))]
+    cases = []
+    for a, b in pairs:
+        A, B = rng.normal(size=a), rng.normal(size=b)
+        cases.append(Case(f"{a} @ {b}", (A, B), A @ B, why="C[i, j] is row i of A with column j of B"))
+    return cases
+
+
+def linear_cases(rng: np.random.Generator) -> list[Case]:
+    W, b = rng.normal(size=(3, 2)), rng.normal(size=2)
+    X, tokens = rng.normal(size=(4, 3)), rng.normal(size=(2, 5, 3))
+    return [
+        Case("a batch of 4 rows (4, 3), W (3, 2)", (X, W, b), X @ W + b, why="the bias is added to every row"),
+        Case("one row (3,)", (X[0], W, b), X[0] @ W + b),
+        Case("sequences (2, 5, 3)", (tokens, W, b), tokens @ W + b, why="the layer applies to the last axis"),
+    ]
+
+
+def embed_cases(rng: np.random.Generator) -> list[Case]:
+    table = rng.normal(size=(7, 3))
+    return [
+        Case("ids [4, 0, 3] of a (7, 3) table", ([4, 0, 3], table), table[[4, 0, 3]]),
+        Case("a token twice", ([2, 2], table), table[[2, 2]], why="the same token gets the same row"),
+        Case("one token", ([6], table), table[[6]], why="the result is (T, C), even for one token"),
+    ]
+
+
+def relu_cases(rng: np.random.Generator) -> list[Case]:
+    z = rng.normal(size=(3, 4))
+    return [
+        Case("a (3, 4) array", (z,), np.maximum(z, 0), why="negative values become 0, the others stay"),
+        Case("zeros and negatives", (np.array([-2.0, 0.0, 3.0]),), np.array([0.0, 0.0, 3.0])),
+    ]
+
+
+def reference_softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(z, dtype=float) / temperature
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def softmax_cases(rng: np.random.Generator) -> list[Case]:
+    z, rows = rng.normal(size=6), rng.normal(size=(3, 5))
+    return [
+        Case("6 logits", (z,), reference_softmax(z)),
+        Case("3 rows of 5 logits", (rows,), reference_softmax(rows), why="normalise each row on its own (axis=-1)"),
+        Case("logits of 1e4", (np.array([1e4, 1e4 - 1, 0.0]),), reference_softmax(np.array([1.0, 0.0, -1e4])),
+             why="exp(1e4) overflows: subtract the largest logit first"),
+        Case("temperature 0.5", (z, 0.5), reference_softmax(2 * z), why="divide the logits by the temperature"),
+    ]  # fmt: skip
+
+
+def cross_entropy_cases(rng: np.random.Generator) -> list[Case]:
+    logits, targets = rng.normal(size=(8, 10)), rng.integers(0, 10, 8)
+
+    def reference(z: np.ndarray, t: np.ndarray) -> float:
+        return crossentropy_forward(z[None], t[None])[0]
+
+    large = logits * 1e4
+    return [
+        Case("8 positions, 10 tokens", (logits, targets), reference(logits, targets)),
+        Case("equal logits", (np.zeros((4, 65)), np.arange(4)), math.log(65), why="a uniform guess costs ln V"),
+        Case("logits of 1e4", (large, targets), reference(large, targets),
+             why="from the logits (log-sum-exp), not log(softmax): that overflows or takes log(0)"),
+    ]  # fmt: skip
+
+
+def sinusoidal_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(T: int, C: int) -> np.ndarray:
+        angle = np.arange(T)[:, None] / 10000 ** (np.arange(0, C, 2) / C)  # (T, C/2)
+        table = np.empty((T, C))
+        table[:, 0::2], table[:, 1::2] = np.sin(angle), np.cos(angle)
+        return table
+
+    return [
+        Case("T 6, C 8", (6, 8), reference(6, 8), why="channel 2i holds sin, channel 2i + 1 cos"),
+        Case("T 50, C 16", (50, 16), reference(50, 16), why="the frequency of pair i is 10000^(-2i/C)"),
+    ]
+
+
+def rotate_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(x: np.ndarray, position: int) -> np.ndarray:
+        cos, sin = rope_tables(position + 1, len(x), 10000.0)
+        return x * cos[position] + np.roll(x, len(x) // 2) * sin[position]
+
+    x, wide = rng.normal(size=8), rng.normal(size=16)
+    return [
+        Case("position 0", (x, 0), x, why="position 0 turns by no angle"),
+        Case("D 8 at position 3", (x, 3), reference(x, 3),
+             why="pair (x_i, x_(i+D/2)) turns counter-clockwise: x_i cos - x_(i+D/2) sin first"),
+        Case("D 16 at position 100", (wide, 100), reference(wide, 100), why="D is the length of x"),
+    ]  # fmt: skip
+
+
+def attention_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(Q: np.ndarray, K: np.ndarray, V: np.ndarray) -> np.ndarray:
+        return reference_softmax(Q @ K.T / math.sqrt(Q.shape[-1])) @ V
+
+    Q, K, V = rng.normal(size=(5, 4)), rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    Q2, K2, V2 = rng.normal(size=(2, 16)), rng.normal(size=(7, 16)), rng.normal(size=(7, 3))
+    return [
+        Case("T 5, d 4", (Q, K, V), reference(Q, K, V), why="scale the scores by 1 / sqrt(d)"),
+        Case("2 queries over 7 keys, d 16, values of 3", (Q2, K2, V2), reference(Q2, K2, V2),
+             why="d is the queries' width, and the output has the values' width"),
+    ]  # fmt: skip
+
+
+def causal_attention_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return attention_forward(q[None, None], k[None, None], v[None, None])[0][0, 0]
+
+    q, k, v = rng.normal(size=(6, 4)), rng.normal(size=(6, 4)), rng.normal(size=(6, 4))
+    one = [part[:1] for part in (q, k, v)]
+    return [
+        Case("T 6, d 4", (q, k, v), reference(q, k, v), why="position t sees 0..t, itself included"),
+        Case("one position", tuple(one), one[2], why="the first position sees only itself: its output is its value"),
+    ]
+
+
+def split_heads_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(x: np.ndarray, n_head: int) -> np.ndarray:
+        B, T, C = x.shape
+        return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+    x = rng.normal(size=(2, 4, 6))
+    return [
+        Case("(2, 4, 6) into 3 heads", (x, 3), reference(x, 3),
+             why="reshape to (B, T, H, D), then move the heads before the time axis"),
+        Case("(2, 4, 6) into 2 heads", (x, 2), reference(x, 2)),
+        Case("one head", (x, 1), x[:, None]),
+    ]  # fmt: skip
+
+
+def layernorm_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(x: np.ndarray) -> np.ndarray:
+        return layernorm_forward(x, np.ones(x.shape[-1]), None, 1e-5)[0]
+
+    x = rng.normal(2.0, 3.0, size=(4, 8))
+    return [
+        Case("4 rows of 8", (x,), reference(x), rtol=1e-5, why="each row on its own: mean and variance on axis -1"),
+        Case("a constant row", (np.full((1, 5), 7.0),), np.zeros((1, 5)), why="add 1e-5 to the variance"),
+        Case("(2, 2, 8)", (x.reshape(2, 2, 8),), reference(x.reshape(2, 2, 8)), rtol=1e-5),
+    ]
+
+
+EXERCISES = [
+    Exercise(1, "cosine", cosine_cases,
+             ("The dot product u @ v grows with both lengths.", "Divide u @ v by sqrt(u @ u) * sqrt(v @ v).")),
+    Exercise(2, "matmul_by_hand", matmul_cases,
+             ("C has A's rows and B's columns: (m, p).",
+              "Three loops: for each i and j, sum A[i, k] * B[k, j] over k.")),
+    Exercise(3, "linear", linear_cases,
+             ("Which axis of X meets which axis of W?", "X @ W, then + b, which broadcasts over the rows.")),
+    Exercise(4, "embed", embed_cases,
+             ("Each id picks one row of the table.", "Index the table with the list of ids: table[ids].")),
+    Exercise(5, "relu", relu_cases, ("Compare each element with 0.", "np.maximum(z, 0).")),
+    Exercise(6, "softmax", softmax_cases,
+             ("softmax(z) = softmax(z - c) for any c.",
+              "z = z / temperature; e = exp(z - z.max(axis=-1, keepdims=True)); e / e.sum(axis=-1, keepdims=True).")),
+    Exercise(7, "cross_entropy", cross_entropy_cases,
+             ("log softmax(z)_i = z_i - log sum_j exp(z_j).",
+              "Shift by the row's max, take log_probs = shifted - log(sum(exp(shifted))), average "
+              "-log_probs[arange(N), targets].")),
+    Exercise(9, "sinusoidal_table", sinusoidal_cases,
+             ("Row t is position t; the channels come in (sin, cos) pairs.",
+              "angle = t / 10000 ** (2 * i / C) for pair i; channel 2i = sin(angle), 2i + 1 = cos(angle).")),
+    Exercise(10, "rotate", rotate_cases,
+             ("Split x into its two halves: x_i pairs with x_(i + D/2).",
+              "angle = position * 10000 ** (-2 i / D); return [a cos - b sin, a sin + b cos] for halves a, b.")),
+    Exercise(11, "attention", attention_cases,
+             ("The scores are one dot product per (query, key) pair: Q @ K.T.",
+              "softmax(Q @ K.T / sqrt(d)) over the keys (each row), times V.")),
+    Exercise(12, "causal_attention", causal_attention_cases,
+             ("A query may see its own key, not the ones after it.",
+              "Add np.triu(np.full((T, T), -np.inf), k=1) to the scores before the softmax.")),
+    Exercise(13, "split_heads", split_heads_cases,
+             ("The channels of a position are [head 0's D, head 1's D, ...].",
+              "x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3).")),
+    Exercise(14, "layernorm", layernorm_cases,
+             ("Mean and variance of each row: axis=-1, keepdims=True.",
+              "(x - mean) / sqrt(var + 1e-5).")),
+]  # fmt: skip
+
+
+def exercises_of(lesson: int) -> list[Exercise]:
+    return [exercise for exercise in EXERCISES if exercise.lesson == lesson]
+
+
+def find_exercise(key: str) -> Exercise:
+    """An exercise by its key, `LESSON.FUNCTION` (e.g. `6.softmax`)."""
+    for exercise in EXERCISES:
+        if exercise.key == key:
+            return exercise
+    raise LookupError(f"there is no exercise {key}; the exercises are {', '.join(e.key for e in EXERCISES)}")

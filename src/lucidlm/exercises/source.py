@@ -1,0 +1,64 @@
+"""Exercises inside the lessons: the solution sits between nbgrader's markers, and the learner gets a stub.
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        \"\"\"The contract: shapes, dtypes, what to return.\"\"\"
+        ### BEGIN SOLUTION
+        ...
+        ### END SOLUTION
+
+As shipped, a lesson runs whole (`python lessons/06_softmax.py`, the site's build, the tests). The learner's copy
+(the page's editor, `lucidlm exercises start`) has each marked block replaced by a `raise NotImplementedError`
+that names the exercise, so the lesson's later cells, which call the function, run on what the learner wrote.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+SOLUTION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[ \t]*\n(.*?)^[ \t]*{re.escape(END)}[ \t]*\n", re.M | re.S)
+
+
+def stub_message(name: str) -> str:
+    return f"{name}: not written yet (write it where the stub is, then check it)"
+
+
+def stubbed(source: str) -> str:
+    """The learner's copy of a lesson (or of one cell): each solution block replaced by a stub."""
+
+    def stub(match: re.Match) -> str:
+        function = enclosing_function(source[: match.start()])
+        return f'{match.group(1)}raise NotImplementedError("{stub_message(function)}")\n'
+
+    return SOLUTION.sub(stub, source)
+
+
+def without_markers(source: str) -> str:
+    """The solution as a reader sees it: the code, without the marker lines."""
+    return SOLUTION.sub(lambda match: match.group(2), source)
+
+
+def enclosing_function(before: str) -> str:
+    """The name of the last `def` opened before a solution block."""
+    names = re.findall(r"^[ \t]*def (\w+)\(", before, re.M)
+    if not names:
+        raise ValueError(f"a {BEGIN} block must sit inside a function")
+    return names[-1]
+
+
+def solved_functions(source: str) -> list[str]:
+    """The functions of a lesson that hold a solution block, in order: the lesson's exercises."""
+    return [enclosing_function(source[: match.start()]) for match in SOLUTION.finditer(source)]
+
+
+def function_code(source: str, name: str) -> str:
+    """The module-level imports and function definitions of `source`, ending with function `name`: what a check
+    runs, so that the function may call the lesson's helpers while the lesson's training or printing does not
+    run again. Raises LookupError when `name` is not defined there, SyntaxError when the source does not parse."""
+    tree = ast.parse(source)
+    kept = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef)]
+    if not any(isinstance(node, ast.FunctionDef) and node.name == name for node in kept):
+        raise LookupError(f"there is no `def {name}(...)` at the top level of the code")
+    last = max(i for i, node in enumerate(kept) if isinstance(node, ast.FunctionDef) and node.name == name)
+    return "\n".join(ast.get_source_segment(source, node) for node in [*kept[:last], kept[last]])
