@@ -21,7 +21,6 @@ W = rng.normal(size=(n, m))
 b = rng.normal(size=m)
 
 
-
 def linear(X: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     """A layer applied to every row of X: X (..., n) with W (n, m) and b (m,) -> (..., m)."""
     ### BEGIN SOLUTION

@@ -39,6 +39,7 @@ print("without positions: attention(shuffled x) == shuffled attention(x)")
 # %% [markdown]
 # With the sinusoidal table added, the same shuffle no longer gives shuffled outputs: position now matters.
 
+
 # %%
 def sinusoidal_table(T: int, C: int) -> np.ndarray:
     """The (T, C) table of "Attention is all you need": row t, channels 2i and 2i + 1 (i < C / 2) hold

@@ -15,7 +15,6 @@ from lucidlm.scratch import NumpyGPT
 from lucidlm.scratch.layers import attention_forward
 
 
-
 def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Attention in which position t sees positions 0..t only: q, k, v (T, d) -> (T, d). The scores above the
     diagonal (a key after the query) are -inf before the softmax, so their weights are exactly 0."""

@@ -54,7 +54,9 @@ def repeated_tokens(rows: int, width: int, lengths: np.ndarray) -> np.ndarray:
     return ids
 
 
-config = GPTConfig(vocab_size=V, block_size=T, n_layer=2, n_head=1, n_embd=64, positions="rope", mlp_hidden=1, bias=True)
+config = GPTConfig(
+    vocab_size=V, block_size=T, n_layer=2, n_head=1, n_embd=64, positions="rope", mlp_hidden=1, bias=True
+)
 model = NumpyGPT(config, seed=0)
 for layer in range(config.n_layer):
     model.params[f"transformer.h.{layer}.mlp.c_proj.weight"][:] = 0  # attention-only: the MLP's output is zero ...
