@@ -237,6 +237,17 @@ def write_member(path: str | os.PathLike, content: str, force: bool, flag: str =
     os.replace(listing, path.parent / GENERATED)
 
 
+def write_json_atomic(path: Path, data: dict) -> None:
+    """`data` as JSON at `path`, whole or not at all: written beside it, flushed to disk, then renamed over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def check_target(path: str | os.PathLike, kind: OutputKind, force: bool) -> bool:
     """Refuse (ConfigError, one line) unless `path` may receive `kind`; True when it holds an earlier output of
     that kind, which `force` allows to be replaced."""

@@ -13,7 +13,6 @@ pointing at a complete checkpoint. Directories no manifest names are removed aft
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lucidlm.errors import CheckpointError, ConfigError
 from lucidlm.inputs import COUNT, NUMBER, read_json, sha256_file
+from lucidlm.outputs import write_json_atomic
 from lucidlm.run_config import RunConfig
 
 # --- reading: manifests, checkpoints and settings -------------------------------------------------------------
@@ -150,16 +150,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(

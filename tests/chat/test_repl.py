@@ -17,8 +17,9 @@ from lucidlm.chat.template import chat_prompt
 from lucidlm.decode import SamplingConfig
 from lucidlm.generate import generate_ids
 from lucidlm.model import GPT, GPTConfig
+from lucidlm.outputs import write_json_atomic
 from lucidlm.run_config import RunConfig, TrainConfig
-from lucidlm.runs import save_checkpoint, write_json_atomic
+from lucidlm.runs import save_checkpoint
 from tests.chat.conftest import ALPHABET, one_token_model
 
 BLOCK = 96

@@ -18,6 +18,7 @@ COMMANDS = {
     "scale": "scale",
     "lens": "lens",
     "lessons": "lessons",
+    "exercises": "exercises",
     "serve": "serve",
     "tutorial": "tutorial",
     "export": "export",

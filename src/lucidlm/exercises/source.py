@@ -62,3 +62,11 @@ def function_code(source: str, name: str) -> str:
         raise LookupError(f"there is no `def {name}(...)` at the top level of the code")
     last = max(i for i, node in enumerate(kept) if isinstance(node, ast.FunctionDef) and node.name == name)
     return "\n".join(ast.get_source_segment(source, node) for node in [*kept[:last], kept[last]])
+
+
+def definition(source: str, name: str) -> str:
+    """The text of the top-level `def name(...)` of `source` (its last, if defined twice)."""
+    nodes = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == name]
+    if not nodes:
+        raise LookupError(f"there is no `def {name}(...)` at the top level of the code")
+    return ast.get_source_segment(source, nodes[-1])

@@ -31,9 +31,8 @@ from lucidlm.data.loader import open_split, read_meta
 from lucidlm.errors import ConfigError, interruption
 from lucidlm.evaluate import split_loss
 from lucidlm.inputs import COUNT, NUMBER, read_json
-from lucidlm.outputs import SCALING_STUDY, growing_directory, real_path
+from lucidlm.outputs import SCALING_STUDY, growing_directory, real_path, write_json_atomic
 from lucidlm.run_config import resolve_config
-from lucidlm.runs import write_json_atomic
 from lucidlm.scaling_law import ScalingLaw, count_parameters, depth_shape, effective_tokens
 from lucidlm.train.trainer import train
 

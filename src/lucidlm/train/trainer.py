@@ -20,8 +20,9 @@ from lucidlm.data.loader import BatchLoader, Replayed, data_kind, is_chat_data, 
 from lucidlm.device import pick_device
 from lucidlm.errors import STOP_SIGNALS, CheckpointError, ConfigError, LucidError, interruption
 from lucidlm.memory import keep_freed_memory
+from lucidlm.outputs import write_json_atomic
 from lucidlm.run_config import RunConfig, TrainConfig
-from lucidlm.runs import find_checkpoint, load_training_state, read_manifest, save_checkpoint, write_json_atomic
+from lucidlm.runs import find_checkpoint, load_training_state, read_manifest, save_checkpoint
 from lucidlm.tokenizers import Tokenizer, load_tokenizer
 from lucidlm.train import distributed
 from lucidlm.train.backends import NumpyBackend, TorchBackend, make_backend
