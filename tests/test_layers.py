@@ -29,6 +29,7 @@ LAYERS = [
     ["load"],
     ["train", "serve"],
     ["tutorial"],  # the course: its site holds the model's page (interop/web.py)
+    ["exercises"],  # the course's exercises, in the lessons that tutorial/lessons.py finds
     ["cli"],
     ["__main__"],
 ]
