@@ -47,11 +47,13 @@ def dpo_loss(
 ) -> tuple[float, np.ndarray, dict]:
     """The mean DPO loss over the pairs from their sequence log-probabilities (P,) each, its gradient with
     respect to the policy's log-probabilities (chosen and rejected, (2P,)), and the margin and accuracy."""
+    ### BEGIN SOLUTION
     margin = beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))  # (P,)
     loss = float(-log_sigmoid(margin).mean())
     dmargin = -(1 - np.exp(log_sigmoid(margin))) / len(margin)  # d(-log sigmoid m)/dm = -(1 - sigmoid m)
     gradient = np.concatenate([beta * dmargin, -beta * dmargin])
     return loss, gradient, {"reward_margin": float(margin.mean()), "reward_accuracy": float((margin > 0).mean())}
+    ### END SOLUTION
 
 
 # Bradley-Terry: a reward 2 higher is preferred with probability sigmoid(2)

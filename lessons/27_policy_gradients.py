@@ -78,14 +78,23 @@ assert error < 0.002
 # $(G - 1)/G$; the leave-one-out mean (RLOO) has no such factor. We measure the mean and the variance of each
 # estimator over many groups of $G = 8$.
 
+
 # %%
+def group_advantages(rewards: np.ndarray) -> np.ndarray:
+    """GRPO's advantage without the division: each reward minus the mean of its own group, along the last
+    axis. rewards (..., G) -> (..., G)."""
+    ### BEGIN SOLUTION
+    return rewards - rewards.mean(axis=-1, keepdims=True)
+    ### END SOLUTION
+
+
 G, groups = 8, 50_000
 actions = rng.choice(len(theta), size=(groups, G), p=pi)
 r = rewards[actions]  # (groups, G)
 scores = np.eye(len(theta))[actions] - pi  # (groups, G, K)
 estimators = {
     "no baseline": (r[..., None] * scores).mean(1),
-    "group mean (GRPO)": ((r - r.mean(1, keepdims=True))[..., None] * scores).mean(1),
+    "group mean (GRPO)": (group_advantages(r)[..., None] * scores).mean(1),
     "leave one out": ((r - (r.sum(1, keepdims=True) - r) / (G - 1))[..., None] * scores).mean(1),
 }
 exact = exact_gradient(theta)
@@ -112,7 +121,7 @@ for _ in range(400):
     theta_exact += 4.0 * exact_gradient(theta_exact)
     p = policy(theta_sampled)
     group = rng.choice(len(theta), size=G, p=p)
-    advantage = rewards[group] - rewards[group].mean()
+    advantage = group_advantages(rewards[group])
     theta_sampled += 4.0 * (advantage[:, None] * (np.eye(len(theta))[group] - p)).mean(0)
 print(f"J: {expected_reward(theta):.3f} -> {expected_reward(theta_exact):.3f} (exact), "
       f"{expected_reward(theta_sampled):.3f} (sampled groups)")  # fmt: skip

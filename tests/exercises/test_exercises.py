@@ -51,6 +51,13 @@ def sin_cos_swapped(T, C):
     return table
 
 
+def chosen_minus_rejected_without_reference(pc, pr, rc, rr, beta):
+    margin = beta * (pc - pr)  # forgets the reference model
+    slope = -1 / (1 + np.exp(margin)) / len(margin)
+    stats = {"reward_margin": float(margin.mean()), "reward_accuracy": float((margin > 0).mean())}
+    return float(np.logaddexp(0, -margin).mean()), np.concatenate([beta * slope, -beta * slope]), stats
+
+
 # For each exercise, a wrong solution a learner plausibly writes, and words its failure must contain.
 WRONG = {
     "1.cosine": (lambda u, v: float(u @ v / (u @ u)), "divide by both lengths"),
@@ -66,6 +73,8 @@ WRONG = {
     "12.causal_attention": (off_by_one_causal_attention, "itself included"),
     "13.split_heads": (lambda x, n: x.reshape(x.shape[0], n, x.shape[1], -1), "move the heads"),
     "14.layernorm": (lambda x: (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True), "add 1e-5"),
+    "26.dpo_loss": (chosen_minus_rejected_without_reference, "(policy - reference) of the chosen"),
+    "27.group_advantages": (lambda r: r - r.mean(), "its own group's mean"),
 }  # fmt: skip
 KEYS = [exercise.key for exercise in EXERCISES]
 
@@ -158,3 +167,17 @@ def test_the_lesson_uses_the_learners_function():
     wrote (checked on lesson 6, cheap to run)."""
     with pytest.raises(NotImplementedError, match="softmax: not written yet"):
         exec(compile(stubbed(find_lesson(6).read_text()), "lesson 6", "exec"), {})
+
+
+def test_the_dpo_check_catches_an_overflowing_log_sigmoid():
+    dpo = next(e for e in EXERCISES if e.key == "26.dpo_loss")
+
+    def naive(pc, pr, rc, rr, beta):
+        margin = beta * ((pc - rc) - (pr - rr))
+        sigmoid = 1 / (1 + np.exp(-margin))
+        slope = -(1 - sigmoid) / len(margin)
+        stats = {"reward_margin": float(margin.mean()), "reward_accuracy": float((margin > 0).mean())}
+        return float(-np.log(sigmoid).mean()), np.concatenate([beta * slope, -beta * slope]), stats
+
+    failed = [r for r in check(dpo, naive).results if not r.passed]
+    assert [r.case for r in failed] == ["margins of +-899"] and "logaddexp" in failed[0].message

@@ -174,6 +174,35 @@ def layernorm_cases(rng: np.random.Generator) -> list[Case]:
     ]
 
 
+def dpo_loss_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(pc, pr, rc, rr, beta):  # the loss -log sigmoid(margin), its derivative -sigmoid(-margin)
+        margin = beta * (pc - rc - pr + rr)
+        slope = -0.5 * (1 - np.tanh(margin / 2)) / len(margin)  # -sigmoid(-margin), which cannot overflow
+        stats = {"reward_margin": margin.mean(), "reward_accuracy": (margin > 0).mean()}
+        return np.logaddexp(0, -margin).mean(), np.concatenate([beta * slope, -beta * slope]), stats
+
+    logprobs = [rng.normal(-20, 5, size=6) for _ in range(4)]
+    far = [np.array([-1.0, -900.0]), np.array([-900.0, -1.0]), np.array([-5.0, -5.0]), np.array([-5.0, -5.0])]
+    return [
+        Case("6 pairs, beta 0.1", (*logprobs, 0.1), reference(*logprobs, 0.1),
+             why="margin = beta ((policy - reference) of the chosen - (policy - reference) of the rejected)"),
+        Case("the policy equal to the reference", (*logprobs[:2], *logprobs[:2], 0.5),
+             reference(*logprobs[:2], *logprobs[:2], 0.5), why="a margin of 0 costs log 2 a pair"),
+        Case("margins of +-899", (*far, 1.0), reference(*far, 1.0),
+             why="log sigmoid(m) = -logaddexp(0, -m): exp(-m) overflows for very negative m"),
+    ]  # fmt: skip
+
+
+def group_advantages_cases(rng: np.random.Generator) -> list[Case]:
+    groups = rng.integers(0, 2, size=(3, 8)).astype(float)
+    return [
+        Case("3 groups of 8 rewards", (groups,), groups - groups.mean(axis=-1, keepdims=True),
+             why="each reward against its own group's mean, not the mean of all groups"),
+        Case("one group", (np.array([1.0, 0.0, 0.0, 0.0]),), np.array([0.75, -0.25, -0.25, -0.25])),
+        Case("a group that all got the same", (np.ones(5),), np.zeros(5), why="no reward stands out: all 0"),
+    ]  # fmt: skip
+
+
 EXERCISES = [
     Exercise(1, "cosine", cosine_cases,
              ("The dot product u @ v grows with both lengths.", "Divide u @ v by sqrt(u @ u) * sqrt(v @ v).")),
@@ -210,6 +239,13 @@ EXERCISES = [
     Exercise(14, "layernorm", layernorm_cases,
              ("Mean and variance of each row: axis=-1, keepdims=True.",
               "(x - mean) / sqrt(var + 1e-5).")),
+    Exercise(26, "dpo_loss", dpo_loss_cases,
+             ("The loss is -log sigmoid of beta times how much more the policy prefers the chosen reply than the "
+              "reference does.",
+              "margin = beta ((pc - rc) - (pr - rr)); loss = mean(-log_sigmoid(margin)); d loss / d margin = "
+              "-(1 - sigmoid(margin)) / P, times +beta for the chosen and -beta for the rejected.")),
+    Exercise(27, "group_advantages", group_advantages_cases,
+             ("The baseline is the group's own mean.", "rewards - rewards.mean(axis=-1, keepdims=True).")),
 ]  # fmt: skip
 
 

@@ -96,6 +96,14 @@ def difference(expected: Any, got: Any, rtol: float, atol: float) -> str | None:
             if problem:
                 return f"value {index} of {len(expected)}: {problem}"
         return None
+    if isinstance(expected, dict):
+        if not isinstance(got, dict) or set(got) != set(expected):
+            return f"expected a dict of {sorted(expected)}, got {short(got)}"
+        for key, want in expected.items():
+            problem = difference(want, got[key], rtol, atol)
+            if problem:
+                return f"{key!r}: {problem}"
+        return None
     if isinstance(expected, str | int | bool) and not isinstance(expected, np.ndarray | float):
         return None if got == expected else f"expected {expected!r}, got {short(got)}"
     want, have = np.asarray(expected, dtype=float), np.asarray(got)
