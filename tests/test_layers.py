@@ -21,7 +21,7 @@ LAYERS = [
     ["outputs", "web"],  # web: the browser's files and the HTTP guard both servers share
     ["tokenizers", "model"],
     ["run_config", "data", "scratch", "scaling_law"],
-    ["device", "runs"],
+    ["device", "runs", "exercises"],  # exercises: the course's, checked by the page's Python and the terminal
     ["decode", "lens"],  # decode: the one decoding step of generate, chat, eval, GRPO and the server
     ["generate", "explain"],  # the explainer reads each layer's stream as the logit lens does
     ["chat"],
@@ -29,7 +29,6 @@ LAYERS = [
     ["load"],
     ["train", "serve"],
     ["tutorial"],  # the course: its site holds the model's page (interop/web.py)
-    ["exercises"],  # the course's exercises, in the lessons that tutorial/lessons.py finds
     ["cli"],
     ["__main__"],
 ]

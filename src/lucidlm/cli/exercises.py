@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
     if args.action == "start":
         if not args.target:
             raise ConfigError("name the new folder: `lucidlm exercises start my-course`")
-        files = ws.start(args.target)
+        files = ws.start(args.target, {e.lesson: find_lesson(e.lesson) for e in EXERCISES})
         print(f"wrote {len(files)} lessons with {len(EXERCISES)} exercises to {args.target}/; edit them, then run")
         print(f"  cd {args.target} && lucidlm exercises check")
         return

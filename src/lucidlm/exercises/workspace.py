@@ -14,27 +14,27 @@ from lucidlm.exercises.catalog import EXERCISES, find_exercise
 from lucidlm.exercises.checks import Exercise, Report, check_source
 from lucidlm.exercises.source import stubbed
 from lucidlm.outputs import OutputKind, write_json_atomic, written_directory
-from lucidlm.tutorial.lessons import find_lesson
 
 STATE = "exercises.json"
 WORKSPACE = OutputKind("exercise workspace", frozenset(), STATE, ("exercises",), "DIR")  # never replaced
 
 
-def start(directory: str | Path) -> list[Path]:
-    """Write a new workspace: the stubbed lessons and the state file. Refuses a folder that holds anything."""
+def start(directory: str | Path, lessons: dict[int, Path]) -> list[Path]:
+    """Write a new workspace: the stubbed copy of each lesson file (by number) and the state file, which
+    remembers the files' names. Refuses a folder that holds anything."""
     target = Path(directory)
     if (target / STATE).exists():
         raise ConfigError(
             f"{target} is already an exercise workspace; check it with `lucidlm exercises check --dir {target}` "
             "(start never writes over a learner's work)"
         )
-    lessons = sorted({exercise.lesson for exercise in EXERCISES})
     with written_directory(target, WORKSPACE) as folder:
-        for lesson in lessons:
-            path = find_lesson(lesson)
+        for path in lessons.values():
             (folder / path.name).write_text(stubbed(path.read_text(encoding="utf-8")), encoding="utf-8")
-        write_json_atomic(folder / STATE, {"exercises": [e.key for e in EXERCISES], "attempted": [], "hints": {}})
-    return [target / find_lesson(lesson).name for lesson in lessons]
+        files = {str(number): path.name for number, path in sorted(lessons.items())}
+        state = {"exercises": [e.key for e in EXERCISES], "files": files, "attempted": [], "hints": {}}
+        write_json_atomic(folder / STATE, state)
+    return [target / path.name for path in lessons.values()]
 
 
 def read_state(directory: Path) -> dict:
@@ -48,8 +48,8 @@ def read_state(directory: Path) -> dict:
     return state
 
 
-def lesson_file(directory: Path, exercise: Exercise) -> Path:
-    path = directory / find_lesson(exercise.lesson).name
+def lesson_file(directory: Path, state: dict, exercise: Exercise) -> Path:
+    path = directory / state["files"][str(exercise.lesson)]
     if not path.exists():
         raise ConfigError(f"{path} is missing from the workspace; copy it back from lessons/ or start a new one")
     return path
@@ -66,7 +66,9 @@ def selected(lesson: int | None) -> list[Exercise]:
 def check_workspace(directory: Path, lesson: int | None = None) -> list[Report]:
     """Check the exercises of one lesson (or all) in the workspace, and note those the learner attempted."""
     state = read_state(directory)
-    reports = [check_source(e, lesson_file(directory, e).read_text(encoding="utf-8")) for e in selected(lesson)]
+    reports = [
+        check_source(e, lesson_file(directory, state, e).read_text(encoding="utf-8")) for e in selected(lesson)
+    ]
     attempted = set(state["attempted"]) | {report.exercise.key for report in reports if report.written}
     if attempted != set(state["attempted"]):
         write_json_atomic(directory / STATE, state | {"attempted": sorted(attempted)})
