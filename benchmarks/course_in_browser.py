@@ -7,8 +7,10 @@ Measured on the built site (all lessons), served locally, in headless Chromium:
   are), to read a lesson and then on the first Run;
 - the time from pressing Run on a fresh page to the first cell's output (the download from localhost, the
   interpreter's compilation and start, NumPy's import and the cell), median of 3;
-- each live lesson's cells run in the page (Run all on a started interpreter), against the same cells in
-  CPython on this machine (one process, the lesson run as a script with its start-up left out);
+- each live lesson's cells run in the page (Run all on a started interpreter, its exercises written with the
+  lesson's own solutions), against the same cells in CPython on this machine (one process, the lesson run as
+  a script with its start-up left out);
+- each exercise's Check in the page, on the lesson's solution (the interpreter started);
 - every lesson's Run all under `lucidlm tutorial` with its default limits (a kernel per page), from the click
   to the last cell's end, the kernel's start included.
 
@@ -26,9 +28,10 @@ from pathlib import Path
 
 from common import CHROMIUM, CHROMIUM_FLAGS, WORK, machine, machine_line, serving, write_results
 
+from lucidlm.exercises import exercises_of
 from lucidlm.serve import BackgroundServer
 from lucidlm.tutorial.kernel import KernelLimits
-from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, lesson_title
+from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, lesson_title, solved_cells
 from lucidlm.tutorial.runtime import DOWNLOADED
 from lucidlm.tutorial.server import create_tutorial_app
 from lucidlm.tutorial.site import build_tutorial_site
@@ -66,7 +69,7 @@ def main() -> None:
     first_run += sorted(path for path in (site / "runtime" / "mpl-data").rglob("*") if path.is_file())
     first_run += sorted((site / "runtime" / "shim").glob("*.js"))
     weight = {"reading": sum(map(sent_bytes, reading)), "first_run": sum(map(sent_bytes, first_run))}
-    first_output, browser_seconds = [], {}
+    first_output, browser_seconds, check_seconds = [], {}, {}
     with serving(site) as origin, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         for _ in range(ROUNDS):
@@ -84,6 +87,11 @@ def main() -> None:
             page.goto(f"{origin}/lessons/{number:02d}.html")
             page.wait_for_selector("body[data-course=ready]", state="attached")
             page.evaluate("window.course.python.run('import numpy')")  # the interpreter started, NumPy loaded
+            write_the_exercises(page, find_lesson(number))
+            for exercise in exercises_of(number):
+                report = page.evaluate(f"window.course.check({exercise.key!r})")
+                assert report["passed"], report
+                check_seconds[exercise.key] = report["seconds"]
             page.evaluate("window.course.runAll()")
             states = page.evaluate("[...document.querySelectorAll('.code-cell')].map((c) => c.dataset.state)")
             assert set(states) == {"ok"}, (number, states)
@@ -101,6 +109,7 @@ def main() -> None:
         "bytes_sent": weight,
         "build_s": round(build_s, 1),
         "first_output_s": [round(s, 2) for s in first_output],
+        "check_s": {key: round(seconds, 3) for key, seconds in check_seconds.items()},
         "lessons": {
             n: {
                 "browser_s": round(browser_seconds[n], 3),
@@ -132,6 +141,8 @@ def main() -> None:
             f"{weight['first_run'] / 1e6:.1f} MB |",
             f"| from Run on a fresh page to the first cell's output (median of {ROUNDS}) | "
             f"{statistics.median(first_output):.1f} s |",
+            f"| an exercise's Check in the page, the slowest of {len(check_seconds)} (on the lesson's solution) | "
+            f"{max(check_seconds.values()):.2f} s ({max(check_seconds, key=check_seconds.get)}) |",
             f"| `lucidlm tutorial --build` of all {len(lessons)} lessons (`make site`; the runtime's preparation "
             f"cached) | {build_s:.0f} s |",
             "",
@@ -145,6 +156,11 @@ def main() -> None:
     write_results("course_in_browser", results, table)
 
 
+def write_the_exercises(page, path: Path) -> None:
+    for index, text in solved_cells(path).items():  # the lesson's own solutions, as a learner who solved them
+        page.evaluate("([i, text]) => window.course.cells[i].setSource(text)", [index, text])
+
+
 def run_all_under_the_tutorial(browser, numbers: list[int]) -> dict[int, float]:
     """Each lesson's Run all in `lucidlm tutorial` with its default limits: the seconds from the click to the
     end; every cell must end ok."""
@@ -155,6 +171,7 @@ def run_all_under_the_tutorial(browser, numbers: list[int]) -> dict[int, float]:
         for number in numbers:
             page.goto(f"{url}/lessons/{number:02d}.html")
             page.wait_for_selector("body[data-course=ready]", state="attached")
+            write_the_exercises(page, find_lesson(number))
             started = time.perf_counter()
             page.click(".course-bar .run-all")
             page.wait_for_function("document.body.dataset.running === 'false'", timeout=600_000)

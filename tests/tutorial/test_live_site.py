@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from lucidlm.tutorial.lessons import lesson_files, lesson_number
+from lucidlm.exercises import EXERCISES
+from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, solved_cells
 from lucidlm.tutorial.site import build_tutorial_site
 
 from ..conftest import ARTIFACTS, require_chromium
@@ -71,6 +72,12 @@ def run_all(page) -> None:
     page.wait_for_function("document.body.dataset.running === 'false'", timeout=120_000)
 
 
+def write_the_exercises(page, path) -> None:
+    """Put the lesson's own solutions into its exercise cells, as a learner who solved them would."""
+    for index, text in solved_cells(path).items():
+        set_source(page, index, text)
+
+
 def same_up_to_rounding(live: str, built: str) -> bool:
     """The same text, with each number within 1e-6 relatively (the page's NumPy is another build)."""
     if NUMBER.sub("#", live) != NUMBER.sub("#", built):
@@ -85,6 +92,7 @@ def test_a_live_lesson_runs_in_the_page_as_it_ran_at_build_time(page, origin, nu
     assert page.locator(".built-label").first.inner_text() == "printed when the site was built; Run runs it here"
     printed = [cell.locator(".built pre.result:not(.error)") for cell in page.locator(".code-cell").all()]
     built = [result.inner_text() if result.count() else "" for result in printed]
+    write_the_exercises(page, find_lesson(number))
     run_all(page)
     cells = page.locator(".code-cell")
     assert cells.count() == len(built)
@@ -169,3 +177,44 @@ def test_the_runtime_is_the_interpreter_its_library_and_their_licences(site):
     ]  # fmt: skip
     runtime = site / "runtime"
     assert (runtime / "LICENSES" / "cpython.txt").exists() and (runtime / "shim" / "LICENSE-MIT").exists()
+
+
+def test_an_exercise_is_a_stub_checked_with_hints_a_solution_and_progress_that_stays(page, origin):
+    open_lesson(page, origin, 6)
+    exercise = page.locator(".exercise").first
+    assert "NotImplementedError" in source(page, 0) and "BEGIN SOLUTION" not in source(page, 0)
+    assert exercise.locator(".exercise-mark").inner_text() == "to write"
+    assert exercise.locator("button.solution").is_disabled()  # no solution before an attempt
+    run_all(page)  # the lesson runs on the learner's function: the stub stops it, and says what to do
+    assert "softmax: not written yet" in page.locator(".code-cell").first.locator(".live pre.error").inner_text()
+    report = page.evaluate("window.course.check('6.softmax')")
+    assert report["cases"] == [{"case": "the function", "passed": False, "message": (
+        "not written yet: replace the `raise NotImplementedError` with your code")}]  # fmt: skip
+    assert exercise.locator("button.solution").is_disabled()  # a stub is not an attempt
+    wrong = "e = np.exp(np.asarray(z, dtype=float) / temperature)\n    return e / e.sum(axis=-1, keepdims=True)\n"
+    set_source(page, 0, source(page, 0).replace('raise NotImplementedError("softmax', wrong + '    raise ("'))
+    report = page.evaluate("window.course.check('6.softmax')")
+    assert not report["passed"] and report["written"]
+    failed = exercise.locator(".exercise-report li.failed")
+    assert failed.count() == 1 and "logits of 1e4: first difference" in failed.inner_text()
+    assert "subtract the largest logit first" in failed.inner_text()
+    assert exercise.locator(".exercise-mark").inner_text() == "not yet"
+    exercise.locator("button.hint").click()
+    exercise.locator("button.hint").click()
+    hints = [hint.inner_text() for hint in exercise.locator("p.hint").all()]
+    assert hints[0].startswith("Hint: ") and hints[1].startswith("The idea: ")
+    exercise.locator("button.solution").click()
+    assert exercise.locator("pre.solution").inner_text().startswith("def softmax(")
+    write_the_exercises(page, find_lesson(6))
+    assert page.evaluate("window.course.check('6.softmax')")["passed"]
+    assert exercise.locator(".exercise-report li.held").count() == 4
+    page.reload()
+    page.wait_for_selector("body[data-course=ready]", state="attached")
+    assert page.locator(".exercise .exercise-mark").first.inner_text() == "✓ passed"
+    page.click(".course-bar .reset")  # the stub comes back, the progress stays
+    assert "NotImplementedError" in source(page, 0)
+    assert page.locator(".exercise .exercise-mark").first.inner_text() == "✓ passed"
+    page.goto(f"{origin}/index.html")
+    marks = {item.get_attribute("value"): item.inner_text() for item in page.locator("li[data-exercises]").all()}
+    assert marks["6"].endswith("✓ exercises done") and marks["11"].endswith("(exercises: 0 of 1)")
+    assert len(marks) == len({exercise.lesson for exercise in EXERCISES})

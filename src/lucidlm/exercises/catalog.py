@@ -8,11 +8,12 @@ norm, a non-square matrix for a transpose), and says which mistake each one catc
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 
-from lucidlm.exercises.checks import Case, Exercise
+from lucidlm.exercises.checks import Case, Exercise, check_source
 from lucidlm.scratch.gpt import rope_tables
 from lucidlm.scratch.layers import attention_forward, crossentropy_forward, layernorm_forward
 
@@ -259,3 +260,9 @@ def find_exercise(key: str) -> Exercise:
         if exercise.key == key:
             return exercise
     raise LookupError(f"there is no exercise {key}; the exercises are {', '.join(e.key for e in EXERCISES)}")
+
+
+def print_report(key: str, cell: str, others: list[str], prefix: str) -> None:
+    """The page's Check: one line, `prefix` then the report as JSON (course.js reads it from the output)."""
+    report = check_source(find_exercise(key), cell, others)
+    print(prefix + json.dumps(report.to_json()), flush=True)

@@ -64,6 +64,19 @@ def function_code(source: str, name: str) -> str:
     return "\n".join(ast.get_source_segment(source, node) for node in [*kept[:last], kept[last]])
 
 
+def definitions(sources: list[str]) -> str:
+    """The imports and function definitions of each source that parses, in order (the others are left out)."""
+    kept = []
+    for source in sources:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        nodes = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef)]
+        kept += [ast.get_source_segment(source, node) for node in nodes]
+    return "\n".join(kept)
+
+
 def definition(source: str, name: str) -> str:
     """The text of the top-level `def name(...)` of `source` (its last, if defined twice)."""
     nodes = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == name]

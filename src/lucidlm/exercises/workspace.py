@@ -66,9 +66,7 @@ def selected(lesson: int | None) -> list[Exercise]:
 def check_workspace(directory: Path, lesson: int | None = None) -> list[Report]:
     """Check the exercises of one lesson (or all) in the workspace, and note those the learner attempted."""
     state = read_state(directory)
-    reports = [
-        check_source(e, lesson_file(directory, state, e).read_text(encoding="utf-8")) for e in selected(lesson)
-    ]
+    reports = [check_source(e, lesson_file(directory, state, e).read_text(encoding="utf-8")) for e in selected(lesson)]
     attempted = set(state["attempted"]) | {report.exercise.key for report in reports if report.written}
     if attempted != set(state["attempted"]):
         write_json_atomic(directory / STATE, state | {"attempted": sorted(attempted)})

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from lucidlm.errors import LucidError
+from lucidlm.exercises.source import BEGIN as SOLUTION_MARK
 
 LESSONS_DIR = Path(__file__).resolve().parents[3] / "lessons"
 
@@ -54,6 +55,13 @@ def lesson_sources(path: Path) -> list[tuple[str, str]]:
             lines.append(line)
     close()
     return cells
+
+
+def solved_cells(path: Path) -> dict[int, str]:
+    """The code cells (numbered among the code cells, from 0) that hold an exercise's solution, as the lesson
+    ships them: what a learner who solved the exercises has in the page's editors."""
+    code = [text for kind, text in lesson_sources(path) if kind == "code"]
+    return {index: text for index, text in enumerate(code) if SOLUTION_MARK in text}
 
 
 def lesson_number(path: Path) -> int:

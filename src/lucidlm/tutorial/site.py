@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -27,6 +27,8 @@ from markupsafe import Markup
 
 from lucidlm import __version__
 from lucidlm.errors import ConfigError
+from lucidlm.exercises import find_exercise, solved_functions, stubbed, without_markers
+from lucidlm.exercises.source import definition
 from lucidlm.outputs import TUTORIAL_SITE, written_directory
 from lucidlm.tutorial.lessons import (
     lesson_files,
@@ -50,6 +52,7 @@ class CodeCell:
     stderr: str = ""
     images: list[str] = field(default_factory=list)
     kind: str = "code"
+    exercises: list[dict] = field(default_factory=list)  # the functions the learner writes in this cell
 
 
 def instrumented(sources: list[str], marker: str) -> str:
@@ -105,7 +108,7 @@ TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"
 
 
 def lesson_entries(paths: list[Path]) -> list[dict]:
-    """What the pages say of each lesson: its number, title and page."""
+    """What the pages say of each lesson: its number, title, page and exercises."""
     return [
         {
             "number": lesson_number(p),
@@ -113,9 +116,26 @@ def lesson_entries(paths: list[Path]) -> list[dict]:
             "page": f"{lesson_number(p):02d}.html",
             "path": p,
             "status": "ok",
+            "exercises": [f"{lesson_number(p)}.{name}" for name in solved_functions(p.read_text(encoding="utf-8"))],
         }
         for p in paths
     ]
+
+
+def as_exercise(cell: CodeCell, lesson: int) -> CodeCell:
+    """A code cell as the learner gets it: each function with a solution block stubbed, and for each the key,
+    hints and solution that the page's Check, Hint and Solution buttons show."""
+    names = solved_functions(cell.source)
+    if not names:
+        return cell
+    solution = without_markers(cell.source)
+    exercises = []
+    for name in names:
+        exercise = find_exercise(f"{lesson}.{name}")
+        exercises.append(
+            {"key": exercise.key, "name": name, "hints": exercise.hints, "solution": definition(solution, name)}
+        )
+    return replace(cell, source=stubbed(cell.source), exercises=exercises)
 
 
 def lesson_page(
@@ -127,7 +147,7 @@ def lesson_page(
     cells = [
         {"kind": "markdown", "html": Markup(markdown_to_html(text, heading_shift=1))}
         if kind == "markdown"
-        else next(outputs, None) or CodeCell(text)
+        else as_exercise(next(outputs, None) or CodeCell(text), entry["number"])
         for kind, text in lesson_sources(entry["path"])
     ]
     return TEMPLATES.get_template("lesson.html").render(

@@ -6,8 +6,13 @@
 // failed cell marks the line where it failed, and the cells below that were to run say they did not. The bar
 // ends with what happened: how many cells ran and for how long, or which cell failed and where.
 //
-// window.course is the page's interface for scripts and tests: runAll(), stop(), reset() and the cells (each
-// with source() and setSource(text), what its editor holds).
+// A cell with an exercise holds the stub of a function the learner writes (the site cut the solution out):
+// Check runs lucidlm.exercises' check on the cell's code in the same Python and lists each case, passed or
+// failed and why; Hint shows the hints one at a time, and Solution shows the lesson's own once a check has
+// seen an attempt. What passed is kept in this browser (the index shows it too), and survives Reset.
+//
+// window.course is the page's interface for scripts and tests: runAll(), stop(), reset(), the cells (each
+// with source() and setSource(text), what its editor holds) and check(key).
 import {
   Decoration, EditorView, StateEffect, StateField, basicSetup, keymap, python as pythonSyntax,
 } from "./editor/codemirror.js";
@@ -19,6 +24,8 @@ const python = article.dataset.runner === "server"
   ? new (await import("./server-python.js")).ServerPython("/api/run")
   : new (await import("./runtime/python.js")).BrowserPython(new URL("runtime/", import.meta.url));
 const storageKey = (index) => `lucidlm:lesson:${article.dataset.lesson}:cell:${index}`;
+const PROGRESS = "lucidlm:exercises"; // {key: {attempted, passed}}, for every lesson of this site
+const REPORT = "lucidlm-exercise-report:"; // the line of a check's output that carries its report
 let ran = new Set(); // the cells this interpreter has run
 let busy = false;
 
@@ -77,13 +84,112 @@ const cells = [...article.querySelectorAll(".code-cell")].map((element, index) =
   element.querySelector("pre.code").replaceWith(editor.dom);
   element.insertBefore(run, editor.dom.nextSibling);
   element.append(live, claims);
-  return {
+  const cell = {
     element, original, live, claims, built: element.querySelector(".built"),
     source: () => editor.state.doc.toString(),
     markLine: (line) => editor.dispatch({ effects: markFailedLine.of(line) }),
     setSource: (text) => editor.dispatch({ changes: { from: 0, to: editor.state.doc.length, insert: text } }),
   };
+  cell.exercises = [...element.querySelectorAll(".exercise")].map((exercise) => exerciseBar(cell, exercise));
+  return cell;
 });
+
+function progress() {
+  return JSON.parse(localStorage.getItem(PROGRESS) || "{}");
+}
+
+function remember(key, report) {
+  const all = progress();
+  const before = all[key] ?? { attempted: false, passed: false };
+  all[key] = { attempted: before.attempted || report.written, passed: before.passed || report.passed };
+  localStorage.setItem(PROGRESS, JSON.stringify(all));
+}
+
+// An exercise's bar under its cell: Check, Hint and Solution, the mark of its progress and the last report.
+function exerciseBar(cell, element) {
+  const key = element.dataset.key;
+  const hints = [...element.querySelectorAll("template.hint")].map((t) => t.content.textContent);
+  const solution = element.querySelector("template.solution").content.textContent;
+  const buttons = Object.fromEntries(["check", "hint", "solution"].map((name) => {
+    const button = document.createElement("button");
+    button.className = name;
+    button.textContent = name[0].toUpperCase() + name.slice(1);
+    element.appendChild(button);
+    return [name, button];
+  }));
+  const mark = document.createElement("span");
+  mark.className = "exercise-mark";
+  const shown = document.createElement("div");
+  shown.className = "exercise-help";
+  const report = document.createElement("ul");
+  report.className = "exercise-report";
+  element.append(mark, shown, report);
+  let hintsShown = 0;
+  const update = () => {
+    const state = progress()[key] ?? {};
+    mark.textContent = state.passed ? "✓ passed" : state.attempted ? "not yet" : "to write";
+    mark.dataset.state = state.passed ? "passed" : state.attempted ? "attempted" : "new";
+    buttons.solution.disabled = !state.attempted;
+    buttons.solution.title = state.attempted ? "" : "after your first Check";
+  };
+  buttons.hint.addEventListener("click", () => {
+    if (hintsShown >= hints.length) return;
+    const item = document.createElement("p");
+    item.className = "hint";
+    item.textContent = `${hintsShown === 0 ? "Hint" : "The idea"}: ${hints[hintsShown++]}`;
+    shown.appendChild(item);
+    buttons.hint.disabled = hintsShown >= hints.length;
+  });
+  buttons.solution.addEventListener("click", () => {
+    if (shown.querySelector("pre.solution")) return;
+    const code = document.createElement("pre");
+    code.className = "solution";
+    code.textContent = solution;
+    shown.appendChild(code);
+  });
+  const check = async () => {
+    if (busy) return null;
+    setBusy(true);
+    status.textContent = `Checking ${key}…`;
+    try {
+      let printed = "";
+      const others = cells.filter((other) => other !== cell).map((other) => other.source());
+      const code = `from lucidlm.exercises.catalog import print_report\nprint_report(${JSON.stringify(key)}, ` +
+        `${JSON.stringify(cell.source())}, ${JSON.stringify(others)}, ${JSON.stringify(REPORT)})`;
+      const started = performance.now();
+      const result = await python.run(code, (stream, text) => { if (stream === "stdout") printed += text; });
+      const line = printed.split("\n").find((text) => text.startsWith(REPORT));
+      if (!result.ok || !line) throw new Error(result.stopped ? `the check stopped: ${result.stopped}` : "the check did not run");
+      const outcome = JSON.parse(line.slice(REPORT.length));
+      outcome.seconds = (performance.now() - started) / 1000;
+      showReport(report, outcome);
+      remember(key, outcome);
+      update();
+      status.textContent = outcome.passed
+        ? `${key} passed every case (${outcome.cases.length}).`
+        : `${key}: ${outcome.cases.filter((c) => !c.passed).length} of ${outcome.cases.length} cases failed.`;
+      return outcome;
+    } catch (error) {
+      status.textContent = error.message;
+      return null;
+    } finally {
+      setBusy(false);
+    }
+  };
+  buttons.check.addEventListener("click", check);
+  update();
+  return { key, check, clear: () => { report.innerHTML = ""; shown.innerHTML = ""; hintsShown = 0; buttons.hint.disabled = false; } };
+}
+
+function showReport(list, outcome) {
+  list.innerHTML = "";
+  for (const result of outcome.cases) {
+    const item = document.createElement("li");
+    item.className = result.passed ? "held" : "failed";
+    item.textContent = `${result.passed ? "✓" : "✗"} ${result.case}${result.message ? `: ${result.message}` : ""}`;
+    list.appendChild(item);
+  }
+}
 
 function showClaims(cell, outcome) {
   cell.claims.innerHTML = "";
@@ -209,6 +315,7 @@ function reset() {
     delete cell.element.dataset.state;
     cell.markLine(null);
     showClaims(cell, null);
+    cell.exercises.forEach((exercise) => exercise.clear());
   });
   status.textContent = "Reset: the lesson as written, run afresh on the next Run.";
 }
@@ -218,5 +325,6 @@ bar.querySelector(".run-all").addEventListener("click", runAll);
 bar.querySelector(".stop").addEventListener("click", stop);
 bar.querySelector(".reset").addEventListener("click", reset);
 cells.forEach((cell) => showClaims(cell, null));
-window.course = { cells, python, runAll, stop, reset };
+const exercises = Object.fromEntries(cells.flatMap((cell) => cell.exercises.map((e) => [e.key, e])));
+window.course = { cells, python, runAll, stop, reset, check: (key) => exercises[key].check() };
 document.body.dataset.course = "ready";
