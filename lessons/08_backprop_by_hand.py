@@ -45,16 +45,24 @@ def forward(params: dict) -> tuple[float, dict]:
     return float(loss), {"x": x, "a": a, "h": h, "probs": probs}
 
 
+def linear_backward(dout: np.ndarray, x: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The gradients of y = x @ W + b, given dout = dloss/dy: x (N, n), W (n, m), dout (N, m) ->
+    (dx (N, n), dW (n, m), db (m,)). Each row of x is one position; the parameters' gradients sum over them."""
+    ### BEGIN SOLUTION
+    return dout @ W.T, x.T @ dout, dout.sum(axis=0)
+    ### END SOLUTION
+
+
 def backward(params: dict, cache: dict) -> dict:
     N = len(targets)
     dz = cache["probs"].copy()
     dz[np.arange(N), targets] -= 1
     dz /= N  # the loss is a mean over N positions
-    grads = {"W2": cache["h"].T @ dz, "b2": dz.sum(axis=0)}
-    dh = dz @ params["W2"].T
+    grads = {}
+    dh, grads["W2"], grads["b2"] = linear_backward(dz, cache["h"], params["W2"])
     da = dh * (cache["a"] > 0)
-    grads["W1"], grads["b1"] = cache["x"].T @ da, da.sum(axis=0)
-    dx = (da @ params["W1"].T).reshape(N, 2, C)
+    dx, grads["W1"], grads["b1"] = linear_backward(da, cache["x"], params["W1"])
+    dx = dx.reshape(N, 2, C)
     grads["E"] = np.zeros_like(params["E"])
     np.add.at(grads["E"], contexts, dx)  # a word used twice collects both gradients
     return grads

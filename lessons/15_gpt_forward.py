@@ -25,10 +25,14 @@ ids = np.random.default_rng(0).integers(0, 65, (2, 16))
 B, T = ids.shape
 C, H, D = config.n_embd, config.n_head, config.head_dim
 
-x = p["transformer.wte.weight"][ids] + p["transformer.wpe.weight"][:T]
-print("embeddings:", x.shape)
-for layer in range(config.n_layer):
-    name = f"transformer.h.{layer}."
+
+def block_forward(x: np.ndarray, p: dict, name: str, n_head: int) -> np.ndarray:
+    """One GPT-2 block without biases, pre-norm: x + attention(ln_1(x)), then that + mlp(ln_2(that)).
+    x (B, T, C); p the model's parameters by name (weights stored (out, in): a layer computes h @ W.T); name
+    the block's prefix, "transformer.h.0."; causal attention with n_head heads, a GELU MLP. -> (B, T, C)."""
+    ### BEGIN SOLUTION
+    B, T, C = x.shape
+    H, D = n_head, C // n_head
     h, _ = L.layernorm_forward(x, p[name + "ln_1.weight"], None)
     q, k, v = np.split(h @ p[name + "attn.c_attn.weight"].T, 3, axis=-1)  # (B, T, C) each
     q, k, v = (t.reshape(B, T, H, D).transpose(0, 2, 1, 3) for t in (q, k, v))  # (B, H, T, D)
@@ -37,7 +41,14 @@ for layer in range(config.n_layer):
     x = x + y @ p[name + "attn.c_proj.weight"].T
     h, _ = L.layernorm_forward(x, p[name + "ln_2.weight"], None)
     h, _ = L.gelu_forward(h @ p[name + "mlp.c_fc.weight"].T)  # (B, T, 4C)
-    x = x + h @ p[name + "mlp.c_proj.weight"].T
+    return x + h @ p[name + "mlp.c_proj.weight"].T
+    ### END SOLUTION
+
+
+x = p["transformer.wte.weight"][ids] + p["transformer.wpe.weight"][:T]
+print("embeddings:", x.shape)
+for layer in range(config.n_layer):
+    x = block_forward(x, p, f"transformer.h.{layer}.", H)
     print(f"after block {layer}:", x.shape)
 x, _ = L.layernorm_forward(x, p["transformer.ln_f.weight"], None)
 logits = x @ p["transformer.wte.weight"].T  # the tied head

@@ -19,12 +19,32 @@ from lucidlm.scratch import NumpyGPT
 from lucidlm.scratch import layers as L
 from lucidlm.scratch.gradcheck import check_layer
 
+
+def layernorm_backward(dout: np.ndarray, cache: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The gradients of out = normalized * weight (+ bias), normalized = (x - mean) * rstd, given dout (..., C)
+    and the cache of L.layernorm_forward: (normalized, rstd, weight, has_bias). Returns (dx, dweight, dbias),
+    dbias None without a bias. The mean and the variance depend on every channel, so dx has two corrections."""
+    ### BEGIN SOLUTION
+    normalized, rstd, weight, has_bias = cache
+    flat = dout.reshape(-1, dout.shape[-1])
+    dweight = (flat * normalized.reshape(flat.shape)).sum(axis=0)
+    dbias = flat.sum(axis=0) if has_bias else None
+    dnormalized = dout * weight
+    dx = rstd * (
+        dnormalized
+        - dnormalized.mean(axis=-1, keepdims=True)
+        - normalized * (dnormalized * normalized).mean(axis=-1, keepdims=True)
+    )
+    return dx, dweight, dbias
+    ### END SOLUTION
+
+
 rng = np.random.default_rng(0)
 for name, forward, backward, inputs in [
     (
         "layernorm",
         L.layernorm_forward,
-        L.layernorm_backward,
+        layernorm_backward,
         (rng.normal(size=(2, 3, 8)), rng.normal(size=8), rng.normal(size=8)),
     ),
     ("gelu", L.gelu_forward, L.gelu_backward, (rng.normal(size=(4, 6)),)),

@@ -19,14 +19,39 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from lucidlm.model.config import GPTConfig
-from lucidlm.scratch import AdamW, NumpyGPT
+from lucidlm.scratch import NumpyGPT
 
 text = "First Citizen:\nBefore we proceed any further, hear me speak.\nAll:\nSpeak, speak.\n" * 30
 vocabulary = sorted(set(text))
 data = np.array([vocabulary.index(ch) for ch in text])
 config = GPTConfig(vocab_size=len(vocabulary), block_size=32, n_layer=2, n_head=2, n_embd=32)
 model = NumpyGPT(config, seed=0)
-optimizer = AdamW(model.params, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
+
+
+def adamw_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    t: int,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step t (1 for the first) of AdamW for one parameter, as torch.optim.AdamW: the decoupled weight decay
+    param * (1 - lr * weight_decay) first, then the moments m and v (averages of grad and grad^2) updated and
+    bias-corrected, and param - lr * m_hat / (sqrt(v_hat) + eps). Returns new (param, m, v)."""
+    ### BEGIN SOLUTION
+    param = param * (1 - lr * weight_decay)
+    m = betas[0] * m + (1 - betas[0]) * grad
+    v = betas[1] * v + (1 - betas[1]) * grad * grad
+    m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+    return param - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+    ### END SOLUTION
+
+
+moments = {name: (np.zeros_like(p), np.zeros_like(p)) for name, p in model.params.items()}
 rng = np.random.default_rng(0)
 losses = []
 for step in range(150):
@@ -36,7 +61,10 @@ for step in range(150):
 
     _, loss = model.forward(x, y)  # forward: the loss
     gradients = model.backward()  # backward: its gradient for every parameter
-    optimizer.step(gradients)  # AdamW moves each parameter against its gradient
+    for name, gradient in gradients.items():  # AdamW moves each parameter against its gradient
+        model.params[name], *moments[name] = adamw_update(
+            model.params[name], gradient, *moments[name], t=step + 1, lr=3e-3, betas=(0.9, 0.99)
+        )
     losses.append(loss)
     if step % 50 == 0 or step == 149:
         print(f"step {step:3}: loss {loss:.4f}")

@@ -61,14 +61,32 @@ assert continue_with(seed=7, temperature=1.0) == continue_with(seed=7, temperatu
 # On one real next-token distribution: top-k keeps a fixed number of tokens; top-p keeps as many as needed to
 # cover probability $p$: few when the model is sure, many when it is not.
 
+
 # %%
+def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
+    """Top-p (nucleus) filtering of logits (V,): keep the most likely tokens, most likely first, until their
+    probabilities reach p (the token that crosses p stays; the most likely token always stays); the others
+    become -inf, the kept logits unchanged. -> (V,)."""
+    ### BEGIN SOLUTION
+    order = np.argsort(-logits, kind="stable")
+    probabilities = np.exp(logits[order] - logits[order[0]])
+    probabilities /= probabilities.sum()
+    before = np.cumsum(probabilities) - probabilities  # the probability of the tokens ahead of each
+    filtered = np.full_like(logits, -np.inf, dtype=float)
+    kept = order[(before < p) | (np.arange(len(order)) == 0)]
+    filtered[kept] = logits[kept]
+    return filtered
+    ### END SOLUTION
+
+
 logits = model.forward(np.array([tokenizer.encode("ROMEO:\nBut s")]))[0][0, -1].astype(np.float64)
 probabilities = np.exp(logits - logits.max())
 probabilities /= probabilities.sum()
 for sampling in (dict(top_k=3), dict(top_p=0.5), dict(top_p=0.99)):
     kept = np.isfinite(filter_logits(logits, **sampling))
     print(f"{sampling}: keeps {kept.sum()} tokens holding {probabilities[kept].sum():.3f} of the probability")
-kept = np.isfinite(filter_logits(logits, top_p=0.9))
+kept = np.isfinite(top_p_filter(logits, 0.9))
+assert np.array_equal(kept, np.isfinite(filter_logits(logits, top_p=0.9)))  # the sampler's own filter agrees
 assert probabilities[kept].sum() >= 0.9
 smaller = probabilities[kept].sum() - probabilities[kept].min()
 assert smaller < 0.9  # and no token could be dropped: it is the smallest such set

@@ -18,6 +18,7 @@ import numpy as np
 
 from lucidlm.model.config import GPTConfig
 from lucidlm.scratch import KVCache, NumpyGPT
+from lucidlm.scratch.layers import attention_forward
 
 config = GPTConfig(vocab_size=65, block_size=256, n_layer=4, n_head=4, n_embd=128)
 model = NumpyGPT(config, seed=0)
@@ -64,6 +65,40 @@ assert slow_tokens == fast_tokens  # the same text
 assert slow_tokens == model.generate(prompt, new, temperature=0)  # NumpyGPT.generate decodes with the cache
 print(f"same tokens: {slow_tokens == fast_tokens}; the cache does {slow_flops / fast_flops:.1f}x less work")
 assert slow_flops > 10 * fast_flops
+
+
+# %% [markdown]
+# ## One step of the cache, by hand
+# At the newest position the query attends over every key so far, and there is nothing after it to mask: a
+# decoding step appends the new key and value to the cache and takes one softmax over the cached scores.
+# Stepping through a sequence this way gives, row for row, the outputs of causal attention over it at once.
+
+# %%
+
+
+def cached_attention_step(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, keys: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The newest position's attention: its query q (d,), key k (d,) and value v (d,), and the cache of the
+    positions before it, keys and values (S, d) each (S may be 0). Returns its output (d,) and the cache with
+    its key and value appended, (S + 1, d) each."""
+    ### BEGIN SOLUTION
+    keys, values = np.vstack([keys, k]), np.vstack([values, v])
+    scores = keys @ q / np.sqrt(len(q))  # (S + 1,): it sees every cached position and itself
+    weights = np.exp(scores - scores.max())
+    return weights / weights.sum() @ values, keys, values
+    ### END SOLUTION
+
+
+rng = np.random.default_rng(0)
+q, k, v = (rng.normal(size=(10, 16)) for _ in range(3))
+keys, values, stepped = np.zeros((0, 16)), np.zeros((0, 16)), []
+for t in range(10):
+    out, keys, values = cached_attention_step(q[t], k[t], v[t], keys, values)
+    stepped.append(out)
+at_once, _ = attention_forward(q[None, None], k[None, None], v[None, None])
+assert np.allclose(np.array(stepped), at_once[0, 0])
+print(f"10 cached steps give causal attention's 10 rows; the cache holds {keys.shape[0]} keys")
 
 # %% [markdown]
 # The price is memory: for every layer and every position, a key and a value of $n_{kv} \cdot D$ numbers.

@@ -35,8 +35,33 @@ assert tokenizer.merges[0] == first
 print(f"most frequent pair by hand: {bytes(first)!r}, {best} times; BPE's first merge agrees")
 
 # %%
+
+
+def merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """ids with every occurrence of `pair` replaced by new_id, left to right and without overlaps: merging
+    (97, 97) in [97, 97, 97] gives [new_id, 97]."""
+    ### BEGIN SOLUTION
+    merged, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(ids[i])
+            i += 1
+    return merged
+    ### END SOLUTION
+
+
 sample = "the cat sat on the mat."
 ids = tokenizer.encode(sample)
+by_hand = []
+for chunk in tokenizer.split_regex.findall(sample):  # the merges in the order they were learned, chunk by chunk
+    chunk_ids = list(chunk.encode())
+    for rank, pair in enumerate(tokenizer.merges):
+        chunk_ids = merge(chunk_ids, pair, 256 + rank)
+    by_hand += chunk_ids
+assert by_hand == ids  # encoding is the merges, applied in order
 print(f"{sample!r}: {len(sample.encode())} bytes -> {len(ids)} tokens:", [tokenizer.decode([i]) for i in ids])
 assert tokenizer.decode(ids) == sample and len(ids) < len(sample.encode()) / 2
 emoji = "a new word: 🐈"

@@ -8,6 +8,8 @@ import pytest
 
 from lucidlm.exercises import EXERCISES, check, check_source, solved_functions, stubbed, without_markers
 from lucidlm.exercises.source import BEGIN, END
+from lucidlm.model.config import GPTConfig
+from lucidlm.scratch import NumpyGPT
 from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number
 
 
@@ -58,6 +60,55 @@ def chosen_minus_rejected_without_reference(pc, pr, rc, rr, beta):
     return float(np.logaddexp(0, -margin).mean()), np.concatenate([beta * slope, -beta * slope]), stats
 
 
+def block_with_unit_gains(x, p, name, n_head):
+    """The block with every norm's weight taken as 1."""
+    config = GPTConfig(vocab_size=11, block_size=x.shape[1], n_layer=1, n_head=n_head, n_embd=x.shape[-1])
+    model = NumpyGPT(config, np.float64)
+    model.params = {key: np.ones_like(value) if ".ln_" in key else value for key, value in p.items()}
+    return model.block_forward(x, name)[0]
+
+
+def layernorm_backward_one_correction(dout, cache):
+    normalized, rstd, weight, has_bias = cache
+    flat = dout.reshape(-1, dout.shape[-1])
+    dnormalized = dout * weight
+    dx = rstd * (dnormalized - dnormalized.mean(axis=-1, keepdims=True))  # forgets the variance's term
+    return dx, (flat * normalized.reshape(flat.shape)).sum(axis=0), flat.sum(axis=0) if has_bias else None
+
+
+def adam_without_bias_correction(param, grad, m, v, t, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    param = param * (1 - lr * weight_decay)
+    m = betas[0] * m + (1 - betas[0]) * grad
+    v = betas[1] * v + (1 - betas[1]) * grad * grad
+    return param - lr * m / (np.sqrt(v) + eps), m, v
+
+
+def top_p_without_the_crossing_token(logits, p):
+    order = np.argsort(-logits)
+    probabilities = np.exp(logits[order] - logits[order[0]])
+    probabilities /= probabilities.sum()
+    filtered = np.full(len(logits), -np.inf)
+    kept = order[(np.cumsum(probabilities) < p) | (np.arange(len(order)) == 0)]
+    filtered[kept] = logits[kept]
+    return filtered
+
+
+def attention_over_the_cache_only(q, k, v, keys, values):
+    scores = keys @ q / np.sqrt(len(q))  # its own key is appended only afterwards
+    weights = np.exp(scores - scores.max())
+    return weights / weights.sum() @ values, np.vstack([keys, k]), np.vstack([values, v])
+
+
+def overlapping_merge(ids, pair, new_id):
+    merged = []
+    for i, token in enumerate(ids):
+        if i + 1 < len(ids) and (token, ids[i + 1]) == pair:
+            merged.append(new_id)  # and moves on by one: the pair's second id is read again
+        elif not (i > 0 and (ids[i - 1], token) == pair):
+            merged.append(token)
+    return merged
+
+
 # For each exercise, a wrong solution a learner plausibly writes, and words its failure must contain.
 WRONG = {
     "1.cosine": (lambda u, v: float(u @ v / (u @ u)), "divide by both lengths"),
@@ -67,12 +118,19 @@ WRONG = {
     "5.relu": (lambda z: np.abs(z), "negative values become 0"),
     "6.softmax": (no_max_shift_softmax, "subtract the largest logit first"),
     "7.cross_entropy": (naive_cross_entropy, "log-sum-exp"),
+    "8.linear_backward": (lambda dout, x, W: (dout @ W.T, dout.T @ x, dout.sum(axis=0)), "dW = x^T dout"),
     "9.sinusoidal_table": (sin_cos_swapped, "channel 2i holds sin"),
     "10.rotate": (swapped_rotation, "counter-clockwise"),
     "11.attention": (lambda Q, K, V: no_max_shift_softmax(Q @ K.T) @ V, "1 / sqrt(d)"),
     "12.causal_attention": (off_by_one_causal_attention, "itself included"),
     "13.split_heads": (lambda x, n: x.reshape(x.shape[0], n, x.shape[1], -1), "move the heads"),
     "14.layernorm": (lambda x: (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True), "add 1e-5"),
+    "15.block_forward": (block_with_unit_gains, "each norm with its own weight"),
+    "16.layernorm_backward": (layernorm_backward_one_correction, "normalized mean(dn normalized)"),
+    "17.adamw_update": (adam_without_bias_correction, "m_hat = m / (1 - beta1^t)"),
+    "18.top_p_filter": (top_p_without_the_crossing_token, "the token that crosses p stays"),
+    "19.cached_attention_step": (attention_over_the_cache_only, "itself included"),
+    "20.merge": (overlapping_merge, "without overlaps"),
     "26.dpo_loss": (chosen_minus_rejected_without_reference, "(policy - reference) of the chosen"),
     "27.group_advantages": (lambda r: r - r.mean(), "its own group's mean"),
 }  # fmt: skip

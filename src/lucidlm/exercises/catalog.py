@@ -14,8 +14,18 @@ import math
 import numpy as np
 
 from lucidlm.exercises.checks import Case, Exercise, check_source
-from lucidlm.scratch.gpt import rope_tables
-from lucidlm.scratch.layers import attention_forward, crossentropy_forward, layernorm_forward
+from lucidlm.model.config import GPTConfig
+from lucidlm.scratch.gpt import NumpyGPT, rope_tables
+from lucidlm.scratch.layers import (
+    attention_forward,
+    crossentropy_forward,
+    layernorm_backward,
+    layernorm_forward,
+    linear_backward,
+)
+from lucidlm.scratch.optim import AdamW
+from lucidlm.scratch.sampling import filter_logits
+from lucidlm.tokenizers.bpe import merge_pair
 
 
 def cosine_cases(rng: np.random.Generator) -> list[Case]:
@@ -175,6 +185,109 @@ def layernorm_cases(rng: np.random.Generator) -> list[Case]:
     ]
 
 
+def linear_backward_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(dout: np.ndarray, x: np.ndarray, W: np.ndarray) -> tuple:
+        dx, dweight, dbias = linear_backward(dout, (x, x.shape, W.T, True))  # scratch stores W as (out, in)
+        return dx, dweight.T, dbias
+
+    x, W, dout = rng.normal(size=(5, 3)), rng.normal(size=(3, 2)), rng.normal(size=(5, 2))
+    square = rng.normal(size=(4, 4)), rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    return [
+        Case("x (5, 3), W (3, 2)", (dout, x, W), reference(dout, x, W),
+             why="dx = dout W^T, dW = x^T dout (the shape of W), db sums dout over the positions"),
+        Case("square (4, 4)", (square[2], square[0], square[1]), reference(square[2], square[0], square[1]),
+             why="with square matrices a transposed product has the right shape and the wrong values"),
+    ]  # fmt: skip
+
+
+def block_forward_cases(rng: np.random.Generator) -> list[Case]:
+    model = NumpyGPT(GPTConfig(vocab_size=11, block_size=6, n_layer=1, n_head=2, n_embd=8), np.float64, seed=3)
+    for name, value in model.params.items():  # gains away from 1, so that a skipped norm weight shows
+        model.params[name] = value + rng.normal(0, 0.3, value.shape)
+    x = rng.normal(size=(2, 6, 8))
+    expected, _ = model.block_forward(x, "transformer.h.0.")
+    model.caches = None
+    return [
+        Case("2 sequences of 6, C 8, 2 heads", (x, model.params, "transformer.h.0.", 2), expected,
+             why="pre-norm: x + attention(ln_1(x)), then + mlp(ln_2(..)), each norm with its own weight"),
+        Case("one position", (x[:, :1], model.params, "transformer.h.0.", 2),
+             model.block_forward(x[:, :1], "transformer.h.0.")[0], why="attention is causal"),
+    ]  # fmt: skip
+
+
+def layernorm_backward_cases(rng: np.random.Generator) -> list[Case]:
+    def case(name: str, shape: tuple, bias: bool, why: str = "") -> Case:
+        x, dout = rng.normal(size=shape), rng.normal(size=shape)
+        weight, b = rng.normal(size=shape[-1]), rng.normal(size=shape[-1]) if bias else None
+        _, cache = layernorm_forward(x, weight, b)
+        return Case(name, (dout, cache), layernorm_backward(dout, cache), why=why)
+
+    return [
+        case("(2, 3, 8), with a bias", (2, 3, 8), True,
+             "dx = rstd (dn - mean(dn) - normalized mean(dn normalized)), dn = dout * weight"),
+        case("(4, 5), without a bias", (4, 5), False, "dbias is None without a bias"),
+    ]  # fmt: skip
+
+
+def adamw_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(param, grad, m, v, t, lr, betas, eps, weight_decay) -> tuple:
+        optimizer = AdamW({"p": param.copy()}, lr, betas, eps, weight_decay)
+        optimizer.exp_avg["p"], optimizer.exp_avg_sq["p"] = m.copy(), v.copy()
+        optimizer.step_count = t - 1
+        optimizer.step({"p": grad})
+        return optimizer.params["p"], optimizer.exp_avg["p"], optimizer.exp_avg_sq["p"]
+
+    def case(name: str, t: int, weight_decay: float, why: str) -> Case:
+        param, grad = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+        m, v = (np.zeros((3, 4)), np.zeros((3, 4))) if t == 1 else (rng.normal(size=(3, 4)), rng.random((3, 4)))
+        args = (param, grad, m, v, t, 1e-2, (0.9, 0.99), 1e-8, weight_decay)
+        return Case(name, args, reference(*args), why=why)
+
+    return [
+        case("the first step", 1, 0.0, "at t = 1 the corrected moments are grad and grad^2: the step is lr sign(grad)"),
+        case("step 10, with moments", 10, 0.0, "m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)"),
+        case("weight decay 0.1", 5, 0.1, "the decay multiplies param by (1 - lr wd), apart from the gradient"),
+    ]  # fmt: skip
+
+
+def top_p_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(logits: np.ndarray, p: float) -> np.ndarray:
+        return np.where(np.isfinite(filter_logits(logits, top_p=p)), logits, -np.inf)
+
+    logits = rng.normal(size=12) * 2
+    halves = np.log(np.array([0.5, 0.3, 0.2]))
+    return [
+        Case("12 logits, p 0.9", (logits, 0.9), reference(logits, 0.9)),
+        Case("probabilities 0.5, 0.3, 0.2 with p 0.7", (halves, 0.7), np.array([halves[0], halves[1], -np.inf]),
+             why="the token that crosses p stays: keep while the tokens before reach less than p"),
+        Case("p smaller than the top token", (halves, 0.1), np.array([halves[0], -np.inf, -np.inf]),
+             why="the most likely token always stays"),
+        Case("p 1", (logits, 1.0), logits, why="p = 1 keeps every token"),
+    ]  # fmt: skip
+
+
+def cached_attention_cases(rng: np.random.Generator) -> list[Case]:
+    def case(name: str, cached: int, why: str = "") -> Case:
+        q, k, v = (rng.normal(size=(cached + 1, 4)) for _ in range(3))
+        out = attention_forward(q[None, None], k[None, None], v[None, None])[0][0, 0, -1]
+        return Case(name, (q[-1], k[-1], v[-1], k[:-1], v[:-1]), (out, k, v), why=why)
+
+    return [
+        case("5 cached positions", 5, "append the new key and value, then attend over all of them, itself included"),
+        case("an empty cache", 0, "the first position attends only to itself: its output is its value"),
+    ]
+
+
+def merge_cases(rng: np.random.Generator) -> list[Case]:
+    ids = rng.integers(0, 4, 30).tolist()
+    return [
+        Case("30 ids, merging (1, 2)", (ids, (1, 2), 256), merge_pair(ids, (1, 2), 256)),
+        Case("three in a row", ([97, 97, 97], (97, 97), 256), [256, 97], why="left to right, without overlaps"),
+        Case("the pair at the end", ([1, 5, 2, 1, 2], (1, 2), 9), [1, 5, 2, 9]),
+        Case("no such pair", ([3, 4], (4, 3), 9), [3, 4]),
+    ]
+
+
 def dpo_loss_cases(rng: np.random.Generator) -> list[Case]:
     def reference(pc, pr, rc, rr, beta):  # the loss -log sigmoid(margin), its derivative -sigmoid(-margin)
         margin = beta * (pc - rc - pr + rr)
@@ -222,6 +335,9 @@ EXERCISES = [
              ("log softmax(z)_i = z_i - log sum_j exp(z_j).",
               "Shift by the row's max, take log_probs = shifted - log(sum(exp(shifted))), average "
               "-log_probs[arange(N), targets].")),
+    Exercise(8, "linear_backward", linear_backward_cases,
+             ("y = x W + b: how does y change with each of x, W and b?",
+              "dx = dout @ W.T, dW = x.T @ dout, db = dout.sum(axis=0).")),
     Exercise(9, "sinusoidal_table", sinusoidal_cases,
              ("Row t is position t; the channels come in (sin, cos) pairs.",
               "angle = t / 10000 ** (2 * i / C) for pair i; channel 2i = sin(angle), 2i + 1 = cos(angle).")),
@@ -240,6 +356,28 @@ EXERCISES = [
     Exercise(14, "layernorm", layernorm_cases,
              ("Mean and variance of each row: axis=-1, keepdims=True.",
               "(x - mean) / sqrt(var + 1e-5).")),
+    Exercise(15, "block_forward", block_forward_cases,
+             ("Two residual branches, each reading a normalised copy of the stream.",
+              "h = ln_1(x); q, k, v from h @ c_attn.T, split into heads; x += merged attention @ c_proj.T; "
+              "then x += gelu(ln_2(x) @ c_fc.T) @ mlp c_proj.T.")),
+    Exercise(16, "layernorm_backward", layernorm_backward_cases,
+             ("Go back through out = n * weight + bias first, then through n = (x - mean) * rstd.",
+              "dweight = sum(dout * n), dbias = sum(dout); dn = dout * weight; "
+              "dx = rstd * (dn - mean(dn) - n * mean(dn * n)), the means over the last axis.")),
+    Exercise(17, "adamw_update", adamw_cases,
+             ("Decay, then the two moving averages, then their bias corrections.",
+              "param *= 1 - lr wd; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; "
+              "param -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps).")),
+    Exercise(18, "top_p_filter", top_p_cases,
+             ("Sort the tokens by probability, most likely first, and add them up.",
+              "Keep a token when the probabilities of the tokens before it sum to less than p; set the rest "
+              "to -inf.")),
+    Exercise(19, "cached_attention_step", cached_attention_cases,
+             ("The newest query may see every key: no mask is needed.",
+              "keys = vstack([keys, k]); scores = keys @ q / sqrt(d); softmax; weights @ values.")),
+    Exercise(20, "merge", merge_cases,
+             ("Walk the list once, looking at each position and the next.",
+              "When (ids[i], ids[i + 1]) is the pair, append new_id and skip 2; else append ids[i] and skip 1.")),
     Exercise(26, "dpo_loss", dpo_loss_cases,
              ("The loss is -log sigmoid of beta times how much more the policy prefers the chosen reply than the "
               "reference does.",

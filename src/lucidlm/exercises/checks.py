@@ -96,6 +96,8 @@ def difference(expected: Any, got: Any, rtol: float, atol: float) -> str | None:
             if problem:
                 return f"value {index} of {len(expected)}: {problem}"
         return None
+    if expected is None:
+        return None if got is None else f"expected None, got {short(got)}"
     if isinstance(expected, dict):
         if not isinstance(got, dict) or set(got) != set(expected):
             return f"expected a dict of {sorted(expected)}, got {short(got)}"
