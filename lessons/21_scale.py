@@ -29,9 +29,11 @@ def parameters(c: GPTConfig) -> int:
     """GPT-2's parameters, counted from its shapes: the token and position tables, then per block two norms
     (gain and bias), the attention's (C, 3C) and (C, C) matrices and the MLP's (C, 4C) and (4C, C), with their
     biases; the final norm; the head is the token table (tied)."""
+    ### BEGIN SOLUTION
     C, hidden = c.n_embd, c.mlp_hidden
     block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * hidden + hidden) + (hidden * C + C)
     return c.vocab_size * C + c.block_size * C + c.n_layer * block + 2 * C
+    ### END SOLUTION
 
 
 c = resolve_config("gpt2-small", overrides=["vocab_size=50257"]).model

@@ -60,11 +60,18 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def read_out(stream: np.ndarray, gain: np.ndarray, unembedding: np.ndarray) -> np.ndarray:
+    """Logits from a residual stream (..., C): the final LayerNorm (eps 1e-5, its gain (C,), no bias), then the
+    unembedding (V, C), as the model's last step does. -> (..., V)."""
+    ### BEGIN SOLUTION
+    normed, _ = layernorm_forward(stream, gain, None, 1e-5)
+    return normed @ unembedding.T
+    ### END SOLUTION
+
+
 def lens(stream: np.ndarray) -> np.ndarray:
     """A residual stream read out as logits: ln_f, then the unembedding."""
-    p = model.params
-    normed, _ = layernorm_forward(stream, p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"), config.norm_eps)
-    return normed @ p["transformer.wte.weight"].T
+    return read_out(stream, model.params["transformer.ln_f.weight"], model.params["transformer.wte.weight"])
 
 
 prompt = "a dog ran. my fox sat on the mat"

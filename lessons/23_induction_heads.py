@@ -107,9 +107,17 @@ _, cache = model.run_with_cache(test)
 queries = np.arange(n, 2 * n)  # the repeat's positions
 
 
-def mean_attention(layer: int, offset: int) -> float:
-    pattern = cache[f"blocks.{layer}.attn.hook_pattern"][:, 0]  # (200, 24, 24): head 0
+def mean_attention_at(pattern: np.ndarray, n: int, offset: int) -> float:
+    """One head's pattern (B, 2n, 2n) over B sequences of n tokens and their repeat: the mean, over the sequences
+    and the repeat's positions i (n <= i < 2n), of the attention from i to i - offset."""
+    ### BEGIN SOLUTION
+    queries = np.arange(n, 2 * n)
     return float(pattern[:, queries, queries - offset].mean())
+    ### END SOLUTION
+
+
+def mean_attention(layer: int, offset: int) -> float:
+    return mean_attention_at(cache[f"blocks.{layer}.attn.hook_pattern"][:, 0], n, offset)  # head 0
 
 
 scores = {

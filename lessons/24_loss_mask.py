@@ -52,7 +52,17 @@ config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_
 model = NumpyGPT(config, seed=0)
 x = np.array([ids[:-1]])
 targets = np.array([ids[1:]])
-masked = np.where(np.array([mask[1:]]) == 1, targets, -1)
+
+
+def masked_targets(ids: list[int], mask: list[int]) -> np.ndarray:
+    """The targets of a sequence of T + 1 tokens with its mask (1 where a token is learned): position t's
+    target is ids[t + 1] where mask[t + 1] is 1, and -1 (ignored by the loss) where it is 0. -> (T,) ints."""
+    ### BEGIN SOLUTION
+    return np.where(np.array(mask[1:]) == 1, ids[1:], -1)
+    ### END SOLUTION
+
+
+masked = masked_targets(ids, mask)[None]
 logits, masked_loss = model.forward(x, masked)
 shifted = logits[0] - logits[0].max(axis=-1, keepdims=True)
 log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -94,7 +104,7 @@ reply_targets = np.full((len(encoded), width - 1), -1)
 for row, (ids, mask, _) in enumerate(encoded):
     x[row, : len(ids) - 1] = ids[:-1]
     all_targets[row, : len(ids) - 1] = ids[1:]
-    reply_targets[row, : len(ids) - 1] = np.where(np.array(mask[1:]) == 1, ids[1:], -1)
+    reply_targets[row, : len(ids) - 1] = masked_targets(ids, mask)
 
 
 def probabilities(model: NumpyGPT, prompt: list[int]) -> np.ndarray:

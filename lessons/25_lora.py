@@ -40,10 +40,18 @@ for name, weight in frozen.items():
                           np.zeros((out_features, rank), np.float32)]  # fmt: skip
 
 
+def lora_weight(W: np.ndarray, A: np.ndarray, B: np.ndarray, alpha: float) -> np.ndarray:
+    """The adapted weight W + (alpha / r) B A: W (out, in), A (r, in), B (out, r), the rank r = A.shape[0].
+    -> (out, in)."""
+    ### BEGIN SOLUTION
+    return W + (alpha / A.shape[0]) * B @ A
+    ### END SOLUTION
+
+
 def use_adapters() -> None:
     """Each adapted layer's weight becomes W + (alpha / r) B A: the model then computes the adapters' outputs."""
     for name, (A, B) in adapters.items():
-        model.params[name] = frozen[name] + scale * B @ A
+        model.params[name] = lora_weight(frozen[name], A, B, alpha)
 
 
 learned = sum(A.size + B.size for A, B in adapters.values())

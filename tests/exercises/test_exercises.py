@@ -109,6 +109,17 @@ def overlapping_merge(ids, pair, new_id):
     return merged
 
 
+def parameters_with_an_untied_head(c):
+    C, hidden = c.n_embd, c.mlp_hidden
+    block = 4 * C + 3 * C * C + 3 * C + C * C + C + 2 * C * hidden + hidden + C
+    return 2 * c.vocab_size * C + c.block_size * C + c.n_layer * block + 2 * C
+
+
+def mean_attention_over_every_position(pattern, n, offset):
+    queries = np.arange(offset, 2 * n)
+    return float(pattern[:, queries, queries - offset].mean())
+
+
 # For each exercise, a wrong solution a learner plausibly writes, and words its failure must contain.
 WRONG = {
     "1.cosine": (lambda u, v: float(u @ v / (u @ u)), "divide by both lengths"),
@@ -131,6 +142,11 @@ WRONG = {
     "18.top_p_filter": (top_p_without_the_crossing_token, "the token that crosses p stays"),
     "19.cached_attention_step": (attention_over_the_cache_only, "itself included"),
     "20.merge": (overlapping_merge, "without overlaps"),
+    "21.parameters": (parameters_with_an_untied_head, "count it once"),
+    "22.read_out": (lambda stream, gain, unembedding: stream @ unembedding.T, "the final norm first"),
+    "23.mean_attention_at": (mean_attention_over_every_position, "only the repeat's positions"),
+    "24.masked_targets": (lambda ids, mask: np.where(np.array(mask[:-1]) == 1, ids[1:], -1), "mask[t + 1]"),
+    "25.lora_weight": (lambda W, A, B, alpha: W + alpha * B @ A, "alpha / r"),
     "26.dpo_loss": (chosen_minus_rejected_without_reference, "(policy - reference) of the chosen"),
     "27.group_advantages": (lambda r: r - r.mean(), "its own group's mean"),
 }  # fmt: skip

@@ -288,6 +288,77 @@ def merge_cases(rng: np.random.Generator) -> list[Case]:
     ]
 
 
+def parameters_cases(rng: np.random.Generator) -> list[Case]:
+    def case(name: str, why: str = "", **settings) -> Case:
+        config = GPTConfig(**{"vocab_size": 65, "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 16,
+                              "bias": True, **settings})  # fmt: skip
+        model = NumpyGPT(config)  # its parameters, counted from the tensors it builds (the head is tied)
+        return Case(name, (config,), sum(p.size for p in model.params.values()), why=why)
+
+    return [
+        case("2 blocks of 16 channels", "the head is the token table: count it once"),
+        case("an MLP of 24, not 4C", "the MLP's width is c.mlp_hidden", mlp_hidden=24),
+        case("3 blocks, a window of 8", "the position table is block_size x C", n_layer=3, block_size=8),
+    ]
+
+
+def read_out_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(stream: np.ndarray, gain: np.ndarray, unembedding: np.ndarray) -> np.ndarray:
+        return layernorm_forward(stream, gain, None, 1e-5)[0] @ unembedding.T
+
+    stream, gain, unembedding = rng.normal(1.0, 4.0, (2, 5, 8)), rng.normal(1, 0.5, 8), rng.normal(size=(11, 8))
+    return [
+        Case("a stream (2, 5, 8), V 11", (stream, gain, unembedding), reference(stream, gain, unembedding),
+             rtol=1e-5, why="the final norm first, with its gain, then the unembedding"),
+        Case("one position", (stream[0, 0], gain, unembedding), reference(stream[0, 0], gain, unembedding),
+             rtol=1e-5),
+    ]  # fmt: skip
+
+
+def mean_attention_at_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(pattern: np.ndarray, n: int, offset: int) -> float:
+        return float(np.mean([pattern[b, i, i - offset] for b in range(len(pattern)) for i in range(n, 2 * n)]))
+
+    pattern = rng.random((3, 12, 12))
+    return [
+        Case(
+            "induction, n 6",
+            (pattern, 6, 5),
+            reference(pattern, 6, 5),
+            why="only the repeat's positions, n <= i < 2n, count",
+        ),
+        Case("previous token, n 6", (pattern, 6, 1), reference(pattern, 6, 1)),
+        Case("duplicate token, n 6", (pattern, 6, 6), reference(pattern, 6, 6), why="i - n is the first copy"),
+    ]
+
+
+def masked_targets_cases(rng: np.random.Generator) -> list[Case]:
+    ids = rng.integers(0, 50, 9).tolist()
+    mask = [0, 0, 0, 0, 1, 1, 1, 0, 1]
+    return [
+        Case("9 tokens, a reply in the middle", (ids, mask), np.array([ids[t + 1] if mask[t + 1] else -1
+                                                                       for t in range(8)]),
+             why="position t predicts ids[t + 1]: its mask is mask[t + 1]"),
+        Case("all learned", (ids[:4], [1, 1, 1, 1]), np.array(ids[1:4])),
+        Case("nothing learned", (ids[:3], [0, 0, 0]), np.array([-1, -1])),
+    ]  # fmt: skip
+
+
+def lora_weight_cases(rng: np.random.Generator) -> list[Case]:
+    W, A, B = rng.normal(size=(6, 5)), rng.normal(size=(2, 5)), rng.normal(size=(6, 2))
+    W2, A2, B2 = rng.normal(size=(3, 8)), rng.normal(size=(4, 8)), rng.normal(size=(3, 4))
+    return [
+        Case(
+            "rank 2, alpha 8",
+            (W, A, B, 8.0),
+            W + 4.0 * np.einsum("or,ri->oi", B, A),
+            why="the update is scaled by alpha / r",
+        ),
+        Case("rank 4, alpha 4", (W2, A2, B2, 4.0), W2 + np.einsum("or,ri->oi", B2, A2)),
+        Case("B zero", (W, A, np.zeros((6, 2)), 8.0), W, why="with B = 0 the adapter adds nothing"),
+    ]
+
+
 def dpo_loss_cases(rng: np.random.Generator) -> list[Case]:
     def reference(pc, pr, rc, rr, beta):  # the loss -log sigmoid(margin), its derivative -sigmoid(-margin)
         margin = beta * (pc - rc - pr + rr)
@@ -378,6 +449,20 @@ EXERCISES = [
     Exercise(20, "merge", merge_cases,
              ("Walk the list once, looking at each position and the next.",
               "When (ids[i], ids[i + 1]) is the pair, append new_id and skip 2; else append ids[i] and skip 1.")),
+    Exercise(21, "parameters", parameters_cases,
+             ("Go through the shapes: the tables, then one block, then the final norm.",
+              "V C + T C + L (4C + 3C^2 + 3C + C^2 + C + 2 C h + h + C) + 2C, h = mlp_hidden; no separate head.")),
+    Exercise(22, "read_out", read_out_cases,
+             ("The model's last two steps, applied to any layer's stream.",
+              "layernorm over the last axis (eps 1e-5) times the gain, then @ unembedding.T.")),
+    Exercise(23, "mean_attention_at", mean_attention_at_cases,
+             ("Index the pattern at (sequence, query i, key i - offset).",
+              "queries = arange(n, 2n); pattern[:, queries, queries - offset].mean().")),
+    Exercise(24, "masked_targets", masked_targets_cases,
+             ("The targets are the inputs shifted by one; so is the mask.",
+              "np.where(np.array(mask[1:]) == 1, ids[1:], -1).")),
+    Exercise(25, "lora_weight", lora_weight_cases,
+             ("B A has W's shape: (out, r) @ (r, in).", "W + (alpha / A.shape[0]) * B @ A.")),
     Exercise(26, "dpo_loss", dpo_loss_cases,
              ("The loss is -log sigmoid of beta times how much more the policy prefers the chosen reply than the "
               "reference does.",
