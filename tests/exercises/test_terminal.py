@@ -7,6 +7,7 @@ import sys
 import time
 
 from lucidlm.exercises import EXERCISES
+from lucidlm.exercises.capstone import CAPSTONE_LESSON
 from lucidlm.tutorial.lessons import find_lesson
 
 from ..conftest import run_lucidlm
@@ -16,7 +17,7 @@ def test_start_check_hint_and_solution(tmp_path):
     workspace = tmp_path / "course"
     started = run_lucidlm("exercises", "start", workspace)
     assert started.returncode == 0, started.stderr
-    lessons = {find_lesson(e.lesson).name for e in EXERCISES}
+    lessons = {find_lesson(e.lesson).name for e in EXERCISES} | {find_lesson(CAPSTONE_LESSON).name}
     assert {p.name for p in workspace.iterdir()} == lessons | {"exercises.json"}
     assert "### BEGIN SOLUTION" not in (workspace / "06_softmax.py").read_text()
 

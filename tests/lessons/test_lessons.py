@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LESSONS = lesson_files()
 
 
-def test_there_are_27_lessons_numbered_in_order():
-    assert [lesson_number(p) for p in LESSONS] == list(range(1, 28))
+def test_there_are_28_lessons_numbered_in_order():
+    assert [lesson_number(p) for p in LESSONS] == list(range(1, 29))
 
 
 # Every lesson runs in the browser, where there is no PyTorch: here each runs with PyTorch blocked, so that importing
@@ -64,5 +64,5 @@ def test_cli_lists_and_runs_a_lesson(tmp_path):
     )
     assert ran.returncode == 0 and "lesson 6 ok" in ran.stdout
     missing = subprocess.run([sys.executable, "-m", "lucidlm", "lessons", "run", "99"], capture_output=True, text=True)
-    assert missing.returncode == 2 and "there is no lesson 99; the lessons are 1 to 27" in missing.stderr
+    assert missing.returncode == 2 and "there is no lesson 99; the lessons are 1 to 28" in missing.stderr
     assert LESSONS_DIR == ROOT / "lessons"

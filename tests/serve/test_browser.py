@@ -48,7 +48,7 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
     with BackgroundServer(app, port=port) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{url}/?token=browser-token")
-        assert page.locator(".lesson-index a").count() == 27
+        assert page.locator(".lesson-index a").count() == 28
         page.click("text=the dot product")
         page.wait_for_selector("body[data-course=ready]", state="attached")
         page.evaluate(
@@ -76,7 +76,7 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
         assert not sandbox.RUNNING_CELLS
         assert page.locator(".code-cell").first.get_attribute("data-state") == "stopped"
         rendered = {}
-        for number in range(1, 28):  # every lesson's maths is laid out by the browser, none left as LaTeX
+        for number in range(1, 29):  # every lesson's maths is laid out by the browser, none left as LaTeX
             page.goto(f"{url}/lessons/{number:02d}.html")
             text = "\n".join(page.locator("article .explanation").all_inner_texts())
             assert f"Lesson {number}:" in text

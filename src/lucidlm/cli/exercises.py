@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from lucidlm.exercises import EXERCISES, find_exercise, without_markers
     from lucidlm.exercises import workspace as ws
+    from lucidlm.exercises.capstone import CAPSTONE_LESSON
     from lucidlm.exercises.source import definition
     from lucidlm.tutorial.lessons import find_lesson
 
@@ -43,9 +44,11 @@ def run(args: argparse.Namespace) -> None:
     if args.action == "start":
         if not args.target:
             raise ConfigError("name the new folder: `lucidlm exercises start my-course`")
-        files = ws.start(args.target, {e.lesson: find_lesson(e.lesson) for e in EXERCISES})
+        lessons = {number: find_lesson(number) for number in {e.lesson for e in EXERCISES} | {CAPSTONE_LESSON}}
+        files = ws.start(args.target, lessons)
         print(f"wrote {len(files)} lessons with {len(EXERCISES)} exercises to {args.target}/; edit them, then run")
         print(f"  cd {args.target} && lucidlm exercises check")
+        print(f"and once they pass, your own GPT: python {find_lesson(CAPSTONE_LESSON).name}")
         return
     if args.action in ("hint", "solution"):
         if not args.target:

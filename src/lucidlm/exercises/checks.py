@@ -165,8 +165,8 @@ def check_source(exercise: Exercise, source: str, context: list[str] = ()) -> Re
         exec(compile(code, f"<{exercise.name}>", "exec"), namespace)
     except SyntaxError as error:
         return Report(exercise, [Result("the code", False, f"does not parse: line {error.lineno}: {error.msg}")])
-    except LookupError as error:
-        return Report(exercise, [Result("the code", False, str(error))])
+    except LookupError as error:  # no such function: not written, as far as the check can tell
+        return Report(exercise, [Result("the code", False, f"{NOT_WRITTEN}: {error}")])
     except Exception as error:  # an import that fails, a default argument that raises
         return Report(exercise, [Result("the code", False, f"raised {type(error).__name__}: {error}")])
     return check(exercise, namespace[exercise.name])

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
+LESSONS_DIR = Path(__file__).resolve().parents[3] / "lessons"  # in the source checkout, beside src/
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 SOLUTION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[ \t]*\n(.*?)^[ \t]*{re.escape(END)}[ \t]*\n", re.M | re.S)
 

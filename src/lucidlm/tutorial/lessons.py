@@ -13,8 +13,7 @@ from pathlib import Path
 
 from lucidlm.errors import LucidError
 from lucidlm.exercises.source import BEGIN as SOLUTION_MARK
-
-LESSONS_DIR = Path(__file__).resolve().parents[3] / "lessons"
+from lucidlm.exercises.source import LESSONS_DIR
 
 
 def lesson_files(directory: Path = LESSONS_DIR) -> list[Path]:

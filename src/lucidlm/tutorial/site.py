@@ -28,6 +28,7 @@ from markupsafe import Markup
 from lucidlm import __version__
 from lucidlm.errors import ConfigError
 from lucidlm.exercises import find_exercise, solved_functions, stubbed, without_markers
+from lucidlm.exercises.capstone import CAPSTONE_LESSON
 from lucidlm.exercises.source import definition
 from lucidlm.outputs import TUTORIAL_SITE, written_directory
 from lucidlm.tutorial.lessons import (
@@ -117,6 +118,7 @@ def lesson_entries(paths: list[Path]) -> list[dict]:
             "path": p,
             "status": "ok",
             "exercises": [f"{lesson_number(p)}.{name}" for name in solved_functions(p.read_text(encoding="utf-8"))],
+            "capstone": lesson_number(p) == CAPSTONE_LESSON,
         }
         for p in paths
     ]
@@ -156,6 +158,7 @@ def lesson_page(
         cells=cells,
         status=entry["status"],
         number=entry["number"],
+        capstone=entry["capstone"],
         runner=runner,
         download_mb=download_mb,
         lessons=entries,

@@ -11,6 +11,9 @@
 // failed and why; Hint shows the hints one at a time, and Solution shows the lesson's own once a check has
 // seen an attempt. What passed is kept in this browser (the index shows it too), and survives Reset.
 //
+// The capstone (lesson 28) builds its GPT from the learner's functions: before its cells run, the page hands
+// the Python every lesson's cells as edited in this browser (lucidlm.exercises.capstone.PAGE_SOURCES).
+//
 // window.course is the page's interface for scripts and tests: runAll(), stop(), reset(), the cells (each
 // with source() and setSource(text), what its editor holds) and check(key).
 import {
@@ -260,6 +263,16 @@ function setBusy(value) {
   bar.querySelector(".stop").disabled = !value;
 }
 
+// Every lesson's edited cells kept in this browser, as {lesson: [cell sources, in order]}.
+function editedLessons() {
+  const lessons = {};
+  for (let i = 0; i < localStorage.length; i++) {
+    const match = /^lucidlm:lesson:(\d+):cell:(\d+)$/.exec(localStorage.key(i));
+    if (match) (lessons[match[1]] ??= [])[Number(match[2])] = localStorage.getItem(localStorage.key(i));
+  }
+  return Object.fromEntries(Object.entries(lessons).map(([lesson, cells]) => [lesson, cells.filter((c) => c !== undefined)]));
+}
+
 // Runs the cells up to `last`: those above it that this interpreter has not run (every one, with `all`), then
 // the cell itself.
 async function runUpTo(last, all = false) {
@@ -267,6 +280,11 @@ async function runUpTo(last, all = false) {
   setBusy(true);
   if (!python.started) status.textContent = "starting…";
   try {
+    if (article.dataset.capstone) {
+      const handed = await python.run("import lucidlm.exercises.capstone as _capstone\n" +
+        `_capstone.PAGE_SOURCES = ${JSON.stringify(editedLessons())}`);
+      if (!handed.ok) throw new Error("the page could not hand your lessons to the Python");
+    }
     let count = 0, seconds = 0;
     let summary = "";
     for (let index = 0; index <= last; index++) {
