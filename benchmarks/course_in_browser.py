@@ -29,6 +29,7 @@ from pathlib import Path
 from common import CHROMIUM, CHROMIUM_FLAGS, WORK, machine, machine_line, serving, write_results
 
 from lucidlm.exercises import exercises_of
+from lucidlm.exercises.capstone import CAPSTONE_LESSON
 from lucidlm.serve import BackgroundServer
 from lucidlm.tutorial.kernel import KernelLimits
 from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, lesson_title, solved_cells
@@ -157,8 +158,14 @@ def main() -> None:
 
 
 def write_the_exercises(page, path: Path) -> None:
-    for index, text in solved_cells(path).items():  # the lesson's own solutions, as a learner who solved them
+    """The lesson's own solutions in its exercise cells, as a learner who solved them has them; for the capstone,
+    in every lesson's, as the browser keeps them."""
+    for index, text in solved_cells(path).items():
         page.evaluate("([i, text]) => window.course.cells[i].setSource(text)", [index, text])
+    if lesson_number(path) == CAPSTONE_LESSON:
+        edits = {f"lucidlm:lesson:{lesson_number(p)}:cell:{i}": text for p in lesson_files()
+                 for i, text in solved_cells(p).items()}  # fmt: skip
+        page.evaluate("(edits) => Object.entries(edits).forEach(([k, v]) => localStorage.setItem(k, v))", edits)
 
 
 def run_all_under_the_tutorial(browser, numbers: list[int]) -> dict[int, float]:

@@ -140,6 +140,16 @@ def as_exercise(cell: CodeCell, lesson: int) -> CodeCell:
     return replace(cell, source=stubbed(cell.source), exercises=exercises)
 
 
+def as_given(entries: list[dict]) -> dict[int, list[str]]:
+    """Every lesson's code cells as the learner gets them, stubs in place: what the capstone's page starts from
+    before it lays this browser's edits over them."""
+    return {
+        entry["number"]: [stubbed(text) for kind, text in lesson_sources(entry["path"]) if kind == "code"]
+        for entry in entries
+        if entry["exercises"]
+    }
+
+
 def lesson_page(
     entries: list[dict], index: int, code: list[CodeCell] | None, runner: str, download_mb: float | None
 ) -> str:
@@ -158,7 +168,7 @@ def lesson_page(
         cells=cells,
         status=entry["status"],
         number=entry["number"],
-        capstone=entry["capstone"],
+        capstone=as_given(entries) if entry["capstone"] else None,
         runner=runner,
         download_mb=download_mb,
         lessons=entries,

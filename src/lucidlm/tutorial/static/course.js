@@ -263,14 +263,15 @@ function setBusy(value) {
   bar.querySelector(".stop").disabled = !value;
 }
 
-// Every lesson's edited cells kept in this browser, as {lesson: [cell sources, in order]}.
+// Every lesson's code cells as the learner has them in this browser: as given (the page holds them, stubs in
+// place), with each cell edited here in its place. {lesson: [cell sources, in order]}.
 function editedLessons() {
-  const lessons = {};
+  const lessons = JSON.parse(document.getElementById("lessons-as-given").textContent);
   for (let i = 0; i < localStorage.length; i++) {
     const match = /^lucidlm:lesson:(\d+):cell:(\d+)$/.exec(localStorage.key(i));
-    if (match) (lessons[match[1]] ??= [])[Number(match[2])] = localStorage.getItem(localStorage.key(i));
+    if (match && lessons[match[1]]) lessons[match[1]][Number(match[2])] = localStorage.getItem(localStorage.key(i));
   }
-  return Object.fromEntries(Object.entries(lessons).map(([lesson, cells]) => [lesson, cells.filter((c) => c !== undefined)]));
+  return lessons;
 }
 
 // Runs the cells up to `last`: those above it that this interpreter has not run (every one, with `all`), then
