@@ -10,6 +10,7 @@ from lucidlm.serve import BackgroundServer
 from lucidlm.serve.server import bind
 from lucidlm.tutorial import sandbox
 from lucidlm.tutorial.kernel import KernelLimits
+from lucidlm.tutorial.lessons import find_lesson, solved_cells
 from lucidlm.tutorial.server import create_tutorial_app
 
 from ..conftest import ARTIFACTS, require_chromium
@@ -60,6 +61,8 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
         result = page.locator(".code-cell .live").first
         assert "edited: 42" in result.inner_text()
         assert "a warning" in result.inner_text()  # stderr is shown when the cell succeeded too (issue 18)
+        for index, text in solved_cells(find_lesson(1)).items():  # the exercise (cosine), written
+            page.evaluate("([i, text]) => window.course.cells[i].setSource(text)", [index, text])
         page.locator(".code-cell .run").nth(1).click()  # runs with the first cell's variables, as edited
         page.wait_for_function("document.querySelectorAll('.code-cell')[1].dataset.state === 'ok'", timeout=60_000)
         assert "cos(cat, dog" in page.locator(".code-cell .live").nth(1).inner_text()
@@ -83,6 +86,7 @@ def test_the_tutorial_lists_lessons_and_runs_an_edited_cell(browser):
             assert not re.search(r"\\(frac|sum|lVert|sqrt|mathbb|cdot)|\$", text), (number, text[:300])
             rendered[number] = page.locator("article .explanation math").count()
         assert rendered[1] == 4 and sum(rendered.values()) > 150, rendered
+        page.goto(f"{url}/lessons/01.html")
         width = page.evaluate("document.querySelector('article math').getBoundingClientRect().width")
         assert width > 0  # MathML that the browser lays out, not an unknown element
         page.close()

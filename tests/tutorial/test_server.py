@@ -93,7 +93,7 @@ def test_the_lesson_pages_are_the_sites_with_every_lesson_run_here(tutorial):
     assert page.count('<div class="code-cell">') == sum(kind == "code" for kind, _ in lesson_sources(find_lesson(9)))
     assert "built-label" not in page  # no build-time output: nothing ran yet
     missing = httpx.get(f"{tutorial}/lessons/99.html", headers=headers)
-    assert missing.status_code == 404 and "the lessons are 01.html to 27.html" in missing.json()["error"]["message"]
+    assert missing.status_code == 404 and "the lessons are 01.html to 28.html" in missing.json()["error"]["message"]
 
 
 def test_a_pages_kernel_keeps_its_variables_and_streams_the_output_as_it_comes(tutorial):

@@ -68,7 +68,7 @@ def test_the_command_refuses_a_folder_it_did_not_write_and_an_unknown_lesson(tmp
     assert "is not empty and is not a tutorial site lucidlm wrote; choose a new or empty --build" in refused.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     unknown = run_lucidlm("tutorial", "--build", tmp_path / "site", "--lessons", "2", "99")
-    assert unknown.returncode == 2 and "there is no lesson 99; the lessons are 1 to 27" in unknown.stderr
+    assert unknown.returncode == 2 and "there is no lesson 99; the lessons are 1 to 28" in unknown.stderr
     assert not (tmp_path / "site").exists()
 
 
