@@ -25,7 +25,6 @@ from lucidlm.scratch.layers import (
 )
 from lucidlm.scratch.optim import AdamW
 from lucidlm.scratch.sampling import filter_logits
-from lucidlm.tokenizers.bpe import merge_pair
 
 
 def cosine_cases(rng: np.random.Generator) -> list[Case]:
@@ -279,6 +278,8 @@ def cached_attention_cases(rng: np.random.Generator) -> list[Case]:
 
 
 def merge_cases(rng: np.random.Generator) -> list[Case]:
+    from lucidlm.tokenizers.bpe import merge_pair  # here: the tokenizers import regex, which only this check needs
+
     ids = rng.integers(0, 4, 30).tolist()
     return [
         Case("30 ids, merging (1, 2)", (ids, (1, 2), 256), merge_pair(ids, (1, 2), 256)),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lucidlm.exercises.source import definitions, function_code
+from lucidlm.exercises.source import function_code
 
 
 @dataclass
@@ -159,9 +159,8 @@ def check_source(exercise: Exercise, source: str, context: list[str] = ()) -> Re
     in a fresh namespace, and nothing else of the source. `context` (the page's other cells) adds the imports
     and functions of those that parse, as the cells above a notebook's cell would."""
     try:
-        code = function_code(source, exercise.name)
+        code = function_code(source, exercise.name, context)
         namespace: dict = {"__name__": f"exercise_{exercise.lesson}"}
-        exec(compile(definitions(context), "<the other cells>", "exec"), namespace)
         exec(compile(code, f"<{exercise.name}>", "exec"), namespace)
     except SyntaxError as error:
         return Report(exercise, [Result("the code", False, f"does not parse: line {error.lineno}: {error.msg}")])

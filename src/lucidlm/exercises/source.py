@@ -54,29 +54,34 @@ def solved_functions(source: str) -> list[str]:
     return [enclosing_function(source[: match.start()]) for match in SOLUTION.finditer(source)]
 
 
-def function_code(source: str, name: str) -> str:
-    """The module-level imports and function definitions of `source`, ending with function `name`: what a check
-    runs, so that the function may call the lesson's helpers while the lesson's training or printing does not
-    run again. Raises LookupError when `name` is not defined there, SyntaxError when the source does not parse."""
+def function_code(source: str, name: str, context: list[str] = ()) -> ast.Module:
+    """What a check runs, as a module whose lines are those of `source` (an error names the learner's line):
+    the function definitions of `context` (the page's other cells, those that parse) and of `source` up to
+    function `name`, after the module-level imports whose names they use. So the function may call the
+    lesson's helpers, while the lesson's training, printing and plotting imports do not run. Raises
+    LookupError when `name` is not defined in `source`, SyntaxError when `source` does not parse."""
     tree = ast.parse(source)
-    kept = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef)]
-    if not any(isinstance(node, ast.FunctionDef) and node.name == name for node in kept):
+    ends = [i for i, node in enumerate(tree.body) if isinstance(node, ast.FunctionDef) and node.name == name]
+    if not ends:
         raise LookupError(f"there is no `def {name}(...)` at the top level of the code")
-    last = max(i for i, node in enumerate(kept) if isinstance(node, ast.FunctionDef) and node.name == name)
-    return "\n".join(ast.get_source_segment(source, node) for node in [*kept[:last], kept[last]])
+    nodes = [(text, node) for text in context if (parsed := parsed_or_none(text)) for node in parsed.body]
+    nodes += [(source, node) for node in tree.body[: ends[-1] + 1]]
+    functions = [(text, node) for text, node in nodes if isinstance(node, ast.FunctionDef)]
+    used = {n.id for _, function in functions for n in ast.walk(function) if isinstance(n, ast.Name)}
+    imports = [
+        (text, node)
+        for text, node in nodes
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        and any((alias.asname or alias.name.split(".")[0]) in used for alias in node.names)
+    ]
+    return ast.Module(body=[node for _, node in [*imports, *functions]], type_ignores=[])
 
 
-def definitions(sources: list[str]) -> str:
-    """The imports and function definitions of each source that parses, in order (the others are left out)."""
-    kept = []
-    for source in sources:
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        nodes = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom | ast.FunctionDef)]
-        kept += [ast.get_source_segment(source, node) for node in nodes]
-    return "\n".join(kept)
+def parsed_or_none(source: str) -> ast.Module | None:
+    try:
+        return ast.parse(source)
+    except SyntaxError:
+        return None
 
 
 def definition(source: str, name: str) -> str:
