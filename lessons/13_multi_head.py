@@ -42,7 +42,17 @@ def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
 
 
 weights = softmax(split_heads(q, H) @ split_heads(k, H).transpose(0, 1, 3, 2) / np.sqrt(D) + mask)  # (B, H, T, T)
-together = (weights @ split_heads(v, H)).transpose(0, 2, 1, 3).reshape(B, T, C)
+
+
+def merge_heads(y: np.ndarray) -> np.ndarray:
+    """The heads' outputs (B, H, T, D) back side by side: (B, T, H * D), head h in channels h D to (h + 1) D."""
+    ### BEGIN SOLUTION
+    B, H, T, D = y.shape
+    return y.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+    ### END SOLUTION
+
+
+together = merge_heads(weights @ split_heads(v, H))
 assert np.allclose(loop, together)
 print("loop over heads == reshape form; max difference", np.abs(loop - together).max())
 print("weights shape (B, H, T, T):", weights.shape)

@@ -67,7 +67,17 @@ x = rng.normal(3.0, 5.0, size=(4, C))
 ours, _ = layernorm_forward(x, np.ones(C), np.zeros(C))
 assert np.allclose(ours.mean(axis=-1), 0, atol=1e-6) and np.allclose(ours.std(axis=-1), 1, atol=1e-3)
 assert np.allclose(ours, layernorm(x), atol=1e-6)  # the formula above, as the product code computes it
-rms = x / np.sqrt((x**2).mean(axis=-1, keepdims=True) + 1e-6)
+
+
+def rmsnorm(x: np.ndarray, gain: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Each row of x (..., C) divided by its root mean square (eps added to the mean square), times the gain
+    (C,). No mean is subtracted."""
+    ### BEGIN SOLUTION
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * gain
+    ### END SOLUTION
+
+
+rms = rmsnorm(x, np.ones(C))
 assert np.allclose(np.sqrt((rms**2).mean(axis=-1)), 1.0) and not np.allclose(rms.mean(axis=-1), 0)
 print("after layer norm: mean", np.round(ours.mean(axis=-1), 6), "std", np.round(ours.std(axis=-1), 4))
 print("lesson 14 ok: residuals carry the signal through depth, norms keep its scale")

@@ -90,5 +90,16 @@ assert np.array_equal(kept, np.isfinite(filter_logits(logits, top_p=0.9)))  # th
 assert probabilities[kept].sum() >= 0.9
 smaller = probabilities[kept].sum() - probabilities[kept].min()
 assert smaller < 0.9  # and no token could be dropped: it is the smallest such set
-assert np.isfinite(filter_logits(logits, top_k=3)).sum() == 3
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """Top-k filtering of logits (V,): the k largest stay as they are, the others become -inf (with ties at the
+    k-th value, every tied logit stays, as the sampler does). -> (V,)."""
+    ### BEGIN SOLUTION
+    return np.where(logits < np.sort(logits)[-k], -np.inf, logits)
+    ### END SOLUTION
+
+
+assert np.isfinite(top_k_filter(logits, 3)).sum() == 3
+assert np.array_equal(np.isfinite(top_k_filter(logits, 3)), np.isfinite(filter_logits(logits, top_k=3)))
 print("lesson 18 ok: greedy, temperature, top-k and top-p, on a trained model")

@@ -147,6 +147,11 @@ WRONG = {
     "23.mean_attention_at": (mean_attention_over_every_position, "only the repeat's positions"),
     "24.masked_targets": (lambda ids, mask: np.where(np.array(mask[:-1]) == 1, ids[1:], -1), "mask[t + 1]"),
     "25.lora_weight": (lambda W, A, B, alpha: W + alpha * B @ A, "alpha / r"),
+    "13.merge_heads": (lambda y: y.reshape(y.shape[0], y.shape[2], -1), "move the time axis back"),
+    "14.rmsnorm": (lambda x, gain, eps=1e-6: (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+                   * gain, "RMSNorm skips the mean"),
+    "18.top_k_filter": (lambda logits, k: np.where(logits < np.sort(logits)[-k - 1], -np.inf, logits),
+                        "exactly k tokens stay"),
     "26.dpo_loss": (chosen_minus_rejected_without_reference, "(policy - reference) of the chosen"),
     "27.group_advantages": (lambda r: r - r.mean(), "its own group's mean"),
 }  # fmt: skip

@@ -360,6 +360,41 @@ def lora_weight_cases(rng: np.random.Generator) -> list[Case]:
     ]
 
 
+def rmsnorm_cases(rng: np.random.Generator) -> list[Case]:
+    def reference(x: np.ndarray, gain: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+        root_mean_square = np.sqrt(np.linalg.norm(x, axis=-1, keepdims=True) ** 2 / x.shape[-1] + eps)
+        return gain * x / root_mean_square
+
+    x, gain = rng.normal(3.0, 2.0, (4, 8)), rng.normal(1.0, 0.3, 8)
+    return [
+        Case("4 rows of 8, mean 3", (x, gain), reference(x, gain), rtol=1e-5,
+             why="RMSNorm skips the mean: it divides by sqrt(mean(x^2) + eps) only"),
+        Case("zeros", (np.zeros((1, 4)), np.ones(4)), np.zeros((1, 4)), why="eps keeps 0 / 0 away"),
+        Case("eps 1e-2", (x[:1] * 1e-2, gain, 1e-2), reference(x[:1] * 1e-2, gain, 1e-2), rtol=1e-5),
+    ]  # fmt: skip
+
+
+def merge_heads_cases(rng: np.random.Generator) -> list[Case]:
+    y = rng.normal(size=(2, 3, 4, 5))  # (B, H, T, D)
+    expected = np.concatenate([y[:, h] for h in range(3)], axis=-1)  # head h's D channels, side by side
+    return [
+        Case(
+            "(2, 3, 4, 5) -> (2, 4, 15)", (y,), expected, why="move the time axis back before the heads, then reshape"
+        ),
+        Case("one head", (y[:, :1],), y[:, 0]),
+    ]
+
+
+def top_k_cases(rng: np.random.Generator) -> list[Case]:
+    logits = rng.normal(size=10)
+    top3 = np.where(np.isfinite(filter_logits(logits, top_k=3)), logits, -np.inf)
+    return [
+        Case("10 logits, k 3", (logits, 3), top3, why="exactly k tokens stay, the largest, as they are"),
+        Case("k 1", (logits, 1), np.where(logits == logits.max(), logits, -np.inf), why="k = 1 is greedy"),
+        Case("k = V", (logits, 10), logits),
+    ]
+
+
 def dpo_loss_cases(rng: np.random.Generator) -> list[Case]:
     def reference(pc, pr, rc, rr, beta):  # the loss -log sigmoid(margin), its derivative -sigmoid(-margin)
         margin = beta * (pc - rc - pr + rr)
@@ -425,6 +460,10 @@ EXERCISES = [
     Exercise(13, "split_heads", split_heads_cases,
              ("The channels of a position are [head 0's D, head 1's D, ...].",
               "x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3).")),
+    Exercise(13, "merge_heads", merge_heads_cases,
+             ("The inverse of split_heads.", "y.transpose(0, 2, 1, 3).reshape(B, T, H * D).")),
+    Exercise(14, "rmsnorm", rmsnorm_cases,
+             ("Like layer norm, without the mean.", "x / sqrt(mean(x * x, axis=-1, keepdims=True) + eps) * gain.")),
     Exercise(14, "layernorm", layernorm_cases,
              ("Mean and variance of each row: axis=-1, keepdims=True.",
               "(x - mean) / sqrt(var + 1e-5).")),
@@ -444,6 +483,8 @@ EXERCISES = [
              ("Sort the tokens by probability, most likely first, and add them up.",
               "Keep a token when the probabilities of the tokens before it sum to less than p; set the rest "
               "to -inf.")),
+    Exercise(18, "top_k_filter", top_k_cases,
+             ("Find the k-th largest logit.", "np.where(logits < np.sort(logits)[-k], -np.inf, logits).")),
     Exercise(19, "cached_attention_step", cached_attention_cases,
              ("The newest query may see every key: no mask is needed.",
               "keys = vstack([keys, k]); scores = keys @ q / sqrt(d); softmax; weights @ values.")),
