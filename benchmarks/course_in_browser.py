@@ -32,7 +32,7 @@ from lucidlm.exercises import exercises_of
 from lucidlm.exercises.capstone import CAPSTONE_LESSON
 from lucidlm.serve import BackgroundServer
 from lucidlm.tutorial.kernel import KernelLimits
-from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, lesson_title, solved_cells
+from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, lesson_title, solved_cells, solved_edits
 from lucidlm.tutorial.runtime import DOWNLOADED
 from lucidlm.tutorial.server import create_tutorial_app
 from lucidlm.tutorial.site import build_tutorial_site
@@ -163,9 +163,9 @@ def write_the_exercises(page, path: Path) -> None:
     for index, text in solved_cells(path).items():
         page.evaluate("([i, text]) => window.course.cells[i].setSource(text)", [index, text])
     if lesson_number(path) == CAPSTONE_LESSON:
-        edits = {f"lucidlm:lesson:{lesson_number(p)}:cell:{i}": text for p in lesson_files()
-                 for i, text in solved_cells(p).items()}  # fmt: skip
-        page.evaluate("(edits) => Object.entries(edits).forEach(([k, v]) => localStorage.setItem(k, v))", edits)
+        page.evaluate(
+            "(edits) => Object.entries(edits).forEach(([k, v]) => localStorage.setItem(k, v))", solved_edits()
+        )
 
 
 def run_all_under_the_tutorial(browser, numbers: list[int]) -> dict[int, float]:

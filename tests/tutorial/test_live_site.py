@@ -8,7 +8,7 @@ import pytest
 
 from lucidlm.exercises import EXERCISES
 from lucidlm.exercises.capstone import CAPSTONE_LESSON
-from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, solved_cells
+from lucidlm.tutorial.lessons import find_lesson, lesson_files, lesson_number, solved_cells, solved_edits
 from lucidlm.tutorial.site import build_tutorial_site
 
 from ..conftest import ARTIFACTS, require_chromium
@@ -79,9 +79,9 @@ def write_the_exercises(page, path) -> None:
     for index, text in solved_cells(path).items():
         set_source(page, index, text)
     if lesson_number(path) == CAPSTONE_LESSON:
-        edits = {f"lucidlm:lesson:{lesson_number(p)}:cell:{i}": text for p in lesson_files()
-                 for i, text in solved_cells(p).items()}  # fmt: skip
-        page.evaluate("(edits) => Object.entries(edits).forEach(([k, v]) => localStorage.setItem(k, v))", edits)
+        page.evaluate(
+            "(edits) => Object.entries(edits).forEach(([k, v]) => localStorage.setItem(k, v))", solved_edits()
+        )
 
 
 def same_up_to_rounding(live: str, built: str) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lucidlm.exercises.catalog import find_exercise
 from lucidlm.exercises.checks import check_source
-from lucidlm.exercises.source import LESSONS_DIR, function_code
+from lucidlm.exercises.source import LESSONS_DIR
 
 CAPSTONE_LESSON = 28  # lessons/28_your_gpt.py
 PAGE_SOURCES: dict[int, list[str]] | None = None  # lesson -> the cells the learner edited, set by the page
@@ -60,9 +60,7 @@ def learners_functions(keys: list[str]) -> dict[str, Callable]:
             else:
                 not_written.append(f"{exercise.name} ({exercise.lesson})")
             continue
-        namespace: dict = {}
-        exec(compile(function_code(source, exercise.name), f"<{exercise.name}>", "exec"), namespace)
-        functions[exercise.name] = namespace[exercise.name]
+        functions[exercise.name] = report.function
     if not_written or failing:
         parts = ([f"not written yet: {', '.join(not_written)}"] if not_written else []) + (
             [f"failing: {'; '.join(failing)}"] if failing else []

@@ -61,11 +61,8 @@ def function_code(source: str, name: str, context: list[str] = ()) -> ast.Module
     lesson's helpers, while the lesson's training, printing and plotting imports do not run. Raises
     LookupError when `name` is not defined in `source`, SyntaxError when `source` does not parse."""
     tree = ast.parse(source)
-    ends = [i for i, node in enumerate(tree.body) if isinstance(node, ast.FunctionDef) and node.name == name]
-    if not ends:
-        raise LookupError(f"there is no `def {name}(...)` at the top level of the code")
     nodes = [(text, node) for text in context if (parsed := parsed_or_none(text)) for node in parsed.body]
-    nodes += [(source, node) for node in tree.body[: ends[-1] + 1]]
+    nodes += [(source, node) for node in tree.body[: last_definition(tree, name) + 1]]
     functions = [(text, node) for text, node in nodes if isinstance(node, ast.FunctionDef)]
     used = {n.id for _, function in functions for n in ast.walk(function) if isinstance(n, ast.Name)}
     imports = [
@@ -84,9 +81,15 @@ def parsed_or_none(source: str) -> ast.Module | None:
         return None
 
 
+def last_definition(tree: ast.Module, name: str) -> int:
+    """The index in the module's body of its top-level `def name(...)` (the last, if defined twice)."""
+    found = [i for i, node in enumerate(tree.body) if isinstance(node, ast.FunctionDef) and node.name == name]
+    if not found:
+        raise LookupError(f"there is no `def {name}(...)` at the top level of the code")
+    return found[-1]
+
+
 def definition(source: str, name: str) -> str:
     """The text of the top-level `def name(...)` of `source` (its last, if defined twice)."""
-    nodes = [node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef) and node.name == name]
-    if not nodes:
-        raise LookupError(f"there is no `def {name}(...)` at the top level of the code")
-    return ast.get_source_segment(source, nodes[-1])
+    tree = ast.parse(source)
+    return ast.get_source_segment(source, tree.body[last_definition(tree, name)])

@@ -63,6 +63,16 @@ def solved_cells(path: Path) -> dict[int, str]:
     return {index: text for index, text in enumerate(code) if SOLUTION_MARK in text}
 
 
+def solved_edits() -> dict[str, str]:
+    """Every lesson's solved exercise cells under the keys course.js keeps a cell's edits by in the browser
+    (`lucidlm:lesson:N:cell:I`): a browser in which a learner solved every exercise, for the capstone's page."""
+    return {
+        f"lucidlm:lesson:{lesson_number(p)}:cell:{i}": text
+        for p in lesson_files()
+        for i, text in solved_cells(p).items()
+    }
+
+
 def lesson_number(path: Path) -> int:
     return int(path.name[:2])
 

@@ -31,12 +31,7 @@ from lucidlm.exercises import find_exercise, solved_functions, stubbed, without_
 from lucidlm.exercises.capstone import CAPSTONE_LESSON
 from lucidlm.exercises.source import definition
 from lucidlm.outputs import TUTORIAL_SITE, written_directory
-from lucidlm.tutorial.lessons import (
-    lesson_files,
-    lesson_number,
-    lesson_sources,
-    lesson_title,
-)
+from lucidlm.tutorial.lessons import lesson_files, lesson_number, lesson_sources, lesson_title
 from lucidlm.tutorial.markdown import inline_html, markdown_to_html
 from lucidlm.tutorial.runtime import DOWNLOADED, prepared_runtime, write_runtime
 from lucidlm.web import STYLE
@@ -140,13 +135,12 @@ def as_exercise(cell: CodeCell, lesson: int) -> CodeCell:
     return replace(cell, source=stubbed(cell.source), exercises=exercises)
 
 
-def as_given(entries: list[dict]) -> dict[int, list[str]]:
+def as_given() -> dict[int, list[str]]:
     """Every lesson's code cells as the learner gets them, stubs in place: what the capstone's page starts from
-    before it lays this browser's edits over them."""
+    before it lays this browser's edits over them (all the lessons, even where a site builds only some)."""
     return {
-        entry["number"]: [stubbed(text) for kind, text in lesson_sources(entry["path"]) if kind == "code"]
-        for entry in entries
-        if entry["exercises"]
+        lesson_number(path): [stubbed(text) for kind, text in lesson_sources(path) if kind == "code"]
+        for path in lesson_files()
     }
 
 
@@ -168,7 +162,7 @@ def lesson_page(
         cells=cells,
         status=entry["status"],
         number=entry["number"],
-        capstone=as_given(entries) if entry["capstone"] else None,
+        capstone=as_given() if entry["capstone"] else None,
         runner=runner,
         download_mb=download_mb,
         lessons=entries,
